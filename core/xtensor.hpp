@@ -1,0 +1,11 @@
+// The one place that includes xtensor: 0.24 (Debian 12) keeps its headers in xtensor/, 0.26 moved
+// them into xtensor/containers/ and friends.
+#pragma once
+
+#if __has_include(<xtensor/containers/xtensor.hpp>)
+#include <xtensor/containers/xadapt.hpp>
+#include <xtensor/containers/xtensor.hpp>
+#else
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xtensor.hpp>
+#endif
