@@ -28,7 +28,8 @@ std::vector<ValidationRow> validate_mlstm() {
   std::uint64_t seed = 1;
   for (const auto& c : cases) {
     for (const auto& options : variants) {
-      const auto p = random_problem<double>(c.shape, seed++);
+      // float-representable inputs, so that the float32 rows measure the arithmetic's error alone
+      const auto p = cast_problem<double>(cast_problem<float>(random_problem<double>(c.shape, seed++)));
       const auto oracle = forward_recurrent(p.inputs(), p.initial_view(), options);
       const auto oracle_grad = backward_recurrent(p.inputs(), p.initial_view(), p.output_grad(), options);
       for (const auto& form : forms) {

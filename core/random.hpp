@@ -28,7 +28,7 @@ class Rng {
     return out;
   }
 
-  index integer(index lo, index hi) { return std::uniform_int_distribution<index>(lo, hi)(engine_); }
+  index_t integer(index_t lo, index_t hi) { return std::uniform_int_distribution<index_t>(lo, hi)(engine_); }
 
  private:
   std::mt19937_64 engine_;

@@ -15,10 +15,10 @@
 
 namespace flashlstm {
 
-using index = std::ptrdiff_t;
+using index_t = std::ptrdiff_t;
 
 template <std::size_t N>
-using Shape = std::array<index, N>;
+using Shape = std::array<index_t, N>;
 
 template <std::size_t N>
 std::string shape_string(const Shape<N>& shape) {
@@ -28,7 +28,7 @@ std::string shape_string(const Shape<N>& shape) {
 template <class T, std::size_t N>
 Shape<N> shape_of(const xt::xtensor<T, N>& tensor) {
   Shape<N> s{};
-  for (std::size_t d = 0; d < N; ++d) s[d] = static_cast<index>(tensor.shape()[d]);
+  for (std::size_t d = 0; d < N; ++d) s[d] = static_cast<index_t>(tensor.shape()[d]);
   return s;
 }
 
@@ -50,7 +50,7 @@ class View {
 
   // From memory with arbitrary strides (in elements): throws unless it is C-contiguous.
   static View strided(std::string_view argument, T* data, const Shape<N>& shape, const Shape<N>& strides) {
-    index expected = 1;
+    index_t expected = 1;
     for (std::size_t d = N; d-- > 0;) {
       require(shape[d] >= 0, argument, "negative extent in shape {}", shape_string(shape));
       require(shape[d] <= 1 || strides[d] == expected, argument,
@@ -63,10 +63,10 @@ class View {
 
   T* data() const { return data_; }
   const Shape<N>& shape() const { return shape_; }
-  index shape(std::size_t d) const { return shape_[d]; }
-  index size() const {
-    index s = 1;
-    for (index e : shape_) s *= e;
+  index_t shape(std::size_t d) const { return shape_[d]; }
+  index_t size() const {
+    index_t s = 1;
+    for (index_t e : shape_) s *= e;
     return s;
   }
   bool empty() const { return data_ == nullptr; }
@@ -74,7 +74,7 @@ class View {
  private:
   static Shape<N> contiguous_strides(const Shape<N>& shape) {
     Shape<N> s{};
-    index acc = 1;
+    index_t acc = 1;
     for (std::size_t d = N; d-- > 0;) {
       s[d] = acc;
       acc *= shape[d];

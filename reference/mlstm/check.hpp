@@ -11,7 +11,7 @@
 namespace flashlstm::mlstm {
 
 struct ProblemShape {
-  index B = 1, NH = 1, S = 1, DQK = 16, DV = 16;
+  index_t B = 1, NH = 1, S = 1, DQK = 16, DV = 16;
   bool initial_state = false;
 
   std::string name() const;  // "B1 NH2 S65 DQK16 DV24 +state"
@@ -27,10 +27,13 @@ struct Problem {
   xt::xtensor<T, 4> dh;               // (B, NH, S, DV)
   xt::xtensor<T, 4> dC_last;          // (B, NH, DQK, DV)
   xt::xtensor<T, 3> dn_last;          // (B, NH, DQK)
+  xt::xtensor<T, 2> dm_last;          // (B, NH)
 
   Inputs<T> inputs() const { return {q, k, v, igate, fgate}; }
   OptionalState<T> initial_view() const { return initial ? OptionalState<T>(*initial) : std::nullopt; }
-  OutputGrad<T> output_grad() const { return {dh, ConstView<T, 4>(dC_last), ConstView<T, 3>(dn_last)}; }
+  OutputGrad<T> output_grad() const {
+    return {dh, ConstView<T, 4>(dC_last), ConstView<T, 3>(dn_last), ConstView<T, 2>(dm_last)};
+  }
 };
 
 template <class T>
@@ -46,7 +49,7 @@ double max_rel_error(const Output<TA>& a, const Output<TB>& ref);
 template <class TA, class TB>
 double max_rel_error(const InputGrad<TA>& a, const InputGrad<TB>& ref);
 
-// The scalar loss the upstream gradients define: <dh, h> + <dC_last, C_S> + <dn_last, n_S>.
+// The scalar loss the upstream gradients define: <dh, h> + <dC_last, C_S> + <dn_last, n_S> + <dm_last, m_S>.
 template <class T>
 double loss(const Problem<T>& p, const Output<T>& out);
 

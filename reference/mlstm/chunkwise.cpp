@@ -12,17 +12,17 @@ namespace flashlstm::mlstm {
 using namespace detail;
 
 template <class T>
-Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index chunk_size,
+Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index_t chunk_size,
                             const Options& o) {
   const Dims d = check_inputs(x, initial, o);
   check_chunk_size(chunk_size);
   Output<T> out = allocate_output<T>(d);
 #pragma omp parallel for schedule(dynamic)
-  for (index bh = 0; bh < d.heads(); ++bh) {
+  for (index_t bh = 0; bh < d.heads(); ++bh) {
     const HeadInputs<T> hx(x, d, bh);
-    HeadState<T> s = load_state(initial, d, bh);
+    HeadState<T> s = load_state<T>(initial, d, bh);
     T* h = out.h.data() + bh * d.S * d.DV;
-    for (index t0 = 0; t0 < d.S; t0 += chunk_size) {
+    for (index_t t0 = 0; t0 < d.S; t0 += chunk_size) {
       s = segment_forward(hx, t0, std::min(chunk_size, d.S - t0), s, h + t0 * d.DV, o);
     }
     store_state(s, out.last, bh);
@@ -32,39 +32,37 @@ Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial,
 
 template <class T>
 InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                                index chunk_size, const Options& o) {
+                                index_t chunk_size, const Options& o) {
   const Dims d = check_inputs(x, initial, o);
   check_output_grad(d, grad);
   check_chunk_size(chunk_size);
-  InputGrad<T> out = allocate_input_grad<T>(d);
+  InputGrad<T> out = allocate_input_grad<T>(d, initial.has_value());
 #pragma omp parallel for schedule(dynamic)
-  for (index bh = 0; bh < d.heads(); ++bh) {
+  for (index_t bh = 0; bh < d.heads(); ++bh) {
     const HeadInputs<T> hx(x, d, bh);
     std::vector<T> h_scratch(std::min(chunk_size, d.S) * d.DV);
-    std::vector<HeadState<T>> entering{load_state(initial, d, bh)};  // the state entering each chunk
-    for (index t0 = 0; t0 + chunk_size < d.S; t0 += chunk_size) {
+    std::vector<HeadState<T>> entering{load_state<T>(initial, d, bh)};  // the state entering each chunk
+    for (index_t t0 = 0; t0 + chunk_size < d.S; t0 += chunk_size) {
       entering.push_back(segment_forward(hx, t0, chunk_size, entering.back(), h_scratch.data(), o));
     }
 
-    HeadState<T> adj{Mat<T>::Zero(d.DQK, d.DV), Vec<T>::Zero(d.DQK), T(0)};
-    if (grad.dC_last) adj.C = ConstMatMap<T>(grad.dC_last->data() + bh * d.DQK * d.DV, d.DQK, d.DV);
-    if (grad.dn_last) adj.n = ConstVecMap<T>(grad.dn_last->data() + bh * d.DQK, d.DQK);
-    for (index c = static_cast<index>(entering.size()) - 1; c >= 0; --c) {
-      const index t0 = c * chunk_size, L = std::min(chunk_size, d.S - t0);
+    HeadState<T> adj = load_last_state_grad(grad, d, bh);
+    for (index_t c = static_cast<index_t>(entering.size()) - 1; c >= 0; --c) {
+      const index_t t0 = c * chunk_size, L = std::min(chunk_size, d.S - t0);
       const HeadGrad<T> g{out.dq.data() + (bh * d.S + t0) * d.DQK, out.dk.data() + (bh * d.S + t0) * d.DQK,
                           out.dv.data() + (bh * d.S + t0) * d.DV, out.digate.data() + bh * d.S + t0,
                           out.dfgate.data() + bh * d.S + t0};
       segment_backward(hx, t0, L, entering[c], grad.dh.data() + (bh * d.S + t0) * d.DV, adj, g, o);
     }
-    store_state(adj, out.dinitial, bh);
+    if (out.dinitial) store_state(adj, *out.dinitial, bh);
   }
   return out;
 }
 
 #define FLASHLSTM_INSTANTIATE(T)                                                                          \
-  template Output<T> forward_chunkwise(const Inputs<T>&, const OptionalState<T>&, index, const Options&); \
+  template Output<T> forward_chunkwise(const Inputs<T>&, const OptionalState<T>&, index_t, const Options&); \
   template InputGrad<T> backward_chunkwise(const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&, \
-                                           index, const Options&);
+                                           index_t, const Options&);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

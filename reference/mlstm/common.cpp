@@ -41,7 +41,7 @@ InputGrad<T> backward(const Form& form, const Inputs<T>& x, const OptionalState<
 }
 
 template <class T>
-State<T> zero_state(index B, index NH, index DQK, index DV) {
+State<T> zero_state(index_t B, index_t NH, index_t DQK, index_t DV) {
   return {zeros<T>(Shape<4>{B, NH, DQK, DV}), zeros<T>(Shape<3>{B, NH, DQK}), zeros<T>(Shape<2>{B, NH})};
 }
 
@@ -74,14 +74,15 @@ void check_output_grad(const Dims& d, const OutputGrad<T>& grad) {
   check_shape("dh", grad.dh, {d.B, d.NH, d.S, d.DV});
   if (grad.dC_last) check_shape("dC_last", *grad.dC_last, {d.B, d.NH, d.DQK, d.DV});
   if (grad.dn_last) check_shape("dn_last", *grad.dn_last, {d.B, d.NH, d.DQK});
+  if (grad.dm_last) check_shape("dm_last", *grad.dm_last, {d.B, d.NH});
 }
 
-void check_chunk_size(index chunk_size) {
+void check_chunk_size(index_t chunk_size) {
   require(chunk_size >= 1, "chunk_size", "expected >= 1, got {}", chunk_size);
 }
 
 template <class T>
-HeadState<T> load_state(const OptionalState<T>& state, const Dims& d, index bh) {
+HeadState<T> load_state(const OptionalState<T>& state, const Dims& d, index_t bh) {
   HeadState<T> s{Mat<T>::Zero(d.DQK, d.DV), Vec<T>::Zero(d.DQK), T(0)};
   if (state) {
     s.C = ConstMatMap<T>(state->C.data() + bh * d.DQK * d.DV, d.DQK, d.DV);
@@ -92,14 +93,23 @@ HeadState<T> load_state(const OptionalState<T>& state, const Dims& d, index bh) 
 }
 
 template <class T>
-HeadState<T> head_state(const State<T>& s, index bh) {
-  Dims d{1, 1, 1, static_cast<index>(s.C.shape()[2]), static_cast<index>(s.C.shape()[3])};
+HeadState<T> load_last_state_grad(const OutputGrad<T>& grad, const Dims& d, index_t bh) {
+  HeadState<T> s{Mat<T>::Zero(d.DQK, d.DV), Vec<T>::Zero(d.DQK), T(0)};
+  if (grad.dC_last) s.C = ConstMatMap<T>(grad.dC_last->data() + bh * d.DQK * d.DV, d.DQK, d.DV);
+  if (grad.dn_last) s.n = ConstVecMap<T>(grad.dn_last->data() + bh * d.DQK, d.DQK);
+  if (grad.dm_last) s.m = grad.dm_last->data()[bh];
+  return s;
+}
+
+template <class T>
+HeadState<T> head_state(const State<T>& s, index_t bh) {
+  Dims d{1, 1, 1, static_cast<index_t>(s.C.shape()[2]), static_cast<index_t>(s.C.shape()[3])};
   return load_state<T>(StateView<T>(s), d, bh);
 }
 
 template <class T>
-void store_state(const HeadState<T>& s, State<T>& out, index bh) {
-  index DQK = s.C.rows(), DV = s.C.cols();
+void store_state(const HeadState<T>& s, State<T>& out, index_t bh) {
+  index_t DQK = s.C.rows(), DV = s.C.cols();
   MatMap<T>(out.C.data() + bh * DQK * DV, DQK, DV) = s.C;
   VecMap<T>(out.n.data() + bh * DQK, DQK) = s.n;
   out.m.data()[bh] = s.m;
@@ -111,10 +121,12 @@ Output<T> allocate_output(const Dims& d) {
 }
 
 template <class T>
-InputGrad<T> allocate_input_grad(const Dims& d) {
-  return {zeros<T>(Shape<4>{d.B, d.NH, d.S, d.DQK}), zeros<T>(Shape<4>{d.B, d.NH, d.S, d.DQK}),
-          zeros<T>(Shape<4>{d.B, d.NH, d.S, d.DV}),  zeros<T>(Shape<3>{d.B, d.NH, d.S}),
-          zeros<T>(Shape<3>{d.B, d.NH, d.S}),        zero_state<T>(d.B, d.NH, d.DQK, d.DV)};
+InputGrad<T> allocate_input_grad(const Dims& d, bool with_initial_state) {
+  InputGrad<T> g{zeros<T>(Shape<4>{d.B, d.NH, d.S, d.DQK}), zeros<T>(Shape<4>{d.B, d.NH, d.S, d.DQK}),
+                 zeros<T>(Shape<4>{d.B, d.NH, d.S, d.DV}),  zeros<T>(Shape<3>{d.B, d.NH, d.S}),
+                 zeros<T>(Shape<3>{d.B, d.NH, d.S}),        std::nullopt};
+  if (with_initial_state) g.dinitial = zero_state<T>(d.B, d.NH, d.DQK, d.DV);
+  return g;
 }
 
 }  // namespace detail
@@ -123,15 +135,16 @@ InputGrad<T> allocate_input_grad(const Dims& d) {
   template Output<T> forward(const Form&, const Inputs<T>&, const OptionalState<T>&, const Options&);      \
   template InputGrad<T> backward(const Form&, const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&, \
                                  const Options&);                                                           \
-  template State<T> zero_state<T>(index, index, index, index);                                              \
+  template State<T> zero_state<T>(index_t, index_t, index_t, index_t);                                              \
   template detail::Dims detail::check_inputs(const Inputs<T>&, const OptionalState<T>&, const Options&,           \
                                             std::string_view);                                            \
   template void detail::check_output_grad(const detail::Dims&, const OutputGrad<T>&);                       \
-  template detail::HeadState<T> detail::load_state(const OptionalState<T>&, const detail::Dims&, index);    \
-  template detail::HeadState<T> detail::head_state(const State<T>&, index);                                 \
-  template void detail::store_state(const detail::HeadState<T>&, State<T>&, index);                         \
+  template detail::HeadState<T> detail::load_state(const OptionalState<T>&, const detail::Dims&, index_t);    \
+  template detail::HeadState<T> detail::head_state(const State<T>&, index_t);                                 \
+  template detail::HeadState<T> detail::load_last_state_grad(const OutputGrad<T>&, const detail::Dims&, index_t); \
+  template void detail::store_state(const detail::HeadState<T>&, State<T>&, index_t);                         \
   template Output<T> detail::allocate_output<T>(const detail::Dims&);                                       \
-  template InputGrad<T> detail::allocate_input_grad<T>(const detail::Dims&);
+  template InputGrad<T> detail::allocate_input_grad<T>(const detail::Dims&, bool);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

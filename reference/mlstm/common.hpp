@@ -26,8 +26,8 @@ template <class T>
 using ConstVecMap = Eigen::Map<const Vec<T>>;
 
 struct Dims {
-  index B = 0, NH = 0, S = 0, DQK = 0, DV = 0;
-  index heads() const { return B * NH; }
+  index_t B = 0, NH = 0, S = 0, DQK = 0, DV = 0;
+  index_t heads() const { return B * NH; }
 };
 
 // Checks every input (shapes, options) and returns the problem sizes; throws Error naming the
@@ -37,7 +37,7 @@ Dims check_inputs(const Inputs<T>& x, const OptionalState<T>& initial, const Opt
                   std::string_view state_name = "initial");
 template <class T>
 void check_output_grad(const Dims& d, const OutputGrad<T>& grad);
-void check_chunk_size(index chunk_size);
+void check_chunk_size(index_t chunk_size);
 
 // The state of one (batch, head).
 template <class T>
@@ -51,10 +51,10 @@ struct HeadState {
 template <class T>
 struct HeadInputs {
   const T *q, *k, *v, *igate, *fgate;  // (S, DQK), (S, DQK), (S, DV), (S), (S)
-  index S, DQK, DV;
+  index_t S, DQK, DV;
   T scale;  // DQK^-1/2
 
-  HeadInputs(const Inputs<T>& x, const Dims& d, index bh)
+  HeadInputs(const Inputs<T>& x, const Dims& d, index_t bh)
       : q(x.q.data() + bh * d.S * d.DQK),
         k(x.k.data() + bh * d.S * d.DQK),
         v(x.v.data() + bh * d.S * d.DV),
@@ -67,11 +67,14 @@ struct HeadInputs {
 };
 
 template <class T>
-HeadState<T> load_state(const OptionalState<T>& state, const Dims& d, index bh);
+HeadState<T> load_state(const OptionalState<T>& state, const Dims& d, index_t bh);
+// The upstream gradient of one head's final state (zeros where none was given).
 template <class T>
-void store_state(const HeadState<T>& s, State<T>& out, index bh);
+HeadState<T> load_last_state_grad(const OutputGrad<T>& grad, const Dims& d, index_t bh);
 template <class T>
-HeadState<T> head_state(const State<T>& s, index bh);
+void store_state(const HeadState<T>& s, State<T>& out, index_t bh);
+template <class T>
+HeadState<T> head_state(const State<T>& s, index_t bh);
 
 // Gate rules. log f = logsigmoid(f̃) always; log i = ĩ (exp) or logsigmoid(ĩ) (sig). The
 // derivative factors turn d(log gate) into d(pre-activation).
@@ -125,6 +128,6 @@ ReadoutGrad<T> readout_backward(T dh_dot_h, T den, T m, T dhat, const Options& o
 template <class T>
 Output<T> allocate_output(const Dims& d);
 template <class T>
-InputGrad<T> allocate_input_grad(const Dims& d);
+InputGrad<T> allocate_input_grad(const Dims& d, bool with_initial_state);
 
 }  // namespace flashlstm::mlstm::detail

@@ -13,6 +13,7 @@
 #include "core/view.hpp"
 
 #include <optional>
+#include <type_traits>
 #include <string>
 
 namespace flashlstm::mlstm {
@@ -62,23 +63,27 @@ struct Output {
   State<T> last;        // (C_S, n_S, m_S)
 };
 
-// Upstream gradients: of h, and optionally of the final state's C and n.
+// Upstream gradients: of h, and optionally of the final state. dm_last matters only for exp (for
+// sig m_S is the constant 0); it lets a backward run in pieces hand the state gradient on exactly.
 template <class T>
 struct OutputGrad {
   ConstView<T, 4> dh;                     // (B, NH, S, DV)
   std::optional<ConstView<T, 4>> dC_last;  // (B, NH, DQK, DV)
   std::optional<ConstView<T, 3>> dn_last;  // (B, NH, DQK)
+  std::optional<ConstView<T, 2>> dm_last;  // (B, NH)
 };
 
 template <class T>
 struct InputGrad {
   xt::xtensor<T, 4> dq, dk, dv;       // as q, k, v
   xt::xtensor<T, 3> digate, dfgate;   // (B, NH, S)
-  State<T> dinitial;                  // gradient of (C_0, n_0, m_0); zeros' gradient when none was given
+  std::optional<State<T>> dinitial;   // gradient of (C_0, n_0, m_0), present when an initial state was given
 };
 
+// Not deduced (std::type_identity_t), so a State, a StateView or std::nullopt can be passed where an
+// OptionalState is expected: T comes from the Inputs.
 template <class T>
-using OptionalState = std::optional<StateView<T>>;
+using OptionalState = std::type_identity_t<std::optional<StateView<T>>>;
 
 template <class T>
 Output<T> forward_recurrent(const Inputs<T>& x, const OptionalState<T>& initial, const Options& options);
@@ -93,11 +98,11 @@ InputGrad<T> backward_parallel(const Inputs<T>& x, const OptionalState<T>& initi
                                const Options& options);
 
 template <class T>
-Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index chunk_size,
+Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index_t chunk_size,
                             const Options& options);
 template <class T>
 InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                                index chunk_size, const Options& options);
+                                index_t chunk_size, const Options& options);
 
 // One token: q, k (B, NH, DQK), v (B, NH, DV), igate, fgate (B, NH). Updates `state` in place and
 // returns h (B, NH, DV).
@@ -108,7 +113,7 @@ xt::xtensor<T, 3> step(ConstView<T, 3> q, ConstView<T, 3> k, ConstView<T, 3> v, 
 // A sequence form chosen at run time: what tests and `flashlstm validate` loop over.
 struct Form {
   enum Kind { recurrent, parallel, chunkwise } kind = recurrent;
-  index chunk_size = 0;  // chunkwise only
+  index_t chunk_size = 0;  // chunkwise only
 
   std::string name() const;  // "recurrent", "parallel", "chunkwise(L=64)"
 };
@@ -121,6 +126,6 @@ InputGrad<T> backward(const Form& form, const Inputs<T>& x, const OptionalState<
 
 // A zero state of the given sizes.
 template <class T>
-State<T> zero_state(index B, index NH, index DQK, index DV);
+State<T> zero_state(index_t B, index_t NH, index_t DQK, index_t DV);
 
 }  // namespace flashlstm::mlstm

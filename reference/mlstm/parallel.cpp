@@ -21,28 +21,28 @@ template <class T>
 struct Decay {
   Mat<T> W;                   // (L, L+1): exp(logD(r, c) - m_r) for c <= r + 1, else 0
   Vec<T> m;                   // (L): m_r = max_c logD(r, c) (exp) or 0 (sig)
-  std::vector<index> argmax;  // (L): the column where m_r is attained
+  std::vector<index_t> argmax;  // (L): the column where m_r is attained
 };
 
 template <class T>
-Decay<T> decay(const T* igate, const T* fgate, index L, T m0, const Options& o) {
-  Decay<T> d{Mat<T>::Zero(L, L + 1), Vec<T>::Zero(L), std::vector<index>(L, 0)};
+Decay<T> decay(const T* igate, const T* fgate, index_t L, T m0, const Options& o) {
+  Decay<T> d{Mat<T>::Zero(L, L + 1), Vec<T>::Zero(L), std::vector<index_t>(L, 0)};
   std::vector<T> log_f(L), log_i(L + 1);  // log_i[0] = m0: the entering state
   log_i[0] = m0;
-  for (index p = 0; p < L; ++p) {
+  for (index_t p = 0; p < L; ++p) {
     log_f[p] = log_forget(fgate[p]);
     log_i[p + 1] = log_input(igate[p], o);
   }
-  for (index r = 0; r < L; ++r) {
+  for (index_t r = 0; r < L; ++r) {
     T acc = 0, best = -std::numeric_limits<T>::infinity();
-    for (index c = r + 1; c >= 0; --c) {  // logD(r, c) = Σ_{p=c..r} log f_p + log_i[c]
+    for (index_t c = r + 1; c >= 0; --c) {  // logD(r, c) = Σ_{p=c..r} log f_p + log_i[c]
       const T logD = acc + log_i[c];
       d.W(r, c) = logD;
       if (logD >= best) best = logD, d.argmax[r] = c;
       if (c > 0) acc += log_f[c - 1];
     }
     d.m(r) = stabilised(o) ? best : T(0);
-    for (index c = 0; c <= r + 1; ++c) d.W(r, c) = std::exp(d.W(r, c) - d.m(r));
+    for (index_t c = 0; c <= r + 1; ++c) d.W(r, c) = std::exp(d.W(r, c) - d.m(r));
   }
   return d;
 }
@@ -50,7 +50,7 @@ Decay<T> decay(const T* igate, const T* fgate, index L, T m0, const Options& o) 
 }  // namespace
 
 template <class T>
-HeadState<T> segment_forward(const HeadInputs<T>& x, index t0, index L, const HeadState<T>& in, T* h,
+HeadState<T> segment_forward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadState<T>& in, T* h,
                              const Options& o) {
   const ConstMatMap<T> Q(x.q + t0 * x.DQK, L, x.DQK), K(x.k + t0 * x.DQK, L, x.DQK), V(x.v + t0 * x.DV, L, x.DV);
   const Decay<T> D = decay(x.igate + t0, x.fgate + t0, L, in.m, o);
@@ -60,7 +60,7 @@ HeadState<T> segment_forward(const HeadInputs<T>& x, index t0, index L, const He
   const Mat<T> num = P * V + w0.asDiagonal() * (Q_hat * in.C);               // (L, DV)
   const Vec<T> den = P.rowwise().sum() + w0.cwiseProduct(Q_hat * in.n);      // (L)
   MatMap<T> H(h, L, x.DV);
-  for (index r = 0; r < L; ++r) H.row(r) = num.row(r) / readout_denominator(den(r), D.m(r), o);
+  for (index_t r = 0; r < L; ++r) H.row(r) = num.row(r) / readout_denominator(den(r), D.m(r), o);
 
   const Vec<T> w_last = D.W.row(L - 1).tail(L).transpose();  // weights of the tokens in the final state
   const T w_last0 = D.W(L - 1, 0);
@@ -74,7 +74,7 @@ HeadState<T> segment_forward(const HeadInputs<T>& x, index t0, index L, const He
 }
 
 template <class T>
-void segment_backward(const HeadInputs<T>& x, index t0, index L, const HeadState<T>& in, const T* dh,
+void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadState<T>& in, const T* dh,
                       HeadState<T>& adj, const HeadGrad<T>& grad, const Options& o) {
   const ConstMatMap<T> Q(x.q + t0 * x.DQK, L, x.DQK), K(x.k + t0 * x.DQK, L, x.DQK), V(x.v + t0 * x.DV, L, x.DV);
   const ConstMatMap<T> dH(dh, L, x.DV);
@@ -93,7 +93,7 @@ void segment_backward(const HeadInputs<T>& x, index t0, index L, const HeadState
   // Readout: dnum = dh / dhat, plus the gradients reaching den (delta) and m (dm).
   Mat<T> dnum(L, x.DV);
   Vec<T> delta(L), dm(L);
-  for (index r = 0; r < L; ++r) {
+  for (index_t r = 0; r < L; ++r) {
     const T dhat = readout_denominator(den(r), D.m(r), o);
     dnum.row(r) = dH.row(r) / dhat;
     const auto g = readout_backward(dH.row(r).dot(num.row(r)) / dhat, den(r), D.m(r), dhat, o);
@@ -120,7 +120,7 @@ void segment_backward(const HeadInputs<T>& x, index t0, index L, const HeadState
   // W(r, c) = exp(logD(r, c) - m_r) and m_r = max_c logD(r, c): route dm_r to the maximising column.
   if (stabilised(o)) {
     dm(L - 1) += adj.m;
-    for (index r = 0; r < L; ++r) dlogD(r, D.argmax[r]) += dm(r) - dlogD.row(r).sum();
+    for (index_t r = 0; r < L; ++r) dlogD(r, D.argmax[r]) += dm(r) - dlogD.row(r).sum();
   }
 
   MatMap<T> dQ(grad.dq, L, x.DQK), dK(grad.dk, L, x.DQK), dV(grad.dv, L, x.DV);
@@ -137,14 +137,14 @@ void segment_backward(const HeadInputs<T>& x, index t0, index L, const HeadState
 
   // logD(r, c) = Σ_{p=c..r} log f_p + log i_c: log f_p collects every (r, c) with c <= p <= r.
   std::vector<T> dlog_f(L, T(0));
-  for (index r = 0; r < L; ++r) {
+  for (index_t r = 0; r < L; ++r) {
     T prefix = 0;
-    for (index p = 0; p <= r; ++p) {
+    for (index_t p = 0; p <= r; ++p) {
       prefix += dlogD(r, p);
       dlog_f[p] += prefix;
     }
   }
-  for (index p = 0; p < L; ++p) {
+  for (index_t p = 0; p < L; ++p) {
     grad.digate[p] = dlogD.col(p + 1).sum() * dlog_input(x.igate[t0 + p], o);
     grad.dfgate[p] = dlog_f[p] * dlog_forget(x.fgate[t0 + p]);
   }
@@ -152,9 +152,9 @@ void segment_backward(const HeadInputs<T>& x, index t0, index L, const HeadState
 }
 
 #define FLASHLSTM_INSTANTIATE(T)                                                                         \
-  template HeadState<T> segment_forward(const HeadInputs<T>&, index, index, const HeadState<T>&, T*,     \
+  template HeadState<T> segment_forward(const HeadInputs<T>&, index_t, index_t, const HeadState<T>&, T*,     \
                                         const Options&);                                                 \
-  template void segment_backward(const HeadInputs<T>&, index, index, const HeadState<T>&, const T*,      \
+  template void segment_backward(const HeadInputs<T>&, index_t, index_t, const HeadState<T>&, const T*,      \
                                  HeadState<T>&, const HeadGrad<T>&, const Options&);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)

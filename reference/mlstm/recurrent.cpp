@@ -36,7 +36,7 @@ StepGates<T> step_gates(T igate, T fgate, T m_prev, const Options& o) {
 template <class T>
 void step_head(HeadState<T>& s, const T* q, const T* k, const T* v, T igate, T fgate, T scale, T* h,
                const Options& o) {
-  const index DQK = s.C.rows(), DV = s.C.cols();
+  const index_t DQK = s.C.rows(), DV = s.C.cols();
   const auto g = step_gates(igate, fgate, s.m, o);
   ConstVecMap<T> k_t(k, DQK), v_t(v, DV);
   s.C *= g.fp;
@@ -54,7 +54,7 @@ template <class T>
 void step_head_backward(const HeadState<T>& prev, const HeadState<T>& cur, const T* q, const T* k, const T* v,
                         T igate, T fgate, T scale, const T* dh, HeadState<T>& adj, T* dq, T* dk, T* dv, T& digate,
                         T& dfgate, const Options& o) {
-  const index DQK = cur.C.rows(), DV = cur.C.cols();
+  const index_t DQK = cur.C.rows(), DV = cur.C.cols();
   const auto g = step_gates(igate, fgate, prev.m, o);
   ConstVecMap<T> k_t(k, DQK), v_t(v, DV), dh_t(dh, DV);
   const Vec<T> q_hat = scale * ConstVecMap<T>(q, DQK);
@@ -98,11 +98,11 @@ Output<T> forward_recurrent(const Inputs<T>& x, const OptionalState<T>& initial,
   const Dims d = check_inputs(x, initial, o);
   Output<T> out = allocate_output<T>(d);
 #pragma omp parallel for schedule(dynamic)
-  for (index bh = 0; bh < d.heads(); ++bh) {
+  for (index_t bh = 0; bh < d.heads(); ++bh) {
     const HeadInputs<T> hx(x, d, bh);
-    HeadState<T> s = load_state(initial, d, bh);
+    HeadState<T> s = load_state<T>(initial, d, bh);
     T* h = out.h.data() + bh * d.S * d.DV;
-    for (index t = 0; t < d.S; ++t) {
+    for (index_t t = 0; t < d.S; ++t) {
       step_head(s, hx.q + t * d.DQK, hx.k + t * d.DQK, hx.v + t * d.DV, hx.igate[t], hx.fgate[t], hx.scale,
                 h + t * d.DV, o);
     }
@@ -116,27 +116,25 @@ InputGrad<T> backward_recurrent(const Inputs<T>& x, const OptionalState<T>& init
                                 const Options& o) {
   const Dims d = check_inputs(x, initial, o);
   check_output_grad(d, grad);
-  InputGrad<T> out = allocate_input_grad<T>(d);
-  const index K = std::max<index>(1, static_cast<index>(std::ceil(std::sqrt(static_cast<double>(d.S)))));
+  InputGrad<T> out = allocate_input_grad<T>(d, initial.has_value());
+  const index_t K = std::max<index_t>(1, static_cast<index_t>(std::ceil(std::sqrt(static_cast<double>(d.S)))));
 #pragma omp parallel for schedule(dynamic)
-  for (index bh = 0; bh < d.heads(); ++bh) {
+  for (index_t bh = 0; bh < d.heads(); ++bh) {
     const HeadInputs<T> hx(x, d, bh);
     std::vector<T> h_scratch(d.DV);
-    auto advance = [&](HeadState<T>& s, index t) {
+    auto advance = [&](HeadState<T>& s, index_t t) {
       step_head(s, hx.q + t * d.DQK, hx.k + t * d.DQK, hx.v + t * d.DV, hx.igate[t], hx.fgate[t], hx.scale,
                 h_scratch.data(), o);
     };
 
     std::vector<HeadState<T>> checkpoints;  // state before steps 0, K, 2K, ...
-    HeadState<T> s = load_state(initial, d, bh);
-    for (index t = 0; t < d.S; ++t) {
+    HeadState<T> s = load_state<T>(initial, d, bh);
+    for (index_t t = 0; t < d.S; ++t) {
       if (t % K == 0) checkpoints.push_back(s);
       advance(s, t);
     }
 
-    HeadState<T> adj{Mat<T>::Zero(d.DQK, d.DV), Vec<T>::Zero(d.DQK), T(0)};
-    if (grad.dC_last) adj.C = ConstMatMap<T>(grad.dC_last->data() + bh * d.DQK * d.DV, d.DQK, d.DV);
-    if (grad.dn_last) adj.n = ConstVecMap<T>(grad.dn_last->data() + bh * d.DQK, d.DQK);
+    HeadState<T> adj = load_last_state_grad(grad, d, bh);
 
     const T* dh = grad.dh.data() + bh * d.S * d.DV;
     T* dq = out.dq.data() + bh * d.S * d.DQK;
@@ -144,20 +142,20 @@ InputGrad<T> backward_recurrent(const Inputs<T>& x, const OptionalState<T>& init
     T* dv = out.dv.data() + bh * d.S * d.DV;
     T* digate = out.digate.data() + bh * d.S;
     T* dfgate = out.dfgate.data() + bh * d.S;
-    for (index seg = static_cast<index>(checkpoints.size()) - 1; seg >= 0; --seg) {
-      const index t0 = seg * K, t1 = std::min(d.S, t0 + K);
+    for (index_t seg = static_cast<index_t>(checkpoints.size()) - 1; seg >= 0; --seg) {
+      const index_t t0 = seg * K, t1 = std::min(d.S, t0 + K);
       std::vector<HeadState<T>> states{checkpoints[seg]};  // states[j] = state before step t0 + j
-      for (index t = t0; t < t1; ++t) {
+      for (index_t t = t0; t < t1; ++t) {
         states.push_back(states.back());
         advance(states.back(), t);
       }
-      for (index t = t1 - 1; t >= t0; --t) {
+      for (index_t t = t1 - 1; t >= t0; --t) {
         step_head_backward(states[t - t0], states[t - t0 + 1], hx.q + t * d.DQK, hx.k + t * d.DQK, hx.v + t * d.DV,
                            hx.igate[t], hx.fgate[t], hx.scale, dh + t * d.DV, adj, dq + t * d.DQK, dk + t * d.DQK,
                            dv + t * d.DV, digate[t], dfgate[t], o);
       }
     }
-    store_state(adj, out.dinitial, bh);
+    if (out.dinitial) store_state(adj, *out.dinitial, bh);
   }
   return out;
 }
@@ -166,7 +164,7 @@ template <class T>
 xt::xtensor<T, 3> step(ConstView<T, 3> q, ConstView<T, 3> k, ConstView<T, 3> v, ConstView<T, 2> igate,
                        ConstView<T, 2> fgate, State<T>& state, const Options& o) {
   require(!q.empty(), "q", "is null");
-  const index B = q.shape(0), NH = q.shape(1), DQK = q.shape(2), DV = v.shape(2);
+  const index_t B = q.shape(0), NH = q.shape(1), DQK = q.shape(2), DV = v.shape(2);
   require(B >= 1 && NH >= 1 && DQK >= 1, "q", "expected shape (B, NH, DQK) with every extent >= 1, got {}",
           shape_string(q.shape()));
   require(DV >= 1, "v", "expected DV >= 1, got shape {}", shape_string(v.shape()));
@@ -181,7 +179,7 @@ xt::xtensor<T, 3> step(ConstView<T, 3> q, ConstView<T, 3> k, ConstView<T, 3> v, 
   const Dims d = check_inputs(x, OptionalState<T>(state), o, "state");
   auto h = zeros<T>(Shape<3>{B, NH, DV});
 #pragma omp parallel for schedule(static)
-  for (index bh = 0; bh < d.heads(); ++bh) {
+  for (index_t bh = 0; bh < d.heads(); ++bh) {
     const HeadInputs<T> hx(x, d, bh);
     HeadState<T> s = head_state(state, bh);
     step_head(s, hx.q, hx.k, hx.v, hx.igate[0], hx.fgate[0], hx.scale, h.data() + bh * DV, o);

@@ -16,13 +16,13 @@ struct HeadGrad {
 // Tokens [t0, t0 + L) of head `x`, entered with state `in`: writes h for those tokens (h points at
 // token t0) and returns the state after the segment.
 template <class T>
-HeadState<T> segment_forward(const HeadInputs<T>& x, index t0, index L, const HeadState<T>& in, T* h,
+HeadState<T> segment_forward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadState<T>& in, T* h,
                              const Options& o);
 
 // Reverse of segment_forward: `dh` points at token t0, `adj` holds the gradient with respect to the
 // segment's final state on entry (C, n and m) and with respect to `in` on exit.
 template <class T>
-void segment_backward(const HeadInputs<T>& x, index t0, index L, const HeadState<T>& in, const T* dh,
+void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadState<T>& in, const T* dh,
                       HeadState<T>& adj, const HeadGrad<T>& grad, const Options& o);
 
 }  // namespace flashlstm::mlstm::detail
