@@ -142,12 +142,13 @@ InputGrad<T> backward_recurrent(const Inputs<T>& x, const OptionalState<T>& init
     T* dv = out.dv.data() + bh * d.S * d.DV;
     T* digate = out.digate.data() + bh * d.S;
     T* dfgate = out.dfgate.data() + bh * d.S;
+    std::vector<HeadState<T>> states(K + 1, checkpoints[0]);  // states[j] = state before step t0 + j
     for (index_t seg = static_cast<index_t>(checkpoints.size()) - 1; seg >= 0; --seg) {
       const index_t t0 = seg * K, t1 = std::min(d.S, t0 + K);
-      std::vector<HeadState<T>> states{checkpoints[seg]};  // states[j] = state before step t0 + j
+      states[0] = checkpoints[seg];
       for (index_t t = t0; t < t1; ++t) {
-        states.push_back(states.back());
-        advance(states.back(), t);
+        states[t - t0 + 1] = states[t - t0];  // same sizes: copies without allocating
+        advance(states[t - t0 + 1], t);
       }
       for (index_t t = t1 - 1; t >= t0; --t) {
         step_head_backward(states[t - t0], states[t - t0 + 1], hx.q + t * d.DQK, hx.k + t * d.DQK, hx.v + t * d.DV,
