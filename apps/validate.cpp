@@ -33,6 +33,7 @@ nlohmann::json to_json(const ValidationRow& r) {
 
 int run_validate(const std::string& json_path) {
   std::vector<ValidationRow> rows = validate_mlstm();
+  for (auto& r : validate_slstm()) rows.push_back(std::move(r));
 
   fmt::print("{:<6} {:<16} {:<11} {:<8} {:<32} {:>9} {:>9} {:>9}  {}\n", "rec", "form", "variant", "dtype", "shape",
              "out err", "grad err", "fd err", "result");
@@ -42,8 +43,9 @@ int run_validate(const std::string& json_path) {
     fmt::print("{:<6} {:<16} {:<11} {:<8} {:<32} {:>9} {:>9} {:>9}  {}\n", r.recurrence, r.form, r.variant, r.dtype,
                r.shape, cell(r.out_error), cell(r.grad_error), cell(r.fd_error), r.passed() ? "pass" : "FAIL");
   }
-  fmt::print("{} rows, {} passed, {} failed (tolerances: float64 forms 1e-10 against the oracle, finite "
-             "differences 1e-6; float32 rows against the float64 oracle)\n",
+  fmt::print("{} rows, {} passed, {} failed (tolerances: float64 1e-10 against the oracle or, for the "
+             "single-form recurrences, the run in two pieces against the whole; finite differences 1e-6; "
+             "float32 1e-4 against float64)\n",
              rows.size(), rows.size() - failures, failures);
 
   if (!json_path.empty()) {

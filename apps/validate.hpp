@@ -29,6 +29,7 @@ struct ValidationRow {
 };
 
 std::vector<ValidationRow> validate_mlstm();
+std::vector<ValidationRow> validate_slstm();
 
 void add_validate_command(CLI::App& app);
 

@@ -3,12 +3,10 @@
 // matrix arithmetic the form performs, counted below) and the ratio to an Eigen sgemm of the
 // chunkwise form's main product, (L x DQK)(DQK x DV) per head, measured in the same run with the
 // same threads. The recurrent rows also report the time per token, which must not grow with S.
+#include "bench/sgemm.hpp"
 #include "reference/mlstm/check.hpp"
 
-#include <Eigen/Dense>
 #include <benchmark/benchmark.h>
-
-#include <chrono>
 
 using namespace flashlstm;
 using namespace flashlstm::mlstm;
@@ -52,26 +50,6 @@ void run(benchmark::State& state, Form form, bool backward) {
   state.counters["tokens/s"] = benchmark::Counter(double(S), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Eigen sgemm of (L x DQK)(DQK x DV) for each of the NH heads, heads spread over the OpenMP threads
-// as the reference spreads them: the rate the chunkwise form's GEMMs can reach at best.
-double measure_sgemm_gflops() {
-  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  std::vector<Mat> a(NH, Mat::Random(L, DQK)), b(NH, Mat::Random(DQK, DV)), c(NH, Mat(L, DV));
-  auto once = [&] {
-#pragma omp parallel for schedule(dynamic)
-    for (index_t h = 0; h < NH; ++h) c[h].noalias() = a[h] * b[h];
-  };
-  once();
-  double best = 0;
-  for (int rep = 0; rep < 20; ++rep) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < 10; ++i) once();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, 10 * 2.0 * L * DQK * DV * NH / s * 1e-9);
-  }
-  return best;
-}
-
 void BM_sgemm(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(sgemm_gflops);
   state.counters["GFLOP/s"] = sgemm_gflops;
@@ -99,7 +77,7 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  sgemm_gflops = measure_sgemm_gflops();
+  sgemm_gflops = bench::sgemm_gflops(L, DQK, DV, NH, 10, 20);  // the chunkwise form's (L x DQK)(DQK x DV)
   benchmark::AddCustomContext("sgemm_gflops", std::to_string(sgemm_gflops));
   register_all();
   benchmark::Initialize(&argc, argv);

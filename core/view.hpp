@@ -104,6 +104,14 @@ xt::xtensor<T, N> zeros(const Shape<N>& shape) {
   return xt::xtensor<T, N>(s, T(0));
 }
 
+// A tensor whose elements the caller will all overwrite: no zero fill (for large outputs).
+template <class T, std::size_t N>
+xt::xtensor<T, N> uninitialized(const Shape<N>& shape) {
+  std::array<std::size_t, N> s{};
+  for (std::size_t d = 0; d < N; ++d) s[d] = static_cast<std::size_t>(shape[d]);
+  return xt::xtensor<T, N>::from_shape(s);
+}
+
 // An owning copy of a view.
 template <class T, std::size_t N>
 xt::xtensor<std::remove_const_t<T>, N> copy(const View<T, N>& view) {

@@ -1,6 +1,7 @@
 // Random problems, result comparison and the finite-difference gradient check (see check.hpp).
 #include "reference/mlstm/check.hpp"
 
+#include "core/finite_differences.hpp"
 #include "core/metrics.hpp"
 
 #include <algorithm>
@@ -75,22 +76,12 @@ std::map<std::string, double> gradcheck(const Form& form, const Problem<double>&
   Rng rng(seed);
   std::map<std::string, double> errors;
 
-  // Checks the directional derivative along a random u of the tensor `member` selects (in a copy of p).
+  // The directional derivative along a random direction of the tensor `member` selects, in a copy of p.
   auto check = [&](const std::string& name, auto member, const auto& g) {
     Problem<double> probe = p;
-    auto& x = member(probe);
-    const auto x0 = x;
-    const auto u = rng.normal<double>(shape_of(x));
-    auto f = [&](double step) {
-      x = x0 + step * u;
-      return loss(probe, forward(form, probe.inputs(), probe.initial_view(), options));
-    };
-    auto central = [&](double step) { return (f(step) - f(-step)) / (2 * step); };
-    const double h = 1e-4;
-    const double fd = (4 * central(h / 2) - central(h)) / 3;
-    const double analytic = xt::sum(g * u)();
-    const double scale = std::max({std::abs(fd), std::abs(analytic), 1e-300});
-    errors[name] = std::abs(fd - analytic) / scale;
+    errors[name] = directional_derivative_error(
+        member(probe), g, [&] { return loss(probe, forward(form, probe.inputs(), probe.initial_view(), options)); },
+        rng);
   };
   check("q", [](Problem<double>& r) -> auto& { return r.q; }, grad.dq);
   check("k", [](Problem<double>& r) -> auto& { return r.k; }, grad.dk);

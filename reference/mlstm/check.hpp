@@ -53,10 +53,9 @@ double max_rel_error(const InputGrad<TA>& a, const InputGrad<TB>& ref);
 template <class T>
 double loss(const Problem<T>& p, const Output<T>& out);
 
-// Directional finite-difference check of `form`'s backward, one random direction per argument
-// (q, k, v, igate, fgate and, with an initial state, C0, n0, m0): the relative error
-// |fd - <grad, u>| / max(|fd|, |<grad, u>|) per argument. Central differences with one Richardson
-// step (step 1e-4 and 5e-5), so truncation and rounding stay far below 1e-6 in double.
+// Finite-difference check of `form`'s backward (core/finite_differences.hpp), one random direction
+// per argument (q, k, v, igate, fgate and, with an initial state, C0, n0, m0): the relative error
+// of each directional derivative.
 std::map<std::string, double> gradcheck(const Form& form, const Problem<double>& p, const Options& options,
                                         std::uint64_t seed);
 

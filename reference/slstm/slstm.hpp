@@ -1,0 +1,75 @@
+// The sLSTM CPU reference (spec/slstm.md) and the classic LSTM cell, forward and exact backward
+// through time. Both are the same recurrence skeleton — pre-activations g̃_t = Wx_t + R h_{t-1} + b
+// per head, then a pointwise cell — with a different cell (reference/slstm/cells.hpp).
+//
+// Layouts follow FlashRNN's public API, so numbers compare without permuting:
+//   Wx (B, T, 4, NH, DH)   gate order (i, f, z, o)
+//   R  (4, NH, DH, DH)     R[g, head, out, in]: g̃_out = Σ_in R[g, head, out, in] h_in
+//   b  (4, NH, DH)
+//   states (NS, B, NH, DH) in the order (h, c, n, m) for the sLSTM (NS = 4), (h, c) for the LSTM (NS = 2)
+//   all states over time (NS, B, T, NH, DH), FlashRNN's "SBTHD" output
+#pragma once
+
+#include "core/view.hpp"
+
+#include <optional>
+#include <string>
+#include <type_traits>
+
+namespace flashlstm::slstm {
+
+enum class Cell { slstm, lstm };
+enum class ForgetGate { sigmoid, exp };  // sLSTM only: log f = logsigmoid(f̃) or f̃
+
+struct Options {
+  Cell cell = Cell::slstm;
+  ForgetGate forget_gate = ForgetGate::sigmoid;
+};
+
+index_t num_states(Cell cell);  // 4 (h, c, n, m) or 2 (h, c)
+std::string variant_name(const Options& options);  // "slstm", "slstm-expf", "lstm"
+
+template <class T>
+struct Inputs {
+  ConstView<T, 5> Wx;  // (B, T, 4, NH, DH)
+  ConstView<T, 4> R;   // (4, NH, DH, DH)
+  ConstView<T, 3> b;   // (4, NH, DH)
+};
+
+// T comes from the Inputs: an xtensor, a view or std::nullopt can be passed.
+template <class T>
+using OptionalState = std::type_identity_t<std::optional<ConstView<T, 4>>>;  // (NS, B, NH, DH)
+
+template <class T>
+struct Output {
+  xt::xtensor<T, 5> states;  // (NS, B, T, NH, DH): the state after each step; states[0] is h
+  xt::xtensor<T, 4> last;    // (NS, B, NH, DH)
+};
+
+template <class T>
+struct OutputGrad {
+  ConstView<T, 4> dh;                   // (B, T, NH, DH): gradient of every h_t
+  std::optional<ConstView<T, 4>> dlast;  // (NS, B, NH, DH): gradient of the final state
+};
+
+template <class T>
+struct InputGrad {
+  xt::xtensor<T, 5> dWx;                   // (B, T, 4, NH, DH)
+  xt::xtensor<T, 4> dR;                    // (4, NH, DH, DH)
+  xt::xtensor<T, 3> db;                    // (4, NH, DH)
+  std::optional<xt::xtensor<T, 4>> dinitial;  // (NS, B, NH, DH), present when an initial state was given
+};
+
+template <class T>
+Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& options);
+
+template <class T>
+InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
+                      const Options& options);
+
+// One step: Wx_t (B, 4, NH, DH); `state` (NS, B, NH, DH) is advanced in place.
+template <class T>
+void step(ConstView<T, 4> Wx_t, ConstView<T, 4> R, ConstView<T, 3> b, xt::xtensor<T, 4>& state,
+          const Options& options);
+
+}  // namespace flashlstm::slstm

@@ -1,0 +1,151 @@
+// sLSTM and LSTM reference: finite differences, state passing, the stabiliser's invariants, long
+// sequences at saturating pre-activations, a hand-computed LSTM example, and bad input.
+#include "core/metrics.hpp"
+#include "reference/slstm/check.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace flashlstm;
+using namespace flashlstm::slstm;
+using Catch::Contains;
+
+namespace {
+
+const std::vector<Options> variants = {{Cell::slstm, ForgetGate::sigmoid}, {Cell::slstm, ForgetGate::exp},
+                                       {Cell::lstm}};
+
+}  // namespace
+
+TEST_CASE("sLSTM/LSTM gradients match finite differences to 1e-6", "[slstm][gradients]") {
+  const auto shape = GENERATE(ProblemShape{1, 1, 1, 3, true}, ProblemShape{2, 9, 2, 5, false},
+                              ProblemShape{3, 17, 2, 8, true});
+  for (const auto& o : variants) {
+    const auto p = random_problem<double>(shape, o, 31 + shape.T);
+    for (const auto& [arg, error] : gradcheck(p, o, 5)) {
+      INFO(shape.name() << " " << variant_name(o) << " d" << arg);
+      CHECK(error <= 1e-6);
+    }
+  }
+}
+
+TEST_CASE("sLSTM/LSTM run in pieces with the state handed on equals the whole run", "[slstm]") {
+  for (const auto& o : variants) {
+    for (bool with_state : {false, true}) {
+      INFO(variant_name(o) << (with_state ? " +state" : ""));
+      const auto e = state_passing_error(random_problem<double>({2, 30, 3, 6, with_state}, o, 7), 11, o);
+      CHECK(e.forward <= 1e-14);
+      CHECK(e.backward <= 1e-12);
+    }
+  }
+}
+
+TEST_CASE("sLSTM from a zero state keeps n >= 1", "[slstm]") {
+  for (const auto& f : {ForgetGate::sigmoid, ForgetGate::exp}) {
+    const Options o{Cell::slstm, f};
+    auto p = random_problem<double>({4, 200, 2, 8, false}, o, 3);
+    p.Wx *= 5.0;
+    const auto out = forward(p.inputs(), std::nullopt, o);
+    CHECK(xt::amin(xt::view(out.states, 2))() >= 1.0);
+  }
+}
+
+TEST_CASE("sLSTM h is unchanged when m is shifted with c and n rescaled", "[slstm]") {
+  for (const auto& f : {ForgetGate::sigmoid, ForgetGate::exp}) {
+    const Options o{Cell::slstm, f};
+    const auto p = random_problem<double>({2, 40, 2, 6, true}, o, 13);
+    for (double shift : {-30.0, -1.5, 2.0, 25.0}) {
+      auto shifted = *p.initial;
+      xt::view(shifted, 1) *= std::exp(-shift);
+      xt::view(shifted, 2) *= std::exp(-shift);
+      xt::view(shifted, 3) += shift;
+      const auto a = forward(p.inputs(), p.initial_view(), o), b = forward(p.inputs(), ConstView<double, 4>(shifted), o);
+      INFO("shift " << shift);
+      CHECK(rel_l2(xt::eval(xt::view(b.states, 0)), xt::eval(xt::view(a.states, 0))) <= 1e-13);
+    }
+  }
+}
+
+TEST_CASE("100,000 steps at pre-activations up to +-50 stay finite", "[slstm]") {
+  for (const auto& o : variants) {
+    INFO(variant_name(o));
+    auto p = random_problem<double>({1, 100000, 1, 4, false}, o, 17);
+    Rng rng(18);
+    p.Wx = rng.uniform<double>(shape_of(p.Wx), -50, 50);
+    p.R *= 10.0;
+    const auto p32 = cast_problem<float>(p);
+    const auto out = forward(p.inputs(), std::nullopt, o);
+    const auto grad = backward(p.inputs(), std::nullopt, p.output_grad(), o);
+    const auto out32 = forward(p32.inputs(), std::nullopt, o);
+    const auto grad32 = backward(p32.inputs(), std::nullopt, p32.output_grad(), o);
+    CHECK(all_finite(out.states));
+    CHECK(all_finite(grad.dWx));
+    CHECK(all_finite(grad.dR));
+    CHECK(all_finite(out32.states));
+    CHECK(all_finite(grad32.dWx));
+    CHECK(all_finite(grad32.dR));
+  }
+}
+
+TEST_CASE("the LSTM cell matches a hand-computed two-step example", "[slstm][lstm]") {
+  // DH = 1, R = (0.5, -0.5, 1, 0.25), b = (0.1, -0.2, 0.05, 0), zero initial state; values from
+  // i = σ, f = σ, z = tanh, o = σ, c' = f c + i z, h' = o tanh(c') evaluated by hand (Python's math).
+  xt::xtensor<double, 5> Wx = zeros<double>(Shape<5>{1, 2, 4, 1, 1});
+  const double w1[4] = {0.1, 0.2, 0.3, 0.4}, w2[4] = {-0.3, 0.5, -0.2, 0.1};
+  for (int g = 0; g < 4; ++g) Wx(0, 0, g, 0, 0) = w1[g], Wx(0, 1, g, 0, 0) = w2[g];
+  xt::xtensor<double, 4> R = zeros<double>(Shape<4>{4, 1, 1, 1});
+  xt::xtensor<double, 3> b = zeros<double>(Shape<3>{4, 1, 1});
+  const double r[4] = {0.5, -0.5, 1.0, 0.25}, bias[4] = {0.1, -0.2, 0.05, 0.0};
+  for (int g = 0; g < 4; ++g) R(g, 0, 0, 0) = r[g], b(g, 0, 0) = bias[g];
+  const auto out = forward(Inputs<double>{Wx, R, b}, std::nullopt, Options{Cell::lstm});
+  CHECK(out.states(0, 0, 0, 0, 0) == Approx(0.10948220144939724).epsilon(1e-14));  // h_1
+  CHECK(out.states(1, 0, 0, 0, 0) == Approx(0.18495071014060618).epsilon(1e-14));  // c_1
+  CHECK(out.states(0, 0, 1, 0, 0) == Approx(0.04508345983952107).epsilon(1e-14));  // h_2
+  CHECK(out.states(1, 0, 1, 0, 0) == Approx(0.0849792396709551).epsilon(1e-14));   // c_2
+}
+
+TEST_CASE("the single step reproduces the sequence", "[slstm]") {
+  for (const auto& o : variants) {
+    const auto p = random_problem<double>({2, 6, 3, 4, true}, o, 23);
+    const auto whole = forward(p.inputs(), p.initial_view(), o);
+    auto state = *p.initial;
+    for (index_t t = 0; t < 6; ++t) {
+      const xt::xtensor<double, 4> Wx_t = xt::view(p.Wx, xt::all(), t);
+      step<double>(Wx_t, p.R, p.b, state, o);
+      const xt::xtensor<double, 4> expected = xt::view(whole.states, xt::all(), xt::all(), t);
+      CHECK(rel_l2(state, expected) <= 1e-15);
+    }
+  }
+}
+
+TEST_CASE("bad sLSTM input gives a clear error naming the argument", "[slstm][errors]") {
+  const Options o;
+  const auto p = random_problem<double>({2, 5, 3, 4, true}, o, 1);
+  auto x = p.inputs();
+  auto bad = x;
+  const auto Wx3 = zeros<double>(Shape<5>{2, 5, 3, 3, 4});
+  bad.Wx = Wx3;
+  CHECK_THROWS_WITH(forward(bad, std::nullopt, o), Contains("Wx: expected shape (B, T, 4, NH, DH)"));
+  bad = x;
+  const auto R = zeros<double>(Shape<4>{4, 3, 4, 5});
+  bad.R = R;
+  CHECK_THROWS_WITH(forward(bad, std::nullopt, o), "R: expected shape (4, 3, 4, 4), got (4, 3, 4, 5)");
+  bad = x;
+  const auto b = zeros<double>(Shape<3>{4, 2, 4});
+  bad.b = b;
+  CHECK_THROWS_WITH(forward(bad, std::nullopt, o), Contains("b: expected shape (4, 3, 4)"));
+  const auto lstm_state = zeros<double>(Shape<4>{2, 2, 3, 4});
+  CHECK_THROWS_WITH(forward(x, ConstView<double, 4>(lstm_state), o), Contains("initial: expected shape (4, 2, 3, 4)"));
+  auto g = p.output_grad();
+  const auto dh = zeros<double>(Shape<4>{2, 4, 3, 4});
+  g.dh = dh;
+  CHECK_THROWS_WITH(backward(x, p.initial_view(), g, o), Contains("dh: expected shape (2, 5, 3, 4)"));
+  g = p.output_grad();
+  g.dlast = lstm_state;
+  CHECK_THROWS_WITH(backward(x, p.initial_view(), g, o), Contains("dlast:"));
+  auto state = zeros<double>(Shape<4>{4, 2, 3, 4});
+  const auto Wx_t = zeros<double>(Shape<4>{2, 3, 3, 4});
+  CHECK_THROWS_WITH(step<double>(Wx_t, p.R, p.b, state, o), Contains("Wx_t: expected shape (B, 4, NH, DH)"));
+  auto wrong_state = zeros<double>(Shape<4>{2, 2, 3, 4});
+  const auto Wx_ok = zeros<double>(Shape<4>{2, 4, 3, 4});
+  CHECK_THROWS_WITH(step<double>(Wx_ok, p.R, p.b, wrong_state, o), Contains("state: expected shape (4, 2, 3, 4)"));
+}
