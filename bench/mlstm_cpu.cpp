@@ -77,7 +77,7 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  sgemm_gflops = bench::sgemm_gflops(L, DQK, DV, NH, 10, 20);  // the chunkwise form's (L x DQK)(DQK x DV)
+  sgemm_gflops = bench::sgemm_gflops(L, DQK, DV, NH, 10);  // the chunkwise form's (L x DQK)(DQK x DV)
   benchmark::AddCustomContext("sgemm_gflops", std::to_string(sgemm_gflops));
   register_all();
   benchmark::Initialize(&argc, argv);

@@ -13,9 +13,10 @@
 
 namespace flashlstm::bench {
 
-// Best of `trials` timings of: for each of `heads` heads (in parallel), `products` GEMMs
-// (M x K)(K x N). Returns GFLOP/s.
-inline double sgemm_gflops(index_t M, index_t K, index_t N, index_t heads, index_t products, int trials = 10) {
+// The best rate over `seconds` of repeated timings of: for each of `heads` heads (in parallel),
+// `products` GEMMs (M x K)(K x N). Returns GFLOP/s. Taking the best over a few seconds keeps a
+// passing slowdown of a shared machine out of the yardstick.
+inline double sgemm_gflops(index_t M, index_t K, index_t N, index_t heads, index_t products, double seconds = 3.0) {
   using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   std::vector<Mat> a(heads, Mat::Random(M, K)), b(heads, Mat::Random(K, N)), c(heads, Mat::Zero(M, N));
   auto once = [&] {
@@ -26,7 +27,8 @@ inline double sgemm_gflops(index_t M, index_t K, index_t N, index_t heads, index
   };
   once();
   double best = 0;
-  for (int trial = 0; trial < trials; ++trial) {
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds) {
     const auto t0 = std::chrono::steady_clock::now();
     once();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
