@@ -34,6 +34,7 @@ nlohmann::json to_json(const ValidationRow& r) {
 int run_validate(const std::string& json_path) {
   std::vector<ValidationRow> rows = validate_mlstm();
   for (auto& r : validate_slstm()) rows.push_back(std::move(r));
+  for (auto& r : validate_plstm()) rows.push_back(std::move(r));
 
   fmt::print("{:<6} {:<16} {:<11} {:<8} {:<32} {:>9} {:>9} {:>9}  {}\n", "rec", "form", "variant", "dtype", "shape",
              "out err", "grad err", "fd err", "result");

@@ -30,6 +30,7 @@ struct ValidationRow {
 
 std::vector<ValidationRow> validate_mlstm();
 std::vector<ValidationRow> validate_slstm();
+std::vector<ValidationRow> validate_plstm();
 
 void add_validate_command(CLI::App& app);
 

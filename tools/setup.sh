@@ -20,3 +20,10 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# Python packages for the Python-side tests (RDKit checks the generated molecules).
+python_packages=(pytest numpy rdkit)
+if ! python3 -c "import pytest, numpy, rdkit" 2>/dev/null; then
+  echo "setup: installing ${python_packages[*]} for $(python3 --version)"
+  python3 -m pip install -q "${python_packages[@]}"
+fi

@@ -1,0 +1,262 @@
+// pLSTM on a DAG: recurrent, level-parallel and parallel forms and the exact backward (plstm.hpp).
+// Each edge state is created when its source node is visited and released when its target node
+// has read it, so the recurrent forms hold only the states crossing the current frontier.
+#include "reference/plstm/plstm.hpp"
+
+#include "core/error.hpp"
+#include "reference/plstm/detail.hpp"
+
+
+#include <cmath>
+#include <vector>
+
+namespace flashlstm::plstm {
+namespace {
+
+using detail::Mat;
+using detail::Vec;
+template <class F>
+using ConstVecMap = Eigen::Map<const Vec<F>>;
+template <class F>
+using VecMap = Eigen::Map<Vec<F>>;
+
+struct Dims {
+  index_t B, NH, N, DK, DV, E, A;
+};
+
+// Arc ids as graph::line_graph numbers them: by node, then incoming edge, then outgoing edge.
+struct ArcIndex {
+  std::vector<index_t> offset;  // per node: id of its first arc
+  explicit ArcIndex(const graph::Dag& dag) : offset(dag.num_nodes() + 1, 0) {
+    for (index_t n = 0; n < dag.num_nodes(); ++n)
+      offset[n + 1] = offset[n] + dag.in_edges().size(n) * dag.out_edges().size(n);
+  }
+  index_t arcs() const { return offset.back(); }
+  // The arc from the i-th incoming to the o-th outgoing edge of node n.
+  index_t operator()(const graph::Dag& dag, index_t n, index_t i, index_t o) const {
+    return offset[n] + i * dag.out_edges().size(n) + o;
+  }
+};
+
+template <class F>
+Dims check_inputs(const graph::Dag& dag, const DagInputs<F>& x, const ArcIndex& arcs) {
+  require(!x.q.empty(), "q", "is null");
+  const Dims d{x.q.shape(0), x.q.shape(1), x.q.shape(2), x.q.shape(3), x.v.shape(3), dag.num_edges(), arcs.arcs()};
+  require(d.B >= 1 && d.NH >= 1 && d.DK >= 1, "q", "expected shape (B, NH, N, DK) with B, NH, DK >= 1, got {}",
+          shape_string(x.q.shape()));
+  require(d.N == dag.num_nodes(), "q", "expected N = {} nodes (the graph's), got shape {}", dag.num_nodes(),
+          shape_string(x.q.shape()));
+  require(d.DV >= 1, "v", "expected DV >= 1, got shape {}", shape_string(x.v.shape()));
+  check_shape("k", x.k, {d.B, d.NH, d.N, d.DK});
+  check_shape("v", x.v, {d.B, d.NH, d.N, d.DV});
+  check_shape("S", x.S, {d.B, d.NH, d.E});
+  check_shape("T", x.T, {d.B, d.NH, d.A});
+  check_shape("M", x.M, {d.B, d.NH, d.E});
+  check_shape("D", x.D, {d.B, d.NH, d.N});
+  return d;
+}
+
+// Pointers to one (batch, head).
+template <class F>
+struct Head {
+  const F *q, *k, *v, *S, *T, *M, *D;
+  F scale;
+  Head(const DagInputs<F>& x, const Dims& d, index_t bh, const Options& o)
+      : q(x.q.data() + bh * d.N * d.DK),
+        k(x.k.data() + bh * d.N * d.DK),
+        v(x.v.data() + bh * d.N * d.DV),
+        S(x.S.data() + bh * d.E),
+        T(x.T.data() + bh * d.A),
+        M(x.M.data() + bh * d.E),
+        D(x.D.data() + bh * d.N),
+        scale(detail::qk_scale<F>(o, d.DK)) {}
+};
+
+// Visits node n: writes h^n and the states of its outgoing edges, releases its incoming states.
+template <class F>
+void visit(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, index_t n,
+           std::vector<Mat<F>>& C, F* h) {
+  const ConstVecMap<F> q(x.q + n * d.DK, d.DK), k(x.k + n * d.DK, d.DK), v(x.v + n * d.DV, d.DV);
+  VecMap<F> out(h + n * d.DV, d.DV);
+  out = (x.scale * x.D[n] * q.dot(k)) * v;
+  const index_t* in = dag.in_edges().begin(n);
+  const index_t n_in = dag.in_edges().size(n);
+  for (index_t i = 0; i < n_in; ++i) out.noalias() += (x.scale * x.M[in[i]]) * (C[in[i]].transpose() * q);
+  const index_t* outs = dag.out_edges().begin(n);
+  for (index_t o = 0; o < dag.out_edges().size(n); ++o) {
+    Mat<F>& state = C[outs[o]];
+    state.noalias() = (x.S[outs[o]] * k) * v.transpose();
+    for (index_t i = 0; i < n_in; ++i) state += x.T[arcs(dag, n, i, o)] * C[in[i]];
+  }
+  for (index_t i = 0; i < n_in; ++i) C[in[i]] = Mat<F>();  // read by n only
+}
+
+template <class F>
+void forward_recurrent(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h) {
+  std::vector<Mat<F>> C(d.E);
+  for (index_t n : dag.topological_order()) visit(dag, arcs, d, x, n, C, h);
+}
+
+template <class F>
+void forward_levels(const graph::Dag& dag, const ArcIndex& arcs, const graph::Csr& schedule, const Dims& d,
+                    const Head<F>& x, F* h) {
+  std::vector<Mat<F>> C(d.E);
+  for (index_t l = 0; l < schedule.rows(); ++l) {
+    const index_t* nodes = schedule.begin(l);
+#pragma omp parallel for schedule(dynamic, 16)
+    for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, h);
+  }
+}
+
+// G (N x N) of one head: column n' of `carried` is what node n' put on each edge, propagated.
+template <class F>
+Mat<F> gating(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x) {
+  Mat<F> carried = Mat<F>::Zero(d.E, d.N);  // carried(e, n'): weight of n''s k v on edge e
+  Mat<F> G = Mat<F>::Zero(d.N, d.N);
+  for (index_t n : dag.topological_order()) {
+    const index_t* in = dag.in_edges().begin(n);
+    const index_t* out = dag.out_edges().begin(n);
+    for (index_t i = 0; i < dag.in_edges().size(n); ++i) G.col(n) += x.M[in[i]] * carried.row(in[i]).transpose();
+    for (index_t o = 0; o < dag.out_edges().size(n); ++o) {
+      carried(out[o], n) += x.S[out[o]];
+      for (index_t i = 0; i < dag.in_edges().size(n); ++i)
+        carried.row(out[o]) += x.T[arcs(dag, n, i, o)] * carried.row(in[i]);
+    }
+  }
+  return G;
+}
+
+template <class F>
+void forward_parallel(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h) {
+  using ConstMat = Eigen::Map<const Mat<F>>;
+  const ConstMat Q(x.q, d.N, d.DK), K(x.k, d.N, d.DK), V(x.v, d.N, d.DV);
+  const Mat<F> A = x.scale * Q * K.transpose();  // A(n, n') = s q^n·k^n'
+  Mat<F> P = gating(dag, arcs, d, x).transpose().cwiseProduct(A);
+  P.diagonal() += Eigen::Map<const Vec<F>>(x.D, d.N).cwiseProduct(A.diagonal());
+  Eigen::Map<Mat<F>>(h, d.N, d.DV).noalias() = P * V;
+}
+
+}  // namespace
+
+std::string to_string(DagForm form) {
+  switch (form) {
+    case DagForm::recurrent: return "recurrent";
+    case DagForm::levels: return "levels";
+    case DagForm::parallel: return "parallel";
+  }
+  return "?";
+}
+
+template <class F>
+xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagForm form, const Options& o) {
+  const ArcIndex arcs(dag);
+  const Dims d = check_inputs(dag, x, arcs);
+  auto h = uninitialized<F>(Shape<4>{d.B, d.NH, d.N, d.DV});
+  if (form == DagForm::levels) {  // parallel inside each level, so heads one after another
+    const graph::Csr schedule = graph::level_schedule(graph::node_levels(dag));
+    for (index_t bh = 0; bh < d.B * d.NH; ++bh)
+      forward_levels(dag, arcs, schedule, d, Head<F>(x, d, bh, o), h.data() + bh * d.N * d.DV);
+    return h;
+  }
+#pragma omp parallel for schedule(dynamic)
+  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+    const Head<F> head(x, d, bh, o);
+    F* out = h.data() + bh * d.N * d.DV;
+    form == DagForm::recurrent ? forward_recurrent(dag, arcs, d, head, out)
+                               : forward_parallel(dag, arcs, d, head, out);
+  }
+  return h;
+}
+
+template <class F>
+xt::xtensor<F, 4> dag_gating(const graph::Dag& dag, const DagInputs<F>& x) {
+  const ArcIndex arcs(dag);
+  const Dims d = check_inputs(dag, x, arcs);
+  auto G = uninitialized<F>(Shape<4>{d.B, d.NH, d.N, d.N});
+#pragma omp parallel for schedule(dynamic)
+  for (index_t bh = 0; bh < d.B * d.NH; ++bh)
+    Eigen::Map<Mat<F>>(G.data() + bh * d.N * d.N, d.N, d.N) = gating(dag, arcs, d, Head<F>(x, d, bh, Options{}));
+  return G;
+}
+
+template <class F>
+DagGrad<F> dag_backward(const graph::Dag& dag, const DagInputs<F>& x, ConstView<F, 4> dh, const Options& o) {
+  const ArcIndex arcs(dag);
+  const Dims d = check_inputs(dag, x, arcs);
+  check_shape("dh", dh, {d.B, d.NH, d.N, d.DV});
+  DagGrad<F> g{zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DK}), zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DK}),
+               zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DV}), zeros<F>(Shape<3>{d.B, d.NH, d.E}),
+               zeros<F>(Shape<3>{d.B, d.NH, d.A}),       zeros<F>(Shape<3>{d.B, d.NH, d.E}),
+               zeros<F>(Shape<3>{d.B, d.NH, d.N})};
+#pragma omp parallel for schedule(dynamic)
+  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+    const Head<F> x_h(x, d, bh, o);
+    // Forward, keeping every edge state.
+    std::vector<Mat<F>> C(d.E), dC(d.E);
+    for (index_t n : dag.topological_order()) {
+      const ConstVecMap<F> k(x_h.k + n * d.DK, d.DK), v(x_h.v + n * d.DV, d.DV);
+      const index_t* in = dag.in_edges().begin(n);
+      const index_t* out = dag.out_edges().begin(n);
+      for (index_t o_ = 0; o_ < dag.out_edges().size(n); ++o_) {
+        C[out[o_]].noalias() = (x_h.S[out[o_]] * k) * v.transpose();
+        for (index_t i = 0; i < dag.in_edges().size(n); ++i) C[out[o_]] += x_h.T[arcs(dag, n, i, o_)] * C[in[i]];
+        dC[out[o_]] = Mat<F>::Zero(d.DK, d.DV);
+      }
+    }
+    const F s = x_h.scale;
+    F* dq = g.dq.data() + bh * d.N * d.DK;
+    F* dk = g.dk.data() + bh * d.N * d.DK;
+    F* dv = g.dv.data() + bh * d.N * d.DV;
+    F* dS = g.dS.data() + bh * d.E;
+    F* dT = g.dT.data() + bh * d.A;
+    F* dM = g.dM.data() + bh * d.E;
+    F* dD = g.dD.data() + bh * d.N;
+    // Reverse topological order: when node n is visited, the gradients of its outgoing states are
+    // complete (their only reader, the target node, came earlier).
+    const auto& order = dag.topological_order();
+    for (auto it = order.rbegin(); it != order.rend(); ++it) {
+      const index_t n = *it;
+      const ConstVecMap<F> q(x_h.q + n * d.DK, d.DK), k(x_h.k + n * d.DK, d.DK), v(x_h.v + n * d.DV, d.DV);
+      const ConstVecMap<F> dh_n(dh.data() + (bh * d.N + n) * d.DV, d.DV);
+      VecMap<F> dq_n(dq + n * d.DK, d.DK), dk_n(dk + n * d.DK, d.DK), dv_n(dv + n * d.DV, d.DV);
+      const index_t* in = dag.in_edges().begin(n);
+      const index_t* out = dag.out_edges().begin(n);
+      const index_t n_in = dag.in_edges().size(n);
+      // C^e = Σ T C^e' + S k v^T for the outgoing edges
+      for (index_t o_ = 0; o_ < dag.out_edges().size(n); ++o_) {
+        const Mat<F>& dCe = dC[out[o_]];
+        const Vec<F> dC_v = dCe * v;
+        dS[out[o_]] = k.dot(dC_v);
+        dk_n += x_h.S[out[o_]] * dC_v;
+        dv_n += x_h.S[out[o_]] * (dCe.transpose() * k);
+        for (index_t i = 0; i < n_in; ++i) {
+          dT[arcs(dag, n, i, o_)] = (dCe.array() * C[in[i]].array()).sum();
+          dC[in[i]] += x_h.T[arcs(dag, n, i, o_)] * dCe;
+        }
+      }
+      // h^n = s Σ M C^T q + s D (q·k) v
+      const F qk = q.dot(k), v_dh = v.dot(dh_n);
+      dD[n] = s * qk * v_dh;
+      dq_n += (s * x_h.D[n] * v_dh) * k;
+      dk_n += (s * x_h.D[n] * v_dh) * q;
+      dv_n += (s * x_h.D[n] * qk) * dh_n;
+      for (index_t i = 0; i < n_in; ++i) {
+        const Vec<F> C_dh = C[in[i]] * dh_n;
+        dM[in[i]] = s * q.dot(C_dh);
+        dq_n += (s * x_h.M[in[i]]) * C_dh;
+        dC[in[i]].noalias() += (s * x_h.M[in[i]] * q) * dh_n.transpose();
+      }
+    }
+  }
+  return g;
+}
+
+#define FLASHLSTM_INSTANTIATE(F)                                                                                \
+  template xt::xtensor<F, 4> dag_forward(const graph::Dag&, const DagInputs<F>&, DagForm, const Options&);      \
+  template DagGrad<F> dag_backward(const graph::Dag&, const DagInputs<F>&, ConstView<F, 4>, const Options&);    \
+  template xt::xtensor<F, 4> dag_gating(const graph::Dag&, const DagInputs<F>&);
+FLASHLSTM_INSTANTIATE(float)
+FLASHLSTM_INSTANTIATE(double)
+#undef FLASHLSTM_INSTANTIATE
+
+}  // namespace flashlstm::plstm
