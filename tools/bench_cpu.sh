@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 cmake -S . -B build-bench -G Ninja -DFLASHLSTM_NATIVE=ON -DFLASHLSTM_TESTS=OFF -DFLASHLSTM_CUDA=OFF > /dev/null
-cmake --build build-bench --target bench_mlstm_cpu bench_slstm_cpu
+cmake --build build-bench --target bench_mlstm_cpu bench_slstm_cpu bench_plstm_cpu bench_arrow_pointing_cpu
 revision=$(git rev-parse HEAD)$(git diff --quiet || echo "-dirty")
 mkdir -p bench/results
 run() {  # name, then environment assignments
@@ -18,3 +18,5 @@ run() {  # name, then environment assignments
 }
 run mlstm
 run slstm GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+run plstm
+run arrow_pointing

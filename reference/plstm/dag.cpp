@@ -8,7 +8,13 @@
 
 
 #include <cmath>
+#include <memory>
+#include <utility>
 #include <vector>
+
+#ifdef FLASHLSTM_OPENMP
+#include <omp.h>
+#endif
 
 namespace flashlstm::plstm {
 namespace {
@@ -72,39 +78,82 @@ struct Head {
         scale(detail::qk_scale<F>(o, d.DK)) {}
 };
 
-// Visits node n: writes h^n and the states of its outgoing edges, releases its incoming states.
+// Storage for the edge states of the recurrent forms: DK x DV buffers taken and given back per
+// thread, so that a state's memory is reused once its target node has read it, without a heap
+// allocation per edge (and without freeing on one thread what another allocated).
+template <class F>
+class StatePool {
+ public:
+  explicit StatePool(index_t elements) : elements_(elements), owned_(max_threads()), free_(max_threads()) {}
+  F* take() {
+    auto& list = free_[thread()];
+    if (list.empty()) return owned_[thread()].emplace_back(std::make_unique<F[]>(elements_)).get();
+    F* p = list.back();
+    list.pop_back();
+    return p;
+  }
+  void give(F* p) { free_[thread()].push_back(p); }
+
+ private:
+  static int max_threads() {
+#ifdef FLASHLSTM_OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+  static int thread() {
+#ifdef FLASHLSTM_OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+  }
+  index_t elements_;
+  std::vector<std::vector<std::unique_ptr<F[]>>> owned_;
+  std::vector<std::vector<F*>> free_;
+};
+
+// Visits node n: writes h^n and the states of its outgoing edges, releases its incoming states
+// (C[e] points at edge e's state while it is alive).
 template <class F>
 void visit(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, index_t n,
-           std::vector<Mat<F>>& C, F* h) {
+           std::vector<F*>& C, StatePool<F>& pool, F* h) {
+  using ConstState = Eigen::Map<const Mat<F>>;
   const ConstVecMap<F> q(x.q + n * d.DK, d.DK), k(x.k + n * d.DK, d.DK), v(x.v + n * d.DV, d.DV);
   VecMap<F> out(h + n * d.DV, d.DV);
   out = (x.scale * x.D[n] * q.dot(k)) * v;
   const index_t* in = dag.in_edges().begin(n);
   const index_t n_in = dag.in_edges().size(n);
-  for (index_t i = 0; i < n_in; ++i) out.noalias() += (x.scale * x.M[in[i]]) * (C[in[i]].transpose() * q);
+  for (index_t i = 0; i < n_in; ++i)
+    out.noalias() += (x.scale * x.M[in[i]]) * (ConstState(C[in[i]], d.DK, d.DV).transpose() * q);
   const index_t* outs = dag.out_edges().begin(n);
   for (index_t o = 0; o < dag.out_edges().size(n); ++o) {
-    Mat<F>& state = C[outs[o]];
+    Eigen::Map<Mat<F>> state(C[outs[o]] = pool.take(), d.DK, d.DV);
     state.noalias() = (x.S[outs[o]] * k) * v.transpose();
-    for (index_t i = 0; i < n_in; ++i) state += x.T[arcs(dag, n, i, o)] * C[in[i]];
+    for (index_t i = 0; i < n_in; ++i) state += x.T[arcs(dag, n, i, o)] * ConstState(C[in[i]], d.DK, d.DV);
   }
-  for (index_t i = 0; i < n_in; ++i) C[in[i]] = Mat<F>();  // read by n only
+  for (index_t i = 0; i < n_in; ++i) pool.give(std::exchange(C[in[i]], nullptr));  // read by n only
 }
 
 template <class F>
 void forward_recurrent(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h) {
-  std::vector<Mat<F>> C(d.E);
-  for (index_t n : dag.topological_order()) visit(dag, arcs, d, x, n, C, h);
+  std::vector<F*> C(d.E, nullptr);
+  StatePool<F> pool(d.DK * d.DV);
+  for (index_t n : dag.topological_order()) visit(dag, arcs, d, x, n, C, pool, h);
 }
 
+// Levels one after another, the nodes of a level over the threads; a narrow level runs on one
+// thread, where a barrier would cost more than its work.
 template <class F>
 void forward_levels(const graph::Dag& dag, const ArcIndex& arcs, const graph::Csr& schedule, const Dims& d,
                     const Head<F>& x, F* h) {
-  std::vector<Mat<F>> C(d.E);
+  std::vector<F*> C(d.E, nullptr);
+  StatePool<F> pool(d.DK * d.DV);
   for (index_t l = 0; l < schedule.rows(); ++l) {
     const index_t* nodes = schedule.begin(l);
-#pragma omp parallel for schedule(dynamic, 16)
-    for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, h);
+#pragma omp parallel for schedule(static) if (schedule.size(l) >= 32)
+    for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, pool, h);
   }
 }
 
