@@ -5,6 +5,7 @@
 #include "core/metrics.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace flashlstm::mlstm {
@@ -43,21 +44,50 @@ Problem<To> cast_problem(const Problem<From>& p) {
 }
 
 template <class TA, class TB>
+std::map<std::string, double> rel_errors(const Output<TA>& a, const Output<TB>& ref) {
+  return {{"h", rel_l2(a.h, ref.h)},
+          {"C", rel_l2(a.last.C, ref.last.C)},
+          {"n", rel_l2(a.last.n, ref.last.n)},
+          {"m", rel_l2(a.last.m, ref.last.m)}};
+}
+
+template <class TA, class TB>
+std::map<std::string, double> rel_errors(const InputGrad<TA>& a, const InputGrad<TB>& ref) {
+  std::map<std::string, double> e{{"dq", rel_l2(a.dq, ref.dq)},
+                                  {"dk", rel_l2(a.dk, ref.dk)},
+                                  {"dv", rel_l2(a.dv, ref.dv)},
+                                  {"digate", rel_l2(a.digate, ref.digate)},
+                                  {"dfgate", rel_l2(a.dfgate, ref.dfgate)}};
+  if (a.dinitial.has_value() != ref.dinitial.has_value()) {
+    e["dinitial"] = std::numeric_limits<double>::infinity();
+  } else if (a.dinitial) {
+    e["dC0"] = rel_l2(a.dinitial->C, ref.dinitial->C);
+    e["dn0"] = rel_l2(a.dinitial->n, ref.dinitial->n);
+    e["dm0"] = rel_l2(a.dinitial->m, ref.dinitial->m);
+  }
+  return e;
+}
+
+namespace {
+// The largest value; NaN if any is NaN.
+double max_of(const std::map<std::string, double>& errors) {
+  double worst = 0;
+  for (const auto& [name, e] : errors) {
+    if (std::isnan(e)) return e;
+    worst = std::max(worst, e);
+  }
+  return worst;
+}
+}  // namespace
+
+template <class TA, class TB>
 double max_rel_error(const Output<TA>& a, const Output<TB>& ref) {
-  return std::max({rel_l2(a.h, ref.h), rel_l2(a.last.C, ref.last.C), rel_l2(a.last.n, ref.last.n),
-                   rel_l2(a.last.m, ref.last.m)});
+  return max_of(rel_errors(a, ref));
 }
 
 template <class TA, class TB>
 double max_rel_error(const InputGrad<TA>& a, const InputGrad<TB>& ref) {
-  double e = std::max({rel_l2(a.dq, ref.dq), rel_l2(a.dk, ref.dk), rel_l2(a.dv, ref.dv), rel_l2(a.digate, ref.digate),
-                       rel_l2(a.dfgate, ref.dfgate)});
-  if (a.dinitial.has_value() != ref.dinitial.has_value()) return std::numeric_limits<double>::infinity();
-  if (a.dinitial) {
-    e = std::max({e, rel_l2(a.dinitial->C, ref.dinitial->C), rel_l2(a.dinitial->n, ref.dinitial->n),
-                  rel_l2(a.dinitial->m, ref.dinitial->m)});
-  }
-  return e;
+  return max_of(rel_errors(a, ref));
 }
 
 template <class T>
@@ -100,6 +130,10 @@ template Problem<float> random_problem<float>(const ProblemShape&, std::uint64_t
 template Problem<double> random_problem<double>(const ProblemShape&, std::uint64_t);
 template Problem<float> cast_problem<float, double>(const Problem<double>&);
 template Problem<double> cast_problem<double, float>(const Problem<float>&);
+template std::map<std::string, double> rel_errors(const Output<float>&, const Output<double>&);
+template std::map<std::string, double> rel_errors(const Output<double>&, const Output<double>&);
+template std::map<std::string, double> rel_errors(const InputGrad<float>&, const InputGrad<double>&);
+template std::map<std::string, double> rel_errors(const InputGrad<double>&, const InputGrad<double>&);
 template double max_rel_error(const Output<float>&, const Output<double>&);
 template double max_rel_error(const Output<double>&, const Output<double>&);
 template double max_rel_error(const InputGrad<float>&, const InputGrad<double>&);

@@ -43,7 +43,13 @@ Problem<T> random_problem(const ProblemShape& shape, std::uint64_t seed);
 template <class To, class From>
 Problem<To> cast_problem(const Problem<From>& p);
 
-// max over outputs (h, C, n, m) / gradients of the relative L2 error of `a` against `ref`.
+// The relative L2 error of `a` against `ref` for each output (h, C, n, m) or gradient (dq, dk, dv,
+// digate, dfgate, dC0, dn0, dm0), and the largest of them. A gradient of the initial state present
+// in only one of the two is an infinite error.
+template <class TA, class TB>
+std::map<std::string, double> rel_errors(const Output<TA>& a, const Output<TB>& ref);
+template <class TA, class TB>
+std::map<std::string, double> rel_errors(const InputGrad<TA>& a, const InputGrad<TB>& ref);
 template <class TA, class TB>
 double max_rel_error(const Output<TA>& a, const Output<TB>& ref);
 template <class TA, class TB>

@@ -3,13 +3,6 @@
 
 namespace flashlstm::mlstm {
 
-std::string to_string(InputGate gate) { return gate == InputGate::exp ? "exp" : "sig"; }
-
-std::string variant_name(const Options& o) {
-  if (o.input_gate == InputGate::exp) return "exp";
-  return o.normalize ? "sig" : "sig-nonorm";
-}
-
 std::string Form::name() const {
   switch (kind) {
     case recurrent: return "recurrent";

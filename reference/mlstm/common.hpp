@@ -94,9 +94,6 @@ template <class T>
 T dlog_input(T igate, const Options& o) {
   return o.input_gate == InputGate::exp ? T(1) : sigmoid(-igate);
 }
-// exp stabilises with the running maximum m_t; sig has every log gate <= 0 and keeps m_t = 0.
-inline bool stabilised(const Options& o) { return o.input_gate == InputGate::exp; }
-inline bool normalizes(const Options& o) { return o.input_gate == InputGate::exp || o.normalize; }
 
 // The readout h = num / dhat with dhat = max(|den|, exp(-m)) + eps (exp), max(|den|, 1) + eps
 // (sig) or 1 (sig without normaliser).

@@ -10,6 +10,7 @@
 // compute the same function (same stabiliser m), so they agree to rounding in double.
 #pragma once
 
+#include "core/mlstm_options.hpp"
 #include "core/view.hpp"
 
 #include <optional>
@@ -17,17 +18,6 @@
 #include <string>
 
 namespace flashlstm::mlstm {
-
-enum class InputGate { exp, sig };
-
-struct Options {
-  InputGate input_gate = InputGate::exp;
-  bool normalize = true;  // sig only: false drops the normaliser (h = C^T q̂); exp always normalises
-  double eps = 1e-6;      // added to the denominator
-};
-
-std::string to_string(InputGate gate);
-std::string variant_name(const Options& options);  // "exp", "sig", "sig-nonorm"
 
 // An owning state; `m` is the log-scale stabiliser (the true state is exp(m) * (C, n)).
 template <class T>

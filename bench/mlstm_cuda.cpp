@@ -1,0 +1,223 @@
+// Times the CUDA mLSTM kernels at issue 7's benchmark shape (bf16, 65,536 tokens, NH = 8, DQK = 256,
+// DV = 512) as DESIGN.md's performance protocol says: CUDA events around each call, the median of
+// >= 30 repetitions after warm-up, L2 flushed before each, random inputs. Prints ms, TFLOP/s, GB/s,
+// the ratio to the floor (max of FLOPs / 789 TFLOP/s and bytes / 3.0 TB/s) and to the peers'
+// numbers recorded on the same H100 (DESIGN.md), and writes the rows as JSON.
+//
+// FLOPs counted (spec/mlstm.md): per token and head, the inter-chunk work 4·DQK·DV and the causal
+// intra-chunk work L·(DQK + DV); forward + backward counts three forwards. Bytes: q, k, v, gates read
+// and h written once (+ dh read, dq, dk, dv, gate gradients written for the backward); the step:
+// the float32 state read and written once.
+#include "bench/fill.hpp"
+#include "cuda/mlstm/mlstm.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <stdexcept>
+#include <vector>
+
+namespace {
+
+using namespace flashlstm::cuda::mlstm;
+
+constexpr double kPeakFlops = 789e12, kPeakBytes = 3.0e12;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(fmt::format("CUDA: {}: {}", what, cudaGetErrorString(e)));
+}
+
+struct Buffer {
+  void* ptr = nullptr;
+  explicit Buffer(std::size_t bytes) { check(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
+  ~Buffer() { cudaFree(ptr); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  template <class T = void>
+  T* get() const {
+    return static_cast<T*>(ptr);
+  }
+};
+
+bool g_once = false;  // --once: one untimed run of each case
+
+// Median time of `fn` over `reps` runs after `warmup` runs, each preceded by an L2 flush.
+double median_ms(const std::function<void()>& fn, cudaStream_t stream, int warmup, int reps) {
+  if (g_once) {
+    fn();
+    check(cudaStreamSynchronize(stream), "run");
+    return 0;
+  }
+  static Buffer flush(256u << 20);
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  for (int i = 0; i < warmup; ++i) fn();
+  std::vector<double> times;
+  for (int i = 0; i < reps; ++i) {
+    check(cudaMemsetAsync(flush.get(), i & 0xff, 256u << 20, stream), "flush");
+    check(cudaEventRecord(start, stream), "record");
+    fn();
+    check(cudaEventRecord(stop, stream), "record");
+    check(cudaEventSynchronize(stop), "sync");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+    times.push_back(ms);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+  return times[times.size() / 2];
+}
+
+struct Row {
+  std::string kernel;
+  std::int64_t S = 0, L = 0, B = 0;
+  double ms = 0, flops = 0, bytes = 0;
+  std::optional<double> peer_ms;
+  std::string peer;
+  std::size_t scratch_bytes = 0;
+
+  double floor_ms() const { return 1e3 * std::max(flops / kPeakFlops, bytes / kPeakBytes); }
+  nlohmann::json json() const {
+    nlohmann::json j{{"kernel", kernel}, {"S", S}, {"L", L}, {"B", B}, {"ms", ms}, {"tflops", flops / ms / 1e9},
+                     {"gbs", bytes / ms / 1e6}, {"floor_ms", floor_ms()}, {"ratio_to_floor", ms / floor_ms()},
+                     {"scratch_bytes", scratch_bytes}};
+    if (peer_ms) j["peer"] = peer, j["peer_ms"] = *peer_ms, j["speedup_over_peer"] = *peer_ms / ms;
+    return j;
+  }
+};
+
+// The stream-ordered pool's high-water mark since the last reset (the kernels' scratch).
+std::size_t pool_peak_and_reset() {
+  cudaMemPool_t pool;
+  int device = 0;
+  cudaGetDevice(&device);
+  check(cudaDeviceGetDefaultMemPool(&pool, device), "pool");
+  std::uint64_t peak = 0, zero = 0;
+  cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &peak);
+  cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero);
+  return peak;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Time the CUDA mLSTM kernels"};
+  std::string json_path, revision = "unknown";
+  int reps = 30;
+  bool once = false;
+  std::vector<int> chunk_sizes{128, 256};
+  std::vector<std::int64_t> lengths{8192, 32768};
+  app.add_option("--json", json_path, "write the rows here");
+  app.add_option("--revision", revision, "git revision recorded with the rows");
+  app.add_option("--reps", reps, "timed repetitions (median reported)")->check(CLI::Range(30, 10000));
+  app.add_option("--chunk-sizes", chunk_sizes, "chunk sizes L to time");
+  app.add_option("--lengths", lengths, "sequence lengths S (B = 65536 / S)");
+  app.add_flag("--once", once, "run each case once, untimed (for a profiler such as ncu)");
+  CLI11_PARSE(app, argc, argv);
+
+  g_once = once;
+  try {
+    constexpr std::int64_t kTokens = 65536, NH = 8, DQK = 256, DV = 512;
+    cudaStream_t stream;
+    check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, 0), "properties");
+    const std::size_t e = 2;  // bf16
+    const std::size_t qk_bytes = kTokens * NH * DQK * e, v_bytes = kTokens * NH * DV * e, g_bytes = kTokens * NH * e;
+    Buffer q(qk_bytes), k(qk_bytes), v(v_bytes), ig(g_bytes), fg(g_bytes), h(v_bytes), dh(v_bytes);
+    Buffer dq(qk_bytes), dk(qk_bytes), dv(v_bytes), dig(g_bytes), dfg(g_bytes);
+    flashlstm::bench::fill_normal(q.get(), kTokens * NH * DQK, true, 0.f, 1.f, 1, stream);
+    flashlstm::bench::fill_normal(k.get(), kTokens * NH * DQK, true, 0.f, 1.f, 2, stream);
+    flashlstm::bench::fill_normal(v.get(), kTokens * NH * DV, true, 0.f, 1.f, 3, stream);
+    flashlstm::bench::fill_normal(ig.get(), kTokens * NH, true, 0.f, 1.f, 4, stream);
+    flashlstm::bench::fill_normal(fg.get(), kTokens * NH, true, 3.f, 1.f, 5, stream);
+    flashlstm::bench::fill_normal(dh.get(), kTokens * NH * DV, true, 0.f, 1.f, 6, stream);
+
+    const Options sig_nonorm{InputGate::sig, false, 1e-6}, exp_gate{InputGate::exp, true, 1e-6};
+    std::vector<Row> rows;
+    for (std::int64_t S : lengths) {
+      const std::int64_t B = kTokens / S;
+      const Inputs x{q.get(), k.get(), v.get(), ig.get(), fg.get(), Dims{B, NH, S, DQK, DV}, DType::bfloat16};
+      const double io_fw = 2.0 * qk_bytes + 2.0 * v_bytes + 2.0 * g_bytes;
+      const double io_bw = io_fw + 2.0 * qk_bytes + 2.0 * v_bytes + 2.0 * g_bytes;
+      for (int L : chunk_sizes) {
+        const double fw_flops = static_cast<double>(kTokens) * NH * (4.0 * DQK * DV + L * (DQK + DV));
+        struct Variant {
+          const char* name;
+          Options o;
+          double fw_peer, fwbw_peer;
+          const char *fw_peer_name, *fwbw_peer_name;
+        };
+        const Variant variants[] = {
+            {"mLSTMsig (normalize off)", sig_nonorm, 2.54, 16.40, "FLA simple_gla 2.54 ms (TFLA Triton 4.31)",
+             "TFLA Triton"},
+            {"mLSTMexp", exp_gate, 6.88, 24.51, "limit-chunk Triton", "limit-chunk Triton"}};
+        for (const Variant& var : variants) {
+          pool_peak_and_reset();
+          Row fw{fmt::format("{} fw", var.name), S, L, B};
+          fw.ms = median_ms([&] { forward_chunkwise(x, nullptr, h.get(), State{}, L, var.o, stream); }, stream, 3, reps);
+          fw.flops = fw_flops, fw.bytes = io_fw;
+          fw.scratch_bytes = pool_peak_and_reset();
+          if (S == 8192) fw.peer_ms = var.fw_peer, fw.peer = var.fw_peer_name;
+          rows.push_back(fw);
+
+          Row fwbw{fmt::format("{} fw+bw", var.name), S, L, B};
+          const InputGrad grads{dq.get(), dk.get(), dv.get(), dig.get(), dfg.get(), State{}};
+          fwbw.ms = median_ms(
+              [&] {
+                forward_chunkwise(x, nullptr, h.get(), State{}, L, var.o, stream);
+                backward_chunkwise(x, nullptr, OutputGrad{dh.get()}, grads, L, var.o, stream);
+              },
+              stream, 2, reps);
+          fwbw.flops = 3 * fw_flops, fwbw.bytes = io_bw;
+          fwbw.scratch_bytes = pool_peak_and_reset();
+          if (S == 8192) fwbw.peer_ms = var.fwbw_peer, fwbw.peer = var.fwbw_peer_name;
+          rows.push_back(fwbw);
+        }
+      }
+    }
+    {  // the generation step, B = 16
+      const std::int64_t B = 16;
+      const std::size_t C_bytes = B * NH * DQK * DV * 4;
+      Buffer C(C_bytes), n(B * NH * DQK * 4), m(B * NH * 4), hs(B * NH * DV * e);
+      check(cudaMemsetAsync(C.get(), 0, C_bytes, stream), "memset");
+      check(cudaMemsetAsync(n.get(), 0, B * NH * DQK * 4, stream), "memset");
+      check(cudaMemsetAsync(m.get(), 0, B * NH * 4, stream), "memset");
+      const Inputs x{q.get(), k.get(), v.get(), ig.get(), fg.get(), Dims{B, NH, 1, DQK, DV}, DType::bfloat16};
+      for (const auto& [name, o] : {std::pair{"mLSTMexp step B=16", exp_gate}, std::pair{"mLSTMsig step B=16", sig_nonorm}}) {
+        Row r{name, 1, 0, B};
+        r.ms = median_ms([&] { step(x, State{C.get<float>(), n.get<float>(), m.get<float>()}, hs.get(), o, stream); },
+                         stream, 5, std::max(reps, 100));
+        r.flops = 4.0 * B * NH * DQK * DV;
+        r.bytes = 2.0 * C_bytes;
+        rows.push_back(r);
+      }
+    }
+
+    nlohmann::json out{{"revision", revision}, {"device", prop.name}, {"dtype", "bf16"}, {"tokens", kTokens},
+                       {"NH", NH}, {"DQK", DQK}, {"DV", DV}, {"results", nlohmann::json::array()}};
+    for (const Row& r : rows) out["results"].push_back(r.json());
+    if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+
+    fmt::print("{:<34} {:>6} {:>5} {:>9} {:>8} {:>8} {:>9} {:>7} {:>9}\n", "kernel (bf16, NH8, 256x512)", "S", "L",
+               "ms", "TFLOP/s", "GB/s", "floor ms", "/floor", "vs peer");
+    for (const Row& r : rows) {
+      fmt::print("{:<34} {:>6} {:>5} {:>9.3f} {:>8.1f} {:>8.0f} {:>9.3f} {:>7.2f} {:>9}\n", r.kernel, r.S, r.L, r.ms,
+                 r.flops / r.ms / 1e9, r.bytes / r.ms / 1e6, r.floor_ms(), r.ms / r.floor_ms(),
+                 r.peer_ms ? fmt::format("{:.2f}x", *r.peer_ms / r.ms) : "-");
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,193 @@
+// The host API of the CUDA mLSTM (cuda/mlstm/mlstm.hpp): argument checks with errors that name the
+// argument, then the launchers in chunkwise.cu and step.cu.
+#include "core/error.hpp"
+#include "cuda/mlstm/params.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace flashlstm::cuda::mlstm {
+namespace {
+
+constexpr std::int64_t kMaxInt = 2147483647;
+
+std::size_t element_size(DType dtype) { return dtype == DType::float32 ? 4 : 2; }
+
+// A pointer to device memory (or managed memory) of the current device, aligned for `align` bytes.
+void check_device_pointer(const void* ptr, std::string_view name, std::size_t align) {
+  require(ptr != nullptr, name, "is a null pointer");
+  require(reinterpret_cast<std::uintptr_t>(ptr) % align == 0, name, "must be aligned to {} bytes", align);
+  cudaPointerAttributes attr{};
+  const cudaError_t e = cudaPointerGetAttributes(&attr, ptr);
+  require(e == cudaSuccess, name, "is not a CUDA pointer ({})", cudaGetErrorString(e));
+  require(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, name,
+          "must point to device memory, got {}", attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host memory");
+  int device = 0;
+  cudaGetDevice(&device);
+  require(attr.device == device, name, "is on device {}, but the current device is {}", attr.device, device);
+}
+
+void check_dims(const Dims& d, bool sequence) {
+  require(d.B >= 1, "B", "must be >= 1, got {}", d.B);
+  require(d.NH >= 1, "NH", "must be >= 1, got {}", d.NH);
+  require(d.DQK >= 1 && d.DQK <= 4096, "DQK", "must be in [1, 4096], got {}", d.DQK);
+  require(d.DV >= 1 && d.DV <= 4096, "DV", "must be in [1, 4096], got {}", d.DV);
+  require(d.B * d.NH <= 65535, "B * NH", "must be <= 65535, got {}", d.B * d.NH);
+  if (sequence) {
+    require(d.S >= 1, "S", "must be >= 1, got {}", d.S);
+    require(d.B * d.NH * d.S * std::max(d.DQK, d.DV) <= (std::int64_t{1} << 40), "S", "problem too large");
+  }
+}
+
+void check_options(const Options& o) {
+  require(std::isfinite(o.eps) && o.eps >= 0, "eps", "must be finite and >= 0, got {}", o.eps);
+}
+
+void check_inputs(const Inputs& x, bool sequence) {
+  check_dims(x.dims, sequence);
+  const std::size_t a = element_size(x.dtype);
+  check_device_pointer(x.q, "q", a);
+  check_device_pointer(x.k, "k", a);
+  check_device_pointer(x.v, "v", a);
+  check_device_pointer(x.igate, "igate", a);
+  check_device_pointer(x.fgate, "fgate", a);
+}
+
+// All three pointers of a state, or (where optional) none.
+template <class S>
+bool check_state(const S& s, std::string_view name, bool optional) {
+  const int given = (s.C != nullptr) + (s.n != nullptr) + (s.m != nullptr);
+  if (optional && given == 0) return false;
+  require(given == 3, name, "needs all of C, n and m (got {} of 3)", given);
+  check_device_pointer(s.C, fmt::format("{}.C", name), 4);
+  check_device_pointer(s.n, fmt::format("{}.n", name), 4);
+  check_device_pointer(s.m, fmt::format("{}.m", name), 4);
+  return true;
+}
+
+void check_chunk_size(int chunk_size) {
+  require(chunk_size >= 64 && chunk_size % 64 == 0 && chunk_size <= 1024, "chunk_size",
+          "must be a multiple of 64 in [64, 1024], got {}", chunk_size);
+}
+
+// The legacy default stream is never used: 0 becomes the per-thread default stream, which is
+// ordered with it.
+cudaStream_t usable(cudaStream_t stream) { return stream == nullptr ? cudaStreamPerThread : stream; }
+
+}  // namespace
+
+namespace detail {
+
+Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, const Options& options) {
+  const Dims& d = x.dims;
+  Params p;
+  p.BH = static_cast<int>(d.B * d.NH);
+  p.S = static_cast<int>(d.S);
+  p.DQK = static_cast<int>(d.DQK);
+  p.DV = static_cast<int>(d.DV);
+  p.L = chunk_size;
+  p.nc = static_cast<int>((d.S + chunk_size - 1) / chunk_size);
+  p.seq_stride = d.S;
+  p.scale = 1.f / std::sqrt(static_cast<float>(d.DQK));
+  p.eps = static_cast<float>(options.eps);
+  p.stabilised = flashlstm::mlstm::stabilised(options);
+  p.normalizes = flashlstm::mlstm::normalizes(options);
+  p.q = x.q, p.k = x.k, p.v = x.v, p.igate = x.igate, p.fgate = x.fgate;
+  if (initial) p.C0 = initial->C, p.n0 = initial->n, p.m0 = initial->m;
+  return p;
+}
+
+}  // namespace detail
+
+void forward_chunkwise(const Inputs& x, const ConstState* initial, void* h, const State& last, int chunk_size,
+                       const Options& options, cudaStream_t stream) {
+  check_inputs(x, true);
+  require(x.dims.S <= kMaxInt, "S", "must be < 2^31, got {}", x.dims.S);
+  check_chunk_size(chunk_size);
+  check_options(options);
+  if (initial) check_state(*initial, "initial", false);
+  check_device_pointer(h, "h", element_size(x.dtype));
+  const bool with_last = check_state(last, "last", true);
+  detail::Params p = detail::make_params(x, initial, chunk_size, options);
+  p.h = h;
+  if (with_last) p.C_last = last.C, p.n_last = last.n, p.m_last = last.m;
+  detail::run_forward(p, x.dtype, usable(stream));
+}
+
+void backward_chunkwise(const Inputs& x, const ConstState* initial, const OutputGrad& grad, const InputGrad& out,
+                        int chunk_size, const Options& options, cudaStream_t stream) {
+  check_inputs(x, true);
+  require(x.dims.S <= kMaxInt, "S", "must be < 2^31, got {}", x.dims.S);
+  check_chunk_size(chunk_size);
+  check_options(options);
+  if (initial) check_state(*initial, "initial", false);
+  const std::size_t a = element_size(x.dtype);
+  check_device_pointer(grad.dh, "dh", a);
+  if (grad.dC_last) check_device_pointer(grad.dC_last, "dC_last", 4);
+  if (grad.dn_last) check_device_pointer(grad.dn_last, "dn_last", 4);
+  if (grad.dm_last) check_device_pointer(grad.dm_last, "dm_last", 4);
+  check_device_pointer(out.dq, "dq", a);
+  check_device_pointer(out.dk, "dk", a);
+  check_device_pointer(out.dv, "dv", a);
+  check_device_pointer(out.digate, "digate", a);
+  check_device_pointer(out.dfgate, "dfgate", a);
+  const bool with_dinitial = check_state(out.dinitial, "dinitial", true);
+  detail::Params p = detail::make_params(x, initial, chunk_size, options);
+  p.dh = grad.dh, p.dC_last = grad.dC_last, p.dn_last = grad.dn_last, p.dm_last = grad.dm_last;
+  p.dq = out.dq, p.dk = out.dk, p.dv = out.dv, p.digate = out.digate, p.dfgate = out.dfgate;
+  if (with_dinitial) p.dC0 = out.dinitial.C, p.dn0 = out.dinitial.n, p.dm0 = out.dinitial.m;
+  detail::run_backward(p, x.dtype, usable(stream));
+}
+
+void step(const Inputs& x, const State& state, void* h, const Options& options, cudaStream_t stream) {
+  check_inputs(x, false);
+  check_options(options);
+  check_state(state, "state", false);
+  check_device_pointer(h, "h", element_size(x.dtype));
+  detail::run_step(x, state, h, 1, 0, options, usable(stream));
+}
+
+void forward_sequence(const Inputs& x, const State& state, void* h, int chunk_size, const Options& options,
+                      cudaStream_t stream) {
+  check_inputs(x, true);
+  require(x.dims.S <= kMaxInt, "S", "must be < 2^31, got {}", x.dims.S);
+  check_chunk_size(chunk_size);
+  check_options(options);
+  check_state(state, "state", false);
+  check_device_pointer(h, "h", element_size(x.dtype));
+  stream = usable(stream);
+  const Dims& d = x.dims;
+  const std::int64_t bulk = d.S - d.S % chunk_size;
+  if (bulk > 0) {
+    // The chunkwise pass reads its initial state while other blocks write the final one: start
+    // from a copy.
+    const std::int64_t BH = d.B * d.NH;
+    float* copy = nullptr;
+    const std::size_t bytes = (BH * d.DQK * d.DV + BH * d.DQK + BH) * sizeof(float);
+    if (cudaMallocAsync(reinterpret_cast<void**>(&copy), bytes, stream) != cudaSuccess)
+      throw std::runtime_error("flashlstm CUDA: forward_sequence: allocation failed");
+    const ConstState initial{copy, copy + BH * d.DQK * d.DV, copy + BH * d.DQK * d.DV + BH * d.DQK};
+    cudaMemcpyAsync(copy, state.C, BH * d.DQK * d.DV * sizeof(float), cudaMemcpyDeviceToDevice, stream);
+    cudaMemcpyAsync(const_cast<float*>(initial.n), state.n, BH * d.DQK * sizeof(float), cudaMemcpyDeviceToDevice,
+                    stream);
+    cudaMemcpyAsync(const_cast<float*>(initial.m), state.m, BH * sizeof(float), cudaMemcpyDeviceToDevice, stream);
+    Inputs prefix = x;
+    prefix.dims.S = bulk;
+    detail::Params p = detail::make_params(prefix, &initial, chunk_size, options);
+    p.seq_stride = d.S;
+    p.h = h;
+    p.C_last = state.C, p.n_last = state.n, p.m_last = state.m;
+    detail::run_forward(p, x.dtype, stream);
+    cudaFreeAsync(copy, stream);
+  }
+  for (std::int64_t t = bulk; t < d.S; ++t) detail::run_step(x, state, h, d.S, t, options, stream);
+}
+
+bool device_available() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+}  // namespace flashlstm::cuda::mlstm

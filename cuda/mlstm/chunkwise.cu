@@ -1,0 +1,922 @@
+// The chunkwise mLSTM on the GPU (spec/mlstm.md, TFLA's two-level tiling): chunks of L tokens
+// (L a multiple of 64) carry the state (C, n, m) from one to the next; inside a chunk every
+// kernel works on 64 x 64 tiles, so L is independent of the tile size.
+//
+// Forward:   gate_prep       per chunk: b = Σ log f, u = log i - b, running max U (double)
+//            state_pass      per (DV tile, DQK tile, head), chunks in order: the state entering
+//                            each chunk, kept in registers, stored for the output pass
+//            chunk_output    per (DV tile, row tile, head), all chunks at once: h = readout of the
+//                            state part plus the causal intra-chunk part
+//
+// Backward (the exact derivative, normaliser and stabiliser included; the same algebra as
+// reference/mlstm/parallel.cpp's segment_backward, regrouped so that each piece is a tile product):
+//            state_pass, then chunk_output in statistics mode (per token: den, m_r, dh·num)
+//            readout_grad    per token: dhat, the gradients reaching den and m_r, the row sums of
+//                            dlogD and their state-column entries
+//            state_pass_reverse  chunks in reverse: the adjoint state at each chunk's exit
+//            intra_grad      per (key tile, row tile): dA = W ∘ (dnum Vᵀ + delta), P = A ∘ W
+//            grad_q, grad_k, grad_v   tile products of dA and P with K, Q̂, dnum, plus state terms
+//            gate_grad_*     per chunk / head: the stabiliser's routing (each row's dlogD sums to
+//                            its dm_r) and the forget gates' reverse cumulative sums
+//
+// Indices: `k` is a chunk, t0 its first token, Lc its length; r, s are chunk-local token indices
+// (rows = queries, columns = keys); tb = bh * S + t0 indexes the per-token workspace.
+#include "cuda/mlstm/params.hpp"
+#include "cuda/mlstm/tiles.cuh"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace flashlstm::cuda::mlstm::detail {
+namespace {
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("flashlstm CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+
+constexpr int kPad = kTile + 1;   // row stride of a 64-column operand tile
+constexpr int kPadS = kStep + 1;  // row stride of a 32-column operand tile
+
+struct Chunk {
+  int k, t0, Lc;
+  std::int64_t tb;
+};
+__device__ __forceinline__ Chunk chunk_of(const Params& p, int k, int bh) {
+  const int t0 = k * p.L;
+  return {k, t0, min(p.L, p.S - t0), static_cast<std::int64_t>(bh) * p.S + t0};
+}
+template <class T>
+__device__ __forceinline__ const T* token_ptr(const void* base, const Params& p, int bh, int t0, int D) {
+  return static_cast<const T*>(base) + (static_cast<std::int64_t>(bh) * p.seq_stride + t0) * D;
+}
+template <class T>
+__device__ __forceinline__ T* token_ptr(void* base, const Params& p, int bh, int t0, int D) {
+  return static_cast<T*>(base) + (static_cast<std::int64_t>(bh) * p.seq_stride + t0) * D;
+}
+__device__ __forceinline__ std::int64_t state_index(const Params& p, int bh, int k) {
+  return (static_cast<std::int64_t>(bh) * (p.nc + 1) + k);
+}
+// m_r: the row's stabiliser, the max over the entering state (b_r + m_k) and the tokens (b_r + U_r).
+__device__ __forceinline__ double row_m(const Params& p, double b, double U, double mk) {
+  return p.stabilised ? b + fmax(mk, U) : 0.0;
+}
+__device__ __forceinline__ float weight(double log_w) { return expf(static_cast<float>(log_w)); }
+
+// Block-wide sum (kThreads threads); the result is valid in thread 0.
+__device__ double block_sum(double x, double* scratch) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = x;
+  __syncthreads();
+  double total = 0.0;
+  if (threadIdx.x == 0)
+    for (int w = 0; w < kThreads / 32; ++w) total += scratch[w];
+  __syncthreads();
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+
+template <class T>
+__global__ void gate_prep(Params p) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= p.BH * p.nc) return;
+  const int bh = idx / p.nc;
+  const Chunk c = chunk_of(p, idx % p.nc, bh);
+  const T* ig = token_ptr<T>(p.igate, p, bh, c.t0, 1);
+  const T* fg = token_ptr<T>(p.fgate, p, bh, c.t0, 1);
+  double b = 0.0, U = -INFINITY;
+  int am = -1;
+  for (int t = 0; t < c.Lc; ++t) {
+    const float it = to_float(ig[t]);
+    const double log_i = p.stabilised ? it : logsigmoid(it);
+    b += logsigmoid(to_float(fg[t]));
+    const double u = log_i - b;
+    if (u > U) U = u, am = t;  // the earliest token wins ties, as in the reference
+    p.b[c.tb + t] = b;
+    p.u[c.tb + t] = u;
+    p.U[c.tb + t] = U;
+    p.argmax[c.tb + t] = am;
+  }
+}
+
+// Preconditions: grid (ceil(DV/64), ceil(DQK/64), BH); each block owns one 64 x 64 tile of C (the
+// blockIdx.x == 0 blocks also n, block (0, 0) also m) and walks the chunks in order.
+template <class T>
+__global__ void __launch_bounds__(kThreads) state_pass(Params p) {
+  __shared__ T sK_w[kSplit<T> * kStep * kPad], sV[kStep * kPad];
+  __shared__ float sW[kStep];
+  const Split<T> K_w = split_at(sK_w, kStep * kPad);  // (w ∘ K) rows: float32 products
+  const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
+  const bool owns_m = blockIdx.x == 0 && blockIdx.y == 0 && tid == 0;
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+
+  Acc acc;
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) {
+      const int d = d0 + tile_row(i), v = v0 + tile_col(j);
+      acc[i][j] = (p.C0 && d < p.DQK && v < p.DV) ? p.C0[bh * CS + d * p.DV + v] : 0.f;
+    }
+  float n = (owns_n && p.n0) ? p.n0[static_cast<std::int64_t>(bh) * p.DQK + d0 + tid] : 0.f;
+  double mk = p.m0 ? p.m0[bh] : 0.0;
+
+  for (int k = 0;; ++k) {
+    float* C = p.Cs + state_index(p, bh, k) * CS;  // (DQK, DV)
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int d = d0 + tile_row(i), v = v0 + tile_col(j);
+        if (d < p.DQK && v < p.DV) C[d * p.DV + v] = acc[i][j];
+      }
+    if (owns_n) p.ns[state_index(p, bh, k) * p.DQK + d0 + tid] = n;
+    if (owns_m) p.ms[state_index(p, bh, k)] = mk;
+    if (k == p.nc) break;
+
+    const Chunk c = chunk_of(p, k, bh);
+    const double g = p.b[c.tb + c.Lc - 1];
+    const double m_next = row_m(p, g, p.U[c.tb + c.Lc - 1], mk);
+    const float w_state = weight(g + mk - m_next);
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) acc[i][j] *= w_state;
+    n *= w_state;
+    const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);  // (Lc, DQK)
+    const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);   // (Lc, DV)
+    for (int s0 = 0; s0 < c.Lc; s0 += kStep) {
+      // token s enters the exit state with weight exp(g + u_s - m_next); it scales the rows of K
+      if (tid < kStep) sW[tid] = s0 + tid < c.Lc ? weight(g + p.u[c.tb + s0 + tid] - m_next) : 0.f;
+      __syncthreads();
+      load_tile<kStep, kTile>(K_w, K, p.DQK, s0, d0, c.Lc, p.DQK, sW);
+      load_tile<kStep, kTile>(sV, V, p.DV, s0, v0, c.Lc, p.DV);
+      __syncthreads();
+      gemm<false, true, kStep>(acc, K_w, kPad, sV, kPad);  // C += (w∘K)ᵀ V
+      if (owns_n)
+        for (int s = 0; s < kStep; ++s) n += K_w.at(s * kPad + tid);
+      __syncthreads();
+    }
+    mk = m_next;
+  }
+  if (p.C_last) {
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int d = d0 + tile_row(i), v = v0 + tile_col(j);
+        if (d < p.DQK && v < p.DV) p.C_last[bh * CS + d * p.DV + v] = acc[i][j];
+      }
+  }
+  if (p.n_last && owns_n) p.n_last[static_cast<std::int64_t>(bh) * p.DQK + d0 + tid] = n;
+  if (p.m_last && owns_m) p.m_last[bh] = static_cast<float>(mk);
+}
+
+// Per-row quantities of a 64-row tile of a chunk, in shared memory.
+struct RowTile {
+  double b[kTile], m[kTile];  // b_r and the stabiliser m_r
+  float w0[kTile];            // the entering state's weight exp(b_r + m_k - m_r)
+};
+__device__ __forceinline__ void load_rows(RowTile& rt, const Params& p, const Chunk& c, int r0, double mk) {
+  const int t = threadIdx.x;
+  if (t < kTile) {
+    const int r = r0 + t;
+    if (r < c.Lc) {
+      const double b = p.b[c.tb + r], m = row_m(p, b, p.U[c.tb + r], mk);
+      rt.b[t] = b, rt.m[t] = m, rt.w0[t] = weight(b + mk - m);
+    } else {
+      rt.b[t] = 0.0, rt.m[t] = 0.0, rt.w0[t] = 0.f;
+    }
+  }
+}
+
+// The 64 x 64 tile of A = Q̂ Kᵀ for rows r0.. and keys s0.. of a chunk (over the whole DQK).
+template <class T>
+__device__ void qk_tile(Acc& acc, T* sQ, T* sK, const T* Q, const T* K, const Params& p, const Chunk& c, int r0,
+                        int s0) {
+  zero(acc);
+  for (int d = 0; d < p.DQK; d += kStep) {
+    load_tile<kTile, kStep>(sQ, Q, p.DQK, r0, d, c.Lc, p.DQK);
+    load_tile<kTile, kStep>(sK, K, p.DQK, s0, d, c.Lc, p.DQK);
+    __syncthreads();
+    gemm<true, false, kStep>(acc, sQ, kPadS, sK, kPadS);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) acc[i][j] *= p.scale;
+}
+
+// Preconditions: grid (ceil(DV/64), nc * L/64, BH); block (x, y, z) computes rows 64·(y mod L/64)..
+// of chunk y / (L/64) and DV columns 64·x.. . kStats: instead of h, accumulate dh·num and dh·(state
+// part of num) per token and store den, den0, m_r (the backward's readout statistics).
+template <class T, bool kStats>
+__global__ void __launch_bounds__(kThreads) chunk_output(Params p) {
+  // sQ | (C as a split operand, or sK); sV over both; sP (split)
+  constexpr int kQ = kTile * kPadS, kC = kSplit<T> * kStep * kPad, kX = kC > kQ ? kC : kQ;
+  static_assert(kQ + kX >= kTile * kPad);
+  __shared__ T sAB[kQ + kX];
+  __shared__ T sP_[kSplit<T> * kTile * kPad];
+  __shared__ float sN[kStep], sDen[kTile];
+  __shared__ double sU[kTile];
+  __shared__ RowTile rows;
+  const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int r0 = (blockIdx.y % tiles) * kTile;
+  if (r0 >= c.Lc) return;
+  const double mk = p.ms[state_index(p, bh, c.k)];
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+  const float* C = p.Cs + state_index(p, bh, c.k) * CS;  // (DQK, DV)
+  const float* n = p.ns + state_index(p, bh, c.k) * p.DQK;
+  const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
+  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
+  const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
+  load_rows(rows, p, c, r0, mk);
+  T* sQ = sAB;
+  T* sX = sAB + kQ;
+  const Split<T> sC = split_at(sX, kStep * kPad);
+  const Split<T> sP = split_at(sP_, kTile * kPad);
+
+  // State part: num = w0 ∘ (Q̂ C), den0 = w0 ∘ (Q̂ n).
+  Acc acc;
+  zero(acc);
+  float den0 = 0.f;
+  for (int d = 0; d < p.DQK; d += kStep) {
+    load_tile<kTile, kStep>(sQ, Q, p.DQK, r0, d, c.Lc, p.DQK);
+    load_tile<kStep, kTile>(sC, C, p.DV, d, v0, p.DQK, p.DV);
+    if (tid < kStep) sN[tid] = d + tid < p.DQK ? n[d + tid] : 0.f;
+    __syncthreads();
+    gemm<true, true, kStep>(acc, sQ, kPadS, sC, kPad);
+    if (tid < kTile)
+      for (int e = 0; e < kStep; ++e) den0 += to_float(sQ[tid * kPadS + e]) * sN[e];
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) acc[i][j] *= p.scale * rows.w0[tile_row(i)];
+  if (tid < kTile) den0 *= p.scale * rows.w0[tid];
+
+  const T* dH = kStats ? token_ptr<T>(p.dh, p, bh, c.t0, p.DV) : nullptr;
+  // Σ_v dh(r, v) num(r, v) over this block's columns, added into out[token].
+  auto add_dh_dot = [&](float* out) {
+#pragma unroll
+    for (int i = 0; i < kTR; ++i) {
+      const int r = r0 + tile_row(i);
+      float x = 0.f;
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int v = v0 + tile_col(j);
+        if (r < c.Lc && v < p.DV) x += to_float(dH[static_cast<std::int64_t>(r) * p.DV + v]) * acc[i][j];
+      }
+      x = row_sum(x);
+      if (row_leader() && r < c.Lc) atomicAdd(out + c.tb + r, x);
+    }
+  };
+  if constexpr (kStats) add_dh_dot(p.s0);
+
+  // Intra-chunk part: key tiles s0 <= r0 (the causal mask inside the diagonal tile).
+  float den = 0.f;
+  for (int s0 = 0; s0 <= r0; s0 += kTile) {
+    Acc a;
+    qk_tile(a, sQ, sX, Q, K, p, c, r0, s0);
+    if (tid < kTile) sU[tid] = s0 + tid < c.Lc ? p.u[c.tb + s0 + tid] : 0.0;
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int ri = tile_row(i), sj = tile_col(j), r = r0 + ri, s = s0 + sj;
+        sP.set(ri * kPad + sj, (s <= r && r < c.Lc) ? a[i][j] * weight(rows.b[ri] + sU[sj] - rows.m[ri]) : 0.f);
+      }
+    load_tile<kTile, kTile>(sAB, V, p.DV, s0, v0, c.Lc, p.DV);
+    __syncthreads();
+    if (tid < kTile)
+      for (int e = 0; e < kTile; ++e) den += sP.at(tid * kPad + e);
+    gemm<true, true, kTile>(acc, sP, kPad, sAB, kPad);
+    __syncthreads();
+  }
+
+  if constexpr (kStats) {
+    add_dh_dot(p.s);
+    if (blockIdx.x == 0 && tid < kTile && r0 + tid < c.Lc) {
+      p.den[c.tb + r0 + tid] = den0 + den;
+      p.den0[c.tb + r0 + tid] = den0;
+      p.mrow[c.tb + r0 + tid] = static_cast<float>(rows.m[tid]);
+    }
+  } else {
+    if (tid < kTile) sDen[tid] = den0 + den;
+    __syncthreads();
+    T* H = token_ptr<T>(p.h, p, bh, c.t0, p.DV);
+#pragma unroll
+    for (int i = 0; i < kTR; ++i) {
+      const int ri = tile_row(i), r = r0 + ri;
+      const float floor = p.stabilised ? expf(-static_cast<float>(rows.m[ri])) : 1.f;
+      const float dhat = p.normalizes ? fmaxf(fabsf(sDen[ri]), floor) + p.eps : 1.f;
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int v = v0 + tile_col(j);
+        if (r < c.Lc && v < p.DV) H[static_cast<std::int64_t>(r) * p.DV + v] = from_float<T>(acc[i][j] / dhat);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+
+// Per token: the readout h = num / dhat and its derivative (reference readout_backward).
+__global__ void readout_grad(Params p) {
+  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= static_cast<std::int64_t>(p.BH) * p.S) return;
+  const float den = p.den[t], m = p.mrow[t];
+  const float floor = p.stabilised ? expf(-m) : 1.f;
+  const float dhat = p.normalizes ? fmaxf(fabsf(den), floor) + p.eps : 1.f;
+  const float dh_dot_h = p.s[t] / dhat;
+  float dden = 0.f, dm = 0.f;
+  if (p.normalizes) {
+    if (fabsf(den) > floor) {
+      dden = den > 0.f ? -dh_dot_h / dhat : dh_dot_h / dhat;
+    } else if (p.stabilised) {
+      dm = dh_dot_h / (1.f + p.eps * expf(m));
+    }
+  }
+  p.dhat[t] = dhat;
+  p.delta[t] = dden;
+  p.dmr[t] = dm;
+  p.D0[t] = p.s0[t] / dhat + dden * p.den0[t];
+}
+
+// Preconditions: grid (ceil(DV/64), ceil(DQK/64), BH); chunks in reverse. The adjoint of C entering
+// chunk k is w_state·dC_{k+1} + Q̂ᵀ (w0 ∘ dnum); each exit adjoint is stored, with its inner
+// products with the states on both sides of the chunk.
+template <class T>
+__global__ void __launch_bounds__(kThreads) state_pass_reverse(Params p) {
+  __shared__ T sQ[kStep * kPad], sD_[kSplit<T> * kStep * kPad];
+  __shared__ float sW[kStep], sDelta[kStep];
+  __shared__ double scratch[kThreads / 32];
+  const Split<T> sD = split_at(sD_, kStep * kPad);  // w0 ∘ dnum: float32 products
+  const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+  const std::int64_t adj_base = static_cast<std::int64_t>(bh) * p.nc;
+
+  Acc acc;
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) {
+      const int d = d0 + tile_row(i), v = v0 + tile_col(j);
+      acc[i][j] = (p.dC_last && d < p.DQK && v < p.DV) ? p.dC_last[bh * CS + d * p.DV + v] : 0.f;
+    }
+  float dn = (owns_n && p.dn_last) ? p.dn_last[static_cast<std::int64_t>(bh) * p.DQK + d0 + tid] : 0.f;
+
+  for (int k = p.nc - 1; k >= 0; --k) {
+    const Chunk c = chunk_of(p, k, bh);
+    float* dC = p.dCs + (adj_base + k) * CS;
+    const float* C_in = p.Cs + state_index(p, bh, k) * CS;
+    double dot0 = 0.0;
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int d = d0 + tile_row(i), v = v0 + tile_col(j);
+        if (d < p.DQK && v < p.DV) {
+          const std::int64_t e = d * p.DV + v;
+          dC[e] = acc[i][j];
+          dot0 += static_cast<double>(acc[i][j]) * C_in[e];
+        }
+      }
+    if (owns_n) {
+      const int d = d0 + tid;
+      p.dns[(adj_base + k) * p.DQK + d] = dn;
+      dot0 += static_cast<double>(dn) * p.ns[state_index(p, bh, k) * p.DQK + d];
+    }
+    dot0 = block_sum(dot0, scratch);
+    if (tid == 0) atomicAdd(p.dot0 + adj_base + k, dot0);
+
+    const double mk = p.ms[state_index(p, bh, k)], m_next = p.ms[state_index(p, bh, k + 1)];
+    const double g = p.b[c.tb + c.Lc - 1];
+    const float w_state = weight(g + mk - m_next);
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) acc[i][j] *= w_state;
+    dn *= w_state;
+    const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
+    const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+    for (int s0 = 0; s0 < c.Lc; s0 += kStep) {
+      if (tid < kStep) {
+        const int r = s0 + tid;
+        float w = 0.f, wd = 0.f;
+        if (r < c.Lc) {
+          const double b = p.b[c.tb + r];
+          const float w0 = weight(b + mk - row_m(p, b, p.U[c.tb + r], mk)) * p.scale;
+          w = w0 / p.dhat[c.tb + r];
+          wd = w0 * p.delta[c.tb + r];
+        }
+        sW[tid] = w, sDelta[tid] = wd;
+      }
+      __syncthreads();
+      load_tile<kStep, kTile>(sQ, Q, p.DQK, s0, d0, c.Lc, p.DQK);
+      load_tile<kStep, kTile>(sD, dH, p.DV, s0, v0, c.Lc, p.DV, sW);
+      __syncthreads();
+      gemm<false, true, kStep>(acc, sQ, kPad, sD, kPad);  // dC += Q̂ᵀ (w0 ∘ dnum)
+      if (owns_n)
+        for (int s = 0; s < kStep; ++s) dn += sDelta[s] * to_float(sQ[s * kPad + tid]);
+      __syncthreads();
+    }
+  }
+  if (p.dC0) {
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int d = d0 + tile_row(i), v = v0 + tile_col(j);
+        if (d < p.DQK && v < p.DV) p.dC0[bh * CS + d * p.DV + v] = acc[i][j];
+      }
+  }
+  if (p.dn0 && owns_n) p.dn0[static_cast<std::int64_t>(bh) * p.DQK + d0 + tid] = dn;
+}
+
+__device__ __forceinline__ std::int64_t lxl_index(const Params& p, int bh, int k) {
+  return (static_cast<std::int64_t>(bh) * p.nc + k) * p.L * p.L;
+}
+
+// Preconditions: grid (L/64, nc * L/64, BH); block (x, y) handles key tile x of the row tile y
+// (skipped above the diagonal). Writes dA = W ∘ G with G = dnum Vᵀ + delta, P = A ∘ W and
+// D = P ∘ G, zero where masked.
+template <class T>
+__global__ void __launch_bounds__(kThreads) intra_grad(Params p) {
+  __shared__ T sAB[2 * kTile * kPadS];
+  __shared__ float sInv[kTile];
+  __shared__ double sU[kTile];
+  __shared__ RowTile rows;
+  const int tiles = p.L / kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int r0 = (blockIdx.y % tiles) * kTile, s0 = blockIdx.x * kTile;
+  if (r0 >= c.Lc || s0 > r0) return;
+  const double mk = p.ms[state_index(p, bh, c.k)];
+  load_rows(rows, p, c, r0, mk);
+  if (tid < kTile) {
+    sInv[tid] = r0 + tid < c.Lc ? 1.f / p.dhat[c.tb + r0 + tid] : 0.f;
+    sU[tid] = s0 + tid < c.Lc ? p.u[c.tb + s0 + tid] : 0.0;
+  }
+  __syncthreads();
+  const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
+  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
+  const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
+  const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+  T* sX = sAB;
+  T* sY = sAB + kTile * kPadS;
+
+  Acc a, gr;
+  qk_tile(a, sX, sY, Q, K, p, c, r0, s0);
+  zero(gr);
+  for (int e = 0; e < p.DV; e += kStep) {  // dh Vᵀ (then rows / dhat: dnum Vᵀ)
+    load_tile<kTile, kStep>(sX, dH, p.DV, r0, e, c.Lc, p.DV);
+    load_tile<kTile, kStep>(sY, V, p.DV, s0, e, c.Lc, p.DV);
+    __syncthreads();
+    gemm<true, false, kStep>(gr, sX, kPadS, sY, kPadS);
+    __syncthreads();
+  }
+  float* dA = p.dA + lxl_index(p, bh, c.k);
+  float* P = p.P + lxl_index(p, bh, c.k);
+  float* D = p.D + lxl_index(p, bh, c.k);
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) {
+      const int ri = tile_row(i), sj = tile_col(j), r = r0 + ri, s = s0 + sj;
+      float da = 0.f, pp = 0.f, dd = 0.f;
+      if (s <= r && r < c.Lc) {
+        const float w = weight(rows.b[ri] + sU[sj] - rows.m[ri]), g = gr[i][j] * sInv[ri] + p.delta[c.tb + r];
+        da = w * g;
+        pp = w * a[i][j];
+        dd = pp * g;
+      }
+      const std::int64_t e = static_cast<std::int64_t>(r) * p.L + s;
+      dA[e] = da;
+      P[e] = pp;
+      D[e] = dd;
+    }
+}
+
+// Preconditions: grid (ceil(DQK/64), nc * L/64, BH).
+// dq = scale·(dA K + w0 ∘ (dnum Cᵀ + delta nᵀ)).
+template <class T>
+__global__ void __launch_bounds__(kThreads) grad_q(Params p) {
+  __shared__ T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
+  __shared__ float sInv[kTile];
+  __shared__ RowTile rows;
+  const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int r0 = (blockIdx.y % tiles) * kTile;
+  if (r0 >= c.Lc) return;
+  const double mk = p.ms[state_index(p, bh, c.k)];
+  load_rows(rows, p, c, r0, mk);
+  if (tid < kTile) sInv[tid] = r0 + tid < c.Lc ? 1.f / p.dhat[c.tb + r0 + tid] : 0.f;
+  __syncthreads();
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+  const float* C = p.Cs + state_index(p, bh, c.k) * CS;
+  const float* n = p.ns + state_index(p, bh, c.k) * p.DQK;
+  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
+  const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+
+  Acc acc;
+  zero(acc);
+  const Split<T> C_T = split_at(sB, kTile * kPadS);  // Cᵀ tiles
+  for (int e = 0; e < p.DV; e += kStep) {  // dh Cᵀ (then rows / dhat: dnum Cᵀ)
+    load_tile<kTile, kStep>(sA, dH, p.DV, r0, e, c.Lc, p.DV);
+    load_tile<kTile, kStep>(C_T, C, p.DV, d0, e, p.DQK, p.DV);
+    __syncthreads();
+    gemm<true, false, kStep>(acc, sA, kPadS, C_T, kPadS);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < kTR; ++i) {
+    const int r = r0 + tile_row(i);
+    const float delta = r < c.Lc ? p.delta[c.tb + r] : 0.f;
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) {
+      const int d = d0 + tile_col(j);
+      acc[i][j] = rows.w0[tile_row(i)] * (acc[i][j] * sInv[tile_row(i)] + (d < p.DQK ? delta * n[d] : 0.f));
+    }
+  }
+  const float* dA = p.dA + lxl_index(p, bh, c.k);
+  const Split<T> dA_T = split_at(sA, kTile * kPad);
+  for (int s0 = 0; s0 <= r0; s0 += kTile) {  // dA K
+    load_tile<kTile, kTile>(dA_T, dA, p.L, r0, s0, p.L, p.L);
+    load_tile<kTile, kTile>(sB, K, p.DQK, s0, d0, c.Lc, p.DQK);
+    __syncthreads();
+    gemm<true, true, kTile>(acc, dA_T, kPad, sB, kPad);
+    __syncthreads();
+  }
+  T* dQ = token_ptr<T>(p.dq, p, bh, c.t0, p.DQK);
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) {
+      const int r = r0 + tile_row(i), d = d0 + tile_col(j);
+      if (r < c.Lc && d < p.DQK) dQ[static_cast<std::int64_t>(r) * p.DQK + d] = from_float<T>(p.scale * acc[i][j]);
+    }
+}
+
+// The weight of each key of a 64-key tile in the chunk's exit state, exp(g + u_s - m_next).
+__device__ __forceinline__ void load_exit_weights(float* w_last, const Params& p, const Chunk& c, int bh, int s0) {
+  if (threadIdx.x < kTile) {
+    const int s = s0 + threadIdx.x;
+    const double g = p.b[c.tb + c.Lc - 1], m_next = p.ms[state_index(p, bh, c.k + 1)];
+    w_last[threadIdx.x] = s < c.Lc ? weight(g + p.u[c.tb + s] - m_next) : 0.f;
+  }
+}
+
+// Preconditions: grid (ceil(DQK/64), nc * L/64, BH); block y is a key tile.
+// dk = scale·dAᵀ Q + w_last ∘ (V dCᵀ + dnᵀ); also the last row's entries of dlogD.
+template <class T>
+__global__ void __launch_bounds__(kThreads) grad_k(Params p) {
+  __shared__ T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
+  __shared__ float w_last[kTile];
+  const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, bh = blockIdx.z;
+  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int s0 = (blockIdx.y % tiles) * kTile;
+  if (s0 >= c.Lc) return;
+  load_exit_weights(w_last, p, c, bh, s0);
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+  const float* dC = p.dCs + (static_cast<std::int64_t>(bh) * p.nc + c.k) * CS;
+  const float* dn = p.dns + (static_cast<std::int64_t>(bh) * p.nc + c.k) * p.DQK;
+  const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
+  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
+  const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
+
+  Acc acc, st;
+  zero(st);
+  const Split<T> dC_T = split_at(sB, kTile * kPadS);
+  for (int e = 0; e < p.DV; e += kStep) {  // V dCᵀ
+    load_tile<kTile, kStep>(sA, V, p.DV, s0, e, c.Lc, p.DV);
+    load_tile<kTile, kStep>(dC_T, dC, p.DV, d0, e, p.DQK, p.DV);
+    __syncthreads();
+    gemm<true, false, kStep>(st, sA, kPadS, dC_T, kPadS);
+    __syncthreads();
+  }
+  zero(acc);
+  const float* dA = p.dA + lxl_index(p, bh, c.k);
+  const Split<T> dA_T = split_at(sA, kTile * kPad);
+  for (int r0 = s0; r0 < c.Lc; r0 += kTile) {  // dAᵀ Q
+    load_tile<kTile, kTile>(dA_T, dA, p.L, r0, s0, p.L, p.L);
+    load_tile<kTile, kTile>(sB, Q, p.DQK, r0, d0, c.Lc, p.DQK);
+    __syncthreads();
+    gemm<false, true, kTile>(acc, dA_T, kPad, sB, kPad);
+    __syncthreads();
+  }
+  T* dK = token_ptr<T>(p.dk, p, bh, c.t0, p.DQK);
+#pragma unroll
+  for (int i = 0; i < kTR; ++i) {
+    const int si = tile_row(i), s = s0 + si;
+    float x = 0.f;  // k_s · (the exit state's part of dk_s): token s's entry in the last row of dlogD
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) {
+      const int d = d0 + tile_col(j);
+      if (s < c.Lc && d < p.DQK) {
+        const float from_state = w_last[si] * (st[i][j] + dn[d]);
+        dK[static_cast<std::int64_t>(s) * p.DQK + d] = from_float<T>(p.scale * acc[i][j] + from_state);
+        x += from_state * to_float(K[static_cast<std::int64_t>(s) * p.DQK + d]);
+      }
+    }
+    x = row_sum(x);
+    if (row_leader() && s < c.Lc) atomicAdd(p.lastrow + c.tb + s, x);
+  }
+}
+
+// Preconditions: grid (ceil(DV/64), nc * L/64, BH); block y is a key tile.
+// dv = Pᵀ dnum + w_last ∘ (K dC).
+template <class T>
+__global__ void __launch_bounds__(kThreads) grad_v(Params p) {
+  __shared__ T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
+  __shared__ float w_last[kTile], sInv[kTile];
+  const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int s0 = (blockIdx.y % tiles) * kTile;
+  if (s0 >= c.Lc) return;
+  load_exit_weights(w_last, p, c, bh, s0);
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+  const float* dC = p.dCs + (static_cast<std::int64_t>(bh) * p.nc + c.k) * CS;
+  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
+  const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+
+  Acc acc, st;
+  zero(st);
+  const Split<T> dC_s = split_at(sB, kStep * kPad);
+  for (int d = 0; d < p.DQK; d += kStep) {  // K dC
+    load_tile<kTile, kStep>(sA, K, p.DQK, s0, d, c.Lc, p.DQK);
+    load_tile<kStep, kTile>(dC_s, dC, p.DV, d, v0, p.DQK, p.DV);
+    __syncthreads();
+    gemm<true, true, kStep>(st, sA, kPadS, dC_s, kPad);
+    __syncthreads();
+  }
+  zero(acc);
+  const float* P = p.P + lxl_index(p, bh, c.k);
+  const Split<T> P_s = split_at(sA, kTile * kPad);  // rows of P / dhat_r
+  for (int r0 = s0; r0 < c.Lc; r0 += kTile) {  // Pᵀ dnum
+    if (tid < kTile) sInv[tid] = r0 + tid < c.Lc ? 1.f / p.dhat[c.tb + r0 + tid] : 0.f;
+    __syncthreads();
+    load_tile<kTile, kTile>(P_s, P, p.L, r0, s0, p.L, p.L, sInv);
+    load_tile<kTile, kTile>(sB, dH, p.DV, r0, v0, c.Lc, p.DV);
+    __syncthreads();
+    gemm<false, true, kTile>(acc, P_s, kPad, sB, kPad);
+    __syncthreads();
+  }
+  T* dV = token_ptr<T>(p.dv, p, bh, c.t0, p.DV);
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) {
+      const int s = s0 + tile_row(i), v = v0 + tile_col(j);
+      if (s < c.Lc && v < p.DV) dV[static_cast<std::int64_t>(s) * p.DV + v] = from_float<T>(acc[i][j] + w_last[tile_row(i)] * st[i][j]);
+    }
+}
+
+// The gate gradients from dlogD, the gradient of every log weight logD(r, c) of a chunk: the state
+// column D0 and the token entries D. Steps, as in reference/mlstm/parallel.cpp:
+//  1. the exit state's weights are the last row: add their gradients to it (gate_rows);
+//  2. the stabiliser: m_r = max_c logD(r, c), so each row's entries lose their sum and its maximiser
+//     gains dm_r (dlogD(r, argmax) += dm_r - Σ_c dlogD(r, c)). Row r's maximiser is the entering state
+//     when m_k >= U_r (ties go to the state), else token argmax_r (gate_rows; the last row's dm_r
+//     includes the exit stabiliser's gradient, which comes from the next chunk: gate_chain);
+//  3. digate_s = (column sum)·d log i, and dfgate_p = σ(-f̃_p)·Σ_{r >= p} Σ_{c <= p} dlogD(r, c) from
+//     row prefix sums (gate_cols).
+__device__ __forceinline__ bool state_is_argmax(const Params& p, const Chunk& c, double mk, int r) {
+  return mk >= p.U[c.tb + r];
+}
+
+// Preconditions: one warp per row (token t of head bh); 256-thread blocks.
+__global__ void gate_rows(Params p) {
+  const std::int64_t row = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= static_cast<std::int64_t>(p.BH) * p.S) return;
+  const int bh = static_cast<int>(row / p.S), t = static_cast<int>(row % p.S);
+  const Chunk c = chunk_of(p, t / p.L, bh);
+  const int r = t % p.L, last = c.Lc - 1;
+  const std::int64_t idx = static_cast<std::int64_t>(bh) * p.nc + c.k;
+  float* D = p.D + lxl_index(p, bh, c.k) + static_cast<std::int64_t>(r) * p.L;  // row r
+  double d0 = p.D0[c.tb + r];
+  if (r == last) {
+    const double mk = p.ms[state_index(p, bh, c.k)], m_next = p.ms[state_index(p, bh, c.k + 1)];
+    d0 += static_cast<double>(weight(p.b[c.tb + last] + mk - m_next)) * p.dot0[idx];
+    for (int s = lane; s <= r; s += 32) D[s] += p.lastrow[c.tb + s];
+    __syncwarp();
+  }
+  double sum = 0.0;
+  for (int s = lane; s <= r; s += 32) sum += D[s];
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  sum += d0;
+  if (lane == 0) {
+    if (r == last) {
+      p.last_rowsum[idx] = sum;
+    } else if (p.stabilised) {
+      const double adj = p.dmr[c.tb + r] - sum;
+      if (state_is_argmax(p, c, p.ms[state_index(p, bh, c.k)], r)) d0 += adj;
+      else D[p.argmax[c.tb + r]] += static_cast<float>(adj);
+    }
+    p.D0[c.tb + r] = static_cast<float>(d0);
+  }
+}
+
+// Per head (one thread each), chunks in reverse: dm_k, the state column's sum, gets the last row's
+// routing when the state maximises that row, and hands it on as the next (earlier) chunk's exit
+// stabiliser gradient. For sig every m is the constant 0: no routing, no chain.
+__global__ void gate_chain(Params p) {
+  const int bh = blockIdx.x * blockDim.x + threadIdx.x;
+  if (bh >= p.BH) return;
+  double dm_next = p.stabilised && p.dm_last ? p.dm_last[bh] : 0.0;
+  for (int k = p.nc - 1; k >= 0; --k) {
+    const Chunk c = chunk_of(p, k, bh);
+    const std::int64_t idx = static_cast<std::int64_t>(bh) * p.nc + k;
+    const int last = c.Lc - 1;
+    double dm_k = 0.0;
+    for (int r = 0; r < c.Lc; ++r) dm_k += p.D0[c.tb + r];
+    double adj = 0.0;
+    if (p.stabilised) {
+      adj = p.dmr[c.tb + last] + dm_next - p.last_rowsum[idx];
+      if (state_is_argmax(p, c, p.ms[state_index(p, bh, k)], last)) dm_k += adj;
+    }
+    p.last_adj[idx] = adj;
+    p.dm_chunk[idx] = dm_k;
+    dm_next = p.stabilised ? dm_k : 0.0;
+  }
+  if (p.dm0) p.dm0[bh] = static_cast<float>(p.dm_chunk[static_cast<std::int64_t>(bh) * p.nc]);
+}
+
+constexpr int kMaxChunk = 1024;
+
+// Preconditions: grid (nc, BH), 1024 threads (thread s owns column s). Column sums give digate;
+// the rows, turned into exclusive prefix sums, give dfgate.
+template <class T>
+__global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
+  __shared__ double d0[kMaxChunk];
+  const int bh = blockIdx.y, tid = threadIdx.x;
+  const Chunk c = chunk_of(p, blockIdx.x, bh);
+  const std::int64_t idx = static_cast<std::int64_t>(bh) * p.nc + c.k;
+  const int last = c.Lc - 1;
+  float* D = p.D + lxl_index(p, bh, c.k);
+  const bool to_state = state_is_argmax(p, c, p.ms[state_index(p, bh, c.k)], last);
+  if (tid < c.Lc) d0[tid] = p.D0[c.tb + tid] + (tid == last && to_state ? p.last_adj[idx] : 0.0);
+  if (tid == 0 && p.stabilised && !to_state)
+    D[static_cast<std::int64_t>(last) * p.L + p.argmax[c.tb + last]] += static_cast<float>(p.last_adj[idx]);
+  __syncthreads();
+
+  double col = 0.0;
+  if (tid < c.Lc)
+    for (int r = tid; r < c.Lc; ++r) col += D[static_cast<std::int64_t>(r) * p.L + tid];
+  __syncthreads();
+  // Each row r becomes its exclusive prefix sums: D(r, q) = Σ_{s<q} D(r, s), q <= r (one warp a row).
+  const int lane = tid % 32;
+  for (int r = tid / 32; r < c.Lc; r += kMaxChunk / 32) {
+    float* row = D + static_cast<std::int64_t>(r) * p.L;
+    double carry = 0.0;
+    for (int q0 = 0; q0 <= r; q0 += 32) {
+      const int q = q0 + lane;
+      const double x = q <= r ? row[q] : 0.0;
+      double incl = x;
+      for (int o = 1; o < 32; o <<= 1) {
+        const double y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      if (q <= r) row[q] = static_cast<float>(carry + incl - x);
+      carry += __shfl_sync(0xffffffffu, incl, 31);
+    }
+  }
+  __syncthreads();
+  if (tid < c.Lc) {
+    double crossing = 0.0;  // Σ_{r >= p} Σ_{c <= p} dlogD(r, c), p = tid
+    for (int r = tid; r < c.Lc; ++r) crossing += d0[r] + D[static_cast<std::int64_t>(r) * p.L + tid];
+    const float f = to_float(token_ptr<T>(p.fgate, p, bh, c.t0, 1)[tid]);
+    const float i = to_float(token_ptr<T>(p.igate, p, bh, c.t0, 1)[tid]);
+    token_ptr<T>(p.dfgate, p, bh, c.t0, 1)[tid] = from_float<T>(static_cast<float>(crossing) * sigmoid(-f));
+    token_ptr<T>(p.digate, p, bh, c.t0, 1)[tid] =
+        from_float<T>(static_cast<float>(col) * (p.stabilised ? 1.f : sigmoid(-i)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launchers.
+
+// Scratch memory from the stream-ordered allocator, carved into typed arrays; freed on the stream.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
+  ~Scratch() {
+    if (base_) cudaFreeAsync(base_, stream_);
+  }
+  template <class U>
+  void add(U*& ptr, std::int64_t count) {
+    offsets_.push_back({reinterpret_cast<void**>(&ptr), bytes_});
+    bytes_ += (count * static_cast<std::int64_t>(sizeof(U)) + 255) / 256 * 256;
+  }
+  void allocate() {
+    check_cuda(cudaMallocAsync(&base_, static_cast<std::size_t>(bytes_), stream_), "scratch allocation");
+    for (auto& [ptr, offset] : offsets_) *ptr = static_cast<char*>(base_) + offset;
+  }
+
+ private:
+  struct Slot {
+    void** ptr;
+    std::int64_t offset;
+  };
+  cudaStream_t stream_;
+  std::vector<Slot> offsets_;
+  std::int64_t bytes_ = 0;
+  void* base_ = nullptr;
+};
+
+void add_forward_scratch(Scratch& s, Params& p) {
+  const std::int64_t tokens = static_cast<std::int64_t>(p.BH) * p.S, states = static_cast<std::int64_t>(p.BH) * (p.nc + 1);
+  s.add(p.b, tokens);
+  s.add(p.u, tokens);
+  s.add(p.U, tokens);
+  s.add(p.argmax, tokens);
+  s.add(p.Cs, states * p.DQK * p.DV);
+  s.add(p.ns, states * p.DQK);
+  s.add(p.ms, states);
+}
+
+int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+template <class T>
+void forward_passes(const Params& p, cudaStream_t stream) {
+  gate_prep<T><<<cdiv(p.BH * p.nc, 128), 128, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_prep");
+  state_pass<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "state_pass");
+}
+
+template <class T>
+void forward(Params p, cudaStream_t stream) {
+  Scratch scratch(stream);
+  add_forward_scratch(scratch, p);
+  scratch.allocate();
+  forward_passes<T>(p, stream);
+  chunk_output<T, false><<<dim3(cdiv(p.DV, kTile), p.nc * (p.L / kTile), p.BH), kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "chunk_output");
+}
+
+template <class T>
+void backward(Params p, cudaStream_t stream) {
+  const std::int64_t tokens = static_cast<std::int64_t>(p.BH) * p.S, chunks = static_cast<std::int64_t>(p.BH) * p.nc;
+  Scratch scratch(stream);
+  add_forward_scratch(scratch, p);
+  for (float** a : {&p.den, &p.den0, &p.mrow, &p.s, &p.s0, &p.dhat, &p.delta, &p.dmr, &p.D0, &p.lastrow})
+    scratch.add(*a, tokens);
+  scratch.add(p.dCs, chunks * p.DQK * p.DV);
+  scratch.add(p.dns, chunks * p.DQK);
+  for (double** a : {&p.dot0, &p.last_rowsum, &p.last_adj, &p.dm_chunk}) scratch.add(*a, chunks);
+  for (float** a : {&p.dA, &p.P, &p.D}) scratch.add(*a, chunks * p.L * p.L);
+  scratch.allocate();
+  for (float* a : {p.s, p.s0, p.lastrow}) check_cuda(cudaMemsetAsync(a, 0, tokens * sizeof(float), stream), "memset");
+  check_cuda(cudaMemsetAsync(p.dot0, 0, chunks * sizeof(double), stream), "memset");
+
+  p.C_last = p.n_last = p.m_last = nullptr;
+  forward_passes<T>(p, stream);
+  const dim3 dv_rows(cdiv(p.DV, kTile), p.nc * (p.L / kTile), p.BH), dqk_rows(cdiv(p.DQK, kTile), p.nc * (p.L / kTile), p.BH);
+  chunk_output<T, true><<<dv_rows, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "chunk_output (statistics)");
+  readout_grad<<<static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "readout_grad");
+  state_pass_reverse<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "state_pass_reverse");
+  intra_grad<T><<<dim3(p.L / kTile, p.nc * (p.L / kTile), p.BH), kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "intra_grad");
+  grad_q<T><<<dqk_rows, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "grad_q");
+  grad_k<T><<<dqk_rows, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "grad_k");
+  grad_v<T><<<dv_rows, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "grad_v");
+  gate_rows<<<static_cast<unsigned>((tokens * 32 + 255) / 256), 256, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_rows");
+  gate_chain<<<cdiv(p.BH, 128), 128, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_chain");
+  gate_cols<T><<<dim3(p.nc, p.BH), kMaxChunk, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_cols");
+}
+
+}  // namespace
+
+void run_forward(Params p, DType dtype, cudaStream_t stream) {
+  if (dtype == DType::float32) forward<float>(p, stream);
+  else forward<__nv_bfloat16>(p, stream);
+}
+
+void run_backward(Params p, DType dtype, cudaStream_t stream) {
+  if (dtype == DType::float32) backward<float>(p, stream);
+  else backward<__nv_bfloat16>(p, stream);
+}
+
+}  // namespace flashlstm::cuda::mlstm::detail

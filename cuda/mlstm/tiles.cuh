@@ -1,0 +1,198 @@
+// Device building blocks shared by the mLSTM kernels: element conversion, the gate formulas, and
+// the 64 x 64 output tile every kernel computes with 256 threads (8 warps).
+//
+// The tile's layout is that of the tensor cores' m16n8k16 accumulators: warp w owns rows
+// 16·(w mod 4).. and columns 32·(w / 4).. as four 16 x 8 pieces; a thread holds 2 x 8 elements,
+// acc[i][j] at row tile_row(i), column tile_col(j). gemm() multiplies shared-memory operand tiles of
+// the input type O: bf16 operands go through mma.sync (bf16 in, float32 accumulate), float32
+// operands through FMA in the same layout, so every kernel has one code path for both dtypes.
+//
+// Operands live in shared memory with row stride = columns + 1. gemm() reads A as (row, k) and B as
+// (k, col) either directly ("row-major") or transposed, so a product with a transposed factor
+// needs no separate transpose. Operands computed in float32 (states, weights, P, dA) are split for
+// bf16 into hi + lo = bf16(x) + bf16(x - hi) and multiplied twice, which keeps float32-like
+// accuracy (~2^-17) where plain bf16 rounding (2^-9) would dominate the error.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace flashlstm::cuda::mlstm::detail {
+
+constexpr int kThreads = 256;
+constexpr int kTile = 64;  // rows and columns of every output tile
+constexpr int kStep = 32;  // depth of one shared-memory operand stage
+constexpr int kTR = 2;     // rows of the tile one thread holds
+constexpr int kTC = 8;     // columns of the tile one thread holds
+
+// float32-sourced operands need a second (lo) tile for bf16 inputs, none for float32 inputs.
+template <class O>
+constexpr int kSplit = std::is_same_v<O, float> ? 1 : 2;
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Stable gate math (spec/mlstm.md): logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)).
+__device__ __forceinline__ float logsigmoid(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
+__device__ __forceinline__ float sigmoid(float x) {
+  return x >= 0.f ? 1.f / (1.f + expf(-x)) : expf(x) / (1.f + expf(x));
+}
+
+// The thread's place in the tile.
+__device__ __forceinline__ int lane_id() { return threadIdx.x % 32; }
+__device__ __forceinline__ int warp_id() { return threadIdx.x / 32; }
+__device__ __forceinline__ int tile_row(int i) { return 16 * (warp_id() % 4) + lane_id() / 4 + 8 * i; }
+__device__ __forceinline__ int tile_col(int j) { return 32 * (warp_id() / 4) + 8 * (j / 2) + 2 * (lane_id() % 4) + j % 2; }
+
+using Acc = float[kTR][kTC];
+
+__device__ __forceinline__ void zero(Acc& acc) {
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) acc[i][j] = 0.f;
+}
+
+__device__ __forceinline__ std::uint32_t pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+  return static_cast<std::uint32_t>(__bfloat16_as_ushort(lo)) | (static_cast<std::uint32_t>(__bfloat16_as_ushort(hi)) << 16);
+}
+
+// acc += A B over K (a multiple of 16): A(r, k) = A[r * lda + k] (kARowMajor) or A[k * lda + r];
+// B(k, c) = B[k * ldb + c] (kBRowMajor) or B[c * ldb + k].
+template <bool kARowMajor, bool kBRowMajor, int K>
+__device__ __forceinline__ void gemm(Acc& acc, const float* A, int lda, const float* B, int ldb) {
+#pragma unroll 4
+  for (int k = 0; k < K; ++k) {
+    float a[kTR], b[kTC];
+#pragma unroll
+    for (int i = 0; i < kTR; ++i) a[i] = kARowMajor ? A[tile_row(i) * lda + k] : A[k * lda + tile_row(i)];
+#pragma unroll
+    for (int j = 0; j < kTC; ++j) b[j] = kBRowMajor ? B[k * ldb + tile_col(j)] : B[tile_col(j) * ldb + k];
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+  }
+}
+
+template <bool kARowMajor, bool kBRowMajor, int K>
+__device__ __forceinline__ void gemm(Acc& acc, const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb) {
+  const int g = lane_id() / 4, t = lane_id() % 4;
+  const int r = 16 * (warp_id() % 4) + g, c = 32 * (warp_id() / 4) + g;
+  auto a_at = [&](int row, int k) { return kARowMajor ? A[row * lda + k] : A[k * lda + row]; };
+  auto b_at = [&](int k, int col) { return kBRowMajor ? B[k * ldb + col] : B[col * ldb + k]; };
+#pragma unroll
+  for (int k0 = 0; k0 < K; k0 += 16) {
+    const int k = k0 + 2 * t;
+    const std::uint32_t a0 = pack(a_at(r, k), a_at(r, k + 1)), a1 = pack(a_at(r + 8, k), a_at(r + 8, k + 1)),
+                        a2 = pack(a_at(r, k + 8), a_at(r, k + 9)), a3 = pack(a_at(r + 8, k + 8), a_at(r + 8, k + 9));
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int col = c + 8 * nt;
+      const std::uint32_t b0 = pack(b_at(k, col), b_at(k + 1, col)), b1 = pack(b_at(k + 8, col), b_at(k + 9, col));
+      asm volatile(
+          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+          "{%0,%1,%2,%3};\n"
+          : "+f"(acc[0][2 * nt]), "+f"(acc[0][2 * nt + 1]), "+f"(acc[1][2 * nt]), "+f"(acc[1][2 * nt + 1])
+          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    }
+  }
+}
+
+// A split operand: the hi tile, and the lo tile where the operand type needs one (else nullptr).
+template <class O>
+struct Split {
+  O* hi;
+  O* lo;
+  __device__ float at(int e) const { return lo ? to_float(hi[e]) + to_float(lo[e]) : to_float(hi[e]); }
+  __device__ void set(int e, float x) const {
+    hi[e] = from_float<O>(x);
+    if (lo) lo[e] = from_float<O>(x - to_float(hi[e]));
+  }
+};
+// A split operand over `base` (kSplit<O> tiles of `size` elements each).
+template <class O>
+__device__ __forceinline__ Split<O> split_at(O* base, int size) {
+  return {base, kSplit<O> == 2 ? base + size : nullptr};
+}
+
+// acc += A B with A or B split.
+template <bool kARowMajor, bool kBRowMajor, int K, class O>
+__device__ __forceinline__ void gemm(Acc& acc, const Split<O>& A, int lda, const O* B, int ldb) {
+  gemm<kARowMajor, kBRowMajor, K>(acc, A.hi, lda, B, ldb);
+  if (A.lo) gemm<kARowMajor, kBRowMajor, K>(acc, A.lo, lda, B, ldb);
+}
+template <bool kARowMajor, bool kBRowMajor, int K, class O>
+__device__ __forceinline__ void gemm(Acc& acc, const O* A, int lda, const Split<O>& B, int ldb) {
+  gemm<kARowMajor, kBRowMajor, K>(acc, A, lda, B.hi, ldb);
+  if (B.lo) gemm<kARowMajor, kBRowMajor, K>(acc, A, lda, B.lo, ldb);
+}
+
+// The element (r, c) of a global row-major matrix, 0 outside r < r_end, c < c_end.
+template <class U>
+__device__ __forceinline__ float element(const U* g, std::int64_t ld, int r, int c, int r_end, int c_end) {
+  return (r < r_end && c < c_end) ? to_float(g[static_cast<std::int64_t>(r) * ld + c]) : 0.f;
+}
+
+// Calls put(i, j, x) for each element of the R x C tile at (r0, c0) of a global matrix (zero outside
+// r_end, c_end), 16 bytes per load where the tile is whole and aligned.
+template <int R, int C, class U, class Put>
+__device__ __forceinline__ void for_tile(const U* g, std::int64_t ld, int r0, int c0, int r_end, int c_end, Put put) {
+  constexpr int V = 16 / sizeof(U);
+  const bool vector = c0 + C <= c_end && ld % V == 0 && c0 % V == 0 && reinterpret_cast<std::uintptr_t>(g) % 16 == 0;
+  if (vector) {
+    for (int e = threadIdx.x; e < R * C / V; e += kThreads) {
+      const int i = e / (C / V), j = (e % (C / V)) * V, r = r0 + i;
+      union {
+        uint4 raw;
+        U x[V];
+      } u;
+      u.raw = r < r_end ? *reinterpret_cast<const uint4*>(g + static_cast<std::int64_t>(r) * ld + c0 + j) : uint4{0, 0, 0, 0};
+#pragma unroll
+      for (int v = 0; v < V; ++v) put(i, j + v, r < r_end ? to_float(u.x[v]) : 0.f);
+    }
+  } else {
+    for (int e = threadIdx.x; e < R * C; e += kThreads) {
+      const int i = e / C, j = e % C;
+      put(i, j, element(g, ld, r0 + i, c0 + j, r_end, c_end));
+    }
+  }
+}
+
+// s[i][j] (row stride C + 1) = the tile of g at (r0, c0), times row_scale[i] where given.
+template <int R, int C, class O, class U>
+__device__ __forceinline__ void load_tile(O* s, const U* g, std::int64_t ld, int r0, int c0, int r_end, int c_end,
+                                          const float* row_scale = nullptr) {
+  for_tile<R, C>(g, ld, r0, c0, r_end, c_end, [&](int i, int j, float x) {
+    s[i * (C + 1) + j] = from_float<O>(row_scale ? x * row_scale[i] : x);
+  });
+}
+template <int R, int C, class O, class U>
+__device__ __forceinline__ void load_tile(const Split<O>& s, const U* g, std::int64_t ld, int r0, int c0, int r_end,
+                                          int c_end, const float* row_scale = nullptr) {
+  for_tile<R, C>(g, ld, r0, c0, r_end, c_end,
+                 [&](int i, int j, float x) { s.set(i * (C + 1) + j, row_scale ? x * row_scale[i] : x); });
+}
+
+// Sum over the 4 threads of a warp that hold the same rows (the other half of a row lives in warp
+// w ± 4: callers add both halves atomically). row_leader() is the one thread of the 4 that adds.
+__device__ __forceinline__ float row_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  return x;
+}
+__device__ __forceinline__ bool row_leader() { return lane_id() % 4 == 0; }
+
+}  // namespace flashlstm::cuda::mlstm::detail
