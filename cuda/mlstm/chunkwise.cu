@@ -38,8 +38,8 @@ void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("flashlstm CUDA: ") + what + ": " + cudaGetErrorString(e));
 }
 
-constexpr int kPad = kTile + 1;   // row stride of a 64-column operand tile
-constexpr int kPadS = kStep + 1;  // row stride of a 32-column operand tile
+constexpr int kPad = stride(kTile);   // row stride of a 64-column operand tile
+constexpr int kPadS = stride(kStep);  // row stride of a 32-column operand tile
 
 struct Chunk {
   int k, t0, Lc;
@@ -108,7 +108,7 @@ __global__ void gate_prep(Params p) {
 // blockIdx.x == 0 blocks also n, block (0, 0) also m) and walks the chunks in order.
 template <class T>
 __global__ void __launch_bounds__(kThreads) state_pass(Params p) {
-  __shared__ T sK_w[kSplit<T> * kStep * kPad], sV[kStep * kPad];
+  __shared__ __align__(16) T sK_w[kSplit<T> * kStep * kPad], sV[kStep * kPad];
   __shared__ float sW[kStep];
   const Split<T> K_w = split_at(sK_w, kStep * kPad);  // (w ∘ K) rows: float32 products
   const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
@@ -222,8 +222,8 @@ __global__ void __launch_bounds__(kThreads) chunk_output(Params p) {
   // sQ | (C as a split operand, or sK); sV over both; sP (split)
   constexpr int kQ = kTile * kPadS, kC = kSplit<T> * kStep * kPad, kX = kC > kQ ? kC : kQ;
   static_assert(kQ + kX >= kTile * kPad);
-  __shared__ T sAB[kQ + kX];
-  __shared__ T sP_[kSplit<T> * kTile * kPad];
+  __shared__ __align__(16) T sAB[kQ + kX];
+  __shared__ __align__(16) T sP_[kSplit<T> * kTile * kPad];
   __shared__ float sN[kStep], sDen[kTile];
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
@@ -359,7 +359,7 @@ __global__ void readout_grad(Params p) {
 // products with the states on both sides of the chunk.
 template <class T>
 __global__ void __launch_bounds__(kThreads) state_pass_reverse(Params p) {
-  __shared__ T sQ[kStep * kPad], sD_[kSplit<T> * kStep * kPad];
+  __shared__ __align__(16) T sQ[kStep * kPad], sD_[kSplit<T> * kStep * kPad];
   __shared__ float sW[kStep], sDelta[kStep];
   __shared__ double scratch[kThreads / 32];
   const Split<T> sD = split_at(sD_, kStep * kPad);  // w0 ∘ dnum: float32 products
@@ -455,7 +455,7 @@ __device__ __forceinline__ std::int64_t lxl_index(const Params& p, int bh, int k
 // D = P ∘ G, zero where masked.
 template <class T>
 __global__ void __launch_bounds__(kThreads) intra_grad(Params p) {
-  __shared__ T sAB[2 * kTile * kPadS];
+  __shared__ __align__(16) T sAB[2 * kTile * kPadS];
   __shared__ float sInv[kTile];
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
@@ -513,7 +513,7 @@ __global__ void __launch_bounds__(kThreads) intra_grad(Params p) {
 // dq = scale·(dA K + w0 ∘ (dnum Cᵀ + delta nᵀ)).
 template <class T>
 __global__ void __launch_bounds__(kThreads) grad_q(Params p) {
-  __shared__ T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
+  __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float sInv[kTile];
   __shared__ RowTile rows;
   const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
@@ -582,7 +582,7 @@ __device__ __forceinline__ void load_exit_weights(float* w_last, const Params& p
 // dk = scale·dAᵀ Q + w_last ∘ (V dCᵀ + dnᵀ); also the last row's entries of dlogD.
 template <class T>
 __global__ void __launch_bounds__(kThreads) grad_k(Params p) {
-  __shared__ T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
+  __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile];
   const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, bh = blockIdx.z;
   const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
@@ -639,7 +639,7 @@ __global__ void __launch_bounds__(kThreads) grad_k(Params p) {
 // dv = Pᵀ dnum + w_last ∘ (K dC).
 template <class T>
 __global__ void __launch_bounds__(kThreads) grad_v(Params p) {
-  __shared__ T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
+  __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile], sInv[kTile];
   const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
   const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);

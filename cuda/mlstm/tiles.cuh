@@ -7,7 +7,8 @@
 // the input type O: bf16 operands go through mma.sync (bf16 in, float32 accumulate), float32
 // operands through FMA in the same layout, so every kernel has one code path for both dtypes.
 //
-// Operands live in shared memory with row stride = columns + 1. gemm() reads A as (row, k) and B as
+// Operands live in shared memory with row stride = columns + 8 (16-byte rows for ldmatrix, and no
+// bank conflicts), 16-byte aligned. gemm() reads A as (row, k) and B as
 // (k, col) either directly ("row-major") or transposed, so a product with a transposed factor
 // needs no separate transpose. Operands computed in float32 (states, weights, P, dA) are split for
 // bf16 into hi + lo = bf16(x) + bf16(x - hi) and multiplied twice, which keeps float32-like
@@ -25,6 +26,7 @@ constexpr int kThreads = 256;
 constexpr int kTile = 64;  // rows and columns of every output tile
 constexpr int kStep = 32;  // depth of one shared-memory operand stage
 constexpr int kTR = 2;     // rows of the tile one thread holds
+constexpr int stride(int columns) { return columns + 8; }  // row stride of an operand tile
 constexpr int kTC = 8;     // columns of the tile one thread holds
 
 // float32-sourced operands need a second (lo) tile for bf16 inputs, none for float32 inputs.
@@ -65,9 +67,6 @@ __device__ __forceinline__ void zero(Acc& acc) {
     for (int j = 0; j < kTC; ++j) acc[i][j] = 0.f;
 }
 
-__device__ __forceinline__ std::uint32_t pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-  return static_cast<std::uint32_t>(__bfloat16_as_ushort(lo)) | (static_cast<std::uint32_t>(__bfloat16_as_ushort(hi)) << 16);
-}
 
 // acc += A B over K (a multiple of 16): A(r, k) = A[r * lda + k] (kARowMajor) or A[k * lda + r];
 // B(k, c) = B[k * ldb + c] (kBRowMajor) or B[c * ldb + k].
@@ -87,26 +86,44 @@ __device__ __forceinline__ void gemm(Acc& acc, const float* A, int lda, const fl
   }
 }
 
+// 8 x 8 bf16 matrices from shared memory into mma fragments (four at once); `trans` transposes
+// each. Every lane passes the address of one 16-byte row.
+template <bool kTrans>
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const __nv_bfloat16* row) {
+  const auto addr = static_cast<std::uint32_t>(__cvta_generic_to_shared(row));
+  if constexpr (kTrans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
 template <bool kARowMajor, bool kBRowMajor, int K>
 __device__ __forceinline__ void gemm(Acc& acc, const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb) {
-  const int g = lane_id() / 4, t = lane_id() % 4;
-  const int r = 16 * (warp_id() % 4) + g, c = 32 * (warp_id() / 4) + g;
-  auto a_at = [&](int row, int k) { return kARowMajor ? A[row * lda + k] : A[k * lda + row]; };
-  auto b_at = [&](int k, int col) { return kBRowMajor ? B[k * ldb + col] : B[col * ldb + k]; };
+  const int lane = lane_id(), m = lane / 8, j = lane % 8;
+  const int r0 = 16 * (warp_id() % 4), c0 = 32 * (warp_id() / 4);
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 16) {
-    const int k = k0 + 2 * t;
-    const std::uint32_t a0 = pack(a_at(r, k), a_at(r, k + 1)), a1 = pack(a_at(r + 8, k), a_at(r + 8, k + 1)),
-                        a2 = pack(a_at(r, k + 8), a_at(r, k + 9)), a3 = pack(a_at(r + 8, k + 8), a_at(r + 8, k + 9));
+    // A fragment: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15), ordered rows-lo k-lo, rows-hi k-lo, ...
+    std::uint32_t a[4];
+    if constexpr (kARowMajor) ldmatrix_x4<false>(a, A + (r0 + lane % 16) * lda + k0 + (lane / 16) * 8);
+    else ldmatrix_x4<true>(a, A + (k0 + (m / 2) * 8 + j) * lda + r0 + (m % 2) * 8);
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int col = c + 8 * nt;
-      const std::uint32_t b0 = pack(b_at(k, col), b_at(k + 1, col)), b1 = pack(b_at(k + 8, col), b_at(k + 9, col));
-      asm volatile(
-          "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-          "{%0,%1,%2,%3};\n"
-          : "+f"(acc[0][2 * nt]), "+f"(acc[0][2 * nt + 1]), "+f"(acc[1][2 * nt]), "+f"(acc[1][2 * nt + 1])
-          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    for (int np = 0; np < 2; ++np) {  // two 8-column pieces per load: (n-lo k-lo, n-lo k-hi, n-hi k-lo, n-hi k-hi)
+      const int n0 = c0 + 16 * np;
+      std::uint32_t b[4];
+      if constexpr (kBRowMajor) ldmatrix_x4<true>(b, B + (k0 + (m % 2) * 8 + j) * ldb + n0 + (m / 2) * 8);
+      else ldmatrix_x4<false>(b, B + (n0 + (m / 2) * 8 + j) * ldb + k0 + (m % 2) * 8);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int nt = 2 * np + h;
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(acc[0][2 * nt]), "+f"(acc[0][2 * nt + 1]), "+f"(acc[1][2 * nt]), "+f"(acc[1][2 * nt + 1])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[2 * h]), "r"(b[2 * h + 1]));
+      }
     }
   }
 }
@@ -171,19 +188,19 @@ __device__ __forceinline__ void for_tile(const U* g, std::int64_t ld, int r0, in
   }
 }
 
-// s[i][j] (row stride C + 1) = the tile of g at (r0, c0), times row_scale[i] where given.
+// s[i][j] (row stride C + 8) = the tile of g at (r0, c0), times row_scale[i] where given.
 template <int R, int C, class O, class U>
 __device__ __forceinline__ void load_tile(O* s, const U* g, std::int64_t ld, int r0, int c0, int r_end, int c_end,
                                           const float* row_scale = nullptr) {
   for_tile<R, C>(g, ld, r0, c0, r_end, c_end, [&](int i, int j, float x) {
-    s[i * (C + 1) + j] = from_float<O>(row_scale ? x * row_scale[i] : x);
+    s[i * stride(C) + j] = from_float<O>(row_scale ? x * row_scale[i] : x);
   });
 }
 template <int R, int C, class O, class U>
 __device__ __forceinline__ void load_tile(const Split<O>& s, const U* g, std::int64_t ld, int r0, int c0, int r_end,
                                           int c_end, const float* row_scale = nullptr) {
   for_tile<R, C>(g, ld, r0, c0, r_end, c_end,
-                 [&](int i, int j, float x) { s.set(i * (C + 1) + j, row_scale ? x * row_scale[i] : x); });
+                 [&](int i, int j, float x) { s.set(i * stride(C) + j, row_scale ? x * row_scale[i] : x); });
 }
 
 // Sum over the 4 threads of a warp that hold the same rows (the other half of a row lives in warp
