@@ -23,6 +23,8 @@ struct ValidationRow {
   std::optional<double> grad_error;  // same for every gradient
   std::optional<double> fd_error;    // max relative error of directional derivatives against finite differences
   double tolerance = 0;              // for out_error and grad_error
+  // Kernel rows: whether every tensor met DESIGN.md's criterion (cuda/mlstm/check.hpp).
+  std::optional<bool> kernel_criterion;
   double fd_tolerance = 0;           // for fd_error
 
   bool passed() const;
@@ -31,6 +33,9 @@ struct ValidationRow {
 std::vector<ValidationRow> validate_mlstm();
 std::vector<ValidationRow> validate_slstm();
 std::vector<ValidationRow> validate_plstm();
+#ifdef FLASHLSTM_HAVE_CUDA
+std::vector<ValidationRow> validate_mlstm_cuda();  // empty without a visible GPU
+#endif
 
 void add_validate_command(CLI::App& app);
 

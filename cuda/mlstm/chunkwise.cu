@@ -38,6 +38,7 @@ void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("flashlstm CUDA: ") + what + ": " + cudaGetErrorString(e));
 }
 
+constexpr int kMaxChunk = 1024;           // the largest chunk size L
 constexpr int kPad = stride(kTile);   // row stride of a 64-column operand tile
 constexpr int kPadS = stride(kStep);  // row stride of a 32-column operand tile
 
@@ -65,6 +66,8 @@ __device__ __forceinline__ double row_m(const Params& p, double b, double U, dou
   return p.stabilised ? b + fmax(mk, U) : 0.0;
 }
 __device__ __forceinline__ float weight(double log_w) { return expf(static_cast<float>(log_w)); }
+// A chunk length rounded up to whole operand stages (per-token arrays are zero beyond Lc).
+__device__ __forceinline__ int padded(int Lc) { return (Lc + kStep - 1) / kStep * kStep; }
 
 // Block-wide sum (kThreads threads); the result is valid in thread 0.
 __device__ double block_sum(double x, double* scratch) {
@@ -107,9 +110,9 @@ __global__ void gate_prep(Params p) {
 // Preconditions: grid (ceil(DV/64), ceil(DQK/64), BH); each block owns one 64 x 64 tile of C (the
 // blockIdx.x == 0 blocks also n, block (0, 0) also m) and walks the chunks in order.
 template <class T>
-__global__ void __launch_bounds__(kThreads) state_pass(Params p) {
+__global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
   __shared__ __align__(16) T sK_w[kSplit<T> * kStep * kPad], sV[kStep * kPad];
-  __shared__ float sW[kStep];
+  __shared__ float sW[kMaxChunk];
   const Split<T> K_w = split_at(sK_w, kStep * kPad);  // (w ∘ K) rows: float32 products
   const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
   const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
@@ -151,11 +154,11 @@ __global__ void __launch_bounds__(kThreads) state_pass(Params p) {
     n *= w_state;
     const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);  // (Lc, DQK)
     const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);   // (Lc, DV)
+    // token s enters the exit state with weight exp(g + u_s - m_next); it scales the rows of K
+    for (int s = tid; s < padded(c.Lc); s += kThreads) sW[s] = s < c.Lc ? weight(g + p.u[c.tb + s] - m_next) : 0.f;
+    __syncthreads();
     for (int s0 = 0; s0 < c.Lc; s0 += kStep) {
-      // token s enters the exit state with weight exp(g + u_s - m_next); it scales the rows of K
-      if (tid < kStep) sW[tid] = s0 + tid < c.Lc ? weight(g + p.u[c.tb + s0 + tid] - m_next) : 0.f;
-      __syncthreads();
-      load_tile<kStep, kTile>(K_w, K, p.DQK, s0, d0, c.Lc, p.DQK, sW);
+      load_tile<kStep, kTile>(K_w, K, p.DQK, s0, d0, c.Lc, p.DQK, sW + s0);
       load_tile<kStep, kTile>(sV, V, p.DV, s0, v0, c.Lc, p.DV);
       __syncthreads();
       gemm<false, true, kStep>(acc, K_w, kPad, sV, kPad);  // C += (w∘K)ᵀ V
@@ -218,7 +221,7 @@ __device__ void qk_tile(Acc& acc, T* sQ, T* sK, const T* Q, const T* K, const Pa
 // of chunk y / (L/64) and DV columns 64·x.. . kStats: instead of h, accumulate dh·num and dh·(state
 // part of num) per token and store den, den0, m_r (the backward's readout statistics).
 template <class T, bool kStats>
-__global__ void __launch_bounds__(kThreads) chunk_output(Params p) {
+__global__ void __launch_bounds__(kThreads, 3) chunk_output(Params p) {
   // sQ | (C as a split operand, or sK); sV over both; sP (split)
   constexpr int kQ = kTile * kPadS, kC = kSplit<T> * kStep * kPad, kX = kC > kQ ? kC : kQ;
   static_assert(kQ + kX >= kTile * kPad);
@@ -358,9 +361,9 @@ __global__ void readout_grad(Params p) {
 // chunk k is w_state·dC_{k+1} + Q̂ᵀ (w0 ∘ dnum); each exit adjoint is stored, with its inner
 // products with the states on both sides of the chunk.
 template <class T>
-__global__ void __launch_bounds__(kThreads) state_pass_reverse(Params p) {
+__global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
   __shared__ __align__(16) T sQ[kStep * kPad], sD_[kSplit<T> * kStep * kPad];
-  __shared__ float sW[kStep], sDelta[kStep];
+  __shared__ float sW[kMaxChunk], sDelta[kMaxChunk];
   __shared__ double scratch[kThreads / 32];
   const Split<T> sD = split_at(sD_, kStep * kPad);  // w0 ∘ dnum: float32 products
   const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
@@ -412,25 +415,24 @@ __global__ void __launch_bounds__(kThreads) state_pass_reverse(Params p) {
     dn *= w_state;
     const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
     const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
-    for (int s0 = 0; s0 < c.Lc; s0 += kStep) {
-      if (tid < kStep) {
-        const int r = s0 + tid;
-        float w = 0.f, wd = 0.f;
-        if (r < c.Lc) {
-          const double b = p.b[c.tb + r];
-          const float w0 = weight(b + mk - row_m(p, b, p.U[c.tb + r], mk)) * p.scale;
-          w = w0 / p.dhat[c.tb + r];
-          wd = w0 * p.delta[c.tb + r];
-        }
-        sW[tid] = w, sDelta[tid] = wd;
+    for (int r = tid; r < padded(c.Lc); r += kThreads) {
+      float w = 0.f, wd = 0.f;
+      if (r < c.Lc) {
+        const double b = p.b[c.tb + r];
+        const float w0 = weight(b + mk - row_m(p, b, p.U[c.tb + r], mk)) * p.scale;
+        w = w0 / p.dhat[c.tb + r];
+        wd = w0 * p.delta[c.tb + r];
       }
-      __syncthreads();
+      sW[r] = w, sDelta[r] = wd;
+    }
+    __syncthreads();
+    for (int s0 = 0; s0 < c.Lc; s0 += kStep) {
       load_tile<kStep, kTile>(sQ, Q, p.DQK, s0, d0, c.Lc, p.DQK);
-      load_tile<kStep, kTile>(sD, dH, p.DV, s0, v0, c.Lc, p.DV, sW);
+      load_tile<kStep, kTile>(sD, dH, p.DV, s0, v0, c.Lc, p.DV, sW + s0);
       __syncthreads();
       gemm<false, true, kStep>(acc, sQ, kPad, sD, kPad);  // dC += Q̂ᵀ (w0 ∘ dnum)
       if (owns_n)
-        for (int s = 0; s < kStep; ++s) dn += sDelta[s] * to_float(sQ[s * kPad + tid]);
+        for (int s = 0; s < kStep; ++s) dn += sDelta[s0 + s] * to_float(sQ[s * kPad + tid]);
       __syncthreads();
     }
   }
@@ -454,7 +456,7 @@ __device__ __forceinline__ std::int64_t lxl_index(const Params& p, int bh, int k
 // (skipped above the diagonal). Writes dA = W ∘ G with G = dnum Vᵀ + delta, P = A ∘ W and
 // D = P ∘ G, zero where masked.
 template <class T>
-__global__ void __launch_bounds__(kThreads) intra_grad(Params p) {
+__global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
   __shared__ __align__(16) T sAB[2 * kTile * kPadS];
   __shared__ float sInv[kTile];
   __shared__ double sU[kTile];
@@ -512,7 +514,7 @@ __global__ void __launch_bounds__(kThreads) intra_grad(Params p) {
 // Preconditions: grid (ceil(DQK/64), nc * L/64, BH).
 // dq = scale·(dA K + w0 ∘ (dnum Cᵀ + delta nᵀ)).
 template <class T>
-__global__ void __launch_bounds__(kThreads) grad_q(Params p) {
+__global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float sInv[kTile];
   __shared__ RowTile rows;
@@ -581,7 +583,7 @@ __device__ __forceinline__ void load_exit_weights(float* w_last, const Params& p
 // Preconditions: grid (ceil(DQK/64), nc * L/64, BH); block y is a key tile.
 // dk = scale·dAᵀ Q + w_last ∘ (V dCᵀ + dnᵀ); also the last row's entries of dlogD.
 template <class T>
-__global__ void __launch_bounds__(kThreads) grad_k(Params p) {
+__global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile];
   const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, bh = blockIdx.z;
@@ -638,7 +640,7 @@ __global__ void __launch_bounds__(kThreads) grad_k(Params p) {
 // Preconditions: grid (ceil(DV/64), nc * L/64, BH); block y is a key tile.
 // dv = Pᵀ dnum + w_last ∘ (K dC).
 template <class T>
-__global__ void __launch_bounds__(kThreads) grad_v(Params p) {
+__global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile], sInv[kTile];
   const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
@@ -753,8 +755,6 @@ __global__ void gate_chain(Params p) {
   }
   if (p.dm0) p.dm0[bh] = static_cast<float>(p.dm_chunk[static_cast<std::int64_t>(bh) * p.nc]);
 }
-
-constexpr int kMaxChunk = 1024;
 
 // Preconditions: grid (nc, BH), 1024 threads (thread s owns column s). Column sums give digate;
 // the rows, turned into exclusive prefix sums, give dfgate.
