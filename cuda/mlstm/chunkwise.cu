@@ -66,8 +66,8 @@ __device__ __forceinline__ double row_m(const Params& p, double b, double U, dou
   return p.stabilised ? b + fmax(mk, U) : 0.0;
 }
 __device__ __forceinline__ float weight(double log_w) { return expf(static_cast<float>(log_w)); }
-// A chunk length rounded up to whole operand stages (per-token arrays are zero beyond Lc).
-__device__ __forceinline__ int padded(int Lc) { return (Lc + kStep - 1) / kStep * kStep; }
+// A chunk length rounded up to whole 64-token steps (per-token arrays are zero beyond Lc).
+__device__ __forceinline__ int padded(int Lc) { return (Lc + kTile - 1) / kTile * kTile; }
 
 // Block-wide sum (kThreads threads); the result is valid in thread 0.
 __device__ double block_sum(double x, double* scratch) {
@@ -111,9 +111,9 @@ __global__ void gate_prep(Params p) {
 // blockIdx.x == 0 blocks also n, block (0, 0) also m) and walks the chunks in order.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
-  __shared__ __align__(16) T sK_w[kSplit<T> * kStep * kPad], sV[kStep * kPad];
+  __shared__ __align__(16) T sK_w[kSplit<T> * kTile * kPad], sV[kTile * kPad];
   __shared__ float sW[kMaxChunk];
-  const Split<T> K_w = split_at(sK_w, kStep * kPad);  // (w ∘ K) rows: float32 products
+  const Split<T> K_w = split_at(sK_w, kTile * kPad);  // (w ∘ K) rows: float32 products
   const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
   const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
   const bool owns_m = blockIdx.x == 0 && blockIdx.y == 0 && tid == 0;
@@ -157,13 +157,13 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
     // token s enters the exit state with weight exp(g + u_s - m_next); it scales the rows of K
     for (int s = tid; s < padded(c.Lc); s += kThreads) sW[s] = s < c.Lc ? weight(g + p.u[c.tb + s] - m_next) : 0.f;
     __syncthreads();
-    for (int s0 = 0; s0 < c.Lc; s0 += kStep) {
-      load_tile<kStep, kTile>(K_w, K, p.DQK, s0, d0, c.Lc, p.DQK, sW + s0);
-      load_tile<kStep, kTile>(sV, V, p.DV, s0, v0, c.Lc, p.DV);
+    for (int s0 = 0; s0 < c.Lc; s0 += kTile) {
+      load_tile<kTile, kTile>(K_w, K, p.DQK, s0, d0, c.Lc, p.DQK, sW + s0);
+      load_tile<kTile, kTile>(sV, V, p.DV, s0, v0, c.Lc, p.DV);
       __syncthreads();
-      gemm<false, true, kStep>(acc, K_w, kPad, sV, kPad);  // C += (w∘K)ᵀ V
+      gemm<false, true, kTile>(acc, K_w, kPad, sV, kPad);  // C += (w∘K)ᵀ V
       if (owns_n)
-        for (int s = 0; s < kStep; ++s) n += K_w.at(s * kPad + tid);
+        for (int s = 0; s < kTile; ++s) n += K_w.at(s * kPad + tid);
       __syncthreads();
     }
     mk = m_next;
@@ -362,10 +362,10 @@ __global__ void readout_grad(Params p) {
 // products with the states on both sides of the chunk.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
-  __shared__ __align__(16) T sQ[kStep * kPad], sD_[kSplit<T> * kStep * kPad];
+  __shared__ __align__(16) T sQ[kTile * kPad], sD_[kSplit<T> * kTile * kPad];
   __shared__ float sW[kMaxChunk], sDelta[kMaxChunk];
   __shared__ double scratch[kThreads / 32];
-  const Split<T> sD = split_at(sD_, kStep * kPad);  // w0 ∘ dnum: float32 products
+  const Split<T> sD = split_at(sD_, kTile * kPad);  // w0 ∘ dnum: float32 products
   const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
   const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
@@ -426,13 +426,13 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
       sW[r] = w, sDelta[r] = wd;
     }
     __syncthreads();
-    for (int s0 = 0; s0 < c.Lc; s0 += kStep) {
-      load_tile<kStep, kTile>(sQ, Q, p.DQK, s0, d0, c.Lc, p.DQK);
-      load_tile<kStep, kTile>(sD, dH, p.DV, s0, v0, c.Lc, p.DV, sW + s0);
+    for (int s0 = 0; s0 < c.Lc; s0 += kTile) {
+      load_tile<kTile, kTile>(sQ, Q, p.DQK, s0, d0, c.Lc, p.DQK);
+      load_tile<kTile, kTile>(sD, dH, p.DV, s0, v0, c.Lc, p.DV, sW + s0);
       __syncthreads();
-      gemm<false, true, kStep>(acc, sQ, kPad, sD, kPad);  // dC += Q̂ᵀ (w0 ∘ dnum)
+      gemm<false, true, kTile>(acc, sQ, kPad, sD, kPad);  // dC += Q̂ᵀ (w0 ∘ dnum)
       if (owns_n)
-        for (int s = 0; s < kStep; ++s) dn += sDelta[s0 + s] * to_float(sQ[s * kPad + tid]);
+        for (int s = 0; s < kTile; ++s) dn += sDelta[s0 + s] * to_float(sQ[s * kPad + tid]);
       __syncthreads();
     }
   }
