@@ -5,7 +5,7 @@
 //       - a random DAG of 100,000 nodes where each node takes 2 distinct sources among the 1,000
 //         nodes before it: about 500 levels of about 200 nodes, many levels but wide ones;
 //       - the 512 x 512 grid graph (grid_dag): 1,023 anti-diagonal levels of up to 512 nodes;
-//     each also with its nodes renumbered level-major (level_major below), which is what the levels
+//     each also with its nodes renumbered level-major (graph::level_major), which is what the levels
 //     form needs to stream through memory. Reported: nodes/s, the level count, and the speedup over
 //     the recurrent form on the graph in its generated numbering (the row that runs first).
 // (b) 2-D forms on 32 x 32 and 64 x 64 grids, 128 images x 3 heads (B = 128, NH = 3), DK = DV = 64,
@@ -138,25 +138,13 @@ std::unique_ptr<DagProblem> dag_problem(graph::Dag dag) {
 // in the order of the level schedule) and its edges ordered by new source: the levels form then
 // streams through q, k, v, h and the gates instead of jumping (on the grid, a level's ids are 511
 // apart).
-graph::Dag level_major(const graph::Dag& dag) {
-  const graph::Csr schedule = graph::level_schedule(graph::node_levels(dag));
-  std::vector<index_t> id(dag.num_nodes());
-  for (index_t i = 0; i < static_cast<index_t>(schedule.items.size()); ++i) id[schedule.items[i]] = i;
-  std::vector<graph::Edge> edges;
-  for (const graph::Edge& e : dag.edges()) edges.push_back({id[e.src], id[e.dst]});
-  std::sort(edges.begin(), edges.end(), [](const graph::Edge& a, const graph::Edge& b) {
-    return std::pair(a.src, a.dst) < std::pair(b.src, b.dst);
-  });
-  return graph::Dag(dag.num_nodes(), std::move(edges));
-}
-
 // Built on first use and kept: the recurrent and levels rows of a graph share it.
 const DagProblem& dag_case(const std::string& graph_name, bool renumbered) {
   static std::map<std::pair<std::string, bool>, std::unique_ptr<DagProblem>> cache;
   auto& p = cache[{graph_name, renumbered}];
   if (!p) {
     graph::Dag dag = graph_name == "random_100k" ? windowed_dag(100000, 2, 1000, 1) : grid_dag(512, 512);
-    p = dag_problem(renumbered ? level_major(dag) : std::move(dag));
+    p = dag_problem(renumbered ? graph::level_major(dag).dag : std::move(dag));
   }
   return *p;
 }

@@ -218,6 +218,24 @@ Csr level_schedule(const std::vector<index_t>& levels) {
   return make_csr(count, pairs);
 }
 
+Renumbered level_major(const Dag& dag) {
+  const Csr schedule = level_schedule(node_levels(dag));
+  std::vector<index_t> node_id(dag.num_nodes());
+  for (index_t i = 0; i < static_cast<index_t>(schedule.items.size()); ++i) node_id[schedule.items[i]] = i;
+  std::vector<index_t> order(dag.num_edges());  // new edge -> old edge
+  std::iota(order.begin(), order.end(), index_t{0});
+  auto key = [&](index_t e) { return std::pair(node_id[dag.edges()[e].src], node_id[dag.edges()[e].dst]); };
+  std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) { return key(a) < key(b); });
+  std::vector<Edge> edges(dag.num_edges());
+  std::vector<index_t> edge_id(dag.num_edges());
+  for (index_t e = 0; e < dag.num_edges(); ++e) {
+    const auto [src, dst] = key(order[e]);
+    edges[e] = {src, dst};
+    edge_id[order[e]] = e;
+  }
+  return {Dag(dag.num_nodes(), std::move(edges)), std::move(node_id), std::move(edge_id)};
+}
+
 namespace {
 
 // Vertices of the line graph in an order where every arc goes forward.

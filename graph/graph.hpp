@@ -89,6 +89,19 @@ std::vector<index_t> vertex_levels(const LineGraph& lg);
 // The same as lists: level l holds the nodes with depth l, in increasing id.
 Csr level_schedule(const std::vector<index_t>& levels);
 
+// Level-major renumbering: nodes ordered by level (ties by id), edges by (new source, new
+// destination). Each level's nodes, and their outgoing edges, are then contiguous, which is what the
+// levels form streams through (on a 100,000-node random DAG it turns 1.57x over the recurrent form
+// into 1.86x on 2 cores: bench/plstm_cpu.cpp). Per-node and per-edge data move with the maps:
+// renumbered node node_id[n] is old node n, renumbered edge edge_id[e] is old edge e. The DAG is the
+// same graph (isomorphic), so every form computes the same outputs, permuted.
+struct Renumbered {
+  Dag dag;
+  std::vector<index_t> node_id;  // old node -> new node
+  std::vector<index_t> edge_id;  // old edge -> new edge
+};
+Renumbered level_major(const Dag& dag);
+
 // D-mode: keep, in topological order, an arc only if no vertex already reaches its target along
 // another path; the result has at most one path between any two vertices, and every vertex that
 // had an incoming arc keeps one. Returns the ids of the kept arcs. Memory: one bit per pair of
@@ -107,8 +120,9 @@ struct Flat {
 Flat flatten(const Dag& dag);
 
 // Readers: DOT (Boost read_graphviz), GraphML, or a plain edge list ("u v" per line, '#' comments;
-// node count = largest id + 1). Nodes are numbered in order of appearance (DOT, GraphML) or by their
-// numbers (edge list). Edges keep the file's order for edge lists; for DOT and GraphML they are
+// node count = largest id + 1). Nodes are numbered as Boost's readers number them — for DOT sorted
+// by name as strings (so "n10" comes before "n2"; node_names says which is which), for GraphML in
+// order of appearance — or by their numbers (edge list). Edges keep the file's order for edge lists; for DOT and GraphML they are
 // ordered by an integer edge attribute "id" when present (write_dot writes it), else by source node.
 // Undirected DOT graphs are read too (their edges then go to dagify).
 struct EdgeList {

@@ -8,7 +8,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <functional>
+#include <map>
 
 using namespace flashlstm;
 using namespace flashlstm::plstm;
@@ -45,6 +47,52 @@ TEST_CASE("the DAG forms agree with the recurrent oracle to 1e-10", "[plstm]") {
     CHECK(rel_l2(dag_forward(dag, p.inputs(), DagForm::levels, {}), oracle) <= 1e-10);
     CHECK(rel_l2(dag_forward(dag, p.inputs(), DagForm::parallel, {}), oracle) <= 1e-10);
   }
+}
+
+TEST_CASE("level-major renumbering moves the outputs with the nodes", "[plstm][graph]") {
+  const Dag dag = random_dag(120, 2.5, 7);
+  const graph::Renumbered r = graph::level_major(dag);
+  const auto p = random_problem(dag, 2, 2, 8, 12, 7);
+  // The arcs of the renumbered line graph, by their (from, to) edges.
+  std::map<std::pair<index_t, index_t>, index_t> arc_id;
+  const auto new_arcs = graph::line_graph(r.dag).arcs;
+  for (index_t a = 0; a < static_cast<index_t>(new_arcs.size()); ++a) arc_id[{new_arcs[a].from, new_arcs[a].to}] = a;
+  const auto old_arcs = graph::line_graph(dag).arcs;
+  REQUIRE(new_arcs.size() == old_arcs.size());
+
+  // Per-node, per-edge and per-arc data moved along with their owners (the last axis of 3-D, the
+  // third of 4-D tensors).
+  auto move4 = [&](const xt::xtensor<double, 4>& x) {
+    xt::xtensor<double, 4> y = x;
+    for (index_t n = 0; n < dag.num_nodes(); ++n)
+      xt::view(y, xt::all(), xt::all(), r.node_id[n], xt::all()) = xt::view(x, xt::all(), xt::all(), n, xt::all());
+    return y;
+  };
+  auto move3 = [](const xt::xtensor<double, 3>& x, auto new_index) {
+    xt::xtensor<double, 3> y = x;
+    for (index_t i = 0; i < static_cast<index_t>(x.shape(2)); ++i)
+      xt::view(y, xt::all(), xt::all(), new_index(i)) = xt::view(x, xt::all(), xt::all(), i);
+    return y;
+  };
+  auto by_node = [&](index_t n) { return r.node_id[n]; };
+  auto by_edge = [&](index_t e) { return r.edge_id[e]; };
+  auto by_arc = [&](index_t a) { return arc_id.at({r.edge_id[old_arcs[a].from], r.edge_id[old_arcs[a].to]}); };
+  const Problem moved{move4(p.q), move4(p.k), move4(p.v), move4(p.dh), move3(p.S, by_edge), move3(p.T, by_arc),
+                      move3(p.M, by_edge), move3(p.D, by_node)};
+
+  // A permutation; levels are non-decreasing in the new ids; every edge kept, with its ends renamed.
+  std::vector<index_t> sorted = r.node_id;
+  std::sort(sorted.begin(), sorted.end());
+  for (index_t i = 0; i < dag.num_nodes(); ++i) CHECK(sorted[i] == i);
+  const auto old_levels = graph::node_levels(dag), new_levels = graph::node_levels(r.dag);
+  for (index_t n = 0; n < dag.num_nodes(); ++n) CHECK(new_levels[r.node_id[n]] == old_levels[n]);
+  CHECK(std::is_sorted(new_levels.begin(), new_levels.end()));
+  for (index_t e = 0; e < dag.num_edges(); ++e)
+    CHECK(r.dag.edges()[r.edge_id[e]] == Edge{r.node_id[dag.edges()[e].src], r.node_id[dag.edges()[e].dst]});
+
+  const auto h = dag_forward(dag, p.inputs(), DagForm::recurrent, {});
+  for (DagForm form : {DagForm::recurrent, DagForm::levels, DagForm::parallel})
+    CHECK(rel_l2(dag_forward(r.dag, moved.inputs(), form, {}), move4(h)) <= 1e-12);
 }
 
 TEST_CASE("the parallel form's G equals the sum over enumerated paths", "[plstm]") {
