@@ -143,17 +143,24 @@ void forward_recurrent(const graph::Dag& dag, const ArcIndex& arcs, const Dims& 
   for (index_t n : dag.topological_order()) visit(dag, arcs, d, x, n, C, pool, h);
 }
 
-// Levels one after another, the nodes of a level over the threads; a narrow level runs on one
-// thread, where a barrier would cost more than its work.
+// Levels one after another, the nodes of a level over the threads of one parallel region (a
+// barrier between levels, not a fork and join per level); a narrow level runs on one thread, where
+// splitting would cost more than its work.
 template <class F>
 void forward_levels(const graph::Dag& dag, const ArcIndex& arcs, const graph::Csr& schedule, const Dims& d,
                     const Head<F>& x, F* h) {
   std::vector<F*> C(d.E, nullptr);
   StatePool<F> pool(d.DK * d.DV);
+#pragma omp parallel
   for (index_t l = 0; l < schedule.rows(); ++l) {
     const index_t* nodes = schedule.begin(l);
-#pragma omp parallel for schedule(static) if (schedule.size(l) >= 32)
-    for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, pool, h);
+    if (schedule.size(l) >= 32) {
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, pool, h);
+    } else {
+#pragma omp single
+      for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, pool, h);
+    }
   }
 }
 
