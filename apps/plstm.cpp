@@ -207,7 +207,7 @@ void run(const Args& a) {
 
   const graph::LineGraph lg = graph::line_graph(dag);
   const auto arcs = static_cast<index_t>(lg.arcs.size());
-  const graph::Csr levels = graph::level_schedule(graph::node_levels(dag));
+  const graph::Csr& levels = dag.levels();
   index_t widest = 0;
   for (index_t l = 0; l < levels.rows(); ++l) widest = std::max(widest, levels.size(l));
 

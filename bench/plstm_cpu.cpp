@@ -120,7 +120,7 @@ struct DagProblem {
 std::unique_ptr<DagProblem> dag_problem(graph::Dag dag) {
   Rng rng(7);
   const index_t N = dag.num_nodes(), E = dag.num_edges(), A = static_cast<index_t>(graph::line_graph(dag).arcs.size());
-  const index_t levels = graph::level_schedule(graph::node_levels(dag)).rows();
+  const index_t levels = dag.levels().rows();
   auto p = std::make_unique<DagProblem>(DagProblem{std::move(dag),
                                                    levels,
                                                    rng.normal<float>(Shape<4>{1, 1, N, dag_DK}),

@@ -66,6 +66,7 @@ Dag::Dag(index_t num_nodes, std::vector<Edge> edges) : num_nodes_(num_nodes), ed
   out_ = make_csr(num_nodes, out_pairs);
   boost::topological_sort(g, std::back_inserter(order_));  // sinks first
   std::reverse(order_.begin(), order_.end());
+  levels_ = level_schedule(node_levels(*this));
 }
 
 Dag random_dag(index_t num_nodes, double mean_in_degree, std::uint64_t seed, index_t window) {
@@ -219,7 +220,7 @@ Csr level_schedule(const std::vector<index_t>& levels) {
 }
 
 Renumbered level_major(const Dag& dag) {
-  const Csr schedule = level_schedule(node_levels(dag));
+  const Csr& schedule = dag.levels();
   std::vector<index_t> node_id(dag.num_nodes());
   for (index_t i = 0; i < static_cast<index_t>(schedule.items.size()); ++i) node_id[schedule.items[i]] = i;
   std::vector<index_t> order(dag.num_edges());  // new edge -> old edge
@@ -321,7 +322,7 @@ Flat flatten(const Dag& dag) {
     f.arc_to.push_back(static_cast<std::int32_t>(a.to));
     f.arc_node.push_back(static_cast<std::int32_t>(a.node));
   }
-  const Csr levels = level_schedule(node_levels(dag));
+  const Csr& levels = dag.levels();
   f.level_offsets = to32(levels.offsets);
   f.level_nodes = to32(levels.items);
   return f;

@@ -42,12 +42,16 @@ class Dag {
   const Csr& in_edges() const { return in_; }    // per node: ids of its incoming edges, in id order
   const Csr& out_edges() const { return out_; }  // per node: ids of its outgoing edges, in id order
   const std::vector<index_t>& topological_order() const { return order_; }  // nodes, sources first
+  // The nodes by level (longest-path depth), as level_schedule(node_levels(dag)); built once here
+  // for the levels form.
+  const Csr& levels() const { return levels_; }
 
  private:
   index_t num_nodes_;
   std::vector<Edge> edges_;
   Csr in_, out_;
   std::vector<index_t> order_;
+  Csr levels_;
 };
 
 // A seeded random DAG for tests and benchmarks: node i (in a hidden random order) takes

@@ -89,6 +89,8 @@ TEST_CASE("line graph arcs and level schedules", "[graph]") {
     for (const index_t* n = schedule.begin(l); n != schedule.end(l); ++n) CHECK(node_level[*n] == l);
   }
   CHECK(total == dag.num_nodes());
+  CHECK(dag.levels().offsets == schedule.offsets);  // the schedule the Dag keeps for the levels form
+  CHECK(dag.levels().items == schedule.items);
 }
 
 TEST_CASE("multitree pruning leaves at most one path and every vertex with an input keeps one", "[graph]") {

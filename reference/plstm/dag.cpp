@@ -209,9 +209,8 @@ xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagF
   const Dims d = check_inputs(dag, x, arcs);
   auto h = uninitialized<F>(Shape<4>{d.B, d.NH, d.N, d.DV});
   if (form == DagForm::levels) {  // parallel inside each level, so heads one after another
-    const graph::Csr schedule = graph::level_schedule(graph::node_levels(dag));
     for (index_t bh = 0; bh < d.B * d.NH; ++bh)
-      forward_levels(dag, arcs, schedule, d, Head<F>(x, d, bh, o), h.data() + bh * d.N * d.DV);
+      forward_levels(dag, arcs, dag.levels(), d, Head<F>(x, d, bh, o), h.data() + bh * d.N * d.DV);
     return h;
   }
 #pragma omp parallel for schedule(dynamic)
