@@ -217,20 +217,34 @@ __device__ void qk_tile(Acc& acc, T* sQ, T* sK, const T* Q, const T* K, const Pa
     for (int j = 0; j < kTC; ++j) acc[i][j] *= p.scale;
 }
 
-// Preconditions: grid (ceil(DV/64), nc * L/64, BH); block (x, y, z) computes rows 64·(y mod L/64)..
-// of chunk y / (L/64) and DV columns 64·x.. . kStats: instead of h, accumulate dh·num and dh·(state
-// part of num) per token and store den, den0, m_r (the backward's readout statistics).
+// The output pass covers kOutCols = 128 DV columns per block (two 64-wide tiles sharing one Q̂Kᵀ
+// tile, which is recomputed once per 128 columns rather than per 64).
+constexpr int kOutSub = 2, kOutCols = kOutSub * kTile, kPadO = stride(kOutCols);
+
+// Shared memory of chunk_output, in elements of T: sQ | (C, split, or sK), with sV over both; sP.
+template <class T>
+struct OutputSmem {
+  static constexpr int kQ = kTile * kPadS, kC = kSplit<T> * kStep * kPadO;
+  static constexpr int kX = kC > kQ ? kC : kQ;
+  static constexpr int kA = kQ + kX > kTile * kPadO ? kQ + kX : kTile * kPadO;
+  static constexpr int kP = kSplit<T> * kTile * kPad;
+  static constexpr std::size_t bytes = (kA + kP) * sizeof(T);
+};
+
+// Preconditions: grid (ceil(DV/128), nc * L/64, BH), OutputSmem<T>::bytes of dynamic shared memory;
+// block (x, y, z) computes rows 64·(y mod L/64).. of chunk y / (L/64) and DV columns 128·x.. .
+// kStats: instead of h, accumulate dh·num and dh·(state part of num) per token and store den, den0,
+// m_r (the backward's readout statistics).
 template <class T, bool kStats>
-__global__ void __launch_bounds__(kThreads, 3) chunk_output(Params p) {
-  // sQ | (C as a split operand, or sK); sV over both; sP (split)
-  constexpr int kQ = kTile * kPadS, kC = kSplit<T> * kStep * kPad, kX = kC > kQ ? kC : kQ;
-  static_assert(kQ + kX >= kTile * kPad);
-  __shared__ __align__(16) T sAB[kQ + kX];
-  __shared__ __align__(16) T sP_[kSplit<T> * kTile * kPad];
+__global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
+  using Smem = OutputSmem<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sAB = reinterpret_cast<T*>(smem_raw);
+  T* sP_ = sAB + Smem::kA;
   __shared__ float sN[kStep], sDen[kTile];
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
-  const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const int tiles = p.L / kTile, v0 = blockIdx.x * kOutCols, bh = blockIdx.z, tid = threadIdx.x;
   const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
   const int r0 = (blockIdx.y % tiles) * kTile;
   if (r0 >= c.Lc) return;
@@ -243,28 +257,32 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_output(Params p) {
   const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
   load_rows(rows, p, c, r0, mk);
   T* sQ = sAB;
-  T* sX = sAB + kQ;
-  const Split<T> sC = split_at(sX, kStep * kPad);
+  T* sX = sAB + Smem::kQ;
+  const Split<T> sC = split_at(sX, kStep * kPadO);
   const Split<T> sP = split_at(sP_, kTile * kPad);
+  auto sub = [](const Split<T>& x, int offset) { return Split<T>{x.hi + offset, x.lo ? x.lo + offset : nullptr}; };
 
   // State part: num = w0 ∘ (Q̂ C), den0 = w0 ∘ (Q̂ n).
-  Acc acc;
-  zero(acc);
+  Acc acc[kOutSub];
+  for (auto& a : acc) zero(a);
   float den0 = 0.f;
   for (int d = 0; d < p.DQK; d += kStep) {
     load_tile<kTile, kStep>(sQ, Q, p.DQK, r0, d, c.Lc, p.DQK);
-    load_tile<kStep, kTile>(sC, C, p.DV, d, v0, p.DQK, p.DV);
+    load_tile<kStep, kOutCols>(sC, C, p.DV, d, v0, p.DQK, p.DV);
     if (tid < kStep) sN[tid] = d + tid < p.DQK ? n[d + tid] : 0.f;
     __syncthreads();
-    gemm<true, true, kStep>(acc, sQ, kPadS, sC, kPad);
+#pragma unroll
+    for (int u = 0; u < kOutSub; ++u) gemm<true, true, kStep>(acc[u], sQ, kPadS, sub(sC, u * kTile), kPadO);
     if (tid < kTile)
       for (int e = 0; e < kStep; ++e) den0 += to_float(sQ[tid * kPadS + e]) * sN[e];
     __syncthreads();
   }
 #pragma unroll
-  for (int i = 0; i < kTR; ++i)
+  for (int u = 0; u < kOutSub; ++u)
 #pragma unroll
-    for (int j = 0; j < kTC; ++j) acc[i][j] *= p.scale * rows.w0[tile_row(i)];
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) acc[u][i][j] *= p.scale * rows.w0[tile_row(i)];
   if (tid < kTile) den0 *= p.scale * rows.w0[tid];
 
   const T* dH = kStats ? token_ptr<T>(p.dh, p, bh, c.t0, p.DV) : nullptr;
@@ -275,10 +293,12 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_output(Params p) {
       const int r = r0 + tile_row(i);
       float x = 0.f;
 #pragma unroll
-      for (int j = 0; j < kTC; ++j) {
-        const int v = v0 + tile_col(j);
-        if (r < c.Lc && v < p.DV) x += to_float(dH[static_cast<std::int64_t>(r) * p.DV + v]) * acc[i][j];
-      }
+      for (int u = 0; u < kOutSub; ++u)
+#pragma unroll
+        for (int j = 0; j < kTC; ++j) {
+          const int v = v0 + u * kTile + tile_col(j);
+          if (r < c.Lc && v < p.DV) x += to_float(dH[static_cast<std::int64_t>(r) * p.DV + v]) * acc[u][i][j];
+        }
       x = row_sum(x);
       if (row_leader() && r < c.Lc) atomicAdd(out + c.tb + r, x);
     }
@@ -299,11 +319,12 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_output(Params p) {
         const int ri = tile_row(i), sj = tile_col(j), r = r0 + ri, s = s0 + sj;
         sP.set(ri * kPad + sj, (s <= r && r < c.Lc) ? a[i][j] * weight(rows.b[ri] + sU[sj] - rows.m[ri]) : 0.f);
       }
-    load_tile<kTile, kTile>(sAB, V, p.DV, s0, v0, c.Lc, p.DV);
+    load_tile<kTile, kOutCols>(sAB, V, p.DV, s0, v0, c.Lc, p.DV);
     __syncthreads();
     if (tid < kTile)
       for (int e = 0; e < kTile; ++e) den += sP.at(tid * kPad + e);
-    gemm<true, true, kTile>(acc, sP, kPad, sAB, kPad);
+#pragma unroll
+    for (int u = 0; u < kOutSub; ++u) gemm<true, true, kTile>(acc[u], sP, kPad, sAB + u * kTile, kPadO);
     __syncthreads();
   }
 
@@ -324,10 +345,12 @@ __global__ void __launch_bounds__(kThreads, 3) chunk_output(Params p) {
       const float floor = p.stabilised ? expf(-static_cast<float>(rows.m[ri])) : 1.f;
       const float dhat = p.normalizes ? fmaxf(fabsf(sDen[ri]), floor) + p.eps : 1.f;
 #pragma unroll
-      for (int j = 0; j < kTC; ++j) {
-        const int v = v0 + tile_col(j);
-        if (r < c.Lc && v < p.DV) H[static_cast<std::int64_t>(r) * p.DV + v] = from_float<T>(acc[i][j] / dhat);
-      }
+      for (int u = 0; u < kOutSub; ++u)
+#pragma unroll
+        for (int j = 0; j < kTC; ++j) {
+          const int v = v0 + u * kTile + tile_col(j);
+          if (r < c.Lc && v < p.DV) H[static_cast<std::int64_t>(r) * p.DV + v] = from_float<T>(acc[u][i][j] / dhat);
+        }
     }
   }
 }
@@ -857,14 +880,22 @@ void forward_passes(const Params& p, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "state_pass");
 }
 
+template <class T, bool kStats>
+void launch_chunk_output(const Params& p, cudaStream_t stream) {
+  const auto bytes = static_cast<int>(OutputSmem<T>::bytes);
+  check_cuda(cudaFuncSetAttribute(chunk_output<T, kStats>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             "chunk_output shared memory");
+  chunk_output<T, kStats><<<dim3(cdiv(p.DV, kOutCols), p.nc * (p.L / kTile), p.BH), kThreads, bytes, stream>>>(p);
+  check_cuda(cudaGetLastError(), kStats ? "chunk_output (statistics)" : "chunk_output");
+}
+
 template <class T>
 void forward(Params p, cudaStream_t stream) {
   Scratch scratch(stream);
   add_forward_scratch(scratch, p);
   scratch.allocate();
   forward_passes<T>(p, stream);
-  chunk_output<T, false><<<dim3(cdiv(p.DV, kTile), p.nc * (p.L / kTile), p.BH), kThreads, 0, stream>>>(p);
-  check_cuda(cudaGetLastError(), "chunk_output");
+  launch_chunk_output<T, false>(p, stream);
 }
 
 template <class T>
@@ -885,8 +916,7 @@ void backward(Params p, cudaStream_t stream) {
   p.C_last = p.n_last = p.m_last = nullptr;
   forward_passes<T>(p, stream);
   const dim3 dv_rows(cdiv(p.DV, kTile), p.nc * (p.L / kTile), p.BH), dqk_rows(cdiv(p.DQK, kTile), p.nc * (p.L / kTile), p.BH);
-  chunk_output<T, true><<<dv_rows, kThreads, 0, stream>>>(p);
-  check_cuda(cudaGetLastError(), "chunk_output (statistics)");
+  launch_chunk_output<T, true>(p, stream);
   readout_grad<<<static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "readout_grad");
   state_pass_reverse<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, 0, stream>>>(p);
