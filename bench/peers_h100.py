@@ -4,13 +4,16 @@ median of triton.testing.do_bench, which flushes the L2 before each run).
 
 Peers: mlstm_kernels (TFLA mLSTMsig, TFLA mLSTMexp, limit-chunk mLSTMexp), flash-linear-attention
 (chunk_simple_gla) and torch SDPA (FlashAttention-2, 32 heads x 128). Their wheels travel with the
-run (tools/gpu_peers.sh); a peer that does not import, compile or run is reported with its error.
+run (tools/gpu_peers.sh); each peer runs in a process of its own (a compiler crash aborts the
+process), and one that does not import, compile or run is reported with its error.
 
     python3 bench/peers_h100.py --json out/peers.json
 """
 
 import argparse
 import json
+import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +55,12 @@ def fw_and_fwbw(run, make_inputs):
     return fw, bench(fwbw)
 
 
-def peers(S):
+def peers(S, only):
     rows = []
 
     def add(name, thunk):
+        if name != only:
+            return
         try:
             fw, fwbw = thunk()
             rows.append({"peer": name, "S": S, "fw_ms": fw, "fwbw_ms": fwbw})
@@ -99,20 +104,34 @@ def peers(S):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return fw_and_fwbw(run, make)
 
-    add("mlstm_kernels TFLA mLSTMsig (normalize off, L=128)", tfla_sig)
-    add("mlstm_kernels TFLA mLSTMexp (L=128)", tfla_exp)
-    add("mlstm_kernels limit-chunk mLSTMexp (L=64)", limit_chunk_exp)
-    add("flash-linear-attention chunk_simple_gla", fla_simple_gla)
-    add("torch SDPA flash, 32 x 128 heads, causal", sdpa_flash)
+    for name, thunk in zip(PEERS, [tfla_sig, tfla_exp, limit_chunk_exp, fla_simple_gla, sdpa_flash]):
+        add(name, thunk)
     return rows
+
+
+PEERS = ["mlstm_kernels TFLA mLSTMsig (normalize off, L=128)", "mlstm_kernels TFLA mLSTMexp (L=128)",
+         "mlstm_kernels limit-chunk mLSTMexp (L=64)", "flash-linear-attention chunk_simple_gla",
+         "torch SDPA flash, 32 x 128 heads, causal"]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="")
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--only", default="", help="run this peer in this process and print its rows as JSON")
     args = parser.parse_args()
-    rows = [r for S in args.lengths for r in peers(S)]
+    if args.only:
+        print(json.dumps([r for S in args.lengths for r in peers(S, args.only)]))
+        return
+    rows = []
+    for name in PEERS:
+        run = subprocess.run([sys.executable, __file__, "--only", name, "--lengths", *map(str, args.lengths)],
+                             capture_output=True, text=True)
+        try:
+            rows += json.loads(run.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            tail = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            rows += [{"peer": name, "S": S, "error": f"exit {run.returncode}: {tail[:200]}"} for S in args.lengths]
     info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "results": rows}
     if args.json:
