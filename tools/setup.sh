@@ -8,6 +8,7 @@ debian_packages=(
   libeigen3-dev libboost-dev libboost-graph-dev libomp-dev
   catch2 libxtensor-dev xtl-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   libbenchmark-dev libstb-dev libpng-dev
+  python3-dev python3-venv python3-pip ccache
 )
 
 missing=()
@@ -21,9 +22,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# Python packages for the Python-side tests (RDKit checks the generated molecules).
-python_packages=(pytest numpy rdkit)
-if ! python3 -c "import pytest, numpy, rdkit" 2>/dev/null; then
+# Python packages: pybind11 (>= 2.12, from PyPI: Debian's 2.10 breaks with numpy 2) and
+# scikit-build-core build the module (FLASHLSTM_PYTHON, `pip install .`); numpy and pytest test it,
+# RDKit checks the generated molecules, networkx converts graphs, nbclient/ipykernel/matplotlib run
+# the notebooks. PIP_BREAK_SYSTEM_PACKAGES lets pip install into Debian's own python3 too.
+python_packages=("pybind11>=2.12" scikit-build-core numpy pytest rdkit networkx nbclient nbformat ipykernel matplotlib)
+if ! python3 - 2>/dev/null <<'PY'
+import importlib.metadata as m, pytest, numpy, rdkit, networkx, nbclient, nbformat, ipykernel, matplotlib, scikit_build_core
+assert tuple(int(x) for x in m.version("pybind11").split(".")[:2]) >= (2, 12)
+PY
+then
   echo "setup: installing ${python_packages[*]} for $(python3 --version)"
-  python3 -m pip install -q "${python_packages[@]}"
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q "${python_packages[@]}"
 fi

@@ -1,0 +1,313 @@
+"""flashlstm's ops as torch custom ops (``torch.library.custom_op``, namespace "flashlstm"), with
+fake (meta) implementations and autograd, so they trace in ``torch.compile`` and pass
+``torch.autograd.gradcheck`` / ``torch.library.opcheck``. Import this module explicitly; it needs
+torch (>= 2.4), which flashlstm does not depend on.
+
+CPU tensors (float32 or float64) go through the CPU reference without copies (via numpy); CUDA
+tensors through the CUDA kernels (mLSTM: float32 or bfloat16, float32 states, the chunkwise form) on
+the current stream. Gradients are the library's exact backward, registered as ops too
+("flashlstm::mlstm_backward", ...), so a compiled graph contains both directions.
+
+    from flashlstm.torch import mlstm, plstm_dag, plstm_grid, slstm
+    h, (C, n, m) = mlstm(q, k, v, igate, fgate, chunk_size=64)
+"""
+
+# No `from __future__ import annotations` here: torch.library infers each op's schema from its
+# annotations, which must be real types.
+from typing import Any, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import graph as _graph
+from . import mlstm as _mlstm
+from . import plstm as _plstm
+from . import slstm as _slstm
+
+__all__ = ["mlstm", "slstm", "plstm_dag", "plstm_grid", "MlstmOutput", "SlstmOutput"]
+
+
+def _absent(like: Tensor) -> Tensor:
+    """Stands for an absent optional gradient among an op's outputs (ops cannot return None)."""
+    return like.new_empty(0)
+
+
+def _np(name: str, t: Optional[Tensor]) -> Optional[np.ndarray]:
+    """A CPU tensor as a numpy array sharing its memory (made contiguous first)."""
+    if t is None:
+        return None
+    if t.device.type != "cpu":
+        raise ValueError(f"{name}: is on {t.device}; this op runs on the CPU reference only")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name}: the CPU reference takes float32 or float64, got {t.dtype}")
+    return t.detach().contiguous().numpy()
+
+
+def _t(a: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+# mLSTM -------------------------------------------------------------------------------------------
+
+
+class MlstmOutput(NamedTuple):
+    h: Tensor
+    last: _mlstm.State
+
+
+@torch.library.custom_op("flashlstm::mlstm_forward", mutates_args=())
+def _mlstm_forward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, C0: Optional[Tensor],
+                   n0: Optional[Tensor], m0: Optional[Tensor], form: str, chunk_size: int, input_gate: str,
+                   normalize: bool, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps)
+    if q.is_cuda:
+        initial = None if C0 is None else _mlstm.State(C0.contiguous(), n0.contiguous(), m0.contiguous())
+        out = _mlstm.forward(*(x.contiguous() for x in (q, k, v, igate, fgate)), initial, **options)
+        return out.h, *out.last
+    initial = None if C0 is None else _mlstm.State(_np("initial.C", C0), _np("initial.n", n0), _np("initial.m", m0))
+    out = _mlstm.forward(_np("q", q), _np("k", k), _np("v", v), _np("igate", igate), _np("fgate", fgate), initial,
+                         **options)
+    return _t(out.h), *(_t(x) for x in out.last)
+
+
+@_mlstm_forward.register_fake
+def _(q, k, v, igate, fgate, C0, n0, m0, form, chunk_size, input_gate, normalize, eps):
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    state = torch.float32 if q.is_cuda else q.dtype
+    return (v.new_empty((B, NH, S, DV)), q.new_empty((B, NH, DQK, DV), dtype=state),
+            q.new_empty((B, NH, DQK), dtype=state), q.new_empty((B, NH), dtype=state))
+
+
+@torch.library.custom_op("flashlstm::mlstm_backward", mutates_args=())
+def _mlstm_backward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, C0: Optional[Tensor],
+                    n0: Optional[Tensor], m0: Optional[Tensor], dh: Tensor, dC_last: Tensor, dn_last: Tensor,
+                    dm_last: Tensor, form: str, chunk_size: int, input_gate: str, normalize: bool,
+                    eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps)
+    if q.is_cuda:
+        c = lambda x: x.contiguous()  # noqa: E731
+        initial = None if C0 is None else _mlstm.State(c(C0), c(n0), c(m0))
+        g = _mlstm.backward(*(c(x) for x in (q, k, v, igate, fgate, dh)), initial, dC_last=c(dC_last),
+                            dn_last=c(dn_last), dm_last=c(dm_last), **options)
+        dinitial = tuple(g.dinitial) if g.dinitial is not None else tuple(_absent(q) for _ in range(3))
+        return g.dq, g.dk, g.dv, g.digate, g.dfgate, *dinitial
+    initial = None if C0 is None else _mlstm.State(_np("initial.C", C0), _np("initial.n", n0), _np("initial.m", m0))
+    g = _mlstm.backward(_np("q", q), _np("k", k), _np("v", v), _np("igate", igate), _np("fgate", fgate), _np("dh", dh),
+                        initial, dC_last=_np("dC_last", dC_last), dn_last=_np("dn_last", dn_last),
+                        dm_last=_np("dm_last", dm_last), **options)
+    dinitial = tuple(_t(x) for x in g.dinitial) if g.dinitial is not None else tuple(_absent(q) for _ in range(3))
+    return _t(g.dq), _t(g.dk), _t(g.dv), _t(g.digate), _t(g.dfgate), *dinitial
+
+
+@_mlstm_backward.register_fake
+def _(q, k, v, igate, fgate, C0, n0, m0, dh, dC_last, dn_last, dm_last, form, chunk_size, input_gate, normalize, eps):
+    dinitial = ((torch.empty_like(C0), torch.empty_like(n0), torch.empty_like(m0)) if C0 is not None
+                else tuple(_absent(q) for _ in range(3)))
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(igate),
+            torch.empty_like(fgate), *dinitial)
+
+
+def _mlstm_setup(ctx, inputs, output):
+    q, k, v, igate, fgate, C0, n0, m0, *options = inputs
+    ctx.save_for_backward(q, k, v, igate, fgate, C0, n0, m0)
+    ctx.options = options
+
+
+def _mlstm_grad(ctx, dh, dC, dn, dm):
+    q, k, v, igate, fgate, C0, n0, m0 = ctx.saved_tensors
+    dq, dk, dv, di, df, dC0, dn0, dm0 = _mlstm_backward(q, k, v, igate, fgate, C0, n0, m0, dh, dC, dn, dm,
+                                                        *ctx.options)
+    dinitial = (dC0, dn0, dm0) if C0 is not None else (None, None, None)
+    return dq, dk, dv, di, df, *dinitial, None, None, None, None, None
+
+
+_mlstm_forward.register_autograd(_mlstm_grad, setup_context=_mlstm_setup)
+
+
+def mlstm(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, initial: Optional[Any] = None, *,
+          form: str = "chunkwise", chunk_size: int = 64, input_gate: str = "exp", normalize: bool = True,
+          eps: float = 1e-6) -> MlstmOutput:
+    """The mLSTM as a differentiable torch op: h (B, NH, S, DV) and the final state (C, n, m);
+    gradients reach q, k, v, igate, fgate and the initial state (C, n, m) when given. Arguments as in
+    flashlstm.mlstm.forward."""
+    C0, n0, m0 = initial if initial is not None else (None, None, None)
+    h, C, n, m = _mlstm_forward(q, k, v, igate, fgate, C0, n0, m0, form, chunk_size, input_gate, normalize, eps)
+    return MlstmOutput(h, _mlstm.State(C, n, m))
+
+
+# sLSTM / LSTM ------------------------------------------------------------------------------------
+
+
+class SlstmOutput(NamedTuple):
+    h: Tensor  # (B, T, NH, DH): h after every step
+    last: Tensor  # (NS, B, NH, DH): the final state
+
+
+@torch.library.custom_op("flashlstm::slstm_forward", mutates_args=())
+def _slstm_forward(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor], cell: str,
+                   forget_gate: str) -> Tuple[Tensor, Tensor]:
+    out = _slstm.forward(_np("Wx", Wx), _np("R", R), _np("b", b), _np("initial", initial), cell=cell,
+                         forget_gate=forget_gate)
+    return _t(out.states[0]), _t(out.last)
+
+
+@_slstm_forward.register_fake
+def _(Wx, R, b, initial, cell, forget_gate):
+    B, T, _, NH, DH = Wx.shape
+    NS = _slstm.num_states(cell)
+    return Wx.new_empty((B, T, NH, DH)), Wx.new_empty((NS, B, NH, DH))
+
+
+@torch.library.custom_op("flashlstm::slstm_backward", mutates_args=())
+def _slstm_backward(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor], dh: Tensor, dlast: Tensor,
+                    cell: str, forget_gate: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    g = _slstm.backward(_np("Wx", Wx), _np("R", R), _np("b", b), _np("dh", dh), _np("initial", initial),
+                        dlast=_np("dlast", dlast), cell=cell, forget_gate=forget_gate)
+    return _t(g.dWx), _t(g.dR), _t(g.db), _t(g.dinitial) if g.dinitial is not None else _absent(Wx)
+
+
+@_slstm_backward.register_fake
+def _(Wx, R, b, initial, dh, dlast, cell, forget_gate):
+    return (torch.empty_like(Wx), torch.empty_like(R), torch.empty_like(b),
+            torch.empty_like(initial) if initial is not None else _absent(Wx))
+
+
+def _slstm_setup(ctx, inputs, output):
+    Wx, R, b, initial, cell, forget_gate = inputs
+    ctx.save_for_backward(Wx, R, b, initial)
+    ctx.options = (cell, forget_gate)
+
+
+def _slstm_grad(ctx, dh, dlast):
+    Wx, R, b, initial = ctx.saved_tensors
+    dWx, dR, db, dinitial = _slstm_backward(Wx, R, b, initial, dh, dlast, *ctx.options)
+    return dWx, dR, db, dinitial if initial is not None else None, None, None
+
+
+_slstm_forward.register_autograd(_slstm_grad, setup_context=_slstm_setup)
+
+
+def slstm(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor] = None, *, cell: str = "slstm",
+          forget_gate: str = "sigmoid") -> SlstmOutput:
+    """The sLSTM (or LSTM, cell="lstm") on CPU tensors: h after every step (B, T, NH, DH) and the final
+    state (NS, B, NH, DH), both differentiable (in Wx, R, b and the initial state when given)."""
+    h, last = _slstm_forward(Wx, R, b, initial, cell, forget_gate)
+    return SlstmOutput(h, last)
+
+
+# pLSTM -------------------------------------------------------------------------------------------
+
+_dags: dict = {}
+
+
+def _dag(num_nodes: int, edges: Tensor) -> _graph.Dag:
+    """The Dag of an edge tensor, built once per distinct graph."""
+    key = (num_nodes, edges.detach().cpu().numpy().tobytes())
+    if key not in _dags:
+        _dags[key] = _graph.Dag(num_nodes, edges.detach().cpu().numpy())
+    return _dags[key]
+
+
+@torch.library.custom_op("flashlstm::plstm_dag_forward", mutates_args=())
+def _plstm_dag_forward(edges: Tensor, num_nodes: int, q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor,
+                       M: Tensor, D: Tensor, form: str, qk_scale: float) -> Tensor:
+    x = [_np(name, t) for name, t in zip("qkvSTMD", (q, k, v, S, T, M, D))]
+    return _t(_plstm.dag_forward(_dag(num_nodes, edges), *x, form=form, qk_scale=qk_scale))
+
+
+@_plstm_dag_forward.register_fake
+def _(edges, num_nodes, q, k, v, S, T, M, D, form, qk_scale):
+    return v.new_empty(v.shape)
+
+
+@torch.library.custom_op("flashlstm::plstm_dag_backward", mutates_args=())
+def _plstm_dag_backward(edges: Tensor, num_nodes: int, q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor,
+                        M: Tensor, D: Tensor, dh: Tensor, qk_scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor,
+                                                                                     Tensor, Tensor, Tensor]:
+    x = [_np(name, t) for name, t in zip(("q", "k", "v", "S", "T", "M", "D", "dh"), (q, k, v, S, T, M, D, dh))]
+    return tuple(_t(g) for g in _plstm.dag_backward(_dag(num_nodes, edges), *x, qk_scale=qk_scale))
+
+
+@_plstm_dag_backward.register_fake
+def _(edges, num_nodes, q, k, v, S, T, M, D, dh, qk_scale):
+    return tuple(torch.empty_like(x) for x in (q, k, v, S, T, M, D))
+
+
+def _plstm_dag_setup(ctx, inputs, output):
+    edges, num_nodes, *tensors, form, qk_scale = inputs
+    ctx.save_for_backward(edges, *tensors)
+    ctx.num_nodes, ctx.qk_scale = num_nodes, qk_scale
+
+
+def _plstm_dag_grad(ctx, dh):
+    edges, *tensors = ctx.saved_tensors
+    grads = _plstm_dag_backward(edges, ctx.num_nodes, *tensors, dh, ctx.qk_scale)
+    return None, None, *grads, None, None
+
+
+_plstm_dag_forward.register_autograd(_plstm_dag_grad, setup_context=_plstm_dag_setup)
+
+
+def plstm_dag(dag: _graph.Dag, q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor, *,
+              form: str = "recurrent", qk_scale: float = 0.0) -> Tensor:
+    """pLSTM on a DAG (CPU tensors): h (B, NH, N, DV), differentiable in q, k, v and the gates
+    (flashlstm.plstm.dag_forward's layouts)."""
+    edges = torch.from_numpy(dag.edges)
+    return _plstm_dag_forward(edges, dag.num_nodes, q, k, v, S, T, M, D, form, qk_scale)
+
+
+_GRID = ("Sr", "Sd", "Trl", "Tru", "Tdu", "Tdl", "Ml", "Mu", "D")
+
+
+@torch.library.custom_op("flashlstm::plstm_grid_forward", mutates_args=())
+def _plstm_grid_forward(q: Tensor, k: Tensor, v: Tensor, gates: list[Tensor], form: str, chunk_size: int,
+                        qk_scale: float) -> Tensor:
+    g = [_np(name, t) for name, t in zip(_GRID, gates)]
+    return _t(_plstm.grid_forward(_np("q", q), _np("k", k), _np("v", v), g, form=form, chunk_size=chunk_size,
+                                  qk_scale=qk_scale))
+
+
+@_plstm_grid_forward.register_fake
+def _(q, k, v, gates, form, chunk_size, qk_scale):
+    return v.new_empty(v.shape)
+
+
+@torch.library.custom_op("flashlstm::plstm_grid_backward", mutates_args=())
+def _plstm_grid_backward(q: Tensor, k: Tensor, v: Tensor, gates: list[Tensor], dh: Tensor, chunk_size: int,
+                         qk_scale: float) -> list[Tensor]:
+    g = [_np(name, t) for name, t in zip(_GRID, gates)]
+    grad = _plstm.grid_backward(_np("q", q), _np("k", k), _np("v", v), g, _np("dh", dh), chunk_size=chunk_size,
+                                qk_scale=qk_scale)
+    return [_t(x) for x in grad]
+
+
+@_plstm_grid_backward.register_fake
+def _(q, k, v, gates, dh, chunk_size, qk_scale):
+    return [torch.empty_like(x) for x in (q, k, v, *gates)]
+
+
+def _plstm_grid_setup(ctx, inputs, output):
+    q, k, v, gates, form, chunk_size, qk_scale = inputs
+    ctx.save_for_backward(q, k, v, *gates)
+    # The backward runs chunkwise: the forward's chunk size where it has one, else 1 (exact for any).
+    ctx.options = (chunk_size if form == "chunkwise" else 1, qk_scale)
+
+
+def _plstm_grid_grad(ctx, dh):
+    q, k, v, *gates = ctx.saved_tensors
+    dq, dk, dv, *dgates = _plstm_grid_backward(q, k, v, gates, dh.contiguous(), *ctx.options)
+    return dq, dk, dv, dgates, None, None, None
+
+
+_plstm_grid_forward.register_autograd(_plstm_grid_grad, setup_context=_plstm_grid_setup)
+
+
+def plstm_grid(q: Tensor, k: Tensor, v: Tensor, gates: Any, *, form: str = "recurrent", chunk_size: int = 0,
+               qk_scale: float = 0.0) -> Tensor:
+    """2-D pLSTM (CPU tensors): h (B, NH, X, Y, DV), differentiable in q, k, v and the nine gates
+    (a flashlstm.plstm.GridGates of tensors; layouts of flashlstm.plstm.grid_forward)."""
+    if len(gates) != 9:
+        raise ValueError(f"gates: expected the nine grid gates {_GRID}, got {len(gates)}")
+    return _plstm_grid_forward(q, k, v, list(gates), form, chunk_size, qk_scale)

@@ -1,0 +1,227 @@
+"""flashlstm.torch: the custom ops against the numpy API, torch.library.opcheck (schema, fake
+implementations, autograd registration), torch.autograd.gradcheck in float64 on the CPU,
+torch.compile, and — where a GPU is visible — the CUDA kernels through DLPack against the CPU
+reference, on the caller's stream. Skipped where torch is not installed (CI has none)."""
+
+import numpy as np
+import pytest
+
+fl = pytest.importorskip("flashlstm")
+torch = pytest.importorskip("torch")
+from flashlstm import mlstm as np_mlstm  # noqa: E402
+from flashlstm import graph, plstm  # noqa: E402
+import flashlstm.torch as ft  # noqa: E402
+
+from helpers import rel  # noqa: E402
+
+GPU = fl.built_with_cuda and torch.cuda.is_available() and fl.cuda_available()
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA build and a GPU")
+
+
+def mlstm_inputs(B=1, NH=2, S=7, DQK=3, DV=2, dtype=torch.float64, device="cpu", state=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape, shift=0.0: (torch.randn(*shape, generator=g, dtype=torch.float64) + shift).to(  # noqa: E731
+        device=device, dtype=dtype).requires_grad_()
+    x = [make(B, NH, S, DQK), make(B, NH, S, DQK), make(B, NH, S, DV), make(B, NH, S), make(B, NH, S, shift=2.0)]
+    sdt = torch.float32 if device != "cpu" else dtype
+    initial = None
+    if state:
+        initial = tuple(t.to(sdt).detach().requires_grad_() for t in
+                        (make(B, NH, DQK, DV), make(B, NH, DQK), make(B, NH)))
+    return x, initial
+
+
+VARIANTS = [dict(input_gate="exp"), dict(input_gate="sig"), dict(input_gate="sig", normalize=False)]
+VIDS = ["exp", "sig", "sig-nonorm"]
+
+
+def test_mlstm_equals_the_numpy_api():
+    x, initial = mlstm_inputs()
+    out = ft.mlstm(*x, initial, form="chunkwise", chunk_size=3)
+    ref = np_mlstm.forward(*(t.detach().numpy() for t in x), tuple(t.detach().numpy() for t in initial),
+                           form="chunkwise", chunk_size=3)
+    assert rel(out.h.detach().numpy(), ref.h) < 1e-14
+    assert rel(out.last.C.detach().numpy(), ref.last.C) < 1e-14
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VIDS)
+@pytest.mark.parametrize("form", ["recurrent", "parallel", "chunkwise"])
+def test_mlstm_gradcheck(variant, form):
+    x, initial = mlstm_inputs(S=5)
+
+    def f(q, k, v, i, fg, C0, n0, m0):
+        out = ft.mlstm(q, k, v, i, fg, (C0, n0, m0), form=form, chunk_size=2, **variant)
+        return out.h, out.last.C, out.last.n, out.last.m
+
+    assert torch.autograd.gradcheck(f, (*x, *initial), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_mlstm_without_state_and_opcheck():
+    x, _ = mlstm_inputs(state=False)
+    assert torch.autograd.gradcheck(lambda *a: ft.mlstm(*a, form="parallel").h, tuple(x), eps=1e-6, atol=1e-7)
+    args = (*x, None, None, None, "chunkwise", 4, "exp", True, 1e-6)
+    torch.library.opcheck(torch.ops.flashlstm.mlstm_forward.default, args)
+    y, initial = mlstm_inputs()
+    torch.library.opcheck(torch.ops.flashlstm.mlstm_forward.default, (*y, *initial, "parallel", 0, "sig", True, 1e-6))
+
+
+def test_mlstm_under_torch_compile():
+    x, initial = mlstm_inputs(S=9)
+
+    def loss(*a):
+        out = ft.mlstm(*a[:5], a[5:], form="chunkwise", chunk_size=4)
+        return (out.h.square().sum() + out.last.C.sum()).sin()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    args = (*x, *initial)
+    eager_grads = torch.autograd.grad(loss(*args), args)
+    compiled_grads = torch.autograd.grad(compiled(*args), args)
+    for a, b in zip(eager_grads, compiled_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["slstm", "lstm"])
+def test_slstm_gradcheck_and_opcheck(cell):
+    g = torch.Generator().manual_seed(1)
+    B, T, NH, DH = 1, 4, 2, 2
+    Wx = torch.randn(B, T, 4, NH, DH, generator=g, dtype=torch.float64, requires_grad=True)
+    R = (0.3 * torch.randn(4, NH, DH, DH, generator=g, dtype=torch.float64)).requires_grad_()
+    b = torch.randn(4, NH, DH, generator=g, dtype=torch.float64, requires_grad=True)
+    NS = 4 if cell == "slstm" else 2
+    initial = torch.randn(NS, B, NH, DH, generator=g, dtype=torch.float64)
+    if cell == "slstm":
+        initial[2] = initial[2].abs() + 0.5
+    initial.requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: tuple(ft.slstm(*a, cell=cell)), (Wx, R, b, initial), eps=1e-6,
+                                    atol=1e-7)
+    torch.library.opcheck(torch.ops.flashlstm.slstm_forward.default, (Wx, R, b, initial, cell, "sigmoid"))
+    torch.library.opcheck(torch.ops.flashlstm.slstm_forward.default, (Wx, R, b, None, cell, "sigmoid"))
+
+
+def test_plstm_dag_gradcheck_and_opcheck():
+    dag = graph.Dag(5, [(0, 1), (1, 2), (1, 3), (2, 4), (3, 4)])
+    g = torch.Generator().manual_seed(2)
+    B, NH, N, DK, E, A = 1, 1, 5, 2, 5, graph.num_arcs(dag)
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    args = (t(B, NH, N, DK), t(B, NH, N, DK), t(B, NH, N, DK), t(B, NH, E), t(B, NH, A), t(B, NH, E), t(B, NH, N))
+    assert torch.autograd.gradcheck(lambda *a: ft.plstm_dag(dag, *a), args, eps=1e-6, atol=1e-7)
+    h = ft.plstm_dag(dag, *args, form="parallel")
+    assert rel(h.detach().numpy(), plstm.dag_forward(dag, *(a.detach().numpy() for a in args))) < 1e-12
+    edges = torch.from_numpy(dag.edges)
+    torch.library.opcheck(torch.ops.flashlstm.plstm_dag_forward.default, (edges, 5, *args, "levels", 0.0))
+
+
+def test_plstm_grid_gradcheck_and_compile():
+    g = torch.Generator().manual_seed(3)
+    B, NH, X, Y, DK = 1, 1, 3, 2, 2
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    q, k, v = t(B, NH, X, Y, DK), t(B, NH, X, Y, DK), t(B, NH, X, Y, DK)
+    gates = [t(B, NH, X, Y) for _ in range(9)]
+
+    def f(q, k, v, *gates):
+        return ft.plstm_grid(q, k, v, gates, form="chunkwise", chunk_size=2)
+
+    assert torch.autograd.gradcheck(f, (q, k, v, *gates), eps=1e-6, atol=1e-7)
+    compiled = torch.compile(lambda *a: f(*a).sum(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(q, k, v, *gates), f(q, k, v, *gates).sum())
+    torch.library.opcheck(torch.ops.flashlstm.plstm_grid_forward.default, (q, k, v, gates, "recurrent", 0, 0.0))
+
+
+def test_cpu_only_ops_refuse_other_devices_and_dtypes():
+    x, _ = mlstm_inputs(dtype=torch.bfloat16, state=False)
+    with pytest.raises(ValueError, match="q: the CPU reference takes float32 or float64, got torch.bfloat16"):
+        ft.mlstm(*x)
+    with pytest.raises(ValueError, match="gates: expected the nine grid gates"):
+        ft.plstm_grid(x[0], x[0], x[0], [x[0]] * 8)
+
+
+# GPU ---------------------------------------------------------------------------------------------
+
+
+def cpu_reference(x, initial, **options):
+    xd = [t.detach().double().cpu().numpy() for t in x]
+    init = tuple(t.detach().double().cpu().numpy() for t in initial) if initial is not None else None
+    return np_mlstm, xd, init
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, ids=VIDS)
+@pytest.mark.parametrize("state", [False, True], ids=["zero", "state"])
+def test_cuda_forward_backward_match_the_reference(variant, state):
+    x, initial = mlstm_inputs(B=2, NH=2, S=200, DQK=48, DV=96, dtype=torch.float32, device="cuda", state=state)
+    out = ft.mlstm(*x, initial, chunk_size=64, **variant)
+    assert out.h.device.type == "cuda" and out.h.dtype == torch.float32 and out.last.C.dtype == torch.float32
+    _, xd, init = cpu_reference(x, initial)
+    ref = np_mlstm.forward(*xd, init, form="recurrent", **variant)
+    assert rel(out.h.detach().cpu().numpy(), ref.h) < 1e-5
+    assert rel(out.last.C.detach().cpu().numpy(), ref.last.C) < 1e-5
+    dh = torch.randn_like(out.h)
+    leaves = [*x, *(initial or ())]
+    grads = torch.autograd.grad(out.h, leaves, dh)
+    ref_g = np_mlstm.backward(*xd, dh.double().cpu().numpy(), init, form="recurrent", **variant)
+    expected = [ref_g.dq, ref_g.dk, ref_g.dv, ref_g.digate, ref_g.dfgate, *(ref_g.dinitial or ())]
+    # Relative to each gradient, with an absolute floor at the scale of dq for the state gradients
+    # that decay to almost nothing over the sequence (dn0 of sig).
+    floor = 1e-7 * np.linalg.norm(ref_g.dq)
+    for name, a, b in zip(["dq", "dk", "dv", "digate", "dfgate", "dC0", "dn0", "dm0"], grads, expected):
+        error = np.linalg.norm(a.double().cpu().numpy() - b)
+        assert error <= 1e-4 * np.linalg.norm(b) + floor, f"{name}: {error:.3e} vs norm {np.linalg.norm(b):.3e}"
+
+
+@needs_gpu
+def test_cuda_bfloat16_on_a_side_stream():
+    x, initial = mlstm_inputs(B=1, NH=4, S=300, DQK=64, DV=128, dtype=torch.bfloat16, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fl.mlstm.forward_chunkwise(*(t.detach() for t in x), fl.mlstm.State(*(t.detach() for t in initial)),
+                                         chunk_size=128)
+    torch.cuda.current_stream().wait_stream(side)
+    assert out.h.dtype == torch.bfloat16 and torch.isfinite(out.h.float()).all()
+    _, xd, init = cpu_reference(x, initial)
+    ref = np_mlstm.forward(*xd, init, form="recurrent")
+    assert rel(out.h.float().cpu().numpy(), ref.h) < 3e-2
+
+
+@needs_gpu
+def test_cuda_step_and_device_array():
+    x, initial = mlstm_inputs(B=2, NH=2, S=1, DQK=16, DV=24, dtype=torch.float32, device="cuda")
+    token = [t.detach()[:, :, 0].contiguous() for t in x]
+    state = fl.mlstm.State(*(t.detach() for t in initial))
+    h, new = fl.mlstm.step(*token, state)
+    _, xd, init = cpu_reference(x, initial)
+    ref = np_mlstm.step(*(a[:, :, 0].copy() for a in xd), init)
+    assert rel(h.cpu().numpy(), ref.h) < 1e-5 and rel(new.C.cpu().numpy(), ref.last.C) < 1e-5
+    assert torch.equal(state.C, initial[0].detach()), "step leaves the caller's state as it was"
+    # DeviceArray: memory allocated by flashlstm, taken by torch without a copy.
+    buf = fl._core.cuda.empty([2, 2, 24], "float32", 0)
+    assert buf.shape == (2, 2, 24) and buf.dtype == "float32"
+    state2 = [t.clone() for t in state]
+    fl._core.cuda.mlstm.step(*token, state2, buf, stream=torch.cuda.current_stream().cuda_stream)
+    as_torch = torch.from_dlpack(buf)
+    torch.testing.assert_close(as_torch, h)
+    assert as_torch.data_ptr() == torch.from_dlpack(buf).data_ptr()
+
+
+@needs_gpu
+def test_cuda_errors():
+    x, _ = mlstm_inputs(dtype=torch.float32, device="cuda", state=False)
+    with pytest.raises(ValueError, match="k: is on the CPU"):
+        fl.mlstm.forward_chunkwise(x[0].detach(), x[1].detach().cpu(), *(t.detach() for t in x[2:]))
+    with pytest.raises(ValueError, match="chunk_size: must be a multiple of 64"):
+        fl.mlstm.forward_chunkwise(*(t.detach() for t in x), chunk_size=100)
+    with pytest.raises(ValueError, match="k: expected dtype float32, got bfloat16"):
+        fl.mlstm.forward_chunkwise(x[0].detach(), x[1].detach().bfloat16(), *(t.detach() for t in x[2:]))
+
+
+@needs_gpu
+def test_cuda_under_torch_compile():
+    x, initial = mlstm_inputs(B=1, NH=2, S=130, DQK=32, DV=64, dtype=torch.float32, device="cuda")
+
+    def loss(*a):
+        return ft.mlstm(*a[:5], a[5:], chunk_size=64).h.square().mean()
+
+    args = (*x, *initial)
+    compiled = torch.compile(loss, fullgraph=True)
+    for a, b in zip(torch.autograd.grad(loss(*args), args), torch.autograd.grad(compiled(*args), args)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
