@@ -124,15 +124,18 @@ struct Flat {
 Flat flatten(const Dag& dag);
 
 // Readers: DOT (Boost read_graphviz), GraphML, or a plain edge list ("u v" per line, '#' comments;
-// node count = largest id + 1). Nodes are numbered as Boost's readers number them — for DOT sorted
-// by name as strings (so "n10" comes before "n2"; node_names says which is which), for GraphML in
-// order of appearance — or by their numbers (edge list). Edges keep the file's order for edge lists; for DOT and GraphML they are
-// ordered by an integer edge attribute "id" when present (write_dot writes it), else by source node.
-// Undirected DOT graphs are read too (their edges then go to dagify).
+// node count = largest id + 1). Nodes are numbered as Boost's readers number them: for DOT sorted by
+// name as strings, not in order of appearance (read_graphviz collects them in a std::map, so "n10"
+// comes before "n2" and "10" before "9"; node_names says which is which); for GraphML in order of
+// appearance; for edge lists by their numbers. Edges keep the file's order for edge lists; for DOT
+// and GraphML they are ordered by an integer edge attribute "id" when present (write_dot writes it),
+// else by source node. Undirected DOT graphs are read too (their edges then go to dagify).
 struct EdgeList {
   index_t num_nodes = 0;
   std::vector<Edge> edges;
-  std::vector<std::string> node_names;  // DOT/GraphML ids; numbers for edge lists
+  // DOT node ids; "n0", "n1", ... for GraphML (Boost's reader does not return the file's ids);
+  // the numbers for edge lists.
+  std::vector<std::string> node_names;
 };
 enum class Format { dot, graphml, edges };
 Format parse_format(const std::string& name);

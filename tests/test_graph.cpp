@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <numeric>
 #include <set>
 #include <sstream>
 
@@ -112,6 +114,46 @@ TEST_CASE("multitree pruning leaves at most one path and every vertex with an in
   }
 }
 
+TEST_CASE("level_major renumbers an isomorphic DAG with each level's nodes and out-edges contiguous", "[graph]") {
+  const std::vector<Dag> dags{random_dag(300, 2.5, 21), random_dag(200, 1, 22, 20), reverse(random_dag(150, 3, 23)),
+                              Dag(5, {{4, 3}, {3, 2}, {2, 1}, {1, 0}}), Dag(3, {})};
+  for (const Dag& dag : dags) {
+    const Renumbered r = level_major(dag);
+    const index_t N = dag.num_nodes(), E = dag.num_edges();
+    REQUIRE(r.dag.num_nodes() == N);
+    REQUIRE(r.dag.num_edges() == E);
+    // Both maps are permutations.
+    for (const auto* map : {&r.node_id, &r.edge_id}) {
+      std::vector<index_t> sorted = *map;
+      std::sort(sorted.begin(), sorted.end());
+      std::vector<index_t> identity(sorted.size());
+      std::iota(identity.begin(), identity.end(), 0);
+      CHECK(sorted == identity);
+    }
+    // Isomorphic: edge e becomes edge edge_id[e] with both ends renamed.
+    for (index_t e = 0; e < E; ++e)
+      CHECK(r.dag.edges()[r.edge_id[e]] == Edge{r.node_id[dag.edges()[e].src], r.node_id[dag.edges()[e].dst]});
+    // Every node keeps its level, and levels never decrease along the new ids: level l holds the
+    // consecutive ids offsets[l] .. offsets[l + 1] - 1, in the old order within the level.
+    const auto old_level = node_levels(dag), new_level = node_levels(r.dag);
+    for (index_t n = 0; n < N; ++n) CHECK(new_level[r.node_id[n]] == old_level[n]);
+    CHECK(std::is_sorted(new_level.begin(), new_level.end()));
+    std::vector<index_t> identity(N);
+    std::iota(identity.begin(), identity.end(), 0);
+    CHECK(r.dag.levels().items == identity);
+    CHECK(r.dag.levels().offsets == dag.levels().offsets);
+    // Edges ordered by (new source, new destination): a level's out-edges are one contiguous run.
+    for (index_t e = 1; e < E; ++e) {
+      const Edge a = r.dag.edges()[e - 1], b = r.dag.edges()[e];
+      CHECK((a.src < b.src || (a.src == b.src && a.dst <= b.dst)));
+    }
+    // Already level-major: renumbering again changes nothing.
+    const Renumbered again = level_major(r.dag);
+    CHECK(again.node_id == identity);
+    CHECK(again.dag.edges() == r.dag.edges());
+  }
+}
+
 TEST_CASE("flatten gives consistent index arrays", "[graph]") {
   const Dag dag = random_dag(50, 3, 11);
   const Flat f = flatten(dag);
@@ -150,6 +192,23 @@ TEST_CASE("graphs read from DOT, GraphML and edge lists; DOT written back reads 
   std::istringstream broken("digraph { a -> ; }");
   CHECK_THROWS_WITH(read_graph(broken, Format::dot), Contains("graph: cannot parse the DOT input"));
   CHECK_THROWS_WITH(parse_format("gml"), Contains("format: expected dot, graphml or edges"));
+
+  // Numbering as documented in graph.hpp: DOT nodes sorted by name as strings (not in order of
+  // appearance), edges by source node; GraphML nodes in order of appearance.
+  std::istringstream named("digraph { n2 -> n10; zeta -> n2; n1; b -> a; }");
+  const EdgeList nd = read_graph(named, Format::dot);
+  CHECK(nd.node_names == std::vector<std::string>{"a", "b", "n1", "n10", "n2", "zeta"});
+  CHECK(nd.edges == std::vector<Edge>{{1, 0}, {4, 3}, {5, 4}});
+  std::istringstream unsorted_graphml(R"(<?xml version="1.0" encoding="UTF-8"?>
+<graphml xmlns="http://graphml.graphdrawing.org/xmlns">
+  <graph id="G" edgedefault="directed">
+    <node id="z"/><node id="a"/><node id="m"/>
+    <edge source="m" target="a"/><edge source="z" target="m"/>
+  </graph>
+</graphml>)");
+  const EdgeList ug = read_graph(unsorted_graphml, Format::graphml);
+  CHECK(ug.edges == std::vector<Edge>{{0, 2}, {2, 1}});
+  CHECK(ug.node_names == std::vector<std::string>{"n0", "n1", "n2"});  // Boost does not return GraphML ids
 
   const Dag dag = random_dag(30, 2, 13);
   std::stringstream written;

@@ -6,10 +6,10 @@
 #include "core/error.hpp"
 #include "reference/plstm/detail.hpp"
 
-
+#include <algorithm>
 #include <cmath>
 #include <memory>
-#include <utility>
+#include <new>
 #include <vector>
 
 #ifdef FLASHLSTM_OPENMP
@@ -80,21 +80,37 @@ struct Head {
 
 // Storage for the edge states of the recurrent forms: DK x DV buffers taken and given back per
 // thread, so that a state's memory is reused once its target node has read it, without a heap
-// allocation per edge (and without freeing on one thread what another allocated).
+// allocation per edge (and without freeing on one thread what another allocated). The buffers are
+// cut from 64-byte-aligned blocks at a stride of whole cache lines and each thread's lists sit on
+// cache lines of their own, so two threads never write to one line (false sharing in the levels form).
 template <class F>
 class StatePool {
  public:
-  explicit StatePool(index_t elements) : elements_(elements), owned_(max_threads()), free_(max_threads()) {}
+  explicit StatePool(index_t elements)
+      : stride_((elements * index_t(sizeof(F)) + line - 1) / line * line / index_t(sizeof(F))),
+        per_block_(std::max<index_t>(1, block_bytes / (stride_ * index_t(sizeof(F))))),
+        threads_(max_threads()) {}
   F* take() {
-    auto& list = free_[thread()];
-    if (list.empty()) return owned_[thread()].emplace_back(std::make_unique<F[]>(elements_)).get();
-    F* p = list.back();
-    list.pop_back();
+    Lists& own = threads_[thread()];
+    if (own.free.empty()) {
+      F* block = own.blocks.emplace_back(new (std::align_val_t(line)) F[per_block_ * stride_]).get();
+      for (index_t i = per_block_ - 1; i >= 0; --i) own.free.push_back(block + i * stride_);
+    }
+    F* p = own.free.back();
+    own.free.pop_back();
     return p;
   }
-  void give(F* p) { free_[thread()].push_back(p); }
+  void give(F* p) { threads_[thread()].free.push_back(p); }
 
  private:
+  static constexpr index_t line = 64, block_bytes = index_t(1) << 16;
+  struct AlignedDelete {
+    void operator()(F* p) const { ::operator delete[](p, std::align_val_t(line)); }
+  };
+  struct alignas(line) Lists {
+    std::vector<std::unique_ptr<F[], AlignedDelete>> blocks;
+    std::vector<F*> free;
+  };
   static int max_threads() {
 #ifdef FLASHLSTM_OPENMP
     return omp_get_max_threads();
@@ -109,13 +125,13 @@ class StatePool {
     return 0;
 #endif
   }
-  index_t elements_;
-  std::vector<std::vector<std::unique_ptr<F[]>>> owned_;
-  std::vector<std::vector<F*>> free_;
+  index_t stride_, per_block_;
+  std::vector<Lists> threads_;
 };
 
-// Visits node n: writes h^n and the states of its outgoing edges, releases its incoming states
-// (C[e] points at edge e's state while it is alive).
+// Visits node n: writes h^n and the states of its outgoing edges, releases its incoming states.
+// C[e] points at edge e's state from the visit of its source to the visit of its target, its only
+// reader; it is not reset afterwards (a write the levels form's threads would contend for).
 template <class F>
 void visit(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, index_t n,
            std::vector<F*>& C, StatePool<F>& pool, F* h) {
@@ -133,7 +149,7 @@ void visit(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Hea
     state.noalias() = (x.S[outs[o]] * k) * v.transpose();
     for (index_t i = 0; i < n_in; ++i) state += x.T[arcs(dag, n, i, o)] * ConstState(C[in[i]], d.DK, d.DV);
   }
-  for (index_t i = 0; i < n_in; ++i) pool.give(std::exchange(C[in[i]], nullptr));  // read by n only
+  for (index_t i = 0; i < n_in; ++i) pool.give(C[in[i]]);
 }
 
 template <class F>
