@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (DESIGN.md: build here with tools/gpu_build.sh, carry gpu/, run this):
+# Runs on the GPU machine (DESIGN.md: build here with tools/gpu_build.sh, carry gpu.tar.xz, run this):
 # the [cuda] tests with every error figure, the memory checker on the odd shapes, `flashlstm
-# validate` (with its [cuda] rows), then the benchmark; logs and bench/results-style JSON go to $OUT, a short table is printed last.
+# validate` (with its [cuda] rows), the Python package's GPU paths (DLPack, torch custom ops) with
+# pytest, then the benchmark; logs and bench/results-style JSON go to $OUT, a short table is printed last.
+#   FLASHLSTM_GPU_CHECK=bench   only the benchmark (arguments go to it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=gpu
 OUT=${OUT:-out}
 mkdir -p "$OUT"
+[ -d "$BIN" ] || tar -xJf gpu.tar.xz || { echo "gpu_check: no gpu/ and no gpu.tar.xz (run tools/gpu_build.sh, carry gpu.tar.xz)"; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used --format=csv,noheader
+if [ "${FLASHLSTM_GPU_CHECK:-all}" != bench ]; then
 
 "$BIN/flashlstm_cuda_tests" -s "[cuda]" > "$OUT/tests.log" 2>&1
 echo "tests: exit $? — $(grep -E '^(All tests passed|test cases:)' "$OUT/tests.log" | tail -1)"
@@ -19,5 +23,14 @@ echo "memcheck: exit $? — $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail
 LD_LIBRARY_PATH="$BIN/lib" "$BIN/flashlstm" validate --json "$OUT/validate.json" > "$OUT/validate.txt" 2>&1
 echo "validate: exit $? — $(tail -1 "$OUT/validate.txt" | cut -c1-60)"
 grep "\[cuda\]" "$OUT/validate.txt"
+
+if [ -d "$BIN/python" ]; then
+  LD_LIBRARY_PATH="$BIN/lib" FLASHLSTM_PYTHONPATH="$BIN/python" PYTHONPATH="$BIN/python" python3 -m pytest -q -p no:cacheprovider \
+    -k "not notebook" tests/python/test_torch.py tests/python/test_dlpack.py tests/python/test_mlstm.py tests/python/test_readme.py \
+    > "$OUT/pytest.log" 2>&1
+  echo "pytest (GPU paths): exit $? — $(tail -1 "$OUT/pytest.log")"
+  grep -E "FAILED|Error" "$OUT/pytest.log" | head -20
+fi
+fi
 
 "$BIN/bench_mlstm_cuda" --json "$OUT/h100.json" --revision "$(cat "$BIN/REVISION")" "$@" 2>&1 | tee "$OUT/bench.txt"

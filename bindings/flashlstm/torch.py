@@ -44,6 +44,12 @@ def _np(name: str, t: Optional[Tensor]) -> Optional[np.ndarray]:
     return t.detach().contiguous().numpy()
 
 
+def _dev(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A CUDA tensor as the kernels take it through DLPack: contiguous, and detached (torch refuses to
+    export a tensor that requires grad; autograd is handled by the op's registered backward)."""
+    return None if t is None else t.detach().contiguous()
+
+
 def _t(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
@@ -62,8 +68,8 @@ def _mlstm_forward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor
                    normalize: bool, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps)
     if q.is_cuda:
-        initial = None if C0 is None else _mlstm.State(C0.contiguous(), n0.contiguous(), m0.contiguous())
-        out = _mlstm.forward(*(x.contiguous() for x in (q, k, v, igate, fgate)), initial, **options)
+        initial = None if C0 is None else _mlstm.State(_dev(C0), _dev(n0), _dev(m0))
+        out = _mlstm.forward(*(_dev(x) for x in (q, k, v, igate, fgate)), initial, **options)
         return out.h, *out.last
     initial = None if C0 is None else _mlstm.State(_np("initial.C", C0), _np("initial.n", n0), _np("initial.m", m0))
     out = _mlstm.forward(_np("q", q), _np("k", k), _np("v", v), _np("igate", igate), _np("fgate", fgate), initial,
@@ -87,10 +93,9 @@ def _mlstm_backward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tenso
                     eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps)
     if q.is_cuda:
-        c = lambda x: x.contiguous()  # noqa: E731
-        initial = None if C0 is None else _mlstm.State(c(C0), c(n0), c(m0))
-        g = _mlstm.backward(*(c(x) for x in (q, k, v, igate, fgate, dh)), initial, dC_last=c(dC_last),
-                            dn_last=c(dn_last), dm_last=c(dm_last), **options)
+        initial = None if C0 is None else _mlstm.State(_dev(C0), _dev(n0), _dev(m0))
+        g = _mlstm.backward(*(_dev(x) for x in (q, k, v, igate, fgate, dh)), initial, dC_last=_dev(dC_last),
+                            dn_last=_dev(dn_last), dm_last=_dev(dm_last), **options)
         dinitial = tuple(g.dinitial) if g.dinitial is not None else tuple(_absent(q) for _ in range(3))
         return g.dq, g.dk, g.dv, g.digate, g.dfgate, *dinitial
     initial = None if C0 is None else _mlstm.State(_np("initial.C", C0), _np("initial.n", n0), _np("initial.m", m0))

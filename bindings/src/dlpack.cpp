@@ -1,6 +1,8 @@
 // DLPack consumer (Array) and producer (DeviceArray) for the GPU entry points (dlpack.hpp).
 #include "bindings/src/dlpack.hpp"
 
+#include <pybind11/stl.h>
+
 #include <memory>
 #include <stdexcept>
 #include <utility>
