@@ -22,7 +22,8 @@ for name, ms in sorted(total.items(), key=lambda x: -x[1]):
 PY
 if [ -n "${2:-}" ]; then
   ncu --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
-    --section MemoryWorkloadAnalysis -k "regex:${2}" -c 3 gpu/bench_mlstm_cuda --once --lengths 8192 \
+    --section ComputeWorkloadAnalysis --section InstructionStats --section SchedulerStats \
+    --section MemoryWorkloadAnalysis -k "regex:${2}" -c "${3:-3}" gpu/bench_mlstm_cuda --once --lengths 8192 \
     --chunk-sizes "$L" > "$OUT/ncu_detail.txt" 2>&1
-  grep -E "^  [a-z_]+<|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Warp Cycles|Block Limit|Issued Warp|L1/TEX Hit|L2 Hit" "$OUT/ncu_detail.txt" | head -80
+  grep -E "^  [a-z_]+<|Duration|Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Warp Cycles|Block Limit|Issued Warp|L1/TEX Hit|L2 Hit|Executed Ipc|Issue Slots|Pipe|Instructions|No Eligible|Eligible Warps" "$OUT/ncu_detail.txt" | head -120
 fi

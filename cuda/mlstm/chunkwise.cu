@@ -29,6 +29,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace flashlstm::cuda::mlstm::detail {
@@ -107,13 +108,36 @@ __global__ void gate_prep(Params p) {
   }
 }
 
-// Preconditions: grid (ceil(DV/64), ceil(DQK/64), BH); each block owns one 64 x 64 tile of C (the
-// blockIdx.x == 0 blocks also n, block (0, 0) also m) and walks the chunks in order.
+// Shared memory of state_pass: the operand tile w ∘ K (split); per pipeline stage the V tile and
+// the staging area of K; the weights.
+template <class T>
+struct StatePassSmem {
+  static constexpr int kKw = kSplit<T> * kTile * kPad * sizeof(T), kV = kTile * kPad * sizeof(T),
+                       kKRaw = kTile * kTile * sizeof(T), kStage = kV + kKRaw;
+  static constexpr std::size_t bytes = kKw + 2 * kStage + kMaxChunk * sizeof(float);
+};
+
+// The state entering chunk k, C (DQK, DV), as state_pass stores it: float32 for float32 kernels;
+// for bf16 kernels already split into hi and lo bf16 planes (the same bytes), so that the output
+// pass copies it into its operand tiles as it is.
+template <class T>
+__device__ __forceinline__ Split<T> stored_state(const Params& p, int bh, int k) {
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+  T* base = reinterpret_cast<T*>(p.Cs + state_index(p, bh, k) * CS);
+  return {base, kSplit<T> == 2 ? base + CS : nullptr};
+}
+
+// Preconditions: grid (ceil(DV/64), ceil(DQK/64), BH), StatePassSmem<T>::bytes of dynamic shared
+// memory; each block owns one 64 x 64 tile of C (the blockIdx.x == 0 blocks also n, block (0, 0)
+// also m) and walks the chunks in order, 64 tokens a step, one pipeline over all the steps.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
-  __shared__ __align__(16) T sK_w[kSplit<T> * kTile * kPad], sV[kTile * kPad];
-  __shared__ float sW[kMaxChunk];
-  const Split<T> K_w = split_at(sK_w, kTile * kPad);  // (w ∘ K) rows: float32 products
+  using Smem = StatePassSmem<T>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const Split<T> K_w = split_at(reinterpret_cast<T*>(smem_raw), kTile * kPad);  // (w ∘ K) rows: float32 products
+  auto sV = [&](int stage) { return reinterpret_cast<T*>(smem_raw + Smem::kKw + stage * Smem::kStage); };
+  auto raw_K = [&](int stage) { return smem_raw + Smem::kKw + stage * Smem::kStage + Smem::kV; };
+  float* sW = reinterpret_cast<float*>(smem_raw + Smem::kKw + 2 * Smem::kStage);
   const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
   const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
   const bool owns_m = blockIdx.x == 0 && blockIdx.y == 0 && tid == 0;
@@ -128,46 +152,67 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
       acc[i][j] = (p.C0 && d < p.DQK && v < p.DV) ? p.C0[bh * CS + d * p.DV + v] : 0.f;
     }
   float n = (owns_n && p.n0) ? p.n0[static_cast<std::int64_t>(bh) * p.DQK + d0 + tid] : 0.f;
-  double mk = p.m0 ? p.m0[bh] : 0.0;
+  double mk = p.m0 ? p.m0[bh] : 0.0, m_next = 0.0;
 
-  for (int k = 0;; ++k) {
-    float* C = p.Cs + state_index(p, bh, k) * CS;  // (DQK, DV)
+  // The state entering chunk k is complete: store it; then (k < nc) decay it to chunk k's exit
+  // stabiliser and set the weights sW with which chunk k's tokens enter.
+  auto enter = [&](int k) {
+    const Split<T> C = stored_state<T>(p, bh, k);
 #pragma unroll
     for (int i = 0; i < kTR; ++i)
 #pragma unroll
-      for (int j = 0; j < kTC; ++j) {
+      for (int j = 0; j < kTC; j += 2) {  // columns v, v + 1
         const int d = d0 + tile_row(i), v = v0 + tile_col(j);
-        if (d < p.DQK && v < p.DV) C[d * p.DV + v] = acc[i][j];
+        if (d < p.DQK && v < p.DV) C.set_pair(static_cast<std::int64_t>(d) * p.DV + v, v + 1 < p.DV, acc[i][j], acc[i][j + 1]);
       }
     if (owns_n) p.ns[state_index(p, bh, k) * p.DQK + d0 + tid] = n;
     if (owns_m) p.ms[state_index(p, bh, k)] = mk;
-    if (k == p.nc) break;
-
+    if (k == p.nc) return;
     const Chunk c = chunk_of(p, k, bh);
     const double g = p.b[c.tb + c.Lc - 1];
-    const double m_next = row_m(p, g, p.U[c.tb + c.Lc - 1], mk);
+    m_next = row_m(p, g, p.U[c.tb + c.Lc - 1], mk);
     const float w_state = weight(g + mk - m_next);
 #pragma unroll
     for (int i = 0; i < kTR; ++i)
 #pragma unroll
       for (int j = 0; j < kTC; ++j) acc[i][j] *= w_state;
     n *= w_state;
-    const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);  // (Lc, DQK)
-    const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);   // (Lc, DV)
     // token s enters the exit state with weight exp(g + u_s - m_next); it scales the rows of K
     for (int s = tid; s < padded(c.Lc); s += kThreads) sW[s] = s < c.Lc ? weight(g + p.u[c.tb + s] - m_next) : 0.f;
-    __syncthreads();
-    for (int s0 = 0; s0 < c.Lc; s0 += kTile) {
-      load_tile<kTile, kTile>(K_w, K, p.DQK, s0, d0, c.Lc, p.DQK, sW + s0);
-      load_tile<kTile, kTile>(sV, V, p.DV, s0, v0, c.Lc, p.DV);
-      __syncthreads();
-      gemm<false, true, kTile>(acc, K_w, kPad, sV, kPad);  // C += (w∘K)ᵀ V
-      if (owns_n)
-        for (int s = 0; s < kTile; ++s) n += K_w.at(s * kPad + tid);
-      __syncthreads();
-    }
-    mk = m_next;
-  }
+  };
+
+  // Step i: tokens s0 = 64·(i mod L/64).. of chunk i / (L/64).
+  const int per_chunk = p.L / kTile;
+  const int steps = (p.nc - 1) * per_chunk + padded(chunk_of(p, p.nc - 1, bh).Lc) / kTile;
+  auto tiles = [&](int i) {
+    const Chunk c = chunk_of(p, i / per_chunk, bh);
+    const int s0 = (i % per_chunk) * kTile;
+    return std::pair{AsyncTile<kTile, kTile, T>{token_ptr<T>(p.k, p, bh, c.t0, p.DQK), p.DQK, s0, d0, c.Lc, p.DQK},
+                     AsyncTile<kTile, kTile, T>{token_ptr<T>(p.v, p, bh, c.t0, p.DV), p.DV, s0, v0, c.Lc, p.DV}};
+  };
+  enter(0);
+  __syncthreads();
+  pipeline(
+      steps,
+      [&](int i, int stage) {
+        const auto [K, V] = tiles(i);
+        K.issue_raw(raw_K(stage));
+        V.issue(sV(stage));
+      },
+      [&](int i, int stage) {
+        const auto [K, V] = tiles(i);
+        K.finish_raw(raw_K(stage), tile_put<kTile>(K_w, sW + K.r0));
+        V.finish(sV(stage));
+      },
+      [&](int i, int stage) {
+        gemm<false, true, kTile>(acc, K_w, kPad, sV(stage), kPad);  // C += (w∘K)ᵀ V
+        if (owns_n)
+          for (int s = 0; s < kTile; ++s) n += K_w.at(s * kPad + tid);
+        if (i + 1 == steps || (i + 1) % per_chunk == 0) {  // the chunk's last step
+          mk = m_next;
+          enter(i / per_chunk + 1);
+        }
+      });
   if (p.C_last) {
 #pragma unroll
     for (int i = 0; i < kTR; ++i)
@@ -221,14 +266,14 @@ __device__ void qk_tile(Acc& acc, T* sQ, T* sK, const T* Q, const T* K, const Pa
 // tile, which is recomputed once per 128 columns rather than per 64).
 constexpr int kOutSub = 2, kOutCols = kOutSub * kTile, kPadO = stride(kOutCols);
 
-// Shared memory of chunk_output, in elements of T: sQ | (C, split, or sK), with sV over both; sP.
+// Shared memory of chunk_output, in elements of T: two pipeline stages, each holding sQ and either
+// the state slice sC (split) or sK, or the V tile; then sP (split).
 template <class T>
 struct OutputSmem {
-  static constexpr int kQ = kTile * kPadS, kC = kSplit<T> * kStep * kPadO;
-  static constexpr int kX = kC > kQ ? kC : kQ;
-  static constexpr int kA = kQ + kX > kTile * kPadO ? kQ + kX : kTile * kPadO;
+  static constexpr int kQ = kTile * kPadS, kC = kSplit<T> * kStep * kPadO, kV = kTile * kPadO;
+  static constexpr int kStage = kQ + (kC > kQ ? kC : kQ) > kV ? kQ + (kC > kQ ? kC : kQ) : kV;
   static constexpr int kP = kSplit<T> * kTile * kPad;
-  static constexpr std::size_t bytes = (kA + kP) * sizeof(T);
+  static constexpr std::size_t bytes = (2 * kStage + kP) * sizeof(T);
 };
 
 // Preconditions: grid (ceil(DV/128), nc * L/64, BH), OutputSmem<T>::bytes of dynamic shared memory;
@@ -239,8 +284,11 @@ template <class T, bool kStats>
 __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   using Smem = OutputSmem<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sAB = reinterpret_cast<T*>(smem_raw);
-  T* sP_ = sAB + Smem::kA;
+  T* const smem = reinterpret_cast<T*>(smem_raw);
+  auto sQ = [&](int stage) { return smem + stage * Smem::kStage; };
+  auto sX = [&](int stage) { return smem + stage * Smem::kStage + Smem::kQ; };  // sC or sK
+  auto sV = [&](int stage) { return smem + stage * Smem::kStage; };
+  const Split<T> sP = split_at(smem + 2 * Smem::kStage, kTile * kPad);
   __shared__ float sN[kStep], sDen[kTile];
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
@@ -249,34 +297,48 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   const int r0 = (blockIdx.y % tiles) * kTile;
   if (r0 >= c.Lc) return;
   const double mk = p.ms[state_index(p, bh, c.k)];
-  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
-  const float* C = p.Cs + state_index(p, bh, c.k) * CS;  // (DQK, DV)
+  const Split<T> C = stored_state<T>(p, bh, c.k);  // (DQK, DV)
   const float* n = p.ns + state_index(p, bh, c.k) * p.DQK;
   const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
   const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
   const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
   load_rows(rows, p, c, r0, mk);
-  T* sQ = sAB;
-  T* sX = sAB + Smem::kQ;
-  const Split<T> sC = split_at(sX, kStep * kPadO);
-  const Split<T> sP = split_at(sP_, kTile * kPad);
   auto sub = [](const Split<T>& x, int offset) { return Split<T>{x.hi + offset, x.lo ? x.lo + offset : nullptr}; };
 
-  // State part: num = w0 ∘ (Q̂ C), den0 = w0 ∘ (Q̂ n).
+  // State part: num = w0 ∘ (Q̂ C), den0 = w0 ∘ (Q̂ n), in kStep-deep slices of DQK.
   Acc acc[kOutSub];
   for (auto& a : acc) zero(a);
+  // den0 and den (row sums) are added by threads t < 64, one row each, in column order, as the
+  // reference adds them. (Spreading them over all threads was ~10% faster, but den decides the
+  // normaliser's branch, |den| against exp(-m), and the new rounding moved a test token across it.)
   float den0 = 0.f;
-  for (int d = 0; d < p.DQK; d += kStep) {
-    load_tile<kTile, kStep>(sQ, Q, p.DQK, r0, d, c.Lc, p.DQK);
-    load_tile<kStep, kOutCols>(sC, C, p.DV, d, v0, p.DQK, p.DV);
-    if (tid < kStep) sN[tid] = d + tid < p.DQK ? n[d + tid] : 0.f;
-    __syncthreads();
+  const int qk_steps = (p.DQK + kStep - 1) / kStep;
+  auto q_slice = [&](int i) { return AsyncTile<kTile, kStep, T>{Q, p.DQK, r0, i * kStep, c.Lc, p.DQK}; };
+  auto c_slice = [&](const T* plane, int i) {
+    return AsyncTile<kStep, kOutCols, T>{plane, p.DV, i * kStep, v0, p.DQK, p.DV};
+  };
+  auto sC = [&](int stage) { return split_at(sX(stage), kStep * kPadO); };
+  pipeline(
+      qk_steps,
+      [&](int i, int stage) {
+        q_slice(i).issue(sQ(stage));
+        c_slice(C.hi, i).issue(sC(stage).hi);
+        if (C.lo) c_slice(C.lo, i).issue(sC(stage).lo);
+      },
+      [&](int i, int stage) {
+        q_slice(i).finish(sQ(stage));
+        c_slice(C.hi, i).finish(sC(stage).hi);
+        if (C.lo) c_slice(C.lo, i).finish(sC(stage).lo);
+        const int d = i * kStep;
+        if (tid < kStep) sN[tid] = d + tid < p.DQK ? n[d + tid] : 0.f;
+      },
+      [&](int, int stage) {
 #pragma unroll
-    for (int u = 0; u < kOutSub; ++u) gemm<true, true, kStep>(acc[u], sQ, kPadS, sub(sC, u * kTile), kPadO);
-    if (tid < kTile)
-      for (int e = 0; e < kStep; ++e) den0 += to_float(sQ[tid * kPadS + e]) * sN[e];
-    __syncthreads();
-  }
+        for (int u = 0; u < kOutSub; ++u)
+          gemm<true, true, kStep>(acc[u], sQ(stage), kPadS, sub(sC(stage), u * kTile), kPadO);
+        if (tid < kTile)
+          for (int e = 0; e < kStep; ++e) den0 += to_float(sQ(stage)[tid * kPadS + e]) * sN[e];
+      });
 #pragma unroll
   for (int u = 0; u < kOutSub; ++u)
 #pragma unroll
@@ -306,26 +368,48 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   if constexpr (kStats) add_dh_dot(p.s0);
 
   // Intra-chunk part: key tiles s0 <= r0 (the causal mask inside the diagonal tile).
+  // Per key tile, one pipeline: qk_steps steps of A = Q̂ Kᵀ over DQK, then a step that forms
+  // P = A ∘ W (causal) while the V tile arrives and adds P V.
   float den = 0.f;
   for (int s0 = 0; s0 <= r0; s0 += kTile) {
     Acc a;
-    qk_tile(a, sQ, sX, Q, K, p, c, r0, s0);
-    if (tid < kTile) sU[tid] = s0 + tid < c.Lc ? p.u[c.tb + s0 + tid] : 0.0;
-    __syncthreads();
+    zero(a);
+    auto k_slice = [&](int i) { return AsyncTile<kTile, kStep, T>{K, p.DQK, s0, i * kStep, c.Lc, p.DQK}; };
+    const AsyncTile<kTile, kOutCols, T> v_tile{V, p.DV, s0, v0, c.Lc, p.DV};
+    pipeline(
+        qk_steps + 1,
+        [&](int i, int stage) {
+          if (i < qk_steps) {
+            q_slice(i).issue(sQ(stage));
+            k_slice(i).issue(sX(stage));
+          } else {
+            v_tile.issue(sV(stage));
+          }
+        },
+        [&](int step, int stage) {
+          if (step < qk_steps) {
+            q_slice(step).finish(sQ(stage));
+            k_slice(step).finish(sX(stage));
+            if (step == 0 && tid < kTile) sU[tid] = s0 + tid < c.Lc ? p.u[c.tb + s0 + tid] : 0.0;
+            return;
+          }
 #pragma unroll
-    for (int i = 0; i < kTR; ++i)
+          for (int i = 0; i < kTR; ++i)
 #pragma unroll
-      for (int j = 0; j < kTC; ++j) {
-        const int ri = tile_row(i), sj = tile_col(j), r = r0 + ri, s = s0 + sj;
-        sP.set(ri * kPad + sj, (s <= r && r < c.Lc) ? a[i][j] * weight(rows.b[ri] + sU[sj] - rows.m[ri]) : 0.f);
-      }
-    load_tile<kTile, kOutCols>(sAB, V, p.DV, s0, v0, c.Lc, p.DV);
-    __syncthreads();
-    if (tid < kTile)
-      for (int e = 0; e < kTile; ++e) den += sP.at(tid * kPad + e);
+            for (int j = 0; j < kTC; ++j) {
+              const int ri = tile_row(i), sj = tile_col(j), r = r0 + ri, s = s0 + sj;
+              const float w = weight(rows.b[ri] + sU[sj] - rows.m[ri]);
+              sP.set(ri * kPad + sj, (s <= r && r < c.Lc) ? a[i][j] * p.scale * w : 0.f);
+            }
+          v_tile.finish(sV(stage));
+        },
+        [&](int i, int stage) {
+          if (i < qk_steps) return gemm<true, false, kStep>(a, sQ(stage), kPadS, sX(stage), kPadS);
+          if (tid < kTile)
+            for (int e = 0; e < kTile; ++e) den += sP.at(tid * kPad + e);
 #pragma unroll
-    for (int u = 0; u < kOutSub; ++u) gemm<true, true, kTile>(acc[u], sP, kPad, sAB + u * kTile, kPadO);
-    __syncthreads();
+          for (int u = 0; u < kOutSub; ++u) gemm<true, true, kTile>(acc[u], sP, kPad, sV(stage) + u * kTile, kPadO);
+        });
   }
 
   if constexpr (kStats) {
@@ -347,9 +431,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
 #pragma unroll
       for (int u = 0; u < kOutSub; ++u)
 #pragma unroll
-        for (int j = 0; j < kTC; ++j) {
+        for (int j = 0; j < kTC; j += 2) {  // columns v, v + 1
           const int v = v0 + u * kTile + tile_col(j);
-          if (r < c.Lc && v < p.DV) H[static_cast<std::int64_t>(r) * p.DV + v] = from_float<T>(acc[u][i][j] / dhat);
+          if (r < c.Lc && v < p.DV)
+            store_pair(H, static_cast<std::int64_t>(r) * p.DV + v, v + 1 < p.DV, acc[u][i][j] / dhat, acc[u][i][j + 1] / dhat);
         }
     }
   }
@@ -407,7 +492,7 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
   for (int k = p.nc - 1; k >= 0; --k) {
     const Chunk c = chunk_of(p, k, bh);
     float* dC = p.dCs + (adj_base + k) * CS;
-    const float* C_in = p.Cs + state_index(p, bh, k) * CS;
+    const Split<T> C_in = stored_state<T>(p, bh, k);
     double dot0 = 0.0;
 #pragma unroll
     for (int i = 0; i < kTR; ++i)
@@ -417,7 +502,7 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
         if (d < p.DQK && v < p.DV) {
           const std::int64_t e = d * p.DV + v;
           dC[e] = acc[i][j];
-          dot0 += static_cast<double>(acc[i][j]) * C_in[e];
+          dot0 += static_cast<double>(acc[i][j]) * C_in.at(e);
         }
       }
     if (owns_n) {
@@ -549,8 +634,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
   load_rows(rows, p, c, r0, mk);
   if (tid < kTile) sInv[tid] = r0 + tid < c.Lc ? 1.f / p.dhat[c.tb + r0 + tid] : 0.f;
   __syncthreads();
-  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
-  const float* C = p.Cs + state_index(p, bh, c.k) * CS;
+  const Split<T> C = stored_state<T>(p, bh, c.k);
   const float* n = p.ns + state_index(p, bh, c.k) * p.DQK;
   const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
   const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
@@ -560,7 +644,8 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
   const Split<T> C_T = split_at(sB, kTile * kPadS);  // Cᵀ tiles
   for (int e = 0; e < p.DV; e += kStep) {  // dh Cᵀ (then rows / dhat: dnum Cᵀ)
     load_tile<kTile, kStep>(sA, dH, p.DV, r0, e, c.Lc, p.DV);
-    load_tile<kTile, kStep>(C_T, C, p.DV, d0, e, p.DQK, p.DV);
+    load_tile<kTile, kStep>(C_T.hi, C.hi, p.DV, d0, e, p.DQK, p.DV);
+    if (C.lo) load_tile<kTile, kStep>(C_T.lo, C.lo, p.DV, d0, e, p.DQK, p.DV);
     __syncthreads();
     gemm<true, false, kStep>(acc, sA, kPadS, C_T, kPadS);
     __syncthreads();
@@ -876,7 +961,10 @@ template <class T>
 void forward_passes(const Params& p, cudaStream_t stream) {
   gate_prep<T><<<cdiv(p.BH * p.nc, 128), 128, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "gate_prep");
-  state_pass<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, 0, stream>>>(p);
+  const auto bytes = static_cast<int>(StatePassSmem<T>::bytes);
+  check_cuda(cudaFuncSetAttribute(state_pass<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             "state_pass shared memory");
+  state_pass<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, bytes, stream>>>(p);
   check_cuda(cudaGetLastError(), "state_pass");
 }
 

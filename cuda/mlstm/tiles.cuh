@@ -128,15 +128,36 @@ __device__ __forceinline__ void gemm(Acc& acc, const __nv_bfloat16* A, int lda, 
   }
 }
 
+// Stores x0, x1 to g[e], g[e + 1] (the second only if `both`): one paired store where aligned, so
+// that a warp writing accumulator pairs fills whole sectors twice as densely as element stores.
+template <class U>
+__device__ __forceinline__ void store_pair(U* g, std::int64_t e, bool both, float x0, float x1) {
+  using Pair = std::conditional_t<std::is_same_v<U, float>, float2, __nv_bfloat162>;
+  if (both && reinterpret_cast<std::uintptr_t>(g + e) % sizeof(Pair) == 0) {
+    Pair pair;
+    pair.x = from_float<U>(x0);
+    pair.y = from_float<U>(x1);
+    *reinterpret_cast<Pair*>(g + e) = pair;
+  } else {
+    g[e] = from_float<U>(x0);
+    if (both) g[e + 1] = from_float<U>(x1);
+  }
+}
+
 // A split operand: the hi tile, and the lo tile where the operand type needs one (else nullptr).
 template <class O>
 struct Split {
   O* hi;
   O* lo;
-  __device__ float at(int e) const { return lo ? to_float(hi[e]) + to_float(lo[e]) : to_float(hi[e]); }
-  __device__ void set(int e, float x) const {
+  __device__ float at(std::int64_t e) const { return lo ? to_float(hi[e]) + to_float(lo[e]) : to_float(hi[e]); }
+  __device__ void set(std::int64_t e, float x) const {
     hi[e] = from_float<O>(x);
     if (lo) lo[e] = from_float<O>(x - to_float(hi[e]));
+  }
+  __device__ void set_pair(std::int64_t e, bool both, float x0, float x1) const {
+    const float h0 = to_float(from_float<O>(x0)), h1 = to_float(from_float<O>(x1));
+    store_pair(hi, e, both, h0, h1);
+    if (lo) store_pair(lo, e, both, x0 - h0, x1 - h1);
   }
 };
 // A split operand over `base` (kSplit<O> tiles of `size` elements each).
@@ -188,24 +209,108 @@ __device__ __forceinline__ void for_tile(const U* g, std::int64_t ld, int r0, in
   }
 }
 
-// s[i][j] (row stride C + 8) = the tile of g at (r0, c0), times row_scale[i] where given.
-template <int R, int C, class O, class U>
-__device__ __forceinline__ void load_tile(O* s, const U* g, std::int64_t ld, int r0, int c0, int r_end, int c_end,
-                                          const float* row_scale = nullptr) {
-  for_tile<R, C>(g, ld, r0, c0, r_end, c_end, [&](int i, int j, float x) {
-    s[i * stride(C) + j] = from_float<O>(row_scale ? x * row_scale[i] : x);
-  });
+// put(i, j, x) for an operand tile in shared memory (row stride C + 8): s[i][j] = x, times
+// row_scale[i] where given; for a split tile both halves.
+template <int C, class O>
+__device__ __forceinline__ auto tile_put(O* s, const float* row_scale = nullptr) {
+  return [=](int i, int j, float x) { s[i * stride(C) + j] = from_float<O>(row_scale ? x * row_scale[i] : x); };
 }
-template <int R, int C, class O, class U>
-__device__ __forceinline__ void load_tile(const Split<O>& s, const U* g, std::int64_t ld, int r0, int c0, int r_end,
-                                          int c_end, const float* row_scale = nullptr) {
-  for_tile<R, C>(g, ld, r0, c0, r_end, c_end,
-                 [&](int i, int j, float x) { s.set(i * stride(C) + j, row_scale ? x * row_scale[i] : x); });
+template <int C, class O>
+__device__ __forceinline__ auto tile_put(const Split<O>& s, const float* row_scale = nullptr) {
+  return [=](int i, int j, float x) { s.set(i * stride(C) + j, row_scale ? x * row_scale[i] : x); };
+}
+
+// s (an operand tile or a Split) = the tile of g at (r0, c0), times row_scale[i] where given,
+// read synchronously.
+template <int R, int C, class S, class U>
+__device__ __forceinline__ void load_tile(S s, const U* g, std::int64_t ld, int r0, int c0, int r_end, int c_end,
+                                          const float* row_scale = nullptr) {
+  for_tile<R, C>(g, ld, r0, c0, r_end, c_end, tile_put<C>(s, row_scale));
+}
+
+// Asynchronous copies (cp.async, 16 bytes, zero-filled where `valid` is false), in commit groups.
+__device__ __forceinline__ void cp_async16(void* smem, const void* g, bool valid) {
+  const auto addr = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(g), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>  // wait until at most kPending of this thread's groups are in flight
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// The R x C tile of a global matrix at (r0, c0) (zero outside r_end, c_end), loaded asynchronously
+// in 16-byte pieces: issue() starts the copies, finish() — once they have arrived — completes the
+// tile. Either straight into an operand tile of the same type (row stride C + 8), or through a
+// staging area (kRawBytes) for tiles transformed on the way (finish calls put(i, j, x)); each
+// thread finishes exactly the pieces it issued. A tile that is not whole and 16-byte aligned
+// (masked columns, odd strides) is read synchronously by finish() instead.
+template <int R, int C, class U>
+struct AsyncTile {
+  static constexpr int kV = 16 / sizeof(U), kRawBytes = R * C * sizeof(U);
+  const U* g;
+  std::int64_t ld;
+  int r0, c0, r_end, c_end;
+
+  __device__ bool vector() const {
+    return c0 + C <= c_end && ld % kV == 0 && c0 % kV == 0 && reinterpret_cast<std::uintptr_t>(g) % 16 == 0;
+  }
+  // Calls f(e, i, j, source, valid) for each 16-byte piece e (row i, columns j..) of this thread.
+  template <class F>
+  __device__ void pieces(F f) const {
+    for (int e = threadIdx.x; e < R * C / kV; e += kThreads) {
+      const int i = e / (C / kV), j = (e % (C / kV)) * kV, r = r0 + i;
+      f(e, i, j, r < r_end ? g + static_cast<std::int64_t>(r) * ld + c0 + j : g, r < r_end);
+    }
+  }
+  __device__ void issue(U* s) const {
+    if (vector()) pieces([&](int, int i, int j, const U* src, bool valid) { cp_async16(s + i * stride(C) + j, src, valid); });
+  }
+  __device__ void finish(U* s) const {
+    if (!vector()) for_tile<R, C>(g, ld, r0, c0, r_end, c_end, tile_put<C>(s));
+  }
+  __device__ void issue_raw(unsigned char* raw) const {
+    if (vector()) pieces([&](int e, int, int, const U* src, bool valid) { cp_async16(raw + 16 * e, src, valid); });
+  }
+  template <class Put>
+  __device__ void finish_raw(const unsigned char* raw, Put put) const {
+    if (!vector()) return for_tile<R, C>(g, ld, r0, c0, r_end, c_end, put);
+    pieces([&](int e, int i, int j, const U*, bool) {
+      union {
+        uint4 raw;
+        U x[kV];
+      } u;
+      u.raw = reinterpret_cast<const uint4*>(raw)[e];
+#pragma unroll
+      for (int v = 0; v < kV; ++v) put(i, j + v, to_float(u.x[v]));
+    });
+  }
+};
+
+// A double-buffered software pipeline of `steps` steps: issue(i, stage) starts the asynchronous
+// copies of step i into the operand tiles of `stage` (0 or 1) while step i - 1 computes;
+// finish(i, stage) completes what is not copied asynchronously (masked tiles, transformed tiles);
+// compute(i, stage) multiplies. Two barriers a step (the tiles are complete; the stage is free
+// again); ends with a barrier, so every stage is free afterwards.
+template <class Issue, class Finish, class Compute>
+__device__ __forceinline__ void pipeline(int steps, Issue issue, Finish finish, Compute compute) {
+  issue(0, 0);
+  cp_async_commit();
+  for (int i = 0; i < steps; ++i) {
+    if (i + 1 < steps) issue(i + 1, (i + 1) % 2);
+    cp_async_commit();  // an empty group after the last step
+    cp_async_wait<1>();
+    finish(i, i % 2);
+    __syncthreads();
+    compute(i, i % 2);
+    __syncthreads();
+  }
 }
 
 // Sum over the 4 threads of a warp that hold the same rows (the other half of a row lives in warp
 // w ± 4: callers add both halves atomically). row_leader() is the one thread of the 4 that adds.
-__device__ __forceinline__ float row_sum(float x) {
+template <class F>
+__device__ __forceinline__ F row_sum(F x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   x += __shfl_xor_sync(0xffffffffu, x, 2);
   return x;
