@@ -2,7 +2,11 @@
 // DH = 64, float32, forward and backward. Reports tokens/s (B·T per second) and the GFLOP/s of the
 // recurrent GEMMs (forward: h R^T, one (B x DH)(DH x 4DH) per step and head; backward: two of that
 // size), as a ratio to an Eigen sgemm of the same per-step product measured in the same run with
-// the same threads. The pointwise cell and the memory traffic are what the ratio loses.
+// the same threads. The pointwise cell and the memory traffic are what the ratio loses. The
+// backward is credited two products per step, though it does three: it reruns the forward (the
+// API does not hand it the forward's states), then dh_{t-1} = dg̃_t R per step and dR once over all
+// steps. Each call allocates its outputs (200 MB of states or dWx here), so the first writes to
+// fresh pages are part of what is timed, as they are for a caller.
 #include "bench/sgemm.hpp"
 #include "reference/slstm/check.hpp"
 

@@ -1,52 +1,88 @@
-// The pointwise part of each recurrent cell, forward and its exact derivative, on (B, DH) blocks of
-// one head (Eigen arrays, so exp/tanh vectorise). A cell is a struct with num_states, forward and
-// backward; the recurrence skeleton (recurrent.cpp) is written once for every cell, so a GRU or
-// another cell is one more struct here.
+// The pointwise part of each recurrent cell, forward and its exact derivative, on the (B, DH) rows
+// of one head at one step. A cell is a struct with num_states, a Scratch (its preallocated
+// intermediates), forward and backward; the recurrence skeleton (recurrent.cpp) is written once for
+// every cell, so a GRU or another cell is one more struct here.
+//
+// Speed: the cells run T·NH times per call on a few thousand numbers each, so they allocate
+// nothing: each statement evaluates one Eigen array expression (vectorised exp/tanh/log1p, fused
+// into one loop) into a block that the skeleton or the Scratch owns, and what is used more than
+// once is evaluated once into the Scratch. The arithmetic with a case distinction (the stabiliser,
+// scale_nonzero) goes through `elementwise`, a plain loop, because Eigen 3.4 does not vectorise
+// select(). The blocks a cell writes never overlap the blocks it reads.
 #pragma once
 
 #include "reference/slstm/slstm.hpp"
 
 #include <Eigen/Dense>
 
-#include <array>
+#include <type_traits>
 
 namespace flashlstm::slstm::detail {
 
 template <class T>
 using Block = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;  // (B, DH)
 
-// Gate pre-activations (or their gradients) of one head: the four gates side by side, (B, 4·DH),
-// gate order (i, f, z, o), so that one GEMM writes them all.
+// Row blocks at a fixed distance from each other inside a larger array: block k has `rows` rows
+// of `cols` numbers, starting at data + k·block_stride, rows row_stride apart. The states
+// (h, c, n, m) of one head (in a tensor or a workspace) and the four gates (i, f, z, o) of one head
+// are such blocks, so the cells read and write them where they lie. T is a scalar or a const one.
 template <class T>
-struct Gates {
-  Block<T> all;  // (B, 4·DH)
-  index_t DH;
+struct Slices {
+  using Array = Block<std::remove_const_t<T>>;
+  using Map = Eigen::Map<std::conditional_t<std::is_const_v<T>, const Array, Array>, Eigen::Unaligned,
+                         Eigen::OuterStride<>>;
 
-  Gates(index_t B, index_t DH_) : all(B, 4 * DH_), DH(DH_) {}
-  auto operator[](int k) { return all.middleCols(k * DH, DH); }
-  auto operator[](int k) const { return all.middleCols(k * DH, DH); }
+  T* data;
+  index_t block_stride, row_stride, rows, cols;
+
+  Map operator[](index_t k) const { return Map(data + k * block_stride, rows, cols, Eigen::OuterStride<>(row_stride)); }
+  operator Slices<const T>() const { return {data, block_stride, row_stride, rows, cols}; }  // NOLINT
 };
 
-// State (or its gradient): (h, c, n, m); a cell with fewer states leaves the rest empty.
+// Read-only blocks, as the cells take them (the scalar is deduced from their other arguments).
 template <class T>
-using States = std::array<Block<T>, 4>;
+using ConstSlices = std::type_identity_t<Slices<const T>>;
+
+// Contiguous (rows, cols) blocks one after another, e.g. the states of one head in a workspace.
+template <class T>
+Slices<T> contiguous(T* data, index_t rows, index_t cols) {
+  return {data, rows * cols, cols, rows, cols};
+}
+
 enum StateIndex { H = 0, C = 1, N = 2, M = 3 };
 enum GateIndex { I = 0, F = 1, Z = 2, O = 3 };
 
-template <class E, class T = typename E::Scalar>
-Block<T> sigmoid(const Eigen::ArrayBase<E>& x) {
-  return T(1) / (T(1) + (-x).exp());  // exp(-x) = inf gives 0, never NaN
+// sigmoid and logsigmoid return Eigen expressions, evaluated where they are assigned; their
+// operands are maps and Scratch arrays, which outlive the statement.
+template <class E>
+auto sigmoid(const Eigen::ArrayBase<E>& x) {
+  using T = typename E::Scalar;
+  return T(1) / (T(1) + (-x.derived()).exp());  // exp(-x) = inf gives 0, never NaN
 }
-template <class E, class T = typename E::Scalar>
-Block<T> logsigmoid(const Eigen::ArrayBase<E>& x) {
-  return x.min(T(0)) - (-x.abs()).exp().log1p();
+template <class E>
+auto logsigmoid(const Eigen::ArrayBase<E>& x) {
+  using T = typename E::Scalar;
+  return x.derived().min(T(0)) - (-x.derived().abs()).exp().log1p();
+}
+
+// dst = f(src...) element by element, for the arithmetic with a case distinction. Eigen 3.4
+// evaluates select() one coefficient at a time with a branch that the data make unpredictable; this
+// plain loop the compiler vectorises with blends. dst and src are (rows, cols) row-major arrays or
+// maps.
+template <class Dst, class F, class... Src>
+void elementwise(Dst&& dst, F f, const Src&... src) {
+  const auto row = [&](auto* out, const auto*... in) {
+#pragma omp simd
+    for (index_t j = 0; j < dst.cols(); ++j) out[j] = f(in[j]...);
+  };
+  for (index_t r = 0; r < dst.rows(); ++r) row(dst.data() + r * dst.outerStride(), (src.data() + r * src.outerStride())...);
 }
 
 // a * x, but 0 wherever x is 0 even when a is infinite (the first step from a zero state may have
 // f' = exp(a - ĩ) overflow; it multiplies nothing).
 template <class T>
-Block<T> scale_nonzero(const Block<T>& a, const Block<T>& x) {
-  return (x == T(0)).select(Block<T>::Zero(x.rows(), x.cols()), a * x);
+T scale_nonzero(T a, T x) {
+  return x == T(0) ? T(0) : a * x;
 }
 
 // The sLSTM of spec/slstm.md:
@@ -58,58 +94,77 @@ struct SlstmCell {
   static constexpr int num_states = 4;
 
   template <class T>
-  struct Internals {  // what backward needs from forward
-    Block<T> a, i_prime, f_prime, z, o;
-    Eigen::Array<bool, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> takes_input;  // m' = ĩ
+  struct Scratch {
+    Block<T> a, m, i_prime, f_prime, z, o;  // a = log f + m
+    Block<T> dc, dn, dfp_fp, dip_ip, dm;    // backward only
+    Scratch(index_t B, index_t DH)
+        : a(B, DH), m(B, DH), i_prime(B, DH), f_prime(B, DH), z(B, DH), o(B, DH), dc(B, DH), dn(B, DH),
+          dfp_fp(B, DH), dip_ip(B, DH), dm(B, DH) {}
   };
 
+  // m' = ĩ rather than a: where ĩ is the larger, and where n == 0 (nothing to forget).
   template <class T>
-  static Internals<T> internals(const Gates<T>& g, const States<T>& prev, const Options& o) {
-    Internals<T> in;
-    const Block<T> log_f = o.forget_gate == ForgetGate::sigmoid ? logsigmoid(g[F]) : Block<T>(g[F]);
-    in.a = log_f + prev[M];
-    in.takes_input = (prev[N] == T(0)) || (g[I] > in.a);
-    const Block<T> m = in.takes_input.select(g[I], in.a);
-    in.i_prime = (g[I] - m).exp();
-    in.f_prime = (in.a - m).exp();
-    in.z = g[Z].tanh();
-    in.o = sigmoid(g[O]);
-    return in;
+  static bool takes_input(T n, T i, T a) {
+    return n == T(0) || i > a;
+  }
+
+  // The gate activations forward and backward share.
+  template <class T>
+  static void activations(ConstSlices<T> g, ConstSlices<T> prev, Scratch<T>& s, const Options& o) {
+    if (o.forget_gate == ForgetGate::sigmoid) {
+      s.a = logsigmoid(g[F]) + prev[M];
+    } else {
+      s.a = g[F] + prev[M];
+    }
+    elementwise(s.m, [](T n, T i, T a) { return takes_input(n, i, a) ? i : a; }, prev[N], g[I], s.a);
+    s.i_prime = (g[I] - s.m).exp();
+    s.f_prime = (s.a - s.m).exp();
+    s.z = g[Z].tanh();
+    s.o = sigmoid(g[O]);
   }
 
   template <class T>
-  static void forward(const Gates<T>& g, const States<T>& prev, States<T>& next, const Options& o) {
-    const auto in = internals(g, prev, o);
-    next[M] = in.takes_input.select(g[I], in.a);
-    next[C] = scale_nonzero<T>(in.f_prime, prev[C]) + in.i_prime * in.z;
-    next[N] = scale_nonzero<T>(in.f_prime, prev[N]) + in.i_prime;
-    next[H] = in.o * next[C] / next[N];
+  static void forward(ConstSlices<T> g, ConstSlices<T> prev, Slices<T> next, Scratch<T>& s, const Options& o) {
+    activations(g, prev, s, o);
+    next[M] = s.m;
+    elementwise(next[C], [](T f, T c, T i, T z) { return scale_nonzero(f, c) + i * z; }, s.f_prime, prev[C],
+                s.i_prime, s.z);
+    elementwise(next[N], [](T f, T n, T i) { return scale_nonzero(f, n) + i; }, s.f_prime, prev[N], s.i_prime);
+    next[H] = s.o * next[C] / next[N];
   }
 
   // `dnext` holds the gradient of the loss with respect to `next`; writes the gradient with respect
-  // to `prev` (without the h part, which reaches h only through R) and to the pre-activations.
+  // to `prev` except its h part (which reaches h only through R: the skeleton adds it) and to the
+  // pre-activations.
   template <class T>
-  static void backward(const Gates<T>& g, const States<T>& prev, const States<T>& next, const States<T>& dnext,
-                       States<T>& dprev, Gates<T>& dg, const Options& o) {
-    const auto in = internals(g, prev, o);
+  static void backward(ConstSlices<T> g, ConstSlices<T> prev, ConstSlices<T> next, ConstSlices<T> dnext,
+                       Slices<T> dprev, Slices<T> dg, Scratch<T>& s, const Options& o) {
+    activations(g, prev, s, o);
     // h' = o c' / n'
-    const Block<T> dc = dnext[C] + dnext[H] * in.o / next[N];
-    const Block<T> dn = dnext[N] - dnext[H] * next[H] / next[N];
-    dg[O] = dnext[H] * next[C] / next[N] * in.o * sigmoid(-g[O]);
+    s.dc = dnext[C] + dnext[H] * s.o / next[N];
+    s.dn = dnext[N] - dnext[H] * next[H] / next[N];
+    dg[O] = dnext[H] * next[C] / next[N] * s.o * sigmoid(-g[O]);
     // c' = f' c + i' z, n' = f' n + i'
-    const Block<T> dfp_fp = dc * scale_nonzero<T>(in.f_prime, prev[C]) + dn * scale_nonzero<T>(in.f_prime, prev[N]);
-    const Block<T> dip_ip = (dc * in.z + dn) * in.i_prime;  // d i' times i'
-    dg[Z] = dc * in.i_prime * (T(1) - in.z * in.z);
-    dprev[C] = dc * in.f_prime;
-    dprev[N] = dn * in.f_prime;
-    // f' = exp(a - m'), i' = exp(ĩ - m'), m' = ĩ or a
-    const Block<T> dm = dnext[M] - dfp_fp - dip_ip;
-    const Block<T> da = dfp_fp + in.takes_input.select(Block<T>::Zero(dm.rows(), dm.cols()), dm);
-    dg[I] = dip_ip + in.takes_input.select(dm, Block<T>::Zero(dm.rows(), dm.cols()));
-    // a = log f + m
-    dprev[M] = da;
-    dg[F] = o.forget_gate == ForgetGate::sigmoid ? Block<T>(da * sigmoid(-g[F])) : da;
-    dprev[H].setZero(dm.rows(), dm.cols());
+    elementwise(  // d f' times f'
+        s.dfp_fp, [](T dc, T dn, T f, T c, T n) { return dc * scale_nonzero(f, c) + dn * scale_nonzero(f, n); },
+        s.dc, s.dn, s.f_prime, prev[C], prev[N]);
+    s.dip_ip = (s.dc * s.z + s.dn) * s.i_prime;  // d i' times i'
+    dg[Z] = s.dc * s.i_prime * (T(1) - s.z * s.z);
+    dprev[C] = s.dc * s.f_prime;
+    dprev[N] = s.dn * s.f_prime;
+    // f' = exp(a - m'), i' = exp(ĩ - m'), m' = ĩ or a; then a = log f + m
+    s.dm = dnext[M] - s.dfp_fp - s.dip_ip;
+    elementwise(  // d a
+        dprev[M], [](T n, T i, T a, T dfp, T dm) { return dfp + (takes_input(n, i, a) ? T(0) : dm); }, prev[N], g[I],
+        s.a, s.dfp_fp, s.dm);
+    elementwise(
+        dg[I], [](T n, T i, T a, T dip, T dm) { return dip + (takes_input(n, i, a) ? dm : T(0)); }, prev[N], g[I],
+        s.a, s.dip_ip, s.dm);
+    if (o.forget_gate == ForgetGate::sigmoid) {
+      dg[F] = dprev[M] * sigmoid(-g[F]);
+    } else {
+      dg[F] = dprev[M];
+    }
   }
 };
 
@@ -118,23 +173,32 @@ struct LstmCell {
   static constexpr int num_states = 2;
 
   template <class T>
-  static void forward(const Gates<T>& g, const States<T>& prev, States<T>& next, const Options&) {
+  struct Scratch {  // backward only
+    Block<T> i, f, z, o, tanh_c, dc;
+    Scratch(index_t B, index_t DH)
+        : i(B, DH), f(B, DH), z(B, DH), o(B, DH), tanh_c(B, DH), dc(B, DH) {}
+  };
+
+  template <class T>
+  static void forward(ConstSlices<T> g, ConstSlices<T> prev, Slices<T> next, Scratch<T>&, const Options&) {
     next[C] = sigmoid(g[F]) * prev[C] + sigmoid(g[I]) * g[Z].tanh();
     next[H] = sigmoid(g[O]) * next[C].tanh();
   }
 
   template <class T>
-  static void backward(const Gates<T>& g, const States<T>& prev, const States<T>& next, const States<T>& dnext,
-                       States<T>& dprev, Gates<T>& dg, const Options&) {
-    const Block<T> i = sigmoid(g[I]), f = sigmoid(g[F]), z = g[Z].tanh(), o = sigmoid(g[O]);
-    const Block<T> tanh_c = next[C].tanh();
-    const Block<T> dc = dnext[C] + dnext[H] * o * (T(1) - tanh_c * tanh_c);
-    dg[O] = dnext[H] * tanh_c * o * sigmoid(-g[O]);
-    dg[I] = dc * z * i * sigmoid(-g[I]);
-    dg[F] = dc * prev[C] * f * sigmoid(-g[F]);
-    dg[Z] = dc * i * (T(1) - z * z);
-    dprev[C] = dc * f;
-    dprev[H].setZero(dc.rows(), dc.cols());
+  static void backward(ConstSlices<T> g, ConstSlices<T> prev, ConstSlices<T> next, ConstSlices<T> dnext,
+                       Slices<T> dprev, Slices<T> dg, Scratch<T>& s, const Options&) {
+    s.i = sigmoid(g[I]);
+    s.f = sigmoid(g[F]);
+    s.z = g[Z].tanh();
+    s.o = sigmoid(g[O]);
+    s.tanh_c = next[C].tanh();
+    s.dc = dnext[C] + dnext[H] * s.o * (T(1) - s.tanh_c * s.tanh_c);
+    dg[O] = dnext[H] * s.tanh_c * s.o * sigmoid(-g[O]);
+    dg[I] = s.dc * s.z * s.i * sigmoid(-g[I]);
+    dg[F] = s.dc * prev[C] * s.f * sigmoid(-g[F]);
+    dg[Z] = s.dc * s.i * (T(1) - s.z * s.z);
+    dprev[C] = s.dc * s.f;
   }
 };
 

@@ -1,13 +1,34 @@
-// The recurrence skeleton shared by every cell: per (head), for t = 1..T,
-//   g̃_t = Wx_t + h_{t-1} R_head^T + b   (one (B × DH)(DH × 4DH) GEMM per step and head)
+// The recurrence skeleton shared by every cell: per head, for t = 1..T,
+//   g̃_t = Wx_t + b + h_{t-1} R_head^T   (one (B × DH)(DH × 4DH) GEMM per step and head)
 //   state_t = Cell::forward(g̃_t, state_{t-1})
-// and its reverse (backpropagation through time), which stores every state and pre-activation of
-// the head (T · (NS + 4) · B · DH numbers) and accumulates dR and db over time. Heads are
-// independent (R is block-diagonal), so OpenMP runs over heads.
+// and its reverse (backpropagation through time). Heads are independent (R is block-diagonal), so
+// OpenMP runs over heads, each thread keeping its heads from the first step to the last.
+//
+// Forward: time outside, heads inside. The running state of each head lives in a small workspace
+// (contiguous, aligned); each new state is copied into the output.
+//
+// Backward: heads outside, one head at a time per thread (its history is large). First the
+// forward again, keeping every pre-activation and state of the head (T · (4 + NS) · B · DH
+// numbers, in a workspace each thread allocates once per call). Then back in time, doing per step
+// only what is sequential: the cell's backward and dh_{t-1} = dg̃_t R. The parameter gradients are
+// sums over time and come after the loop, from dg̃_t of all steps (which replace g̃_t in the
+// workspace): dR = Σ_t dg̃_tᵀ h_{t-1} as one large GEMM, db = Σ_t dg̃_t.
+//
+// Nothing is allocated inside the time loops. What remains besides the GEMMs is mostly memory
+// traffic; see "Memory" below.
 #include "reference/slstm/cells.hpp"
 
 #include "core/error.hpp"
 
+#if __has_include(<sys/mman.h>)
+#include <sys/mman.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace flashlstm::slstm {
@@ -16,6 +37,8 @@ namespace {
 using namespace detail;
 template <class T>
 using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MatMap = Eigen::Map<Mat<T>>;
 
 struct Dims {
   index_t B, T, NH, DH, NS;
@@ -33,59 +56,125 @@ Dims check_inputs(const Inputs<T>& x, const OptionalState<T>& initial, const Opt
   return d;
 }
 
-// Element offsets of one head's rows in each layout.
+// Where the rows of one head lie in each tensor of the API.
 struct Layout {
   Dims d;
-  index_t wx(index_t b, index_t t, index_t g, index_t h) const { return (((b * d.T + t) * 4 + g) * d.NH + h) * d.DH; }
-  index_t seq(index_t s, index_t b, index_t t, index_t h) const { return (((s * d.B + b) * d.T + t) * d.NH + h) * d.DH; }
-  index_t state(index_t s, index_t b, index_t h) const { return ((s * d.B + b) * d.NH + h) * d.DH; }
-  index_t dh(index_t b, index_t t, index_t h) const { return ((b * d.T + t) * d.NH + h) * d.DH; }
+  // (NS, B, NH, DH): the states of one head.
+  template <class T>
+  Slices<T> state(T* data, index_t head) const {
+    return {data + head * d.DH, d.B * d.NH * d.DH, d.NH * d.DH, d.B, d.DH};
+  }
+  // (NS, B, T, NH, DH): the states of one head after step t.
+  template <class T>
+  Slices<T> states(T* data, index_t t, index_t head) const {
+    return {data + (t * d.NH + head) * d.DH, d.B * d.T * d.NH * d.DH, d.T * d.NH * d.DH, d.B, d.DH};
+  }
+  // (B, T, 4, NH, DH): the gates of one head at step t.
+  template <class T>
+  Slices<T> gates(T* data, index_t t, index_t head) const {
+    return {data + (t * 4 * d.NH + head) * d.DH, d.NH * d.DH, 4 * d.T * d.NH * d.DH, d.B, d.DH};
+  }
+  // (B, T, NH, DH): h_t of one head, block 0.
+  template <class T>
+  Slices<T> sequence(T* data, index_t t, index_t head) const {
+    return {data + (t * d.NH + head) * d.DH, 0, d.T * d.NH * d.DH, d.B, d.DH};
+  }
+  // (4, NH, DH, DH) and (4, NH, DH): R and b of one head per gate.
+  template <class T>
+  Slices<T> R(T* data, index_t head) const {
+    return {data + head * d.DH * d.DH, d.NH * d.DH * d.DH, d.DH, d.DH, d.DH};
+  }
+  template <class T>
+  Slices<T> b(T* data, index_t head) const {
+    return {data + head * d.DH, d.NH * d.DH, d.DH, 1, d.DH};
+  }
 };
 
+// Memory. The tensors here are far larger than the cache (Wx and the states over time are
+// 200 MB each at the benchmark's shape), and the rows of one head at one step are scattered over
+// them, 256 bytes here and there. Three things keep that from dominating: huge pages for the large
+// buffers this file allocates (one TLB entry per 2 MB instead of per 4 kB, and far fewer page
+// faults when they are first written: on a VM, 4 kB faults on a fresh 200 MB output cost more than
+// all the GEMMs), prefetching the rows the thread works on next while it computes, and copies that
+// do not care about alignment.
+
+// Asks the kernel for huge pages (transparent huge pages in "madvise" mode, Linux) over the whole
+// 2 MB pages inside [data, data + n); a hint, without effect elsewhere. Call before first use.
 template <class T>
-States<T> load_state(const OptionalState<T>& state, const Layout& l, index_t h) {
-  States<T> s;
-  for (index_t k = 0; k < 4; ++k) s[k] = Block<T>::Zero(k < l.d.NS ? l.d.B : 0, l.d.DH);
-  if (state) {
-    for (index_t k = 0; k < l.d.NS; ++k)
-      for (index_t b = 0; b < l.d.B; ++b)
-        s[k].row(b) = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(state->data() + l.state(k, b, h), l.d.DH);
+void huge_pages(T* data, std::size_t n) {
+#ifdef MADV_HUGEPAGE
+  constexpr std::uintptr_t page = std::uintptr_t(1) << 21;
+  const auto begin = (reinterpret_cast<std::uintptr_t>(data) + page - 1) & ~(page - 1);
+  const auto end = reinterpret_cast<std::uintptr_t>(data + n) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// Asks the cache for the rows of blocks 0 .. count-1 of `s` (for writing if T is not const).
+template <class T>
+void prefetch(Slices<T> s, index_t count) {
+  constexpr index_t line = 64 / sizeof(T);
+  constexpr int for_writing = std::is_const_v<T> ? 0 : 1;
+  for (index_t k = 0; k < count; ++k)
+    for (index_t r = 0; r < s.rows; ++r)
+      for (index_t j = 0; j < s.cols; j += line) __builtin_prefetch(s[k].data() + r * s.row_stride + j, for_writing);
+}
+
+// Row by row with memcpy: the tensors' rows need not be aligned, where Eigen would peel off
+// scalars until they are.
+template <class T>
+void copy(Slices<const T> from, Slices<T> to, index_t count) {
+  for (index_t k = 0; k < count; ++k)
+    for (index_t r = 0; r < from.rows; ++r) std::copy_n(from[k].row(r).data(), from.cols, to[k].row(r).data());
+}
+
+// `state` (the initial state or an upstream gradient) if given, else zeros.
+template <class T>
+void load(const OptionalState<T>& state, const Layout& l, index_t head, Slices<T> to) {
+  for (index_t k = 0; k < l.d.NS; ++k) {
+    if (state) {
+      to[k] = l.state(state->data(), head)[k];
+    } else {
+      to[k].setZero();
+    }
   }
-  return s;
 }
 
-template <class T>
-void store_state(const States<T>& s, T* out, const Layout& l, index_t h) {
-  for (index_t k = 0; k < l.d.NS; ++k)
-    for (index_t b = 0; b < l.d.B; ++b)
-      Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>(out + l.state(k, b, h), l.d.DH) = s[k].row(b);
-}
-
-// One head's recurrent matrix stacked over gates, (4·DH, DH), and its bias, (4, DH).
+// One head's recurrent matrix stacked over gates, (4·DH, DH), its transpose for the forward GEMM,
+// and its bias, (4, DH).
 template <class T>
 struct HeadWeights {
-  Mat<T> R;
+  Mat<T> R, Rt;
   Block<T> bias;
-  HeadWeights(const Inputs<T>& x, const Dims& d, index_t h) : R(4 * d.DH, d.DH), bias(4, d.DH) {
+  HeadWeights(const Inputs<T>& x, const Layout& l, index_t head) : R(4 * l.d.DH, l.d.DH), bias(4, l.d.DH) {
     for (index_t g = 0; g < 4; ++g) {
-      R.middleRows(g * d.DH, d.DH) =
-          Eigen::Map<const Mat<T>>(x.R.data() + (g * d.NH + h) * d.DH * d.DH, d.DH, d.DH);
-      bias.row(g) = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(x.b.data() + (g * d.NH + h) * d.DH, d.DH);
+      R.middleRows(g * l.d.DH, l.d.DH) = l.R(x.R.data(), head)[g].matrix();
+      bias.row(g) = l.b(x.b.data(), head)[g];
     }
+    Rt = R.transpose();
   }
 };
 
-// g̃_t = Wx_t + b + h_{t-1} R^T for one head, written into g (the GEMM accumulates onto Wx_t + b).
+// The pre-activations (or their gradients) of one head at one step: (B, 4·DH) with the four gates
+// side by side, so that one GEMM writes (or reads) them all.
 template <class T>
-void preactivations(const Inputs<T>& x, const Layout& l, const HeadWeights<T>& w, const Block<T>& h_prev,
-                    index_t t, index_t head, Gates<T>& g) {
-  for (index_t b = 0; b < l.d.B; ++b) {
-    for (index_t k = 0; k < 4; ++k) {
-      g[k].row(b) =
-          Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(x.Wx.data() + l.wx(b, t, k, head), l.d.DH) + w.bias.row(k);
-    }
-  }
-  g.all.matrix().noalias() += h_prev.matrix() * w.R.transpose();
+struct GateRows {
+  T* data;
+  index_t B, DH;
+  Slices<T> gates() const { return {data, DH, 4 * DH, B, DH}; }
+  MatMap<T> matrix() const { return {data, B, 4 * DH}; }
+};
+
+// g̃_t = Wx_t + b + h_{t-1} Rᵀ for one head, in two parts: the input part Wx_t + b, then the GEMM,
+// which accumulates onto it.
+template <class T>
+void add_input(const Inputs<T>& x, const Layout& l, const HeadWeights<T>& w, index_t t, index_t head, GateRows<T> g) {
+  const Slices<const T> wx = l.gates(x.Wx.data(), t, head);
+  for (index_t k = 0; k < 4; ++k) g.gates()[k] = wx[k].rowwise() + w.bias.row(k);
+}
+template <class T>
+void add_recurrent(const HeadWeights<T>& w, Slices<const T> prev, GateRows<T> g) {
+  g.matrix().noalias() += prev[H].matrix() * w.Rt;
 }
 
 template <class Cell, class T>
@@ -93,72 +182,114 @@ Output<T> run_forward(const Inputs<T>& x, const OptionalState<T>& initial, const
   const Layout l{d};
   Output<T> out{uninitialized<T>(Shape<5>{d.NS, d.B, d.T, d.NH, d.DH}),
                 uninitialized<T>(Shape<4>{d.NS, d.B, d.NH, d.DH})};
-  // Time outside, heads inside: at each step the threads read Wx_t and write state_t for all heads
-  // together (contiguous in memory); each thread keeps the same heads, so their R and state stay in
-  // its cache.
+  huge_pages(out.states.data(), out.states.size());
   std::vector<HeadWeights<T>> w;
-  std::vector<States<T>> prev, next;
-  for (index_t head = 0; head < d.NH; ++head) {
-    w.emplace_back(x, d, head);
-    prev.push_back(load_state<T>(initial, l, head));
-  }
-  next = prev;
-  std::vector<Gates<T>> g(d.NH, Gates<T>(d.B, d.DH));
+  for (index_t head = 0; head < d.NH; ++head) w.emplace_back(x, l, head);
+  // Per head, the state before and after the current step: (2, NS, B, DH), slot t % 2 before step t.
+  std::vector<Block<T>> states(d.NH, Block<T>(2 * d.NS * d.B, d.DH));
+  const auto state = [&](index_t head, index_t slot) {
+    return contiguous(states[head].data() + slot * d.NS * d.B * d.DH, d.B, d.DH);
+  };
+  // Time outside, heads inside: at step t a thread reads Wx_t and writes state_t of its heads, which
+  // lie side by side in memory (one head alone touches a new page with every row). The static
+  // schedule gives each thread the same heads at every step, so no thread waits for another.
 #pragma omp parallel
-  for (index_t t = 0; t < d.T; ++t) {
-#pragma omp for schedule(static)
-    for (index_t head = 0; head < d.NH; ++head) {
-      preactivations(x, l, w[head], prev[head][H], t, head, g[head]);
-      Cell::forward(g[head], prev[head], next[head], o);
-      for (index_t k = 0; k < d.NS; ++k)
-        for (index_t b = 0; b < d.B; ++b)
-          Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>(out.states.data() + l.seq(k, b, t, head), d.DH) =
-              next[head][k].row(b);
-      std::swap(prev[head], next[head]);
+  {
+    Block<T> gates(d.B, 4 * d.DH);
+    const GateRows<T> g{gates.data(), d.B, d.DH};
+    typename Cell::template Scratch<T> scratch(d.B, d.DH);
+#pragma omp for schedule(static) nowait
+    for (index_t head = 0; head < d.NH; ++head) load(initial, l, head, state(head, 0));
+    for (index_t t = 0; t < d.T; ++t) {
+#pragma omp for schedule(static) nowait
+      for (index_t head = 0; head < d.NH; ++head) {
+        if (head + 1 < d.NH) {  // the thread's next head, unless this is its last
+          prefetch(l.gates(x.Wx.data(), t, head + 1), 4);
+          prefetch(l.states(out.states.data(), t, head + 1), d.NS);
+        }
+        const Slices<T> prev = state(head, t % 2), next = state(head, (t + 1) % 2);
+        add_input<T>(x, l, w[head], t, head, g);
+        add_recurrent<T>(w[head], prev, g);
+        Cell::forward(g.gates(), prev, next, scratch, o);
+        copy<T>(next, l.states(out.states.data(), t, head), d.NS);
+      }
     }
+#pragma omp for schedule(static) nowait
+    for (index_t head = 0; head < d.NH; ++head) copy<T>(state(head, d.T % 2), l.state(out.last.data(), head), d.NS);
   }
-  for (index_t head = 0; head < d.NH; ++head) store_state(prev[head], out.last.data(), l, head);
   return out;
 }
+
+template <class Cell, class T>
+struct BackwardWorkspace {
+  Dims d;
+  Block<T> gates;    // (T, B, 4·DH): g̃_t of every step, replaced by dg̃_t when the backward has passed t
+  Block<T> history;  // (NS, T + 1, B, DH): the state before step t at t (so h_{t-1} for all t is contiguous)
+  Block<T> g_step;   // (B, 4·DH): g̃_t of the step the backward is at, moved out of the way of dg̃_t
+  Block<T> dstates;  // (2, NS, B, DH): the state gradient after and before the current step
+  typename Cell::template Scratch<T> scratch;
+
+  explicit BackwardWorkspace(const Dims& d_)
+      : d(d_), gates(d.T * d.B, 4 * d.DH), history(d.NS * (d.T + 1) * d.B, d.DH), g_step(d.B, 4 * d.DH),
+        dstates(2 * d.NS * d.B, d.DH), scratch(d.B, d.DH) {
+    for (Block<T>* a : {&gates, &history}) huge_pages(a->data(), a->size());
+  }
+  GateRows<T> g(index_t t) { return {gates.data() + t * d.B * 4 * d.DH, d.B, d.DH}; }
+  Slices<T> state(index_t t) { return {history.data() + t * d.B * d.DH, (d.T + 1) * d.B * d.DH, d.DH, d.B, d.DH}; }
+  Slices<T> dstate(index_t slot) { return contiguous(dstates.data() + slot * d.NS * d.B * d.DH, d.B, d.DH); }
+};
 
 template <class Cell, class T>
 InputGrad<T> run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
                           const Options& o, const Dims& d) {
   const Layout l{d};
   InputGrad<T> out{uninitialized<T>(Shape<5>{d.B, d.T, 4, d.NH, d.DH}), uninitialized<T>(Shape<4>{4, d.NH, d.DH, d.DH}),
-                   zeros<T>(Shape<3>{4, d.NH, d.DH}), std::nullopt};
+                   uninitialized<T>(Shape<3>{4, d.NH, d.DH}), std::nullopt};
   if (initial) out.dinitial = uninitialized<T>(Shape<4>{d.NS, d.B, d.NH, d.DH});
-#pragma omp parallel for schedule(dynamic)
-  for (index_t head = 0; head < d.NH; ++head) {
-    const HeadWeights<T> w(x, d, head);
-    std::vector<States<T>> states{load_state<T>(initial, l, head)};  // states[t] = state before step t
-    std::vector<Gates<T>> gates(d.T, Gates<T>(d.B, d.DH));
-    for (index_t t = 0; t < d.T; ++t) {
-      preactivations(x, l, w, states.back()[H], t, head, gates[t]);
-      states.push_back(states.back());
-      Cell::forward(gates[t], states[t], states.back(), o);
-    }
-
-    States<T> adj = load_state<T>(grad.dlast, l, head), dprev = adj;
-    Gates<T> dg(d.B, d.DH);
-    Mat<T> dR = Mat<T>::Zero(4 * d.DH, d.DH);
-    for (index_t t = d.T - 1; t >= 0; --t) {
-      for (index_t b = 0; b < d.B; ++b)
-        adj[H].row(b) += Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>(grad.dh.data() + l.dh(b, t, head), d.DH);
-      Cell::backward(gates[t], states[t], states[t + 1], adj, dprev, dg, o);
-      for (index_t k = 0; k < 4; ++k) {
-        for (index_t b = 0; b < d.B; ++b)
-          Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>(out.dWx.data() + l.wx(b, t, k, head), d.DH) = dg[k].row(b);
-        Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>(out.db.data() + (k * d.NH + head) * d.DH, d.DH) +=
-            dg[k].colwise().sum();
+  huge_pages(out.dWx.data(), out.dWx.size());
+#pragma omp parallel
+  {
+    std::optional<BackwardWorkspace<Cell, T>> ws;  // made by the threads that get a head
+#pragma omp for schedule(dynamic)
+    for (index_t head = 0; head < d.NH; ++head) {
+      if (!ws) ws.emplace(d);
+      const HeadWeights<T> w(x, l, head);
+      // Forward again, keeping g̃_t and state_t of every step.
+      load(initial, l, head, ws->state(0));
+      for (index_t t = 0; t < d.T; ++t) {
+        if (t + 1 < d.T) prefetch(l.gates(x.Wx.data(), t + 1, head), 4);
+        add_input<T>(x, l, w, t, head, ws->g(t));
+        add_recurrent<T>(w, ws->state(t), ws->g(t));
+        Cell::forward(ws->g(t).gates(), ws->state(t), ws->state(t + 1), ws->scratch, o);
       }
-      dR.noalias() += dg.all.matrix().transpose() * states[t][H].matrix();  // g̃ = h R^T: dR = dg^T h
-      dprev[H].matrix().noalias() = dg.all.matrix() * w.R;                   // dh_{t-1} = dg R
-      std::swap(adj, dprev);
+      // Backward in time: the cell, then the h part of the previous state's gradient through R.
+      Slices<T> dnext = ws->dstate(0), dprev = ws->dstate(1);
+      load(grad.dlast, l, head, dnext);
+      for (index_t t = d.T - 1; t >= 0; --t) {
+        if (t > 0) {
+          prefetch(l.sequence(grad.dh.data(), t - 1, head), 1);
+          prefetch(l.gates(out.dWx.data(), t - 1, head), 4);
+          prefetch(ws->g(t - 1).gates(), 4);
+          prefetch(Slices<const T>(ws->state(t - 1)), d.NS);
+        }
+        dnext[H] += l.sequence(grad.dh.data(), t, head)[0];
+        ws->g_step = ws->g(t).matrix();
+        const GateRows<T> g{ws->g_step.data(), d.B, d.DH}, dg = ws->g(t);
+        Cell::backward(g.gates(), ws->state(t), ws->state(t + 1), dnext, dprev, dg.gates(), ws->scratch, o);
+        dprev[H].matrix().noalias() = dg.matrix() * w.R;  // g̃ = h Rᵀ: dh = dg̃ R
+        copy<T>(dg.gates(), l.gates(out.dWx.data(), t, head), 4);
+        std::swap(dnext, dprev);
+      }
+      if (out.dinitial) copy<T>(dnext, l.state(out.dinitial->data(), head), d.NS);
+      // dR = Σ_t dg̃_tᵀ h_{t-1} and db = Σ_t dg̃_t, over all steps at once.
+      const MatMap<T> dG(ws->gates.data(), d.T * d.B, 4 * d.DH), H_prev(ws->history.data(), d.T * d.B, d.DH);
+      const Mat<T> dR = dG.transpose() * H_prev;
+      const Eigen::Matrix<T, 1, Eigen::Dynamic> db = Eigen::Matrix<T, 1, Eigen::Dynamic>::Ones(d.T * d.B) * dG;
+      for (index_t g = 0; g < 4; ++g) {
+        l.R(out.dR.data(), head)[g] = dR.middleRows(g * d.DH, d.DH).array();
+        l.b(out.db.data(), head)[g] = db.segment(g * d.DH, d.DH).array();
+      }
     }
-    for (index_t g = 0; g < 4; ++g)
-      Eigen::Map<Mat<T>>(out.dR.data() + (g * d.NH + head) * d.DH * d.DH, d.DH, d.DH) = dR.middleRows(g * d.DH, d.DH);
-    if (out.dinitial) store_state(adj, out.dinitial->data(), l, head);
   }
   return out;
 }
