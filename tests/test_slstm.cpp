@@ -117,6 +117,59 @@ TEST_CASE("the single step reproduces the sequence", "[slstm]") {
   }
 }
 
+TEST_CASE("the backward from the forward's saved states and gates equals the one that reruns the forward",
+          "[slstm]") {
+  for (const auto& o : variants) {
+    for (bool with_state : {false, true}) {
+      INFO(variant_name(o) << (with_state ? " +state" : ""));
+      const auto p = random_problem<double>({3, 25, 2, 7, with_state}, o, 41);
+      const auto out = forward(p.inputs(), p.initial_view(), o, /*keep_gates=*/true);
+      REQUIRE(out.gates.has_value());
+      // The kept pre-activations are g̃_t = Wx_t + b + R h_{t-1}: zero recurrent weights leave Wx + b.
+      auto no_R = p;
+      no_R.R.fill(0.0);
+      const auto plain = forward(no_R.inputs(), p.initial_view(), o, true);
+      const xt::xtensor<double, 5> Wx_plus_b = p.Wx + xt::view(p.b, xt::newaxis(), xt::newaxis());
+      CHECK(rel_l2(*plain.gates, Wx_plus_b) <= 1e-15);
+      CHECK(rel_l2(out.states, forward(p.inputs(), p.initial_view(), o).states) == 0.0);  // keeping changes nothing
+      const auto rerun = backward(p.inputs(), p.initial_view(), p.output_grad(), o);
+      const auto from_saved = backward(p.inputs(), p.initial_view(), p.output_grad(), o, Saved<double>::from(out));
+      CHECK(rel_l2(from_saved.dWx, rerun.dWx) <= 1e-14);
+      CHECK(rel_l2(from_saved.dR, rerun.dR) <= 1e-14);
+      CHECK(rel_l2(from_saved.db, rerun.db) <= 1e-14);
+      if (with_state) CHECK(rel_l2(*from_saved.dinitial, *rerun.dinitial) <= 1e-14);
+    }
+  }
+}
+
+TEST_CASE("forward and backward into the caller's arrays equal the ones that return fresh arrays", "[slstm]") {
+  for (const auto& o : variants) {
+    INFO(variant_name(o));
+    const auto p = random_problem<double>({2, 12, 3, 5, true}, o, 43);
+    const auto fresh = forward(p.inputs(), p.initial_view(), o, true);
+    // Arrays of the right shapes, full of NaN: every element must be overwritten.
+    auto out = fresh;
+    for (auto* a : {&out.states, &*out.gates}) a->fill(std::nan(""));
+    out.last.fill(std::nan(""));
+    forward(p.inputs(), p.initial_view(), o, {out.states, out.last, *out.gates});
+    CHECK(rel_l2(out.states, fresh.states) == 0.0);
+    CHECK(rel_l2(out.last, fresh.last) == 0.0);
+    CHECK(rel_l2(*out.gates, *fresh.gates) == 0.0);
+    const auto fresh_grad = backward(p.inputs(), p.initial_view(), p.output_grad(), o, Saved<double>::from(fresh));
+    auto grad = fresh_grad;
+    grad.dWx.fill(std::nan(""));
+    grad.dR.fill(std::nan(""));
+    grad.db.fill(std::nan(""));
+    grad.dinitial->fill(std::nan(""));
+    backward(p.inputs(), p.initial_view(), p.output_grad(), o, Saved<double>::from(fresh),
+             {grad.dWx, grad.dR, grad.db, *grad.dinitial});
+    CHECK(rel_l2(grad.dWx, fresh_grad.dWx) == 0.0);
+    CHECK(rel_l2(grad.dR, fresh_grad.dR) == 0.0);
+    CHECK(rel_l2(grad.db, fresh_grad.db) == 0.0);
+    CHECK(rel_l2(*grad.dinitial, *fresh_grad.dinitial) == 0.0);
+  }
+}
+
 TEST_CASE("bad sLSTM input gives a clear error naming the argument", "[slstm][errors]") {
   const Options o;
   const auto p = random_problem<double>({2, 5, 3, 4, true}, o, 1);
@@ -142,6 +195,22 @@ TEST_CASE("bad sLSTM input gives a clear error naming the argument", "[slstm][er
   g = p.output_grad();
   g.dlast = lstm_state;
   CHECK_THROWS_WITH(backward(x, p.initial_view(), g, o), Contains("dlast:"));
+  CHECK_THROWS_WITH(Saved<double>::from(forward(x, p.initial_view(), o)),
+                    Contains("saved: the forward output has no gates"));
+  auto out = forward(x, p.initial_view(), o, true);
+  const auto short_states = zeros<double>(Shape<5>{4, 2, 4, 3, 4});
+  CHECK_THROWS_WITH(backward(x, p.initial_view(), p.output_grad(), o, Saved<double>{short_states, *out.gates}),
+                    Contains("saved.states: expected shape (4, 2, 5, 3, 4), got (4, 2, 4, 3, 4)"));
+  CHECK_THROWS_WITH(backward(x, p.initial_view(), p.output_grad(), o, Saved<double>{out.states, Wx3}),
+                    Contains("saved.gates: expected shape (2, 5, 4, 3, 4)"));
+  auto short_out = zeros<double>(Shape<5>{4, 2, 4, 3, 4});
+  CHECK_THROWS_WITH(forward(x, p.initial_view(), o, {short_out, out.last, {}}), Contains("out.states: expected shape"));
+  auto grad = backward(x, p.initial_view(), p.output_grad(), o);
+  CHECK_THROWS_WITH(backward(x, p.initial_view(), p.output_grad(), o, std::nullopt, {grad.dWx, grad.dR, grad.db, {}}),
+                    Contains("out.dinitial: expected shape (4, 2, 3, 4)"));
+  CHECK_THROWS_WITH(backward(x, std::nullopt, p.output_grad(), o, std::nullopt,
+                             {grad.dWx, grad.dR, grad.db, *grad.dinitial}),
+                    Contains("out.dinitial: given without an initial state"));
   auto state = zeros<double>(Shape<4>{4, 2, 3, 4});
   const auto Wx_t = zeros<double>(Shape<4>{2, 3, 3, 4});
   CHECK_THROWS_WITH(step<double>(Wx_t, p.R, p.b, state, o), Contains("Wx_t: expected shape (B, 4, NH, DH)"));

@@ -22,6 +22,7 @@ from . import _core
 class Output(NamedTuple):
     states: np.ndarray  # (NS, B, T, NH, DH): the state after each step; states[0] is h
     last: np.ndarray  # (NS, B, NH, DH)
+    gates: Optional[np.ndarray] = None  # (B, T, 4, NH, DH): the pre-activations, with keep_gates=True
 
 
 class Grad(NamedTuple):
@@ -37,18 +38,26 @@ def num_states(cell: str = "slstm") -> int:
 
 
 def forward(Wx: np.ndarray, R: np.ndarray, b: np.ndarray, initial: Optional[np.ndarray] = None, *,
-            cell: str = "slstm", forget_gate: str = "sigmoid") -> Output:
-    """Every state after every step and the final state; ``initial`` None is the zero state."""
-    states, last = _core.slstm.forward(Wx, R, b, initial, cell=cell, forget_gate=forget_gate)
-    return Output(states, last)
+            cell: str = "slstm", forget_gate: str = "sigmoid", keep_gates: bool = False) -> Output:
+    """Every state after every step and the final state; ``initial`` None is the zero state.
+    ``keep_gates`` also returns the pre-activations, so that ``backward(..., saved=output)`` need not
+    run the forward again."""
+    return Output(*_core.slstm.forward(Wx, R, b, initial, cell=cell, forget_gate=forget_gate, keep_gates=keep_gates))
 
 
 def backward(Wx: np.ndarray, R: np.ndarray, b: np.ndarray, dh: np.ndarray, initial: Optional[np.ndarray] = None, *,
-             dlast: Optional[np.ndarray] = None, cell: str = "slstm", forget_gate: str = "sigmoid") -> Grad:
+             dlast: Optional[np.ndarray] = None, saved: Optional[Output] = None, cell: str = "slstm",
+             forget_gate: str = "sigmoid") -> Grad:
     """dWx, dR, db (and the initial state's gradient) from dh (B, T, NH, DH), the gradient of every
     h_t, and optionally dlast (NS, B, NH, DH), the final state's. Exact, the stabiliser included, so a
-    backward run in pieces can hand dinitial on as dlast."""
-    dWx, dR, db, dinitial = _core.slstm.backward(Wx, R, b, dh, initial, dlast, cell=cell, forget_gate=forget_gate)
+    backward run in pieces can hand dinitial on as dlast. ``saved``: the Output of
+    ``forward(..., keep_gates=True)`` on the same inputs, whose states and gates replace running the
+    forward again."""
+    if saved is not None and saved.gates is None:
+        raise ValueError("saved: the forward output has no gates: call forward with keep_gates=True")
+    saved_states, saved_gates = (None, None) if saved is None else (saved.states, saved.gates)
+    dWx, dR, db, dinitial = _core.slstm.backward(Wx, R, b, dh, initial, dlast, saved_states=saved_states,
+                                                 saved_gates=saved_gates, cell=cell, forget_gate=forget_gate)
     return Grad(dWx, dR, db, dinitial)
 
 

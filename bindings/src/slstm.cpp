@@ -14,7 +14,7 @@ slstm::Options options(const std::string& cell, const std::string& forget_gate) 
 }
 
 py::object forward(const py::array& Wx, const py::array& R, const py::array& b, const std::optional<py::array>& initial,
-                  const std::string& cell, const std::string& forget_gate) {
+                  const std::string& cell, const std::string& forget_gate, bool keep_gates) {
   return dispatch_float("Wx", Wx, [&]<class T>() {
     const slstm::Inputs<T> x{view<T, 5>("Wx", Wx), view<T, 4>("R", R), view<T, 3>("b", b)};
     const auto init = optional_view<T, 4>("initial", initial);
@@ -22,24 +22,31 @@ py::object forward(const py::array& Wx, const py::array& R, const py::array& b, 
     slstm::Output<T> out;
     {
       py::gil_scoped_release release;
-      out = slstm::forward(x, init, o);
+      out = slstm::forward(x, init, o, keep_gates);
     }
-    return py::make_tuple(to_numpy(std::move(out.states)), to_numpy(std::move(out.last)));
+    return py::make_tuple(to_numpy(std::move(out.states)), to_numpy(std::move(out.last)),
+                          to_numpy(std::move(out.gates)));
   });
 }
 
 py::object backward(const py::array& Wx, const py::array& R, const py::array& b, const py::array& dh,
                    const std::optional<py::array>& initial, const std::optional<py::array>& dlast,
+                   const std::optional<py::array>& saved_states, const std::optional<py::array>& saved_gates,
                    const std::string& cell, const std::string& forget_gate) {
   return dispatch_float("Wx", Wx, [&]<class T>() {
     const slstm::Inputs<T> x{view<T, 5>("Wx", Wx), view<T, 4>("R", R), view<T, 3>("b", b)};
     const auto init = optional_view<T, 4>("initial", initial);
     const slstm::OutputGrad<T> grad{view<T, 4>("dh", dh), optional_view<T, 4>("dlast", dlast)};
     const auto o = options(cell, forget_gate);
+    require(saved_states.has_value() == saved_gates.has_value(), saved_states ? "saved_gates" : "saved_states",
+            "is missing: the forward's states and gates go together (pass both or neither)");
+    std::optional<slstm::Saved<T>> saved;
+    if (saved_states)
+      saved = slstm::Saved<T>{view<T, 5>("saved_states", *saved_states), view<T, 5>("saved_gates", *saved_gates)};
     slstm::InputGrad<T> g;
     {
       py::gil_scoped_release release;
-      g = slstm::backward(x, init, grad, o);
+      g = slstm::backward(x, init, grad, o, saved);
     }
     return py::make_tuple(to_numpy(std::move(g.dWx)), to_numpy(std::move(g.dR)), to_numpy(std::move(g.db)),
                           to_numpy(std::move(g.dinitial)));
@@ -68,11 +75,13 @@ py::object step(const py::array& Wx_t, const py::array& R, const py::array& b, c
 
 void register_slstm(py::module_& parent) {
   auto m = parent.def_submodule("slstm", "The sLSTM and LSTM CPU reference (numpy, float32/float64).");
-  m.def("forward", &forward, "(states, last); see flashlstm.slstm.", py::arg("Wx"), py::arg("R"), py::arg("b"),
-        py::arg("initial") = py::none(), py::kw_only(), py::arg("cell") = "slstm", py::arg("forget_gate") = "sigmoid");
+  m.def("forward", &forward, "(states, last, gates or None); see flashlstm.slstm.", py::arg("Wx"), py::arg("R"),
+        py::arg("b"), py::arg("initial") = py::none(), py::kw_only(), py::arg("cell") = "slstm",
+        py::arg("forget_gate") = "sigmoid", py::arg("keep_gates") = false);
   m.def("backward", &backward, "(dWx, dR, db, dinitial or None); see flashlstm.slstm.", py::arg("Wx"), py::arg("R"),
         py::arg("b"), py::arg("dh"), py::arg("initial") = py::none(), py::arg("dlast") = py::none(), py::kw_only(),
-        py::arg("cell") = "slstm", py::arg("forget_gate") = "sigmoid");
+        py::arg("saved_states") = py::none(), py::arg("saved_gates") = py::none(), py::arg("cell") = "slstm",
+        py::arg("forget_gate") = "sigmoid");
   m.def("step", &step, "the state after one step; see flashlstm.slstm.", py::arg("Wx_t"), py::arg("R"), py::arg("b"),
         py::arg("state"), py::kw_only(), py::arg("cell") = "slstm", py::arg("forget_gate") = "sigmoid");
   m.def("num_states", [](const std::string& cell) { return slstm::num_states(options(cell, "sigmoid").cell); },

@@ -15,6 +15,7 @@
 
 #include <Eigen/Dense>
 
+#include <cmath>
 #include <type_traits>
 
 namespace flashlstm::slstm::detail {
@@ -52,17 +53,12 @@ Slices<T> contiguous(T* data, index_t rows, index_t cols) {
 enum StateIndex { H = 0, C = 1, N = 2, M = 3 };
 enum GateIndex { I = 0, F = 1, Z = 2, O = 3 };
 
-// sigmoid and logsigmoid return Eigen expressions, evaluated where they are assigned; their
-// operands are maps and Scratch arrays, which outlive the statement.
+// sigmoid returns an Eigen expression, evaluated where it is assigned; its operand is a map or a
+// Scratch array, which outlives the statement.
 template <class E>
 auto sigmoid(const Eigen::ArrayBase<E>& x) {
   using T = typename E::Scalar;
   return T(1) / (T(1) + (-x.derived()).exp());  // exp(-x) = inf gives 0, never NaN
-}
-template <class E>
-auto logsigmoid(const Eigen::ArrayBase<E>& x) {
-  using T = typename E::Scalar;
-  return x.derived().min(T(0)) - (-x.derived().abs()).exp().log1p();
 }
 
 // dst = f(src...) element by element, for the arithmetic with a case distinction. Eigen 3.4
@@ -95,11 +91,12 @@ struct SlstmCell {
 
   template <class T>
   struct Scratch {
-    Block<T> a, m, i_prime, f_prime, z, o;  // a = log f + m
-    Block<T> dc, dn, dfp_fp, dip_ip, dm;    // backward only
+    Block<T> a, m, e, i_prime, f_prime, z, o;  // a = log f + m; e the exponential i' and f' share
+    Block<T> exp_f, exp_o;                     // exp(-|f̃|) (sigmoid forget gate) and exp(-õ)
+    Block<T> dc, dn, dfp_fp, dip_ip, dm;       // backward only
     Scratch(index_t B, index_t DH)
-        : a(B, DH), m(B, DH), i_prime(B, DH), f_prime(B, DH), z(B, DH), o(B, DH), dc(B, DH), dn(B, DH),
-          dfp_fp(B, DH), dip_ip(B, DH), dm(B, DH) {}
+        : a(B, DH), m(B, DH), e(B, DH), i_prime(B, DH), f_prime(B, DH), z(B, DH), o(B, DH), exp_f(B, DH),
+          exp_o(B, DH), dc(B, DH), dn(B, DH), dfp_fp(B, DH), dip_ip(B, DH), dm(B, DH) {}
   };
 
   // m' = ĩ rather than a: where ĩ is the larger, and where n == 0 (nothing to forget).
@@ -108,19 +105,26 @@ struct SlstmCell {
     return n == T(0) || i > a;
   }
 
-  // The gate activations forward and backward share.
+  // The gate activations forward and backward share. The exponentials are most of the cell's
+  // time, so each is taken once: exp(-|f̃|) serves log f = logsigmoid(f̃) here and σ(-f̃) in the
+  // backward, exp(-õ) serves o = σ(õ) and σ(-õ), and as m' is ĩ or a, one of i' = exp(ĩ - m') and
+  // f' = exp(a - m') is exp(0) = 1 and one exponential gives the other.
   template <class T>
   static void activations(ConstSlices<T> g, ConstSlices<T> prev, Scratch<T>& s, const Options& o) {
     if (o.forget_gate == ForgetGate::sigmoid) {
-      s.a = logsigmoid(g[F]) + prev[M];
+      s.exp_f = (-g[F].abs()).exp();
+      s.a = g[F].min(T(0)) - s.exp_f.log1p() + prev[M];  // logsigmoid(f̃) + m
     } else {
       s.a = g[F] + prev[M];
     }
     elementwise(s.m, [](T n, T i, T a) { return takes_input(n, i, a) ? i : a; }, prev[N], g[I], s.a);
-    s.i_prime = (g[I] - s.m).exp();
-    s.f_prime = (s.a - s.m).exp();
+    elementwise(s.e, [](T n, T i, T a) { return takes_input(n, i, a) ? a - i : i - a; }, prev[N], g[I], s.a);
+    s.e = s.e.exp();
+    elementwise(s.i_prime, [](T n, T i, T a, T e) { return takes_input(n, i, a) ? T(1) : e; }, prev[N], g[I], s.a, s.e);
+    elementwise(s.f_prime, [](T n, T i, T a, T e) { return takes_input(n, i, a) ? e : T(1); }, prev[N], g[I], s.a, s.e);
     s.z = g[Z].tanh();
-    s.o = sigmoid(g[O]);
+    s.exp_o = (-g[O]).exp();
+    s.o = T(1) / (T(1) + s.exp_o);  // σ(õ)
   }
 
   template <class T>
@@ -143,7 +147,9 @@ struct SlstmCell {
     // h' = o c' / n'
     s.dc = dnext[C] + dnext[H] * s.o / next[N];
     s.dn = dnext[N] - dnext[H] * next[H] / next[N];
-    dg[O] = dnext[H] * next[C] / next[N] * s.o * sigmoid(-g[O]);
+    // σ(-õ) = exp(-õ) σ(õ), and 1 where exp(-õ) overflows (σ(õ) = 0 there)
+    elementwise(dg[O], [](T dh, T c, T n, T o, T eo) { return dh * c / n * o * (std::isinf(eo) ? T(1) : eo * o); },
+                dnext[H], next[C], next[N], s.o, s.exp_o);
     // c' = f' c + i' z, n' = f' n + i'
     elementwise(  // d f' times f'
         s.dfp_fp, [](T dc, T dn, T f, T c, T n) { return dc * scale_nonzero(f, c) + dn * scale_nonzero(f, n); },
@@ -160,8 +166,9 @@ struct SlstmCell {
     elementwise(
         dg[I], [](T n, T i, T a, T dip, T dm) { return dip + (takes_input(n, i, a) ? dm : T(0)); }, prev[N], g[I],
         s.a, s.dip_ip, s.dm);
-    if (o.forget_gate == ForgetGate::sigmoid) {
-      dg[F] = dprev[M] * sigmoid(-g[F]);
+    if (o.forget_gate == ForgetGate::sigmoid) {  // σ(-f̃) from exp(-|f̃|)
+      elementwise(dg[F], [](T da, T f, T ef) { return da * (f >= T(0) ? ef : T(1)) / (T(1) + ef); }, dprev[M], g[F],
+                  s.exp_f);
     } else {
       dg[F] = dprev[M];
     }

@@ -5,21 +5,25 @@
 // OpenMP runs over heads, each thread keeping its heads from the first step to the last.
 //
 // Forward: time outside, heads inside. The running state of each head lives in a small workspace
-// (contiguous, aligned); each new state is copied into the output.
+// (contiguous, aligned); each new state (and with keep_gates, each g̃_t) is copied into the output.
 //
-// Backward: heads outside, one head at a time per thread (its history is large). First the
-// forward again, keeping every pre-activation and state of the head (T · (4 + NS) · B · DH
-// numbers, in a workspace each thread allocates once per call). Then back in time, doing per step
-// only what is sequential: the cell's backward and dh_{t-1} = dg̃_t R. The parameter gradients are
-// sums over time and come after the loop, from dg̃_t of all steps (which replace g̃_t in the
-// workspace): dR = Σ_t dg̃_tᵀ h_{t-1} as one large GEMM, db = Σ_t dg̃_t.
+// Backward: heads outside, one head at a time per thread (its history is large), in a workspace of
+// T · (4 + NS) · B · DH numbers per thread. First the forward's pre-activations and states: the
+// forward run again, keeping them in the workspace, unless the caller hands over what the forward
+// kept (`Saved`), which is then copied into the workspace step by step. Then back in time, doing per
+// step only what is sequential: the cell's backward and dh_{t-1} = dg̃_t R (dg̃_t replaces g̃_t
+// in the workspace). The parameter gradients are sums over time: every kDRSteps steps one GEMM of
+// depth kDRSteps · B adds Σ dg̃_tᵀ h_{t-1} to dR, on rows still in the cache; db = Σ_t dg̃_t.
 //
-// Nothing is allocated inside the time loops. What remains besides the GEMMs is mostly memory
-// traffic; see "Memory" below.
+// Nothing is allocated inside the time loops. What remains besides the GEMMs is the cells'
+// exponentials and memory traffic; see "Memory" below.
 #include "reference/slstm/cells.hpp"
 
 #include "core/error.hpp"
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 #if __has_include(<sys/mman.h>)
 #include <sys/mman.h>
 #endif
@@ -92,11 +96,14 @@ struct Layout {
 
 // Memory. The tensors here are far larger than the cache (Wx and the states over time are
 // 200 MB each at the benchmark's shape), and the rows of one head at one step are scattered over
-// them, 256 bytes here and there. Three things keep that from dominating: huge pages for the large
-// buffers this file allocates (one TLB entry per 2 MB instead of per 4 kB, and far fewer page
-// faults when they are first written: on a VM, 4 kB faults on a fresh 200 MB output cost more than
-// all the GEMMs), prefetching the rows the thread works on next while it computes, and copies that
-// do not care about alignment.
+// them, 256 bytes here and there, and a multiple of 4 kB apart, so that in the caches they compete
+// for the same few sets. What keeps that from dominating: huge pages for the large buffers this
+// file allocates (one TLB entry per 2 MB instead of per 4 kB, and far fewer page faults when they
+// are first written: on a VM, 4 kB faults on a fresh 200 MB output cost more than all the GEMMs;
+// a caller that reuses its arrays avoids the faults altogether), prefetching the rows of Wx the
+// thread works on next while it computes, non-temporal stores for the outputs, reading the
+// forward's saved rows once into the contiguous workspace, and copies that do not care about
+// alignment.
 
 // Asks the kernel for huge pages (transparent huge pages in "madvise" mode, Linux) over the whole
 // 2 MB pages inside [data, data + n); a hint, without effect elsewhere. Call before first use.
@@ -110,14 +117,17 @@ void huge_pages(T* data, std::size_t n) {
 #endif
 }
 
-// Asks the cache for the rows of blocks 0 .. count-1 of `s` (for writing if T is not const).
+// Asks the cache for the rows of blocks 0 .. count-1 of `s` (for writing if T is not const), into
+// L2 rather than L1 (locality 2): fetched a whole head's step ahead, in L1 they would be evicted by
+// the GEMM's operands before use (measured: the input part of the forward took 50 % longer).
 template <class T>
 void prefetch(Slices<T> s, index_t count) {
   constexpr index_t line = 64 / sizeof(T);
-  constexpr int for_writing = std::is_const_v<T> ? 0 : 1;
+  constexpr int for_writing = std::is_const_v<T> ? 0 : 1, into_l2 = 2;
   for (index_t k = 0; k < count; ++k)
     for (index_t r = 0; r < s.rows; ++r)
-      for (index_t j = 0; j < s.cols; j += line) __builtin_prefetch(s[k].data() + r * s.row_stride + j, for_writing);
+      for (index_t j = 0; j < s.cols; j += line)
+        __builtin_prefetch(s[k].data() + r * s.row_stride + j, for_writing, into_l2);
 }
 
 // Row by row with memcpy: the tensors' rows need not be aligned, where Eigen would peel off
@@ -126,6 +136,39 @@ template <class T>
 void copy(Slices<const T> from, Slices<T> to, index_t count) {
   for (index_t k = 0; k < count; ++k)
     for (index_t r = 0; r < from.rows; ++r) std::copy_n(from[k].row(r).data(), from.cols, to[k].row(r).data());
+}
+
+// The same, for rows of the large outputs (the states over time, the kept gates, dWx), which are
+// not read again in this call: non-temporal stores where the platform has them (x86), which do not
+// read the lines into the cache first and do not evict the working set (the GEMM's operands). The
+// rows of one head lie megabytes apart at a multiple of 4 kB, so as ordinary stores they would also
+// evict one another. Ends with a store fence, so the rows are visible once the call returns.
+template <class T>
+void stream(Slices<const T> from, Slices<T> to, index_t count) {
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    constexpr index_t lanes = 16 / sizeof(T);
+    for (index_t k = 0; k < count; ++k) {
+      for (index_t r = 0; r < from.rows; ++r) {
+        const T* src = from[k].row(r).data();
+        T* dst = to[k].row(r).data();
+        index_t j = 0;
+        for (; j < from.cols && reinterpret_cast<std::uintptr_t>(dst + j) % 16 != 0; ++j) dst[j] = src[j];
+        for (; j + lanes <= from.cols; j += lanes) {
+          if constexpr (std::is_same_v<T, float>) {
+            _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+          } else {
+            _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
+          }
+        }
+        for (; j < from.cols; ++j) dst[j] = src[j];
+      }
+    }
+    _mm_sfence();
+    return;
+  }
+#endif
+  copy(from, to, count);
 }
 
 // `state` (the initial state or an upstream gradient) if given, else zeros.
@@ -178,11 +221,10 @@ void add_recurrent(const HeadWeights<T>& w, Slices<const T> prev, GateRows<T> g)
 }
 
 template <class Cell, class T>
-Output<T> run_forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o, const Dims& d) {
+void run_forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o, const OutputView<T>& out,
+                 const Dims& d) {
   const Layout l{d};
-  Output<T> out{uninitialized<T>(Shape<5>{d.NS, d.B, d.T, d.NH, d.DH}),
-                uninitialized<T>(Shape<4>{d.NS, d.B, d.NH, d.DH})};
-  huge_pages(out.states.data(), out.states.size());
+  const bool keep_gates = !out.gates.empty();
   std::vector<HeadWeights<T>> w;
   for (index_t head = 0; head < d.NH; ++head) w.emplace_back(x, l, head);
   // Per head, the state before and after the current step: (2, NS, B, DH), slot t % 2 before step t.
@@ -203,29 +245,28 @@ Output<T> run_forward(const Inputs<T>& x, const OptionalState<T>& initial, const
     for (index_t t = 0; t < d.T; ++t) {
 #pragma omp for schedule(static) nowait
       for (index_t head = 0; head < d.NH; ++head) {
-        if (head + 1 < d.NH) {  // the thread's next head, unless this is its last
-          prefetch(l.gates(x.Wx.data(), t, head + 1), 4);
-          prefetch(l.states(out.states.data(), t, head + 1), d.NS);
-        }
+        if (head + 1 < d.NH) prefetch(l.gates(x.Wx.data(), t, head + 1), 4);  // the thread's next head
         const Slices<T> prev = state(head, t % 2), next = state(head, (t + 1) % 2);
         add_input<T>(x, l, w[head], t, head, g);
         add_recurrent<T>(w[head], prev, g);
+        if (keep_gates) stream<T>(g.gates(), l.gates(out.gates.data(), t, head), 4);
         Cell::forward(g.gates(), prev, next, scratch, o);
-        copy<T>(next, l.states(out.states.data(), t, head), d.NS);
+        stream<T>(next, l.states(out.states.data(), t, head), d.NS);
       }
     }
 #pragma omp for schedule(static) nowait
     for (index_t head = 0; head < d.NH; ++head) copy<T>(state(head, d.T % 2), l.state(out.last.data(), head), d.NS);
   }
-  return out;
 }
+
+constexpr index_t kDRSteps = 16;  // the backward's steps per GEMM of dR
 
 template <class Cell, class T>
 struct BackwardWorkspace {
   Dims d;
   Block<T> gates;    // (T, B, 4·DH): g̃_t of every step, replaced by dg̃_t when the backward has passed t
   Block<T> history;  // (NS, T + 1, B, DH): the state before step t at t (so h_{t-1} for all t is contiguous)
-  Block<T> g_step;   // (B, 4·DH): g̃_t of the step the backward is at, moved out of the way of dg̃_t
+  Block<T> g_step;   // (B, 4·DH): g̃_t of the step the backward is at (moved out of the way of dg̃_t, or saved)
   Block<T> dstates;  // (2, NS, B, DH): the state gradient after and before the current step
   typename Cell::template Scratch<T> scratch;
 
@@ -240,13 +281,9 @@ struct BackwardWorkspace {
 };
 
 template <class Cell, class T>
-InputGrad<T> run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                          const Options& o, const Dims& d) {
+void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
+                  const OptionalSaved<T>& saved, const Options& o, const InputGradView<T>& out, const Dims& d) {
   const Layout l{d};
-  InputGrad<T> out{uninitialized<T>(Shape<5>{d.B, d.T, 4, d.NH, d.DH}), uninitialized<T>(Shape<4>{4, d.NH, d.DH, d.DH}),
-                   uninitialized<T>(Shape<3>{4, d.NH, d.DH}), std::nullopt};
-  if (initial) out.dinitial = uninitialized<T>(Shape<4>{d.NS, d.B, d.NH, d.DH});
-  huge_pages(out.dWx.data(), out.dWx.size());
 #pragma omp parallel
   {
     std::optional<BackwardWorkspace<Cell, T>> ws;  // made by the threads that get a head
@@ -254,44 +291,69 @@ InputGrad<T> run_backward(const Inputs<T>& x, const OptionalState<T>& initial, c
     for (index_t head = 0; head < d.NH; ++head) {
       if (!ws) ws.emplace(d);
       const HeadWeights<T> w(x, l, head);
-      // Forward again, keeping g̃_t and state_t of every step.
       load(initial, l, head, ws->state(0));
-      for (index_t t = 0; t < d.T; ++t) {
-        if (t + 1 < d.T) prefetch(l.gates(x.Wx.data(), t + 1, head), 4);
-        add_input<T>(x, l, w, t, head, ws->g(t));
-        add_recurrent<T>(w, ws->state(t), ws->g(t));
-        Cell::forward(ws->g(t).gates(), ws->state(t), ws->state(t + 1), ws->scratch, o);
+      if (!saved) {  // forward again, keeping g̃_t and state_t of every step
+        for (index_t t = 0; t < d.T; ++t) {
+          if (t + 1 < d.T) prefetch(l.gates(x.Wx.data(), t + 1, head), 4);
+          add_input<T>(x, l, w, t, head, ws->g(t));
+          add_recurrent<T>(w, ws->state(t), ws->g(t));
+          Cell::forward(ws->g(t).gates(), ws->state(t), ws->state(t + 1), ws->scratch, o);
+        }
       }
-      // Backward in time: the cell, then the h part of the previous state's gradient through R.
+      // Backward in time: the cell, then the h part of the previous state's gradient through R. The
+      // cell reads g̃_t and the states before and after step t in the workspace; with `saved` they
+      // are copied there from the forward's arrays first. Read where they are, the rows of one head
+      // (megabytes apart, at a multiple of 4 kB) evict one another from the caches: the cell took
+      // 2.5 times as long.
+      const auto saved_gates = [&](index_t t) { return l.gates(saved->gates.data(), t, head); };
+      const auto saved_state = [&](index_t t) { return l.states(saved->states.data(), t, head); };  // after step t
+      if (saved) copy<T>(saved_state(d.T - 1), ws->state(d.T), d.NS);
       Slices<T> dnext = ws->dstate(0), dprev = ws->dstate(1);
       load(grad.dlast, l, head, dnext);
+      Mat<T> dR = Mat<T>::Zero(4 * d.DH, d.DH);
+      Eigen::Matrix<T, 1, Eigen::Dynamic> db = Eigen::Matrix<T, 1, Eigen::Dynamic>::Zero(4 * d.DH);
       for (index_t t = d.T - 1; t >= 0; --t) {
         if (t > 0) {
           prefetch(l.sequence(grad.dh.data(), t - 1, head), 1);
-          prefetch(l.gates(out.dWx.data(), t - 1, head), 4);
-          prefetch(ws->g(t - 1).gates(), 4);
-          prefetch(Slices<const T>(ws->state(t - 1)), d.NS);
+          if (saved) prefetch(saved_gates(t - 1), 4);
+          if (saved && t > 1) prefetch(saved_state(t - 2), d.NS);
+        }
+        const GateRows<T> g{ws->g_step.data(), d.B, d.DH}, dg = ws->g(t);  // dg̃_t replaces g̃_t in the workspace
+        if (saved) {
+          copy<T>(saved_gates(t), g.gates(), 4);
+          if (t > 0) copy<T>(saved_state(t - 1), ws->state(t), d.NS);
+        } else {
+          ws->g_step = ws->g(t).matrix();
         }
         dnext[H] += l.sequence(grad.dh.data(), t, head)[0];
-        ws->g_step = ws->g(t).matrix();
-        const GateRows<T> g{ws->g_step.data(), d.B, d.DH}, dg = ws->g(t);
         Cell::backward(g.gates(), ws->state(t), ws->state(t + 1), dnext, dprev, dg.gates(), ws->scratch, o);
         dprev[H].matrix().noalias() = dg.matrix() * w.R;  // g̃ = h Rᵀ: dh = dg̃ R
-        copy<T>(dg.gates(), l.gates(out.dWx.data(), t, head), 4);
+        stream<T>(dg.gates(), l.gates(out.dWx.data(), t, head), 4);
         std::swap(dnext, dprev);
+        // dR = Σ_t dg̃_tᵀ h_{t-1} and db = Σ_t dg̃_t, kDRSteps steps at a time (one GEMM of depth
+        // kDRSteps · B, on rows still in the cache).
+        if (t % kDRSteps == 0) {
+          const index_t rows = std::min(kDRSteps, d.T - t) * d.B;
+          const MatMap<T> dG(ws->g(t).data, rows, 4 * d.DH), H_prev(ws->state(t)[H].data(), rows, d.DH);
+          dR.noalias() += dG.transpose() * H_prev;
+          db += dG.colwise().sum();
+        }
       }
-      if (out.dinitial) copy<T>(dnext, l.state(out.dinitial->data(), head), d.NS);
-      // dR = Σ_t dg̃_tᵀ h_{t-1} and db = Σ_t dg̃_t, over all steps at once.
-      const MatMap<T> dG(ws->gates.data(), d.T * d.B, 4 * d.DH), H_prev(ws->history.data(), d.T * d.B, d.DH);
-      const Mat<T> dR = dG.transpose() * H_prev;
-      const Eigen::Matrix<T, 1, Eigen::Dynamic> db = Eigen::Matrix<T, 1, Eigen::Dynamic>::Ones(d.T * d.B) * dG;
+      if (initial) copy<T>(dnext, l.state(out.dinitial.data(), head), d.NS);
       for (index_t g = 0; g < 4; ++g) {
         l.R(out.dR.data(), head)[g] = dR.middleRows(g * d.DH, d.DH).array();
         l.b(out.db.data(), head)[g] = db.segment(g * d.DH, d.DH).array();
       }
     }
   }
-  return out;
+}
+
+// Fresh outputs: uninitialised (every element is written), and huge pages for the large ones.
+template <class T, std::size_t N>
+xt::xtensor<T, N> output(const Shape<N>& shape) {
+  auto a = uninitialized<T>(shape);
+  huge_pages(a.data(), a.size());
+  return a;
 }
 
 }  // namespace
@@ -304,18 +366,63 @@ std::string variant_name(const Options& o) {
 }
 
 template <class T>
-Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o) {
+void forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o,
+             const std::type_identity_t<OutputView<T>>& out) {
   const Dims d = check_inputs(x, initial, o);
-  return o.cell == Cell::slstm ? run_forward<SlstmCell>(x, initial, o, d) : run_forward<LstmCell>(x, initial, o, d);
+  check_shape("out.states", out.states, {d.NS, d.B, d.T, d.NH, d.DH});
+  check_shape("out.last", out.last, {d.NS, d.B, d.NH, d.DH});
+  if (!out.gates.empty()) check_shape("out.gates", out.gates, x.Wx.shape());
+  if (o.cell == Cell::slstm) {
+    run_forward<SlstmCell>(x, initial, o, out, d);
+  } else {
+    run_forward<LstmCell>(x, initial, o, out, d);
+  }
 }
 
 template <class T>
-InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad, const Options& o) {
+Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o, bool keep_gates) {
+  const Dims d = check_inputs(x, initial, o);
+  Output<T> out{output<T>(Shape<5>{d.NS, d.B, d.T, d.NH, d.DH}), output<T>(Shape<4>{d.NS, d.B, d.NH, d.DH}),
+                std::nullopt};
+  if (keep_gates) out.gates = output<T>(x.Wx.shape());
+  forward(x, initial, o, {out.states, out.last, keep_gates ? View<T, 5>(*out.gates) : View<T, 5>()});
+  return out;
+}
+
+template <class T>
+void backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad, const Options& o,
+              const OptionalSaved<T>& saved, const std::type_identity_t<InputGradView<T>>& out) {
   const Dims d = check_inputs(x, initial, o);
   check_shape("dh", grad.dh, {d.B, d.T, d.NH, d.DH});
   if (grad.dlast) check_shape("dlast", *grad.dlast, {d.NS, d.B, d.NH, d.DH});
-  return o.cell == Cell::slstm ? run_backward<SlstmCell>(x, initial, grad, o, d)
-                               : run_backward<LstmCell>(x, initial, grad, o, d);
+  if (saved) {
+    check_shape("saved.states", saved->states, {d.NS, d.B, d.T, d.NH, d.DH});
+    check_shape("saved.gates", saved->gates, {d.B, d.T, 4, d.NH, d.DH});
+  }
+  check_shape("out.dWx", out.dWx, x.Wx.shape());
+  check_shape("out.dR", out.dR, x.R.shape());
+  check_shape("out.db", out.db, x.b.shape());
+  if (initial) {
+    check_shape("out.dinitial", out.dinitial, {d.NS, d.B, d.NH, d.DH});
+  } else {
+    require(out.dinitial.empty(), "out.dinitial", "given without an initial state");
+  }
+  if (o.cell == Cell::slstm) {
+    run_backward<SlstmCell>(x, initial, grad, saved, o, out, d);
+  } else {
+    run_backward<LstmCell>(x, initial, grad, saved, o, out, d);
+  }
+}
+
+template <class T>
+InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad, const Options& o,
+                      const OptionalSaved<T>& saved) {
+  const Dims d = check_inputs(x, initial, o);
+  InputGrad<T> out{output<T>(x.Wx.shape()), output<T>(x.R.shape()), output<T>(x.b.shape()), std::nullopt};
+  if (initial) out.dinitial = output<T>(Shape<4>{d.NS, d.B, d.NH, d.DH});
+  backward(x, initial, grad, o, saved,
+           {out.dWx, out.dR, out.db, out.dinitial ? View<T, 4>(*out.dinitial) : View<T, 4>()});
+  return out;
 }
 
 template <class T>
@@ -330,9 +437,13 @@ void step(ConstView<T, 4> Wx_t, ConstView<T, 4> R, ConstView<T, 3> b, xt::xtenso
 }
 
 #define FLASHLSTM_INSTANTIATE(T)                                                                          \
-  template Output<T> forward(const Inputs<T>&, const OptionalState<T>&, const Options&);                  \
+  template Output<T> forward(const Inputs<T>&, const OptionalState<T>&, const Options&, bool);            \
   template InputGrad<T> backward(const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&,        \
-                                 const Options&);                                                         \
+                                 const Options&, const OptionalSaved<T>&);                                \
+  template void forward(const Inputs<T>&, const OptionalState<T>&, const Options&,                        \
+                        const std::type_identity_t<OutputView<T>>&);                                     \
+  template void backward(const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&, const Options&, \
+                         const OptionalSaved<T>&, const std::type_identity_t<InputGradView<T>>&);        \
   template void step(ConstView<T, 4>, ConstView<T, 4>, ConstView<T, 3>, xt::xtensor<T, 4>&, const Options&);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)

@@ -42,8 +42,23 @@ using OptionalState = std::type_identity_t<std::optional<ConstView<T, 4>>>;  // 
 
 template <class T>
 struct Output {
-  xt::xtensor<T, 5> states;  // (NS, B, T, NH, DH): the state after each step; states[0] is h
-  xt::xtensor<T, 4> last;    // (NS, B, NH, DH)
+  xt::xtensor<T, 5> states;                // (NS, B, T, NH, DH): the state after each step; states[0] is h
+  xt::xtensor<T, 4> last;                  // (NS, B, NH, DH)
+  std::optional<xt::xtensor<T, 5>> gates;  // (B, T, 4, NH, DH): the pre-activations g̃_t, if keep_gates
+};
+
+// What a backward can take from its forward instead of running the forward again (as FlashRNN's
+// backward takes the states and gates its forward kept): every state and every pre-activation.
+template <class T>
+struct Saved {
+  ConstView<T, 5> states;  // (NS, B, T, NH, DH)
+  ConstView<T, 5> gates;   // (B, T, 4, NH, DH)
+
+  // From a forward called with keep_gates = true (throws Error otherwise).
+  static Saved from(const Output<T>& out) {
+    require(out.gates.has_value(), "saved", "the forward output has no gates: call forward with keep_gates = true");
+    return {out.states, *out.gates};
+  }
 };
 
 template <class T>
@@ -61,11 +76,46 @@ struct InputGrad {
 };
 
 template <class T>
-Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& options);
+using OptionalSaved = std::type_identity_t<std::optional<Saved<T>>>;
 
+// The caller's arrays for the results, in the shapes of Output and InputGrad: for a caller that
+// reuses them from one call to the next (a training loop), which spares the page faults of fresh
+// allocations (200 MB per tensor at FlashRNN's benchmark shape; on a VM they cost as much as the
+// recurrent GEMMs). An empty `gates` means not kept; `dinitial` is given exactly when an initial
+// state is.
+template <class T>
+struct OutputView {
+  View<T, 5> states;
+  View<T, 4> last;
+  View<T, 5> gates;
+};
+template <class T>
+struct InputGradView {
+  View<T, 5> dWx;
+  View<T, 4> dR;
+  View<T, 3> db;
+  View<T, 4> dinitial;
+};
+
+// keep_gates: also return the pre-activations, for a backward without recomputation (they are as
+// large as Wx).
+template <class T>
+Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& options,
+                  bool keep_gates = false);
+
+// Without `saved`, the backward runs the forward again (one more recurrent GEMM per step); with it,
+// it reads the forward's states and gates, which must come from the same inputs.
 template <class T>
 InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                      const Options& options);
+                      const Options& options, const OptionalSaved<T>& saved = std::nullopt);
+
+// The same two, writing into the caller's arrays.
+template <class T>
+void forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& options,
+             const std::type_identity_t<OutputView<T>>& out);
+template <class T>
+void backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad, const Options& options,
+              const OptionalSaved<T>& saved, const std::type_identity_t<InputGradView<T>>& out);
 
 // One step: Wx_t (B, 4, NH, DH); `state` (NS, B, NH, DH) is advanced in place.
 template <class T>

@@ -119,3 +119,20 @@ def test_errors_name_the_argument():
         slstm.backward(Wx, R, b, np.zeros((2, 9, 2, 4)))
     with pytest.raises(ValueError, match="Wx: expected a C-contiguous array"):
         slstm.forward(np.zeros((2, 18, 4, 2, 5))[:, ::2], R, b)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_backward_from_the_saved_forward_equals_the_rerun(options):
+    Wx, R, b, initial = problem(options["cell"], seed=5, with_state=True)
+    dh = rng(6).standard_normal((2, 9, 2, 5))
+    out = slstm.forward(Wx, R, b, initial, keep_gates=True, **options)
+    assert out.gates.shape == Wx.shape
+    assert slstm.forward(Wx, R, b, initial, **options).gates is None
+    rerun = slstm.backward(Wx, R, b, dh, initial, **options)
+    saved = slstm.backward(Wx, R, b, dh, initial, saved=out, **options)
+    for name in ("dWx", "dR", "db", "dinitial"):
+        assert rel(getattr(saved, name), getattr(rerun, name)) < 1e-13, name
+    with pytest.raises(ValueError, match="saved: the forward output has no gates"):
+        slstm.backward(Wx, R, b, dh, initial, saved=slstm.forward(Wx, R, b, initial, **options), **options)
+    with pytest.raises(ValueError, match=r"saved.gates: expected shape \(2, 9, 4, 2, 5\)"):
+        slstm.backward(Wx, R, b, dh, initial, saved=out._replace(gates=out.gates[:, :8].copy()), **options)
