@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the CPU benchmarks (Release, -march=native) and records them with the git revision
-# in bench/results/cpu-<name>.json. The sLSTM's outputs (the all-states tensor is 200 MB) go through
-# transparent huge pages (glibc.malloc.hugetlb=1), so that page faults do not dominate; the mLSTM's
-# many half-megabyte chunk states run faster with ordinary pages.
+# in bench/results/cpu-<name>.json. (The sLSTM asks for transparent huge pages for its large
+# buffers itself, with madvise.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
@@ -17,6 +16,6 @@ run() {  # name, then environment assignments
     --benchmark_out="bench/results/cpu-${name}.json" --benchmark_out_format=json
 }
 run mlstm
-run slstm GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+run slstm
 run plstm
 run arrow_pointing
