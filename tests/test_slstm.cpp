@@ -119,25 +119,28 @@ TEST_CASE("the single step reproduces the sequence", "[slstm]") {
 
 TEST_CASE("the backward from the forward's saved states and gates equals the one that reruns the forward",
           "[slstm]") {
-  for (const auto& o : variants) {
-    for (bool with_state : {false, true}) {
-      INFO(variant_name(o) << (with_state ? " +state" : ""));
-      const auto p = random_problem<double>({3, 25, 2, 7, with_state}, o, 41);
-      const auto out = forward(p.inputs(), p.initial_view(), o, /*keep_gates=*/true);
-      REQUIRE(out.gates.has_value());
-      // The kept pre-activations are g̃_t = Wx_t + b + R h_{t-1}: zero recurrent weights leave Wx + b.
-      auto no_R = p;
-      no_R.R.fill(0.0);
-      const auto plain = forward(no_R.inputs(), p.initial_view(), o, true);
-      const xt::xtensor<double, 5> Wx_plus_b = p.Wx + xt::view(p.b, xt::newaxis(), xt::newaxis());
-      CHECK(rel_l2(*plain.gates, Wx_plus_b) <= 1e-15);
-      CHECK(rel_l2(out.states, forward(p.inputs(), p.initial_view(), o).states) == 0.0);  // keeping changes nothing
-      const auto rerun = backward(p.inputs(), p.initial_view(), p.output_grad(), o);
-      const auto from_saved = backward(p.inputs(), p.initial_view(), p.output_grad(), o, Saved<double>::from(out));
-      CHECK(rel_l2(from_saved.dWx, rerun.dWx) <= 1e-14);
-      CHECK(rel_l2(from_saved.dR, rerun.dR) <= 1e-14);
-      CHECK(rel_l2(from_saved.db, rerun.db) <= 1e-14);
-      if (with_state) CHECK(rel_l2(*from_saved.dinitial, *rerun.dinitial) <= 1e-14);
+  // T around the backward's ring of 16 steps (saved mode): shorter, a multiple, and across.
+  for (const index_t T : {1, 16, 25, 33}) {
+    for (const auto& o : variants) {
+      for (bool with_state : {false, true}) {
+        INFO("T " << T << " " << variant_name(o) << (with_state ? " +state" : ""));
+        const auto p = random_problem<double>({3, T, 2, 7, with_state}, o, 41);
+        const auto out = forward(p.inputs(), p.initial_view(), o, /*keep_gates=*/true);
+        REQUIRE(out.gates.has_value());
+        // The kept pre-activations are g̃_t = Wx_t + b + R h_{t-1}: zero recurrent weights leave Wx + b.
+        auto no_R = p;
+        no_R.R.fill(0.0);
+        const auto plain = forward(no_R.inputs(), p.initial_view(), o, true);
+        const xt::xtensor<double, 5> Wx_plus_b = p.Wx + xt::view(p.b, xt::newaxis(), xt::newaxis());
+        CHECK(rel_l2(*plain.gates, Wx_plus_b) <= 1e-15);
+        CHECK(rel_l2(out.states, forward(p.inputs(), p.initial_view(), o).states) == 0.0);  // keeping changes nothing
+        const auto rerun = backward(p.inputs(), p.initial_view(), p.output_grad(), o);
+        const auto from_saved = backward(p.inputs(), p.initial_view(), p.output_grad(), o, Saved<double>::from(out));
+        CHECK(rel_l2(from_saved.dWx, rerun.dWx) <= 1e-14);
+        CHECK(rel_l2(from_saved.dR, rerun.dR) <= 1e-14);
+        CHECK(rel_l2(from_saved.db, rerun.db) <= 1e-14);
+        if (with_state) CHECK(rel_l2(*from_saved.dinitial, *rerun.dinitial) <= 1e-14);
+      }
     }
   }
 }

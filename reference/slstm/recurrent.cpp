@@ -8,9 +8,10 @@
 // (contiguous, aligned); each new state (and with keep_gates, each g̃_t) is copied into the output.
 //
 // Backward: heads outside, one head at a time per thread (its history is large), in a workspace of
-// T · (4 + NS) · B · DH numbers per thread. First the forward's pre-activations and states: the
-// forward run again, keeping them in the workspace, unless the caller hands over what the forward
-// kept (`Saved`), which is then copied into the workspace step by step. Then back in time, doing per
+// T · (4 + NS) · B · DH numbers per thread (or kDRSteps steps of it, see BackwardWorkspace). First
+// the forward's pre-activations and states: the forward run again, keeping them in the workspace,
+// unless the caller hands over what the forward kept (`Saved`), which is then copied into the
+// workspace step by step. Then back in time, doing per
 // step only what is sequential: the cell's backward and dh_{t-1} = dg̃_t R (dg̃_t replaces g̃_t
 // in the workspace). The parameter gradients are sums over time: every kDRSteps steps one GEMM of
 // depth kDRSteps · B adds Σ dg̃_tᵀ h_{t-1} to dR, on rows still in the cache; db = Σ_t dg̃_t.
@@ -261,22 +262,27 @@ void run_forward(const Inputs<T>& x, const OptionalState<T>& initial, const Opti
 
 constexpr index_t kDRSteps = 16;  // the backward's steps per GEMM of dR
 
+// Step t lives in slot t % slots: all T + 1 steps when the backward reruns the forward, a ring of
+// kDRSteps when the forward's results are saved (steps t0 .. t0 + kDRSteps - 1 of one dR GEMM,
+// t0 a multiple of kDRSteps, fill the slots in order; the slot of the step after them, which the
+// first of their cell backwards reads, is overwritten only by the last).
 template <class Cell, class T>
 struct BackwardWorkspace {
   Dims d;
-  Block<T> gates;    // (T, B, 4·DH): g̃_t of every step, replaced by dg̃_t when the backward has passed t
-  Block<T> history;  // (NS, T + 1, B, DH): the state before step t at t (so h_{t-1} for all t is contiguous)
+  index_t slots;
+  Block<T> gates;    // (slots, B, 4·DH): g̃_t, replaced by dg̃_t when the backward has passed t
+  Block<T> history;  // (NS, slots, B, DH): the state before step t (so h_{t-1} of consecutive t is contiguous)
   Block<T> g_step;   // (B, 4·DH): g̃_t of the step the backward is at (moved out of the way of dg̃_t, or saved)
   Block<T> dstates;  // (2, NS, B, DH): the state gradient after and before the current step
   typename Cell::template Scratch<T> scratch;
 
-  explicit BackwardWorkspace(const Dims& d_)
-      : d(d_), gates(d.T * d.B, 4 * d.DH), history(d.NS * (d.T + 1) * d.B, d.DH), g_step(d.B, 4 * d.DH),
-        dstates(2 * d.NS * d.B, d.DH), scratch(d.B, d.DH) {
+  BackwardWorkspace(const Dims& d_, bool saved)
+      : d(d_), slots(saved ? kDRSteps : d.T + 1), gates(slots * d.B, 4 * d.DH), history(d.NS * slots * d.B, d.DH),
+        g_step(d.B, 4 * d.DH), dstates(2 * d.NS * d.B, d.DH), scratch(d.B, d.DH) {
     for (Block<T>* a : {&gates, &history}) huge_pages(a->data(), a->size());
   }
-  GateRows<T> g(index_t t) { return {gates.data() + t * d.B * 4 * d.DH, d.B, d.DH}; }
-  Slices<T> state(index_t t) { return {history.data() + t * d.B * d.DH, (d.T + 1) * d.B * d.DH, d.DH, d.B, d.DH}; }
+  GateRows<T> g(index_t t) { return {gates.data() + t % slots * d.B * 4 * d.DH, d.B, d.DH}; }
+  Slices<T> state(index_t t) { return {history.data() + t % slots * d.B * d.DH, slots * d.B * d.DH, d.DH, d.B, d.DH}; }
   Slices<T> dstate(index_t slot) { return contiguous(dstates.data() + slot * d.NS * d.B * d.DH, d.B, d.DH); }
 };
 
@@ -289,7 +295,7 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
     std::optional<BackwardWorkspace<Cell, T>> ws;  // made by the threads that get a head
 #pragma omp for schedule(dynamic)
     for (index_t head = 0; head < d.NH; ++head) {
-      if (!ws) ws.emplace(d);
+      if (!ws) ws.emplace(d, saved.has_value());
       const HeadWeights<T> w(x, l, head);
       load(initial, l, head, ws->state(0));
       if (!saved) {  // forward again, keeping g̃_t and state_t of every step
@@ -321,7 +327,11 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
         const GateRows<T> g{ws->g_step.data(), d.B, d.DH}, dg = ws->g(t);  // dg̃_t replaces g̃_t in the workspace
         if (saved) {
           copy<T>(saved_gates(t), g.gates(), 4);
-          if (t > 0) copy<T>(saved_state(t - 1), ws->state(t), d.NS);
+          if (t > 0) {
+            copy<T>(saved_state(t - 1), ws->state(t), d.NS);
+          } else {
+            load(initial, l, head, ws->state(0));  // its slot has been reused since
+          }
         } else {
           ws->g_step = ws->g(t).matrix();
         }
