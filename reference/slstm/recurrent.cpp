@@ -11,10 +11,10 @@
 // T · (4 + NS) · B · DH numbers per thread (or kDRSteps steps of it, see BackwardWorkspace). First
 // the forward's pre-activations and states: the forward run again, keeping them in the workspace,
 // unless the caller hands over what the forward kept (`Saved`), which is then copied into the
-// workspace step by step. Then back in time, doing per
-// step only what is sequential: the cell's backward and dh_{t-1} = dg̃_t R (dg̃_t replaces g̃_t
-// in the workspace). The parameter gradients are sums over time: every kDRSteps steps one GEMM of
-// depth kDRSteps · B adds Σ dg̃_tᵀ h_{t-1} to dR, on rows still in the cache; db = Σ_t dg̃_t.
+// workspace step by step. Then back in time, doing per step only what is sequential: the cell's
+// backward and dh_{t-1} = dg̃_t R (dg̃_t replaces g̃_t in the workspace). The parameter gradients
+// are sums over time: every kDRSteps steps one GEMM of depth kDRSteps · B adds Σ dg̃_tᵀ h_{t-1} to
+// dR, on rows still in the cache; db = Σ_t dg̃_t.
 //
 // Nothing is allocated inside the time loops. What remains besides the GEMMs is the cells'
 // exponentials and memory traffic; see "Memory" below.
@@ -297,8 +297,8 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
     for (index_t head = 0; head < d.NH; ++head) {
       if (!ws) ws.emplace(d, saved.has_value());
       const HeadWeights<T> w(x, l, head);
-      load(initial, l, head, ws->state(0));
       if (!saved) {  // forward again, keeping g̃_t and state_t of every step
+        load(initial, l, head, ws->state(0));
         for (index_t t = 0; t < d.T; ++t) {
           if (t + 1 < d.T) prefetch(l.gates(x.Wx.data(), t + 1, head), 4);
           add_input<T>(x, l, w, t, head, ws->g(t));
@@ -330,7 +330,7 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
           if (t > 0) {
             copy<T>(saved_state(t - 1), ws->state(t), d.NS);
           } else {
-            load(initial, l, head, ws->state(0));  // its slot has been reused since
+            load(initial, l, head, ws->state(0));
           }
         } else {
           ws->g_step = ws->g(t).matrix();
