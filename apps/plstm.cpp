@@ -47,7 +47,7 @@ struct Args {
   std::string graph, format, order = "given", mode = "P", dtype = "float64";
   bool undirected = false;
   std::string root;
-  index_t heads = 1, dk = 16, dv = 16;
+  index_t heads = 1, dqk = 16, dv = 16;
   std::uint64_t seed = 0;
   CLI::Option* root_option = nullptr;
 };
@@ -103,8 +103,8 @@ template <class F>
 Problem<F> random_problem(const graph::Dag& dag, index_t arcs, const Args& a, bool p_mode) {
   Rng rng(a.seed);
   const index_t N = dag.num_nodes(), E = dag.num_edges(), H = a.heads;
-  Problem<F> p{rng.normal<F>(Shape<4>{1, H, N, a.dk}),
-               rng.normal<F>(Shape<4>{1, H, N, a.dk}),
+  Problem<F> p{rng.normal<F>(Shape<4>{1, H, N, a.dqk}),
+               rng.normal<F>(Shape<4>{1, H, N, a.dqk}),
                rng.normal<F>(Shape<4>{1, H, N, a.dv}),
                {}};
   const auto S = rng.normal<F>(Shape<3>{1, H, E}), T = rng.normal<F>(Shape<3>{1, H, arcs}),
@@ -167,7 +167,7 @@ int run_forms(const graph::Dag& dag, index_t arcs, const Args& a, bool p_mode) {
 
 void run(const Args& a) {
   require(a.heads >= 1, "heads", "expected >= 1, got {}", a.heads);
-  require(a.dk >= 1, "dk", "expected >= 1, got {}", a.dk);
+  require(a.dqk >= 1, "dqk", "expected >= 1, got {}", a.dqk);
   require(a.dv >= 1, "dv", "expected >= 1, got {}", a.dv);
   require(a.mode == "P" || a.mode == "D", "mode", "expected P or D, got '{}'", a.mode);
   require(a.dtype == "float32" || a.dtype == "float64", "dtype", "expected float32 or float64, got '{}'", a.dtype);
@@ -223,9 +223,9 @@ void run(const Args& a) {
                graph::multitree_arcs(lg).size(), arcs);
   }
   fmt::print(
-      "{:<9} 1 item x {} heads, DK {}, DV {}, {}, seed {}; {}-mode gates; q, k, v and gate "
+      "{:<9} 1 item x {} heads, DQK {}, DV {}, {}, seed {}; {}-mode gates; q, k, v and gate "
       "pre-activations ~ N(0, 1)\n",
-      "inputs", a.heads, a.dk, a.dv, a.dtype, a.seed, a.mode);
+      "inputs", a.heads, a.dqk, a.dv, a.dtype, a.seed, a.mode);
   fmt::print("{:<9} {} (OpenMP threads of the levels form)\n", "threads", threads());
 
   const int status =
@@ -249,7 +249,7 @@ void add_plstm_command(CLI::App& app) {
                                       "Start node of --order bfs: a node name from the file or a number (default 0)")
                           ->needs(undirected);
   cmd->add_option("--heads", args->heads, "Number of heads (default 1)");
-  cmd->add_option("--dk", args->dk, "Key/query dimension DK (default 16)");
+  cmd->add_option("--dqk", args->dqk, "Query/key dimension DQK (default 16)");
   cmd->add_option("--dv", args->dv, "Value dimension DV (default 16)");
   cmd->add_option("--mode", args->mode, "Gate parameterisation: P (directed propagation) or D (diffusive) (default P)");
   cmd->add_option("--dtype", args->dtype, "float32 or float64 (default float64)");

@@ -36,9 +36,9 @@ void run(benchmark::State& state, Form form, bool backward) {
   const Options o;
   for (auto _ : state) {
     if (backward) {
-      benchmark::DoNotOptimize(mlstm::backward(form, p.inputs(), p.initial_view(), p.output_grad(), o).dq.data());
+      benchmark::DoNotOptimize(mlstm::backward(p.inputs(), p.initial_view(), p.output_grad(), form, o).dq.data());
     } else {
-      benchmark::DoNotOptimize(forward(form, p.inputs(), p.initial_view(), o).h.data());
+      benchmark::DoNotOptimize(forward(p.inputs(), p.initial_view(), form, o).h.data());
     }
   }
   const double flops = flops_per_token(form.kind, S, backward) * S * NH;

@@ -1,10 +1,11 @@
-// Times the CUDA mLSTM kernels at issue 7's benchmark shape (bf16, 65,536 tokens, NH = 8, DQK = 256,
-// DV = 512) as DESIGN.md's performance protocol says: CUDA events around each call, the median of
-// >= 30 repetitions after warm-up, L2 flushed before each, random inputs. Prints ms, TFLOP/s, GB/s,
-// the ratio to the floor (max of FLOPs / 789 TFLOP/s and bytes / 3.0 TB/s) and to the peers'
-// numbers recorded on the same H100 (DESIGN.md), and writes the rows as JSON.
+// Times the CUDA mLSTM kernels at the benchmark shape (bf16, 65,536 tokens, NH = 8, DQK = 256,
+// DV = 512) by the GPU protocol of bench/README.md: CUDA events around each call, the median of
+// >= 30 repetitions after warm-up, L2 flushed before each, random inputs. Prints ms, TFLOP/s, GB/s
+// and the ratio to the floor (max of FLOPs / 789 TFLOP/s and bytes / 3.0 TB/s, the ceilings measured
+// on the H100), and writes the rows as JSON. With --peers (the JSON bench/peers_h100.py wrote in the
+// same session) each row also gets the fastest peer of the same variant and length, and the speedup.
 //
-// FLOPs counted (spec/mlstm.md): per token and head, the inter-chunk work 4·DQK·DV and the causal
+// FLOPs counted (docs/mlstm.md): per token and head, the inter-chunk work 4·DQK·DV and the causal
 // intra-chunk work L·(DQK + DV); forward + backward counts three forwards. Bytes: q, k, v, gates read
 // and h written once (+ dh read, dq, dk, dv, gate gradients written for the backward); the step:
 // the float32 state read and written once.
@@ -27,24 +28,10 @@
 namespace {
 
 using namespace flashlstm::cuda::mlstm;
+using flashlstm::cuda::check_cuda;
+using Buffer = flashlstm::cuda::DeviceBuffer;
 
 constexpr double kPeakFlops = 789e12, kPeakBytes = 3.0e12;
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(fmt::format("CUDA: {}: {}", what, cudaGetErrorString(e)));
-}
-
-struct Buffer {
-  void* ptr = nullptr;
-  explicit Buffer(std::size_t bytes) { check(cudaMalloc(&ptr, bytes), "cudaMalloc"); }
-  ~Buffer() { cudaFree(ptr); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  template <class T = void>
-  T* get() const {
-    return static_cast<T*>(ptr);
-  }
-};
 
 bool g_once = false;  // --once: one untimed run of each case
 
@@ -52,23 +39,23 @@ bool g_once = false;  // --once: one untimed run of each case
 double median_ms(const std::function<void()>& fn, cudaStream_t stream, int warmup, int reps) {
   if (g_once) {
     fn();
-    check(cudaStreamSynchronize(stream), "run");
+    check_cuda(cudaStreamSynchronize(stream), "run");
     return 0;
   }
   static Buffer flush(256u << 20);
   cudaEvent_t start, stop;
-  check(cudaEventCreate(&start), "event");
-  check(cudaEventCreate(&stop), "event");
+  check_cuda(cudaEventCreate(&start), "event");
+  check_cuda(cudaEventCreate(&stop), "event");
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> times;
   for (int i = 0; i < reps; ++i) {
-    check(cudaMemsetAsync(flush.get(), i & 0xff, 256u << 20, stream), "flush");
-    check(cudaEventRecord(start, stream), "record");
+    check_cuda(cudaMemsetAsync(flush.get(), i & 0xff, 256u << 20, stream), "flush");
+    check_cuda(cudaEventRecord(start, stream), "record");
     fn();
-    check(cudaEventRecord(stop, stream), "record");
-    check(cudaEventSynchronize(stop), "sync");
+    check_cuda(cudaEventRecord(stop, stream), "record");
+    check_cuda(cudaEventSynchronize(stop), "sync");
     float ms = 0;
-    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+    check_cuda(cudaEventElapsedTime(&ms, start, stop), "elapsed");
     times.push_back(ms);
   }
   cudaEventDestroy(start);
@@ -78,7 +65,8 @@ double median_ms(const std::function<void()>& fn, cudaStream_t stream, int warmu
 }
 
 struct Row {
-  std::string kernel;
+  std::string kernel, variant;  // variant: "sig-nonorm", "exp" (mlstm::variant_name)
+  bool backward = false;        // forward + backward
   std::int64_t S = 0, L = 0, B = 0;
   double ms = 0, flops = 0, bytes = 0;
   std::optional<double> peer_ms;
@@ -100,23 +88,35 @@ std::size_t pool_peak_and_reset() {
   cudaMemPool_t pool;
   int device = 0;
   cudaGetDevice(&device);
-  check(cudaDeviceGetDefaultMemPool(&pool, device), "pool");
+  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "pool");
   std::uint64_t peak = 0, zero = 0;
   cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &peak);
   cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReservedMemHigh, &zero);
   return peak;
 }
 
+// The fastest peer with a time for this row's variant, length and pass, from bench/peers_h100.py's JSON.
+void attach_peer(Row& row, const nlohmann::json& peers) {
+  for (const auto& p : peers.at("results")) {
+    const char* key = row.backward ? "fwbw_ms" : "fw_ms";
+    if (p.value("variant", "") != row.variant || p.at("S").get<std::int64_t>() != row.S || !p.contains(key)) continue;
+    const double ms = p.at(key).get<double>();
+    if (!row.peer_ms || ms < *row.peer_ms) row.peer_ms = ms, row.peer = p.at("peer").get<std::string>();
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"Time the CUDA mLSTM kernels"};
-  std::string json_path, revision = "unknown";
+  std::string json_path, peers_path, revision = "unknown";
   int reps = 30;
   bool once = false;
   std::vector<int> chunk_sizes{128, 256};
   std::vector<std::int64_t> lengths{8192, 32768};
   app.add_option("--json", json_path, "write the rows here");
+  app.add_option("--peers", peers_path, "the peers' times from bench/peers_h100.py in this session (JSON)")
+      ->check(CLI::ExistingFile);
   app.add_option("--revision", revision, "git revision recorded with the rows");
   app.add_option("--reps", reps, "timed repetitions (median reported)")->check(CLI::Range(30, 10000));
   app.add_option("--chunk-sizes", chunk_sizes, "chunk sizes L to time");
@@ -128,9 +128,9 @@ int main(int argc, char** argv) {
   try {
     constexpr std::int64_t kTokens = 65536, NH = 8, DQK = 256, DV = 512;
     cudaStream_t stream;
-    check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
     cudaDeviceProp prop{};
-    check(cudaGetDeviceProperties(&prop, 0), "properties");
+    check_cuda(cudaGetDeviceProperties(&prop, 0), "properties");
     const std::size_t e = 2;  // bf16
     const std::size_t qk_bytes = kTokens * NH * DQK * e, v_bytes = kTokens * NH * DV * e, g_bytes = kTokens * NH * e;
     Buffer q(qk_bytes), k(qk_bytes), v(v_bytes), ig(g_bytes), fg(g_bytes), h(v_bytes), dh(v_bytes);
@@ -151,36 +151,24 @@ int main(int argc, char** argv) {
       const double io_bw = io_fw + 2.0 * qk_bytes + 2.0 * v_bytes + 2.0 * g_bytes;
       for (int L : chunk_sizes) {
         const double fw_flops = static_cast<double>(kTokens) * NH * (4.0 * DQK * DV + L * (DQK + DV));
-        struct Variant {
-          const char* name;
-          Options o;
-          double fw_peer, fwbw_peer;
-          const char *fw_peer_name, *fwbw_peer_name;
-        };
-        const Variant variants[] = {
-            {"mLSTMsig (normalize off)", sig_nonorm, 2.54, 16.40, "FLA simple_gla 2.54 ms (TFLA Triton 4.31)",
-             "TFLA Triton"},
-            {"mLSTMexp", exp_gate, 6.88, 24.51, "limit-chunk Triton", "limit-chunk Triton"}};
-        for (const Variant& var : variants) {
+        for (const auto& [name, o] : {std::pair{"mLSTMsig (normalize off)", sig_nonorm}, std::pair{"mLSTMexp", exp_gate}}) {
           pool_peak_and_reset();
-          Row fw{fmt::format("{} fw", var.name), S, L, B};
-          fw.ms = median_ms([&] { forward_chunkwise(x, nullptr, h.get(), State{}, L, var.o, stream); }, stream, 3, reps);
+          Row fw{fmt::format("{} fw", name), flashlstm::mlstm::variant_name(o), false, S, L, B};
+          fw.ms = median_ms([&] { forward_chunkwise(x, nullptr, h.get(), State{}, L, o, stream); }, stream, 3, reps);
           fw.flops = fw_flops, fw.bytes = io_fw;
           fw.scratch_bytes = pool_peak_and_reset();
-          if (S == 8192) fw.peer_ms = var.fw_peer, fw.peer = var.fw_peer_name;
           rows.push_back(fw);
 
-          Row fwbw{fmt::format("{} fw+bw", var.name), S, L, B};
+          Row fwbw{fmt::format("{} fw+bw", name), flashlstm::mlstm::variant_name(o), true, S, L, B};
           const InputGrad grads{dq.get(), dk.get(), dv.get(), dig.get(), dfg.get(), State{}};
           fwbw.ms = median_ms(
               [&] {
-                forward_chunkwise(x, nullptr, h.get(), State{}, L, var.o, stream);
-                backward_chunkwise(x, nullptr, OutputGrad{dh.get()}, grads, L, var.o, stream);
+                forward_chunkwise(x, nullptr, h.get(), State{}, L, o, stream);
+                backward_chunkwise(x, nullptr, OutputGrad{dh.get()}, grads, L, o, stream);
               },
               stream, 2, reps);
           fwbw.flops = 3 * fw_flops, fwbw.bytes = io_bw;
           fwbw.scratch_bytes = pool_peak_and_reset();
-          if (S == 8192) fwbw.peer_ms = var.fwbw_peer, fwbw.peer = var.fwbw_peer_name;
           rows.push_back(fwbw);
         }
       }
@@ -189,12 +177,12 @@ int main(int argc, char** argv) {
       const std::int64_t B = 16;
       const std::size_t C_bytes = B * NH * DQK * DV * 4;
       Buffer C(C_bytes), n(B * NH * DQK * 4), m(B * NH * 4), hs(B * NH * DV * e);
-      check(cudaMemsetAsync(C.get(), 0, C_bytes, stream), "memset");
-      check(cudaMemsetAsync(n.get(), 0, B * NH * DQK * 4, stream), "memset");
-      check(cudaMemsetAsync(m.get(), 0, B * NH * 4, stream), "memset");
+      check_cuda(cudaMemsetAsync(C.get(), 0, C_bytes, stream), "memset");
+      check_cuda(cudaMemsetAsync(n.get(), 0, B * NH * DQK * 4, stream), "memset");
+      check_cuda(cudaMemsetAsync(m.get(), 0, B * NH * 4, stream), "memset");
       const Inputs x{q.get(), k.get(), v.get(), ig.get(), fg.get(), Dims{B, NH, 1, DQK, DV}, DType::bfloat16};
       for (const auto& [name, o] : {std::pair{"mLSTMexp step B=16", exp_gate}, std::pair{"mLSTMsig step B=16", sig_nonorm}}) {
-        Row r{name, 1, 0, B};
+        Row r{name, flashlstm::mlstm::variant_name(o), false, 1, 0, B};
         r.ms = median_ms([&] { step(x, State{C.get<float>(), n.get<float>(), m.get<float>()}, hs.get(), o, stream); },
                          stream, 5, std::max(reps, 100));
         r.flops = 4.0 * B * NH * DQK * DV;
@@ -203,6 +191,10 @@ int main(int argc, char** argv) {
       }
     }
 
+    if (!peers_path.empty()) {
+      const auto peers = nlohmann::json::parse(std::ifstream(peers_path));
+      for (Row& r : rows) attach_peer(r, peers);
+    }
     nlohmann::json out{{"revision", revision}, {"device", prop.name}, {"dtype", "bf16"}, {"tokens", kTokens},
                        {"NH", NH}, {"DQK", DQK}, {"DV", DV}, {"results", nlohmann::json::array()}};
     for (const Row& r : rows) out["results"].push_back(r.json());

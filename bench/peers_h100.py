@@ -1,16 +1,19 @@
-"""The peers' kernels at issue 7's benchmark shape, timed on the GPU machine in the same session as
-bench_mlstm_cuda (DESIGN.md's protocol: bf16, 65,536 tokens, NH = 8, DQK = 256, DV = 512; the
-median of triton.testing.do_bench, which flushes the L2 before each run).
+"""The peers' kernels at the benchmark shape, timed on the GPU machine in the same session as
+bench_mlstm_cuda (bench/README.md's protocol: bf16, 65,536 tokens, NH = 8, DQK = 256, DV = 512; the
+median of triton.testing.do_bench, which flushes the L2 before each run, over at least 30 runs).
 
 Peers: mlstm_kernels (TFLA mLSTMsig, TFLA mLSTMexp, limit-chunk mLSTMexp), flash-linear-attention
 (chunk_simple_gla) and torch SDPA (FlashAttention-2, 32 heads x 128). Their wheels travel with the
 run (tools/gpu_peers.sh); each peer runs in a process of its own (a compiler crash aborts the
-process), and one that does not import, compile or run is reported with its error.
+process), and one that does not import, compile or run is reported with its error. Each row names
+the mLSTM variant it competes with ("sig-nonorm", "exp"; "attention" for SDPA), which
+bench_mlstm_cuda --peers reads to put the fastest peer beside each of our rows.
 
     python3 bench/peers_h100.py --json out/peers.json
 """
 
 import argparse
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -23,7 +26,9 @@ TOKENS, NH, DQK, DV = 65536, 8, 256, 512
 
 
 def bench(fn):
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    # do_bench runs as many repetitions as fit in `rep` ms: give it room for at least 30.
+    estimate = triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=25, rep=max(200.0, 35 * estimate), return_mode="median")
 
 
 def mlstm_inputs(S, requires_grad):
@@ -38,11 +43,13 @@ def mlstm_inputs(S, requires_grad):
             normal(B, NH, S, mean=3.0))
 
 
-def fw_and_fwbw(run, make_inputs):
-    """Times run(*inputs) forward only, then forward + backward of <h, dh>."""
+def fw_and_fwbw(run, make_inputs, row):
+    """Times run(*inputs) forward only into row["fw_ms"], then forward + backward of <h, dh> into
+    row["fwbw_ms"]; a failure of either is recorded in row["error"] (the forward's time is kept when
+    only the backward fails)."""
     x = make_inputs(False)
     with torch.no_grad():
-        fw = bench(lambda: run(*x))
+        row["fw_ms"] = bench(lambda: run(*x))
     x = make_inputs(True)
     h = run(*x)
     dh = torch.randn_like(h)
@@ -52,47 +59,52 @@ def fw_and_fwbw(run, make_inputs):
             t.grad = None
         run(*x).backward(dh)
 
-    return fw, bench(fwbw)
+    row["fwbw_ms"] = bench(fwbw)
+
+
+def error_text(e):
+    return f"{type(e).__name__}: {str(e)[:200]}"
 
 
 def peers(S, only):
     rows = []
 
-    def add(name, thunk):
+    def add(name, variant, thunk):
         if name != only:
             return
+        row = {"peer": name, "variant": variant, "S": S}
         try:
-            fw, fwbw = thunk()
-            rows.append({"peer": name, "S": S, "fw_ms": fw, "fwbw_ms": fwbw})
+            thunk(row)
         except Exception as e:  # a peer that fails is reported, not fatal
-            rows.append({"peer": name, "S": S, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            row["error"] = error_text(e)
+        rows.append(row)
         torch.cuda.empty_cache()
 
-    def tfla_sig():
+    def tfla_sig(row):
         from mlstm_kernels.torch.chunkwise.triton_xl_chunk_siging import mlstm_siging_chunkwise__xl_chunk
-        return fw_and_fwbw(lambda q, k, v, i, f: mlstm_siging_chunkwise__xl_chunk(
-            q, k, v, i, f, normalize=False, chunk_size=128), lambda rg: mlstm_inputs(S, rg))
+        fw_and_fwbw(lambda q, k, v, i, f: mlstm_siging_chunkwise__xl_chunk(
+            q, k, v, i, f, normalize=False, chunk_size=128), lambda rg: mlstm_inputs(S, rg), row)
 
-    def tfla_exp():
+    def tfla_exp(row):
         from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
-        return fw_and_fwbw(lambda q, k, v, i, f: mlstm_chunkwise__xl_chunk(q, k, v, i, f, chunk_size=128),
-                           lambda rg: mlstm_inputs(S, rg))
+        fw_and_fwbw(lambda q, k, v, i, f: mlstm_chunkwise__xl_chunk(q, k, v, i, f, chunk_size=128),
+                    lambda rg: mlstm_inputs(S, rg), row)
 
-    def limit_chunk_exp():
+    def limit_chunk_exp(row):
         from mlstm_kernels.torch.chunkwise.triton_limit_chunk import mlstm_chunkwise__limit_chunk
-        return fw_and_fwbw(lambda q, k, v, i, f: mlstm_chunkwise__limit_chunk(
-            q, k, v, i, f, chunk_size=64, autocast_kernel_dtype=torch.bfloat16), lambda rg: mlstm_inputs(S, rg))
+        fw_and_fwbw(lambda q, k, v, i, f: mlstm_chunkwise__limit_chunk(
+            q, k, v, i, f, chunk_size=64, autocast_kernel_dtype=torch.bfloat16), lambda rg: mlstm_inputs(S, rg), row)
 
-    def fla_simple_gla():
+    def fla_simple_gla(row):
         from fla.ops.simple_gla import chunk_simple_gla
 
         def run(q, k, v, i, f):  # FLA's layout is (B, T, H, D); the forget gate in log space
             t = lambda x: x.transpose(1, 2)
             return chunk_simple_gla(t(q), t(k), t(v), g=F.logsigmoid(f.float()).transpose(1, 2),
                                     scale=DQK ** -0.5)[0]
-        return fw_and_fwbw(run, lambda rg: mlstm_inputs(S, rg))
+        fw_and_fwbw(run, lambda rg: mlstm_inputs(S, rg), row)
 
-    def sdpa_flash():
+    def sdpa_flash(row):
         B = TOKENS // S
 
         def make(rg):
@@ -102,16 +114,29 @@ def peers(S, only):
         def run(q, k, v):
             with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return fw_and_fwbw(run, make)
+        fw_and_fwbw(run, make, row)
 
-    for name, thunk in zip(PEERS, [tfla_sig, tfla_exp, limit_chunk_exp, fla_simple_gla, sdpa_flash]):
-        add(name, thunk)
+    for (name, variant), thunk in zip(PEERS, [tfla_sig, tfla_exp, limit_chunk_exp, fla_simple_gla, sdpa_flash]):
+        add(name, variant, thunk)
     return rows
 
 
-PEERS = ["mlstm_kernels TFLA mLSTMsig (normalize off, L=128)", "mlstm_kernels TFLA mLSTMexp (L=128)",
-         "mlstm_kernels limit-chunk mLSTMexp (L=64)", "flash-linear-attention chunk_simple_gla",
-         "torch SDPA flash, 32 x 128 heads, causal"]
+# (name, the mLSTM variant it competes with)
+PEERS = [("mlstm_kernels TFLA mLSTMsig (normalize off, L=128)", "sig-nonorm"),
+         ("mlstm_kernels TFLA mLSTMexp (L=128)", "exp"),
+         ("mlstm_kernels limit-chunk mLSTMexp (L=64)", "exp"),
+         ("flash-linear-attention chunk_simple_gla", "sig-nonorm"),
+         ("torch SDPA flash, 32 x 128 heads, causal", "attention")]
+
+
+def versions():
+    found = {}
+    for package in ("torch", "triton", "mlstm_kernels", "flash-linear-attention"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
 
 
 def main():
@@ -124,25 +149,23 @@ def main():
         print(json.dumps([r for S in args.lengths for r in peers(S, args.only)]))
         return
     rows = []
-    for name in PEERS:
+    for name, variant in PEERS:
         run = subprocess.run([sys.executable, __file__, "--only", name, "--lengths", *map(str, args.lengths)],
                              capture_output=True, text=True)
         try:
             rows += json.loads(run.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
             tail = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            rows += [{"peer": name, "S": S, "error": f"exit {run.returncode}: {tail[:200]}"} for S in args.lengths]
-    info = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "results": rows}
+            rows += [{"peer": name, "variant": variant, "S": S, "error": f"exit {run.returncode}: {tail[:200]}"}
+                     for S in args.lengths]
+    info = {"device": torch.cuda.get_device_name(), "versions": versions(), "results": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
     print(f"{'peer (bf16, 65,536 tokens)':<52} {'S':>6} {'fw ms':>8} {'fwbw ms':>8}")
     for r in rows:
-        if "error" in r:
-            print(f"{r['peer']:<52} {r['S']:>6}   {r['error'][:90]}")
-        else:
-            print(f"{r['peer']:<52} {r['S']:>6} {r['fw_ms']:>8.2f} {r['fwbw_ms']:>8.2f}")
+        times = "".join(f" {r[key]:>8.2f}" if key in r else f" {'-':>8}" for key in ("fw_ms", "fwbw_ms"))
+        print(f"{r['peer']:<52} {r['S']:>6}{times}   {r.get('error', '')[:90]}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 // CPU benchmarks of the pLSTM reference, float32, forward.
 //
-// (a) DAG forms, 1 item x 1 head, DK = DV = 16: recurrent (one thread walks the topological order)
+// (a) DAG forms, 1 item x 1 head, DQK = DV = 16: recurrent (one thread walks the topological order)
 //     against levels (OpenMP over the nodes of each level of the level schedule) on
 //       - a random DAG of 100,000 nodes where each node takes 2 distinct sources among the 1,000
 //         nodes before it: about 500 levels of about 200 nodes, many levels but wide ones;
@@ -8,7 +8,7 @@
 //     each also with its nodes renumbered level-major (graph::level_major), which is what the levels
 //     form needs to stream through memory. Reported: nodes/s, the level count, and the speedup over
 //     the recurrent form on the graph in its generated numbering (the row that runs first).
-// (b) 2-D forms on 32 x 32 and 64 x 64 grids, 128 images x 3 heads (B = 128, NH = 3), DK = DV = 64,
+// (b) 2-D forms on 32 x 32 and 64 x 64 grids, 128 images x 3 heads (B = 128, NH = 3), DQK = DV = 64,
 //     P-mode gates: recurrent, chunkwise with L = 4 and 8, and parallel (the N x N gating matrix per
 //     item, items spread over the OpenMP threads). Reported: time, images/s and peak memory.
 //

@@ -1,5 +1,5 @@
 // The mLSTM variant and readout options, shared by the CPU reference, the CUDA kernels and the
-// bindings so that every layer spells them the same way (spec/mlstm.md).
+// bindings so that every layer spells them the same way (docs/mlstm.md).
 #pragma once
 
 #include <string>

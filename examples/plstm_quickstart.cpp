@@ -11,12 +11,12 @@ int main() {
   using namespace flashlstm;
   // 0 -> 1 -> {2, 3} -> 4 -> 5. Edge i is the i-th pair; a cycle would throw flashlstm::Error.
   const graph::Dag dag(6, {{0, 1}, {1, 2}, {1, 3}, {2, 4}, {3, 4}, {4, 5}});
-  const index_t B = 1, NH = 2, DK = 8, DV = 8, N = dag.num_nodes(), E = dag.num_edges();
+  const index_t B = 1, NH = 2, DQK = 8, DV = 8, N = dag.num_nodes(), E = dag.num_edges();
   const auto A = static_cast<index_t>(graph::line_graph(dag).arcs.size());  // one transition per line-graph arc
 
   Rng rng(0);
-  const auto q = rng.normal<double>(Shape<4>{B, NH, N, DK});
-  const auto k = rng.normal<double>(Shape<4>{B, NH, N, DK});
+  const auto q = rng.normal<double>(Shape<4>{B, NH, N, DQK});
+  const auto k = rng.normal<double>(Shape<4>{B, NH, N, DQK});
   const auto v = rng.normal<double>(Shape<4>{B, NH, N, DV});
   // Raw pre-activations; P-mode turns them into gates with sum |T| <= 1 over each node's outgoing
   // edges, so states stay bounded however many paths the graph has.

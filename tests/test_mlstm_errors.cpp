@@ -19,22 +19,22 @@ TEST_CASE("bad input gives a clear error naming the argument", "[mlstm][errors]"
     for (const Form& form : {Form{Form::recurrent}, Form{Form::parallel}, Form{Form::chunkwise, 2}}) {
       auto bad = x;
       bad.k = wrong4;
-      CHECK_THROWS_WITH(forward(form, bad, p.initial_view(), o), "k: expected shape (2, 3, 5, 4), got (2, 3, 5, 7)");
+      CHECK_THROWS_WITH(forward(bad, p.initial_view(), form, o), "k: expected shape (2, 3, 5, 4), got (2, 3, 5, 7)");
       bad = x;
       bad.v = zeros<double>(Shape<4>{2, 3, 4, 6});
-      CHECK_THROWS_WITH(forward(form, bad, p.initial_view(), o), Contains("v: expected shape (2, 3, 5, 6)"));
+      CHECK_THROWS_WITH(forward(bad, p.initial_view(), form, o), Contains("v: expected shape (2, 3, 5, 6)"));
       bad = x;
       bad.igate = wrong3;
-      CHECK_THROWS_WITH(forward(form, bad, p.initial_view(), o), "igate: expected shape (2, 3, 5), got (2, 3, 9)");
+      CHECK_THROWS_WITH(forward(bad, p.initial_view(), form, o), "igate: expected shape (2, 3, 5), got (2, 3, 9)");
       bad = x;
       bad.fgate = wrong3;
-      CHECK_THROWS_WITH(backward(form, bad, p.initial_view(), p.output_grad(), o), Contains("fgate:"));
+      CHECK_THROWS_WITH(backward(bad, p.initial_view(), p.output_grad(), form, o), Contains("fgate:"));
       bad = x;
       bad.q = zeros<double>(Shape<4>{2, 3, 0, 4});
-      CHECK_THROWS_WITH(forward(form, bad, p.initial_view(), o), Contains("q: "));
+      CHECK_THROWS_WITH(forward(bad, p.initial_view(), form, o), Contains("q: "));
       bad = x;
       bad.q = ConstView<double, 4>();
-      CHECK_THROWS_WITH(forward(form, bad, p.initial_view(), o), "q: is null");
+      CHECK_THROWS_WITH(forward(bad, p.initial_view(), form, o), "q: is null");
     }
   }
   SECTION("initial state") {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (DESIGN.md: build here with tools/gpu_build.sh, carry gpu.tar.xz, run this):
+# Runs on the GPU machine (docs/development.md: build with tools/gpu_build.sh, carry gpu.tar.xz, run this):
 # the [cuda] tests with every error figure, the memory checker on the odd shapes, `flashlstm
 # validate` (with its [cuda] rows), the Python package's GPU paths (DLPack, torch custom ops) with
 # pytest, then the benchmark; logs and bench/results-style JSON go to $OUT, a short table is printed last.

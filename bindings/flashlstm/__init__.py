@@ -10,8 +10,11 @@
 - ``flashlstm.torch`` (import it explicitly; needs torch): the ops as torch custom ops with
   autograd, for torch.compile and gradcheck.
 
-numpy inputs are float32 or float64 (one dtype per call), C-contiguous; they are read in place and
-results are returned without copies. Bad input raises ValueError naming the argument.
+numpy inputs are float32 or float64 (one dtype per call, never cast). C-contiguous, aligned arrays
+are read in place; any other layout (a strided view such as ``q[..., ::2]`` or ``x[:, :, 0]``, a
+transposed or Fortran-ordered array, a broadcast) is copied to a C-contiguous array of the same
+dtype for the call, as numpy would. Results are returned without copies. Bad input (a wrong dtype,
+rank or shape) raises ValueError naming the argument. The guide: docs/python.md.
 """
 
 from . import _core

@@ -1,20 +1,22 @@
-"""The mLSTM (spec/mlstm.md): the CPU reference on numpy arrays, the CUDA kernels on GPU arrays.
+"""The mLSTM (docs/mlstm.md): the CPU reference on numpy arrays, the CUDA kernels on GPU arrays.
 
-Layout (row-major, C-contiguous): ``q, k`` (B, NH, S, DQK); ``v, h`` (B, NH, S, DV); gate
-pre-activations ``igate`` (ĩ), ``fgate`` (f̃) (B, NH, S); state ``C`` (B, NH, DQK, DV), ``n``
-(B, NH, DQK), ``m`` (B, NH). The scale DQK^-1/2 is applied to q.
+Layout (row-major): ``q, k`` (B, NH, S, DQK); ``v, h`` (B, NH, S, DV); gate pre-activations
+``igate`` (ĩ), ``fgate`` (f̃) (B, NH, S); state ``C`` (B, NH, DQK, DV), ``n`` (B, NH, DQK), ``m``
+(B, NH). The scale DQK^-1/2 is applied to q.
 
 Options: ``input_gate`` "exp" (log i = ĩ, stabilised by the running maximum m) or "sig"
 (log i = logsigmoid(ĩ), m stays 0); ``normalize`` (sig only: False gives h = Cᵀq̂); ``eps`` (added
 to the denominator).
 
-numpy arrays (float32 or float64, all of one dtype) run on the CPU reference, without copying the
-inputs or the outputs; any form: "recurrent" (the oracle), "parallel", "chunkwise" (any chunk_size
->= 1). GPU arrays (torch, CuPy, JAX: anything with ``__dlpack__`` on a CUDA device; float32 or
-bfloat16, states float32) run on the CUDA kernels on the caller's stream (``stream=``, else
-torch's/CuPy's current stream): the chunkwise form (chunk_size a multiple of 64 in [64, 1024]), its
-backward and the step. Outputs are arrays of the caller's framework. Bad input raises ValueError
-naming the argument.
+numpy arrays (float32 or float64, all of one dtype, never cast) run on the CPU reference: a
+C-contiguous input is read in place, any other layout (``q[..., ::2]``, ``x[:, :, t]``, a transpose)
+is copied to a C-contiguous array for the call; outputs are not copied. Any form: "recurrent" (the
+oracle), "parallel", "chunkwise" (any chunk_size >= 1). GPU arrays (torch, CuPy, JAX: anything with
+``__dlpack__`` on a CUDA device; float32 or bfloat16, states float32) run on the CUDA kernels on the
+caller's stream (``stream=``, else torch's/CuPy's current stream): the chunkwise form (chunk_size a
+multiple of 64 in [64, 1024]), its backward and the step; GPU arrays must be C-contiguous (they are
+not copied). Outputs are arrays of the caller's framework. Bad input raises ValueError naming the
+argument.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def backward(q: Array, k: Array, v: Array, igate: Array, fgate: Array, dh: Array
 
 def forward_recurrent(q: Array, k: Array, v: Array, igate: Array, fgate: Array, initial: Optional[State] = None, *,
                       input_gate: str = "exp", normalize: bool = True, eps: float = 1e-6) -> Output:
-    """Token by token, exactly the spec's recurrence: the oracle (CPU)."""
+    """Token by token, exactly the recurrence of docs/mlstm.md: the oracle (CPU)."""
     return forward(q, k, v, igate, fgate, initial, form="recurrent", input_gate=input_gate, normalize=normalize,
                    eps=eps)
 

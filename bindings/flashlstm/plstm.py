@@ -1,16 +1,17 @@
-"""pLSTM (spec/plstm.md): the CPU reference on DAGs, 1-D sequences and 2-D grids, forward and exact
+"""pLSTM (docs/plstm.md): the CPU reference on DAGs, 1-D sequences and 2-D grids, forward and exact
 backward, and the P-mode / D-mode gate parameterisations, on numpy arrays (float32 or float64, all
-of one dtype; no copies).
+of one dtype, never cast; C-contiguous inputs are read in place, other layouts copied to
+C-contiguous ones for the call; results are not copied).
 
 States live on edges; Source, Transition, Mark and Direct gates (scalars) decide what enters,
 passes and is read::
 
     C^e = Σ_{e' in E_in(n)} T^n_{e'e} C^{e'} + S^n_e k^n (v^n)^T        for e in E_out(n)
-    h^n = s Σ_{e in E_in(n)} M^n_e (C^e)^T q^n + s D^n (q^n·k^n) v^n      (s = qk_scale, 0: DK^-1/2)
+    h^n = s Σ_{e in E_in(n)} M^n_e (C^e)^T q^n + s D^n (q^n·k^n) v^n      (s = qk_scale, 0: DQK^-1/2)
 
-Layouts: DAG q, k (B, NH, N, DK), v, h (B, NH, N, DV), S, M (B, NH, E) per edge, T (B, NH, A) per
+Layouts: DAG q, k (B, NH, N, DQK), v, h (B, NH, N, DV), S, M (B, NH, E) per edge, T (B, NH, A) per
 line-graph arc (flashlstm.graph numbering), D (B, NH, N). 1-D: gates (B, NH, S). 2-D: q, k
-(B, NH, X, Y, DK), nine gates (GridGates: Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D) each (B, NH, X, Y),
+(B, NH, X, Y, DQK), nine gates (GridGates: Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D) each (B, NH, X, Y),
 with a leading axis of 4 for the four orientations.
 
 P-mode (directed propagation: the transitions leaving an incoming edge have L1 norm <= 1) and

@@ -1,5 +1,6 @@
-"""The sLSTM (spec/slstm.md) and the classic LSTM cell: CPU reference, forward and exact backward
-through time, on numpy arrays (float32 or float64, all of one dtype; no copies).
+"""The sLSTM (docs/slstm.md) and the classic LSTM cell: CPU reference, forward and exact backward
+through time, on numpy arrays (float32 or float64, all of one dtype, never cast; C-contiguous inputs
+are read in place, other layouts copied to C-contiguous ones for the call; results are not copied).
 
 Layouts are FlashRNN's: ``Wx`` (B, T, 4, NH, DH) the input projection W x_t, gates in the order
 (i, f, z, o); ``R`` (4, NH, DH, DH) with R[g, head, out, in]; ``b`` (4, NH, DH); states

@@ -1,8 +1,11 @@
 // The numpy side of the bindings: the one place that turns Python arrays into the library's
-// ConstViews (checking dtype, rank, alignment and C-contiguity, and naming the argument when one is
-// wrong) and xtensor results into numpy arrays. Both directions are zero-copy: a view points into
-// the numpy buffer, and a result array owns the moved xtensor through a capsule. Option strings
-// ("exp", "recurrent", ...) are parsed here too, with the same kind of error.
+// ConstViews (checking dtype, rank and alignment, and naming the argument when one is wrong) and
+// xtensor results into numpy arrays. Inputs follow numpy's semantics: every numpy argument the C++
+// only reads is declared as InputArray, whose argument loader passes a C-contiguous, aligned array on
+// as it is and copies any other (a strided view, a transposed or Fortran-ordered array, a broadcast)
+// into a C-contiguous array of the same dtype, kept alive for the duration of the call. dtypes are
+// never converted. Results are zero-copy: a result array owns the moved xtensor through a capsule.
+// Option strings ("exp", "recurrent", ...) are parsed here too, with the same kind of error.
 #pragma once
 
 #include "core/error.hpp"
@@ -34,8 +37,20 @@ constexpr std::string_view dtype_name() {
 
 inline std::string dtype_of(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
 
+// A numpy array argument that the C++ reads only: any numpy.ndarray, C-contiguous and aligned for
+// the call (the type_caster below copies it when it is not). An argument that the C++ writes into
+// must not be declared InputArray (the writes would go to the copy): it stays a py::array, and
+// `view` refuses it unless it is C-contiguous. Objects that are not numpy arrays (lists, tensors)
+// are refused as by py::array.
+class InputArray : public py::array {
+ public:
+  using py::array::array;
+  InputArray() : py::array(py::handle(), stolen_t{}) {}  // null until loaded: no placeholder array
+};
+
 // A read-only view of `a` as T with N dimensions, or an Error naming `name`. No copy: the view
-// points into the array's buffer (the caller keeps the array alive while the view is used).
+// points into the array's buffer (the caller keeps the array alive while the view is used). An
+// InputArray is C-contiguous and aligned by then; a py::array that is not is refused here.
 template <class T, std::size_t N>
 ConstView<T, N> view(std::string_view name, const py::array& a) {
   require(a.dtype().is(py::dtype::of<T>()), name, "expected dtype {}, got {}", dtype_name<T>(), dtype_of(a));
@@ -53,7 +68,7 @@ ConstView<T, N> view(std::string_view name, const py::array& a) {
 }
 
 template <class T, std::size_t N>
-std::optional<ConstView<T, N>> optional_view(std::string_view name, const std::optional<py::array>& a) {
+std::optional<ConstView<T, N>> optional_view(std::string_view name, const std::optional<InputArray>& a) {
   if (!a) return std::nullopt;
   return view<T, N>(name, *a);
 }
@@ -115,3 +130,36 @@ E parse_choice(std::string_view name, std::string_view value, std::initializer_l
 }
 
 }  // namespace flashlstm::bindings
+
+namespace pybind11::detail {
+
+// Loads an InputArray: a numpy array that is C-contiguous and aligned is taken as it is (no copy);
+// any other numpy array is copied into one (PyArray_FromAny with C_CONTIGUOUS | ALIGNED and no
+// dtype: the dtype, byte order included, and the shape are kept; unlike numpy.ascontiguousarray,
+// a 0-d array stays 0-d and an unaligned one is copied too). The copy is owned by the argument
+// loader, so it lives until the bound function returns. Anything but a numpy array is not loaded
+// (pybind11's TypeError). dtype and rank are checked afterwards by `view`, shapes by the library,
+// each error naming the argument.
+template <>
+struct type_caster<flashlstm::bindings::InputArray> {
+  PYBIND11_TYPE_CASTER(flashlstm::bindings::InputArray, const_name("numpy.ndarray"));
+
+  bool load(handle src, bool convert) {
+    if (!isinstance<array>(src)) return false;
+    constexpr int wanted = npy_api::NPY_ARRAY_C_CONTIGUOUS_ | npy_api::NPY_ARRAY_ALIGNED_;
+    if (check_flags(src.ptr(), wanted)) {
+      value = reinterpret_borrow<flashlstm::bindings::InputArray>(src);
+      return true;
+    }
+    if (!convert) return false;  // a copy is a conversion (py::arg(...).noconvert() refuses it)
+    PyObject* copy =
+        npy_api::get().PyArray_FromAny_(src.ptr(), nullptr, 0, 0, npy_api::NPY_ARRAY_ENSUREARRAY_ | wanted, nullptr);
+    if (copy == nullptr) throw error_already_set();
+    value = reinterpret_steal<flashlstm::bindings::InputArray>(copy);
+    return true;
+  }
+
+  static handle cast(const handle& src, return_value_policy, handle) { return src.inc_ref(); }
+};
+
+}  // namespace pybind11::detail

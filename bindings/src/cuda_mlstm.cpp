@@ -125,8 +125,7 @@ TokenInputs token_inputs(Call& c, const py::object& k, const py::object& igate, 
 namespace kernels = flashlstm::cuda::mlstm;
 
 kernels::Inputs kernel_inputs(const Call& c, const TokenInputs& x) {
-  return {x.q, x.k, x.v, x.igate, x.fgate, {c.B, c.NH, c.S, c.DQK, c.DV},
-          c.dtype == DType::float32 ? kernels::DType::float32 : kernels::DType::bfloat16};
+  return {x.q, x.k, x.v, x.igate, x.fgate, {c.B, c.NH, c.S, c.DQK, c.DV}, c.dtype};
 }
 kernels::State kernel_state(const std::optional<Pointers>& p) {
   if (!p) return {};
@@ -137,7 +136,7 @@ cudaStream_t kernel_stream(const Call& c) { return reinterpret_cast<cudaStream_t
 // Runs `launch` on the inputs' device without the GIL.
 template <class Launch>
 void run(const Call& c, Launch&& launch) {
-  dlpack::DeviceGuard guard(c.device);
+  flashlstm::cuda::DeviceGuard guard(c.device);
   py::gil_scoped_release release;
   launch();
 }

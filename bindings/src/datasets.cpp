@@ -64,7 +64,7 @@ void register_arrows(py::module_& parent) {
   m.def("sample_geometry", &arrows::sample_geometry, py::arg("params"), py::arg("index"));
   m.def(
       "write_png",
-      [](const std::string& path, const py::array& image) {
+      [](const std::string& path, const InputArray& image) {
         const auto img = view<std::uint8_t, 3>("image", image);
         require(img.shape(0) == img.shape(1), "image", "expected a square image (size, size, channels), got {}",
                 shape_string(img.shape()));

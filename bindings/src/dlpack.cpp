@@ -8,7 +8,7 @@
 #include <utility>
 
 #ifdef FLASHLSTM_HAVE_CUDA
-#include <cuda_runtime_api.h>
+#include "cuda/common.hpp"
 #endif
 
 namespace flashlstm::bindings::dlpack {
@@ -135,25 +135,12 @@ void no_cuda() {
 
 namespace {
 
-void check_cuda(cudaError_t e, std::string_view what) {
-  if (e != cudaSuccess) throw std::runtime_error(fmt::format("flashlstm: {}: {}", what, cudaGetErrorString(e)));
-}
+using flashlstm::cuda::check_cuda;
+using flashlstm::cuda::DeviceGuard;
+// Device memory owned by the DeviceArrays and DLPack exports that share it.
+using Buffer = flashlstm::cuda::DeviceBuffer;
 
 cudaStream_t to_stream(std::int64_t s) { return reinterpret_cast<cudaStream_t>(static_cast<std::intptr_t>(s)); }
-
-// Device memory owned by the DeviceArrays and DLPack exports that share it.
-struct Buffer {
-  void* ptr = nullptr;
-  int device = 0;
-  Buffer(std::size_t bytes, int device_) : device(device_) {
-    DeviceGuard guard(device);
-    check_cuda(cudaMalloc(&ptr, bytes == 0 ? 1 : bytes), "cudaMalloc");
-  }
-  ~Buffer() {
-    DeviceGuard guard(device);
-    cudaFree(ptr);
-  }
-};
 
 // Memory allocated here (cudaMalloc), handed to any framework through __dlpack__. `stream` is the stream
 // of the last work that writes it; an export to another stream waits for that work with an event.
@@ -174,7 +161,7 @@ struct DeviceArray {
   Managed* export_tensor() const {
     auto* e = new Export<Managed>{{}, buffer, shape};
     Tensor& t = e->managed.dl_tensor;
-    t = Tensor{buffer->ptr, {kDLCUDA, buffer->device}, static_cast<std::int32_t>(shape.size()), dtype, e->shape.data(),
+    t = Tensor{buffer->get(), {kDLCUDA, buffer->device()}, static_cast<std::int32_t>(shape.size()), dtype, e->shape.data(),
                nullptr, 0};
     e->managed.manager_ctx = e;
     e->managed.deleter = [](Managed* self) { delete static_cast<Export<Managed>*>(self->manager_ctx); };
@@ -185,7 +172,7 @@ struct DeviceArray {
     if (consumer && *consumer != -1) {
       const std::int64_t target = protocol_stream(consumer);
       if (target != stream) {
-        DeviceGuard guard(buffer->device);
+        DeviceGuard guard(buffer->device());
         cudaEvent_t event;
         check_cuda(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
         check_cuda(cudaEventRecord(event, to_stream(stream)), "cudaEventRecord");
@@ -222,16 +209,6 @@ std::size_t element_bytes(DataType t) { return t.bits / 8 * t.lanes; }
 
 }  // namespace
 
-DeviceGuard::DeviceGuard(int device) {
-  check_cuda(cudaGetDevice(&previous_), "cudaGetDevice");
-  if (previous_ == device) previous_ = -1;
-  else check_cuda(cudaSetDevice(device), "cudaSetDevice");
-}
-
-DeviceGuard::~DeviceGuard() {
-  if (previous_ >= 0) cudaSetDevice(previous_);
-}
-
 void register_device_array(py::module_& m) {
   py::class_<DeviceArray>(m, "DeviceArray",
                           "CUDA memory allocated by flashlstm; any framework takes it without a copy through "
@@ -240,14 +217,14 @@ void register_device_array(py::module_& m) {
            [](const DeviceArray& a, std::optional<std::int64_t> stream, std::optional<std::pair<int, int>> max_version,
               const py::kwargs&) { return a.dlpack(stream, max_version); },
            py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none())
-      .def("__dlpack_device__", [](const DeviceArray& a) { return py::make_tuple(int(kDLCUDA), a.buffer->device); })
+      .def("__dlpack_device__", [](const DeviceArray& a) { return py::make_tuple(int(kDLCUDA), a.buffer->device()); })
       .def_property_readonly("shape", [](const DeviceArray& a) { return py::tuple(py::cast(a.shape)); })
       .def_property_readonly("dtype", [](const DeviceArray& a) { return dtype_name(a.dtype); })
-      .def_property_readonly("device", [](const DeviceArray& a) { return a.buffer->device; })
+      .def_property_readonly("device", [](const DeviceArray& a) { return a.buffer->device(); })
       .def("__repr__", [](const DeviceArray& a) {
         return fmt::format("flashlstm.DeviceArray(shape={}, dtype={}, device=cuda:{})",
                            shape_text(a.shape.data(), static_cast<std::int32_t>(a.shape.size())), dtype_name(a.dtype),
-                           a.buffer->device);
+                           a.buffer->device());
       });
 
   m.def(
@@ -281,9 +258,6 @@ void register_device_array(py::module_& m) {
 }
 
 #else
-
-DeviceGuard::DeviceGuard(int) { no_cuda(); }
-DeviceGuard::~DeviceGuard() = default;
 
 void register_device_array(py::module_& m) {
   m.def("empty", [](const py::args&, const py::kwargs&) { no_cuda(); });

@@ -10,6 +10,7 @@
 // cudaStream_t; 0 (what torch and CuPy report for the default stream) is taken as 1.
 #pragma once
 
+#include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/view.hpp"
 
@@ -65,7 +66,7 @@ struct ManagedTensorVersioned {
 constexpr std::uint64_t kFlagReadOnly = 1;
 
 // The two element types the CUDA kernels take.
-enum class DType { float32, bfloat16 };
+using flashlstm::DType;
 std::string dtype_name(DataType t);
 DataType to_dl(DType t);
 
@@ -99,18 +100,6 @@ class Array {
   const Tensor* tensor_ = nullptr;
   void* managed_ = nullptr;  // ManagedTensor* or ManagedTensorVersioned*
   bool versioned_ = false;
-};
-
-// Makes `device` the current CUDA device for its lifetime (a no-op for the current one).
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device);
-  ~DeviceGuard();
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = -1;
 };
 
 // Thrown by everything that needs the CUDA runtime in a build without it (RuntimeError in Python).

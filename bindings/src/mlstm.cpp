@@ -7,7 +7,7 @@
 namespace flashlstm::bindings {
 namespace {
 
-using StateArrays = std::tuple<py::array, py::array, py::array>;  // (C, n, m)
+using StateArrays = std::tuple<InputArray, InputArray, InputArray>;  // (C, n, m)
 
 mlstm::Form form(const std::string& name, index_t chunk_size) {
   return {parse_choice<mlstm::Form::Kind>("form", name,
@@ -18,8 +18,8 @@ mlstm::Form form(const std::string& name, index_t chunk_size) {
 }
 
 template <class T>
-mlstm::Inputs<T> inputs(const py::array& q, const py::array& k, const py::array& v, const py::array& igate,
-                        const py::array& fgate) {
+mlstm::Inputs<T> inputs(const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& igate,
+                        const InputArray& fgate) {
   return {view<T, 4>("q", q), view<T, 4>("k", k), view<T, 4>("v", v), view<T, 3>("igate", igate),
           view<T, 3>("fgate", fgate)};
 }
@@ -37,8 +37,8 @@ py::tuple state_arrays(mlstm::State<T>&& s) {
   return py::make_tuple(to_numpy(std::move(s.C)), to_numpy(std::move(s.n)), to_numpy(std::move(s.m)));
 }
 
-py::object forward(const py::array& q, const py::array& k, const py::array& v, const py::array& igate,
-                  const py::array& fgate, const std::optional<StateArrays>& initial, const std::string& form_name,
+py::object forward(const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& igate,
+                  const InputArray& fgate, const std::optional<StateArrays>& initial, const std::string& form_name,
                   index_t chunk_size, const std::string& input_gate, bool normalize, double eps) {
   return dispatch_float("q", q, [&]<class T>() {
     const auto x = inputs<T>(q, k, v, igate, fgate);
@@ -48,16 +48,16 @@ py::object forward(const py::array& q, const py::array& k, const py::array& v, c
     mlstm::Output<T> out;
     {
       py::gil_scoped_release release;
-      out = mlstm::forward(f, x, init, o);
+      out = mlstm::forward(x, init, f, o);
     }
     return py::make_tuple(to_numpy(std::move(out.h)), state_arrays(std::move(out.last)));
   });
 }
 
-py::object backward(const py::array& q, const py::array& k, const py::array& v, const py::array& igate,
-                   const py::array& fgate, const py::array& dh, const std::optional<StateArrays>& initial,
-                   const std::optional<py::array>& dC_last, const std::optional<py::array>& dn_last,
-                   const std::optional<py::array>& dm_last, const std::string& form_name, index_t chunk_size,
+py::object backward(const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& igate,
+                   const InputArray& fgate, const InputArray& dh, const std::optional<StateArrays>& initial,
+                   const std::optional<InputArray>& dC_last, const std::optional<InputArray>& dn_last,
+                   const std::optional<InputArray>& dm_last, const std::string& form_name, index_t chunk_size,
                    const std::string& input_gate, bool normalize, double eps) {
   return dispatch_float("q", q, [&]<class T>() {
     const auto x = inputs<T>(q, k, v, igate, fgate);
@@ -69,7 +69,7 @@ py::object backward(const py::array& q, const py::array& k, const py::array& v, 
     mlstm::InputGrad<T> g;
     {
       py::gil_scoped_release release;
-      g = mlstm::backward(f, x, init, grad, o);
+      g = mlstm::backward(x, init, grad, f, o);
     }
     py::object dinitial = py::none();
     if (g.dinitial) dinitial = state_arrays(std::move(*g.dinitial));
@@ -80,8 +80,8 @@ py::object backward(const py::array& q, const py::array& k, const py::array& v, 
 
 // The reference's step updates an owning state in place; here the state arrays are copied into one
 // and the new state is returned, so the caller's arrays are left as they were.
-py::object step(const py::array& q, const py::array& k, const py::array& v, const py::array& igate,
-               const py::array& fgate, const StateArrays& state, const std::string& input_gate, bool normalize,
+py::object step(const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& igate,
+               const InputArray& fgate, const StateArrays& state, const std::string& input_gate, bool normalize,
                double eps) {
   return dispatch_float("q", q, [&]<class T>() {
     const auto s = *state_view<T>("state", state);

@@ -12,7 +12,7 @@
 namespace flashlstm::bindings {
 namespace {
 
-using GateArrays = std::array<py::array, 9>;
+using GateArrays = std::array<InputArray, 9>;
 constexpr std::array<std::string_view, 9> kGridGateNames = {"Sr", "Sd", "Trl", "Tru", "Tdu", "Tdl", "Ml", "Mu", "D"};
 
 plstm::Options options(double qk_scale) { return {.qk_scale = qk_scale}; }
@@ -31,8 +31,8 @@ Form sequence_form(const std::string& name, index_t chunk_size) {
 }
 
 template <class F, class Inputs>
-Inputs flat_inputs(const py::array& q, const py::array& k, const py::array& v, const py::array& S, const py::array& T,
-                   const py::array& M, const py::array& D) {
+Inputs flat_inputs(const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& S,
+                   const InputArray& T, const InputArray& M, const InputArray& D) {
   return {view<F, 4>("q", q), view<F, 4>("k", k), view<F, 4>("v", v), view<F, 3>("S", S),
           view<F, 3>("T", T), view<F, 3>("M", M), view<F, 3>("D", D)};
 }
@@ -45,7 +45,8 @@ std::array<ConstView<F, N>, 9> gate_views(const GateArrays& g) {
 }
 
 template <class F>
-plstm::GridInputs<F> grid_inputs(const py::array& q, const py::array& k, const py::array& v, const GateArrays& gates) {
+plstm::GridInputs<F> grid_inputs(const InputArray& q, const InputArray& k, const InputArray& v,
+                                 const GateArrays& gates) {
   const auto g = gate_views<F, 4>(gates);
   return {view<F, 5>("q", q), view<F, 5>("k", k), view<F, 5>("v", v),
           {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]}};
@@ -75,8 +76,8 @@ auto nogil(Compute&& compute) {
 void register_dag(py::module_& m) {
   m.def(
       "dag_forward",
-      [](const graph::Dag& dag, const py::array& q, const py::array& k, const py::array& v, const py::array& S,
-         const py::array& T, const py::array& M, const py::array& D, const std::string& form, double qk_scale) {
+      [](const graph::Dag& dag, const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& S,
+         const InputArray& T, const InputArray& M, const InputArray& D, const std::string& form, double qk_scale) {
         return dispatch_float("q", q, [&]<class F>() -> py::object {
           const auto x = flat_inputs<F, plstm::DagInputs<F>>(q, k, v, S, T, M, D);
           const auto f = dag_form(form);
@@ -87,8 +88,8 @@ void register_dag(py::module_& m) {
       py::kw_only(), py::arg("form") = "recurrent", py::arg("qk_scale") = 0.0);
   m.def(
       "dag_backward",
-      [](const graph::Dag& dag, const py::array& q, const py::array& k, const py::array& v, const py::array& S,
-         const py::array& T, const py::array& M, const py::array& D, const py::array& dh, double qk_scale) {
+      [](const graph::Dag& dag, const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& S,
+         const InputArray& T, const InputArray& M, const InputArray& D, const InputArray& dh, double qk_scale) {
         return dispatch_float("q", q, [&]<class F>() {
           const auto x = flat_inputs<F, plstm::DagInputs<F>>(q, k, v, S, T, M, D);
           const auto dhv = view<F, 4>("dh", dh);
@@ -99,8 +100,8 @@ void register_dag(py::module_& m) {
       py::arg("dh"), py::kw_only(), py::arg("qk_scale") = 0.0);
   m.def(
       "dag_gating",
-      [](const graph::Dag& dag, const py::array& q, const py::array& k, const py::array& v, const py::array& S,
-         const py::array& T, const py::array& M, const py::array& D) {
+      [](const graph::Dag& dag, const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& S,
+         const InputArray& T, const InputArray& M, const InputArray& D) {
         return dispatch_float("q", q, [&]<class F>() -> py::object {
           const auto x = flat_inputs<F, plstm::DagInputs<F>>(q, k, v, S, T, M, D);
           return to_numpy(nogil([&] { return plstm::dag_gating(dag, x); }));
@@ -109,8 +110,8 @@ void register_dag(py::module_& m) {
       py::arg("dag"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"), py::arg("T"), py::arg("M"), py::arg("D"));
   m.def(
       "dag_gates_p_mode",
-      [](const graph::Dag& dag, const py::array& S, const py::array& T, const py::array& gamma, const py::array& M,
-         const py::array& D) {
+      [](const graph::Dag& dag, const InputArray& S, const InputArray& T, const InputArray& gamma, const InputArray& M,
+         const InputArray& D) {
         return dispatch_float("S", S, [&]<class F>() {
           auto g = plstm::dag_gates_p_mode<F>(dag, view<F, 3>("S", S), view<F, 3>("T", T), view<F, 3>("gamma", gamma),
                                               view<F, 3>("M", M), view<F, 3>("D", D));
@@ -121,7 +122,7 @@ void register_dag(py::module_& m) {
       py::arg("dag"), py::arg("S"), py::arg("T"), py::arg("gamma"), py::arg("M"), py::arg("D"));
   m.def(
       "dag_gates_d_mode",
-      [](const graph::Dag& dag, const py::array& S, const py::array& T, const py::array& M, const py::array& D) {
+      [](const graph::Dag& dag, const InputArray& S, const InputArray& T, const InputArray& M, const InputArray& D) {
         return dispatch_float("S", S, [&]<class F>() {
           auto g = plstm::dag_gates_d_mode<F>(dag, view<F, 3>("S", S), view<F, 3>("T", T), view<F, 3>("M", M),
                                               view<F, 3>("D", D));
@@ -132,7 +133,7 @@ void register_dag(py::module_& m) {
       py::arg("dag"), py::arg("S"), py::arg("T"), py::arg("M"), py::arg("D"));
   m.def(
       "max_transition_column_norm",
-      [](const graph::Dag& dag, const py::array& T) {
+      [](const graph::Dag& dag, const InputArray& T) {
         return dispatch_float("T", T, [&]<class F>() { return plstm::max_transition_column_norm<F>(dag, view<F, 3>("T", T)); });
       },
       py::arg("dag"), py::arg("T"));
@@ -141,8 +142,8 @@ void register_dag(py::module_& m) {
 void register_sequence(py::module_& m) {
   m.def(
       "sequence_forward",
-      [](const py::array& q, const py::array& k, const py::array& v, const py::array& S, const py::array& T,
-         const py::array& M, const py::array& D, const std::string& form, index_t chunk_size, double qk_scale) {
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& S, const InputArray& T,
+         const InputArray& M, const InputArray& D, const std::string& form, index_t chunk_size, double qk_scale) {
         return dispatch_float("q", q, [&]<class F>() -> py::object {
           const auto x = flat_inputs<F, plstm::SequenceInputs<F>>(q, k, v, S, T, M, D);
           const auto f = sequence_form<plstm::SequenceForm>(form, chunk_size);
@@ -153,8 +154,8 @@ void register_sequence(py::module_& m) {
       py::arg("form") = "recurrent", py::arg("chunk_size") = 0, py::arg("qk_scale") = 0.0);
   m.def(
       "sequence_backward",
-      [](const py::array& q, const py::array& k, const py::array& v, const py::array& S, const py::array& T,
-         const py::array& M, const py::array& D, const py::array& dh, index_t chunk_size, double qk_scale) {
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& S, const InputArray& T,
+         const InputArray& M, const InputArray& D, const InputArray& dh, index_t chunk_size, double qk_scale) {
         return dispatch_float("q", q, [&]<class F>() {
           const auto x = flat_inputs<F, plstm::SequenceInputs<F>>(q, k, v, S, T, M, D);
           const auto dhv = view<F, 4>("dh", dh);
@@ -166,8 +167,8 @@ void register_sequence(py::module_& m) {
   m.def("chain", &plstm::chain, py::arg("S"), "The chain 0 -> 1 -> ... -> S-1 as a Dag (edge t: t -> t+1).");
   m.def(
       "chain_gates",
-      [](const py::array& q, const py::array& k, const py::array& v, const py::array& S, const py::array& T,
-         const py::array& M, const py::array& D) {
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& S, const InputArray& T,
+         const InputArray& M, const InputArray& D) {
         return dispatch_float("q", q, [&]<class F>() {
           auto g = plstm::chain_gates(flat_inputs<F, plstm::SequenceInputs<F>>(q, k, v, S, T, M, D));
           return py::make_tuple(to_numpy(std::move(g.S)), to_numpy(std::move(g.T)), to_numpy(std::move(g.M)));
@@ -179,8 +180,8 @@ void register_sequence(py::module_& m) {
 void register_grid(py::module_& m) {
   m.def(
       "grid_forward",
-      [](const py::array& q, const py::array& k, const py::array& v, const GateArrays& gates, const std::string& form,
-         index_t chunk_size, double qk_scale) {
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const GateArrays& gates,
+         const std::string& form, index_t chunk_size, double qk_scale) {
         return dispatch_float("q", q, [&]<class F>() -> py::object {
           const auto x = grid_inputs<F>(q, k, v, gates);
           const auto f = sequence_form<plstm::GridForm>(form, chunk_size);
@@ -191,7 +192,7 @@ void register_grid(py::module_& m) {
       py::arg("chunk_size") = 0, py::arg("qk_scale") = 0.0);
   m.def(
       "grid_backward",
-      [](const py::array& q, const py::array& k, const py::array& v, const GateArrays& gates, const py::array& dh,
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const GateArrays& gates, const InputArray& dh,
          index_t chunk_size, double qk_scale) {
         return dispatch_float("q", q, [&]<class F>() {
           const auto x = grid_inputs<F>(q, k, v, gates);
@@ -209,8 +210,8 @@ void register_grid(py::module_& m) {
       py::arg("qk_scale") = 0.0);
   m.def(
       "grid_forward_oriented",
-      [](const py::array& q, const py::array& k, const py::array& v, const GateArrays& gates, const std::string& form,
-         index_t chunk_size, double qk_scale) {
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const GateArrays& gates,
+         const std::string& form, index_t chunk_size, double qk_scale) {
         return dispatch_float("q", q, [&]<class F>() -> py::object {
           const auto g = gate_views<F, 5>(gates);
           const plstm::OrientedGates<F> og{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
@@ -223,8 +224,8 @@ void register_grid(py::module_& m) {
       py::arg("chunk_size") = 0, py::arg("qk_scale") = 0.0);
   m.def(
       "grid_gates_p_mode",
-      [](const py::array& Sr, const py::array& Sd, const py::array& alpha, const py::array& gamma, const py::array& Ml,
-         const py::array& Mu, const py::array& D) {
+      [](const InputArray& Sr, const InputArray& Sd, const InputArray& alpha, const InputArray& gamma,
+         const InputArray& Ml, const InputArray& Mu, const InputArray& D) {
         return dispatch_float("Sr", Sr, [&]<class F>() {
           return grid_gate_tuple(plstm::grid_gates_p_mode<F>(view<F, 4>("Sr", Sr), view<F, 4>("Sd", Sd),
                                                              view<F, 4>("alpha", alpha), view<F, 4>("gamma", gamma),
@@ -234,8 +235,8 @@ void register_grid(py::module_& m) {
       py::arg("Sr"), py::arg("Sd"), py::arg("alpha"), py::arg("gamma"), py::arg("Ml"), py::arg("Mu"), py::arg("D"));
   m.def(
       "grid_gates_d_mode",
-      [](const py::array& Sr, const py::array& Sd, const py::array& Trl, const py::array& Tru, const py::array& Tdu,
-         const py::array& Ml, const py::array& Mu, const py::array& D) {
+      [](const InputArray& Sr, const InputArray& Sd, const InputArray& Trl, const InputArray& Tru,
+         const InputArray& Tdu, const InputArray& Ml, const InputArray& Mu, const InputArray& D) {
         return dispatch_float("Sr", Sr, [&]<class F>() {
           return grid_gate_tuple(plstm::grid_gates_d_mode<F>(
               view<F, 4>("Sr", Sr), view<F, 4>("Sd", Sd), view<F, 4>("Trl", Trl), view<F, 4>("Tru", Tru),
@@ -248,7 +249,7 @@ void register_grid(py::module_& m) {
         "The X x Y grid as a Dag: node x*Y + y; each node's right edge, then its down edge, in node order.");
   m.def(
       "grid_dag_gates",
-      [](const py::array& q, const py::array& k, const py::array& v, const GateArrays& gates) {
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const GateArrays& gates) {
         return dispatch_float("q", q, [&]<class F>() {
           auto g = plstm::grid_dag_gates(grid_inputs<F>(q, k, v, gates));
           return py::make_tuple(to_numpy(std::move(g.S)), to_numpy(std::move(g.T)), to_numpy(std::move(g.M)),

@@ -13,8 +13,9 @@ slstm::Options options(const std::string& cell, const std::string& forget_gate) 
               "forget_gate", forget_gate, {{"sigmoid", slstm::ForgetGate::sigmoid}, {"exp", slstm::ForgetGate::exp}})};
 }
 
-py::object forward(const py::array& Wx, const py::array& R, const py::array& b, const std::optional<py::array>& initial,
-                  const std::string& cell, const std::string& forget_gate, bool keep_gates) {
+py::object forward(const InputArray& Wx, const InputArray& R, const InputArray& b,
+                  const std::optional<InputArray>& initial, const std::string& cell, const std::string& forget_gate,
+                  bool keep_gates) {
   return dispatch_float("Wx", Wx, [&]<class T>() {
     const slstm::Inputs<T> x{view<T, 5>("Wx", Wx), view<T, 4>("R", R), view<T, 3>("b", b)};
     const auto init = optional_view<T, 4>("initial", initial);
@@ -29,9 +30,9 @@ py::object forward(const py::array& Wx, const py::array& R, const py::array& b, 
   });
 }
 
-py::object backward(const py::array& Wx, const py::array& R, const py::array& b, const py::array& dh,
-                   const std::optional<py::array>& initial, const std::optional<py::array>& dlast,
-                   const std::optional<py::array>& saved_states, const std::optional<py::array>& saved_gates,
+py::object backward(const InputArray& Wx, const InputArray& R, const InputArray& b, const InputArray& dh,
+                   const std::optional<InputArray>& initial, const std::optional<InputArray>& dlast,
+                   const std::optional<InputArray>& saved_states, const std::optional<InputArray>& saved_gates,
                    const std::string& cell, const std::string& forget_gate) {
   return dispatch_float("Wx", Wx, [&]<class T>() {
     const slstm::Inputs<T> x{view<T, 5>("Wx", Wx), view<T, 4>("R", R), view<T, 3>("b", b)};
@@ -55,7 +56,7 @@ py::object backward(const py::array& Wx, const py::array& R, const py::array& b,
 
 // The reference advances an owning state in place; here the new state is returned and the caller's
 // array is left as it was.
-py::object step(const py::array& Wx_t, const py::array& R, const py::array& b, const py::array& state,
+py::object step(const InputArray& Wx_t, const InputArray& R, const InputArray& b, const InputArray& state,
                const std::string& cell, const std::string& forget_gate) {
   return dispatch_float("Wx_t", Wx_t, [&]<class T>() -> py::array {
     const auto w = view<T, 4>("Wx_t", Wx_t);

@@ -13,8 +13,6 @@ namespace {
 
 constexpr std::int64_t kMaxInt = 2147483647;
 
-std::size_t element_size(DType dtype) { return dtype == DType::float32 ? 4 : 2; }
-
 // A pointer to device memory (or managed memory) of the current device, aligned for `align` bytes.
 void check_device_pointer(const void* ptr, std::string_view name, std::size_t align) {
   require(ptr != nullptr, name, "is a null pointer");
@@ -166,8 +164,7 @@ void forward_sequence(const Inputs& x, const State& state, void* h, int chunk_si
     const std::int64_t BH = d.B * d.NH;
     float* copy = nullptr;
     const std::size_t bytes = (BH * d.DQK * d.DV + BH * d.DQK + BH) * sizeof(float);
-    if (cudaMallocAsync(reinterpret_cast<void**>(&copy), bytes, stream) != cudaSuccess)
-      throw std::runtime_error("flashlstm CUDA: forward_sequence: allocation failed");
+    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&copy), bytes, stream), "forward_sequence: allocation");
     const ConstState initial{copy, copy + BH * d.DQK * d.DV, copy + BH * d.DQK * d.DV + BH * d.DQK};
     cudaMemcpyAsync(copy, state.C, BH * d.DQK * d.DV * sizeof(float), cudaMemcpyDeviceToDevice, stream);
     cudaMemcpyAsync(const_cast<float*>(initial.n), state.n, BH * d.DQK * sizeof(float), cudaMemcpyDeviceToDevice,
@@ -183,11 +180,6 @@ void forward_sequence(const Inputs& x, const State& state, void* h, int chunk_si
     cudaFreeAsync(copy, stream);
   }
   for (std::int64_t t = bulk; t < d.S; ++t) detail::run_step(x, state, h, d.S, t, options, stream);
-}
-
-bool device_available() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
 }
 
 }  // namespace flashlstm::cuda::mlstm

@@ -1,4 +1,4 @@
-// The chunkwise mLSTM on the GPU (spec/mlstm.md, TFLA's two-level tiling): chunks of L tokens
+// The chunkwise mLSTM on the GPU (docs/mlstm.md, TFLA's two-level tiling): chunks of L tokens
 // (L a multiple of 64) carry the state (C, n, m) from one to the next; inside a chunk every
 // kernel works on 64 x 64 tiles, so L is independent of the tile size.
 //
@@ -27,17 +27,11 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
-#include <stdexcept>
-#include <string>
 #include <utility>
 #include <vector>
 
 namespace flashlstm::cuda::mlstm::detail {
 namespace {
-
-void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("flashlstm CUDA: ") + what + ": " + cudaGetErrorString(e));
-}
 
 constexpr int kMaxChunk = 1024;           // the largest chunk size L
 constexpr int kPad = stride(kTile);   // row stride of a 64-column operand tile

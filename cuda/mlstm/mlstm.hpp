@@ -11,7 +11,9 @@
 // released on the same stream.
 #pragma once
 
+#include "core/dtype.hpp"
 #include "core/mlstm_options.hpp"
+#include "cuda/common.hpp"
 
 #include <cuda_runtime_api.h>
 
@@ -19,10 +21,10 @@
 
 namespace flashlstm::cuda::mlstm {
 
+using flashlstm::DType;
+using flashlstm::cuda::device_available;
 using flashlstm::mlstm::InputGate;
 using flashlstm::mlstm::Options;
-
-enum class DType { float32, bfloat16 };
 
 struct Dims {
   std::int64_t B = 0, NH = 0, S = 0, DQK = 0, DV = 0;
@@ -88,8 +90,5 @@ void step(const Inputs& x, const State& state, void* h, const Options& options, 
 // needs.
 void forward_sequence(const Inputs& x, const State& state, void* h, int chunk_size, const Options& options,
                       cudaStream_t stream);
-
-// Whether a CUDA device is visible to this process (for skipping GPU tests and validate rows).
-bool device_available();
 
 }  // namespace flashlstm::cuda::mlstm

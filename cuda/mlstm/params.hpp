@@ -3,6 +3,7 @@
 // that the checking code needs no CUDA compiler.
 #pragma once
 
+#include "cuda/common.hpp"
 #include "cuda/mlstm/mlstm.hpp"
 
 #include <cstdint>

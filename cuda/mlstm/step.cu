@@ -1,4 +1,4 @@
-// The mLSTM recurrent step for generation (spec/mlstm.md, recurrent form): one token for every
+// The mLSTM recurrent step for generation (docs/mlstm.md, recurrent form): one token for every
 // (batch, head), the float32 state updated in place. It is bound by memory: C is read and written
 // once (the floor). Each head's C is split by columns over several blocks, so that enough loads are
 // in flight; every block computes n'ᵀq̂ from the old n itself, and the last block of a head to get
@@ -10,9 +10,6 @@
 #include "cuda/mlstm/tiles.cuh"
 
 #include <cuda_runtime.h>
-
-#include <stdexcept>
-#include <string>
 
 namespace flashlstm::cuda::mlstm::detail {
 namespace {
@@ -119,13 +116,10 @@ __global__ void __launch_bounds__(kStepThreads) step_kernel(StepArgs a) {
 void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_stride, std::int64_t token,
               const Options& options, cudaStream_t stream) {
   const auto& d = x.dims;
-  auto check = [](cudaError_t e, const char* what) {
-    if (e != cudaSuccess) throw std::runtime_error(std::string("flashlstm CUDA: step: ") + what + ": " + cudaGetErrorString(e));
-  };
   const std::int64_t heads = d.B * d.NH;
   unsigned* arrived = nullptr;
-  check(cudaMallocAsync(reinterpret_cast<void**>(&arrived), heads * sizeof(unsigned), stream), "allocation");
-  check(cudaMemsetAsync(arrived, 0, heads * sizeof(unsigned), stream), "memset");
+  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&arrived), heads * sizeof(unsigned), stream), "step: allocation");
+  check_cuda(cudaMemsetAsync(arrived, 0, heads * sizeof(unsigned), stream), "step: memset");
   StepArgs a{x.q, x.k, x.v, x.igate, x.fgate, h, state.C, state.n, state.m, arrived, static_cast<int>(d.DQK),
              static_cast<int>(d.DV), seq_stride, token, 1.f / sqrtf(static_cast<float>(d.DQK)),
              static_cast<float>(options.eps), flashlstm::mlstm::stabilised(options),
@@ -140,8 +134,8 @@ void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_str
                          static_cast<int>(smem));
     step_kernel<__nv_bfloat16><<<grid, kStepThreads, smem, stream>>>(a);
   }
-  check(cudaGetLastError(), "launch");
-  check(cudaFreeAsync(arrived, stream), "free");
+  check_cuda(cudaGetLastError(), "step: launch");
+  check_cuda(cudaFreeAsync(arrived, stream), "step: free");
 }
 
 }  // namespace flashlstm::cuda::mlstm::detail

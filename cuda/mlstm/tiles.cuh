@@ -46,7 +46,7 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-// Stable gate math (spec/mlstm.md): logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)).
+// Stable gate math (docs/mlstm.md): logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)).
 __device__ __forceinline__ float logsigmoid(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ float sigmoid(float x) {
   return x >= 0.f ? 1.f / (1.f + expf(-x)) : expf(x) / (1.f + expf(x));

@@ -1,5 +1,5 @@
 // The APE generator (see arrow_pointing.hpp): parameter checks, the split presets, the per-sample
-// geometry drawn from a (seed, index) stream as spec/datasets.md publishes it, exact rasterisation, and
+// geometry drawn from a (seed, index) stream as docs/datasets.md describes it, exact rasterisation, and
 // the batch API.
 //
 // Rasterisation visits only each shape's bounding box and decides every pixel there with the exact

@@ -1,4 +1,4 @@
-// The arrow-pointing extrapolation (APE) generator (spec/datasets.md): binary images with one arrow
+// The arrow-pointing extrapolation (APE) generator (docs/datasets.md): binary images with one arrow
 // and one filled circle, labelled 1 when the arrow's ray from its centre hits the disk. Models train at
 // 192 x 192 and are tested at 384 x 384 with the same object sizes.
 //

@@ -1,4 +1,4 @@
-// The molecular-graph generator (spec/datasets.md): heavy-atom graphs of small organic molecules with
+// The molecular-graph generator (docs/datasets.md): heavy-atom graphs of small organic molecules with
 // the character of the TU molecule sets (MUTAG, PTC: ~18 atoms, aromatic and saturated 5- and 6-rings,
 // fused ring systems, chains, branches, nitro/amino/hydroxyl/carbonyl/halogen substituents), each
 // labelled by a task that needs long-range structure.

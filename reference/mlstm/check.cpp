@@ -1,17 +1,34 @@
-// Random problems, result comparison and the finite-difference gradient check (see check.hpp).
+// Random problems, named tensors, losses and the gradient and state-passing checks of the mLSTM
+// (see check.hpp).
 #include "reference/mlstm/check.hpp"
 
-#include "core/finite_differences.hpp"
-#include "core/metrics.hpp"
-
-#include <algorithm>
-#include <cmath>
-#include <limits>
+#include "core/random.hpp"
 
 namespace flashlstm::mlstm {
 
 std::string ProblemShape::name() const {
   return fmt::format("B{} NH{} S{} DQK{} DV{}{}", B, NH, S, DQK, DV, initial_state ? " +state" : "");
+}
+
+template <class T>
+double Problem<T>::scale() const {
+  return initial ? check::rms(q, k, v, igate, fgate, dh, initial->C) : check::rms(q, k, v, igate, fgate, dh);
+}
+
+template <class T>
+Problem<T> Problem<T>::piece(index_t t0, index_t t1) const {
+  using xt::all;
+  using xt::range;
+  return {xt::view(q, all(), all(), range(t0, t1), all()),
+          xt::view(k, all(), all(), range(t0, t1), all()),
+          xt::view(v, all(), all(), range(t0, t1), all()),
+          xt::view(igate, all(), all(), range(t0, t1)),
+          xt::view(fgate, all(), all(), range(t0, t1)),
+          initial,
+          xt::view(dh, all(), all(), range(t0, t1), all()),
+          dC_last,
+          dn_last,
+          dm_last};
 }
 
 template <class T>
@@ -43,102 +60,83 @@ Problem<To> cast_problem(const Problem<From>& p) {
   return out;
 }
 
-template <class TA, class TB>
-std::map<std::string, double> rel_errors(const Output<TA>& a, const Output<TB>& ref) {
-  return {{"h", rel_l2(a.h, ref.h)},
-          {"C", rel_l2(a.last.C, ref.last.C)},
-          {"n", rel_l2(a.last.n, ref.last.n)},
-          {"m", rel_l2(a.last.m, ref.last.m)}};
+template <class T>
+std::vector<check::Named<T>> tensors(const Output<T>& out) {
+  return {check::named("h", out.h), check::named("C", out.last.C), check::named("n", out.last.n),
+          check::named("m", out.last.m)};
 }
 
-template <class TA, class TB>
-std::map<std::string, double> rel_errors(const InputGrad<TA>& a, const InputGrad<TB>& ref) {
-  std::map<std::string, double> e{{"dq", rel_l2(a.dq, ref.dq)},
-                                  {"dk", rel_l2(a.dk, ref.dk)},
-                                  {"dv", rel_l2(a.dv, ref.dv)},
-                                  {"digate", rel_l2(a.digate, ref.digate)},
-                                  {"dfgate", rel_l2(a.dfgate, ref.dfgate)}};
-  if (a.dinitial.has_value() != ref.dinitial.has_value()) {
-    e["dinitial"] = std::numeric_limits<double>::infinity();
-  } else if (a.dinitial) {
-    e["dC0"] = rel_l2(a.dinitial->C, ref.dinitial->C);
-    e["dn0"] = rel_l2(a.dinitial->n, ref.dinitial->n);
-    e["dm0"] = rel_l2(a.dinitial->m, ref.dinitial->m);
+template <class T>
+std::vector<check::Named<T>> tensors(const InputGrad<T>& grad) {
+  std::vector<check::Named<T>> t = {check::named("dq", grad.dq), check::named("dk", grad.dk),
+                                    check::named("dv", grad.dv), check::named("digate", grad.digate),
+                                    check::named("dfgate", grad.dfgate)};
+  if (grad.dinitial) {
+    t.push_back(check::named("dC0", grad.dinitial->C));
+    t.push_back(check::named("dn0", grad.dinitial->n));
+    t.push_back(check::named("dm0", grad.dinitial->m));
   }
-  return e;
-}
-
-namespace {
-// The largest value; NaN if any is NaN.
-double max_of(const std::map<std::string, double>& errors) {
-  double worst = 0;
-  for (const auto& [name, e] : errors) {
-    if (std::isnan(e)) return e;
-    worst = std::max(worst, e);
-  }
-  return worst;
-}
-}  // namespace
-
-template <class TA, class TB>
-double max_rel_error(const Output<TA>& a, const Output<TB>& ref) {
-  return max_of(rel_errors(a, ref));
-}
-
-template <class TA, class TB>
-double max_rel_error(const InputGrad<TA>& a, const InputGrad<TB>& ref) {
-  return max_of(rel_errors(a, ref));
+  return t;
 }
 
 template <class T>
 double loss(const Problem<T>& p, const Output<T>& out) {
-  auto dot = [](const auto& a, const auto& b) {
-    long double s = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) s += static_cast<long double>(a.data()[i]) * b.data()[i];
-    return static_cast<double>(s);
-  };
+  using check::dot;
   return dot(p.dh, out.h) + dot(p.dC_last, out.last.C) + dot(p.dn_last, out.last.n) + dot(p.dm_last, out.last.m);
 }
 
-std::map<std::string, double> gradcheck(const Form& form, const Problem<double>& p, const Options& options,
-                                         std::uint64_t seed) {
-  const InputGrad<double> grad = backward(form, p.inputs(), p.initial_view(), p.output_grad(), options);
-  Rng rng(seed);
-  std::map<std::string, double> errors;
-
-  // The directional derivative along a random direction of the tensor `member` selects, in a copy of p.
-  auto check = [&](const std::string& name, auto member, const auto& g) {
-    Problem<double> probe = p;
-    errors[name] = directional_derivative_error(
-        member(probe), g, [&] { return loss(probe, forward(form, probe.inputs(), probe.initial_view(), options)); },
-        rng);
-  };
-  check("q", [](Problem<double>& r) -> auto& { return r.q; }, grad.dq);
-  check("k", [](Problem<double>& r) -> auto& { return r.k; }, grad.dk);
-  check("v", [](Problem<double>& r) -> auto& { return r.v; }, grad.dv);
-  check("igate", [](Problem<double>& r) -> auto& { return r.igate; }, grad.digate);
-  check("fgate", [](Problem<double>& r) -> auto& { return r.fgate; }, grad.dfgate);
+check::Report gradcheck(const Form& form, Problem<double> p, const Options& options, std::uint64_t seed) {
+  const InputGrad<double> grad = backward(p.inputs(), p.initial_view(), p.output_grad(), form, options);
+  std::vector<check::Argument> arguments = {
+      check::argument("q", p.q, grad.dq), check::argument("k", p.k, grad.dk), check::argument("v", p.v, grad.dv),
+      check::argument("igate", p.igate, grad.digate), check::argument("fgate", p.fgate, grad.dfgate)};
   if (p.initial) {
-    check("C0", [](Problem<double>& r) -> auto& { return r.initial->C; }, grad.dinitial->C);
-    check("n0", [](Problem<double>& r) -> auto& { return r.initial->n; }, grad.dinitial->n);
-    check("m0", [](Problem<double>& r) -> auto& { return r.initial->m; }, grad.dinitial->m);
+    arguments.push_back(check::argument("C0", p.initial->C, grad.dinitial->C));
+    arguments.push_back(check::argument("n0", p.initial->n, grad.dinitial->n));
+    arguments.push_back(check::argument("m0", p.initial->m, grad.dinitial->m));
   }
-  return errors;
+  return check::gradcheck(
+      arguments, [&] { return loss(p, forward(p.inputs(), p.initial_view(), form, options)); }, seed);
 }
 
-template Problem<float> random_problem<float>(const ProblemShape&, std::uint64_t);
-template Problem<double> random_problem<double>(const ProblemShape&, std::uint64_t);
+check::Report state_passing(const Form& form, const Problem<double>& p, index_t split, const Options& o,
+                            double bound) {
+  const index_t S = p.q.shape(2);
+  require(split > 0 && split < S, "split", "expected 0 < split < S = {}, got {}", S, split);
+  const auto whole = forward(p.inputs(), p.initial_view(), form, o);
+  const auto whole_grad = backward(p.inputs(), p.initial_view(), p.output_grad(), form, o);
+
+  auto first = p.piece(0, split), second = p.piece(split, S);
+  const auto out1 = forward(first.inputs(), first.initial_view(), form, o);
+  second.initial = out1.last;
+  const auto out2 = forward(second.inputs(), second.initial_view(), form, o);
+  const Output<double> joined{xt::concatenate(xt::xtuple(out1.h, out2.h), 2), out2.last};
+
+  // The second piece's gradient of its initial state is the first piece's upstream gradient.
+  const auto grad2 = backward(second.inputs(), second.initial_view(), second.output_grad(), form, o);
+  first.dC_last = grad2.dinitial->C;
+  first.dn_last = grad2.dinitial->n;
+  first.dm_last = grad2.dinitial->m;
+  const auto grad1 = backward(first.inputs(), first.initial_view(), first.output_grad(), form, o);
+  auto cat = [](const auto& a, const auto& b) { return xt::eval(xt::concatenate(xt::xtuple(a, b), 2)); };
+  const InputGrad<double> joined_grad{cat(grad1.dq, grad2.dq),         cat(grad1.dk, grad2.dk),
+                                      cat(grad1.dv, grad2.dv),         cat(grad1.digate, grad2.digate),
+                                      cat(grad1.dfgate, grad2.dfgate), grad1.dinitial};
+  check::Report report = check::compare(joined, whole, bound, p.scale());
+  report.add(check::compare(joined_grad, whole_grad, bound, p.scale()));
+  return report;
+}
+
+#define FLASHLSTM_INSTANTIATE(T)                                                                \
+  template struct Problem<T>;                                                                   \
+  template Problem<T> random_problem<T>(const ProblemShape&, std::uint64_t);                    \
+  template std::vector<check::Named<T>> tensors(const Output<T>&);                              \
+  template std::vector<check::Named<T>> tensors(const InputGrad<T>&);                           \
+  template double loss(const Problem<T>&, const Output<T>&);
+FLASHLSTM_INSTANTIATE(float)
+FLASHLSTM_INSTANTIATE(double)
+#undef FLASHLSTM_INSTANTIATE
 template Problem<float> cast_problem<float, double>(const Problem<double>&);
 template Problem<double> cast_problem<double, float>(const Problem<float>&);
-template std::map<std::string, double> rel_errors(const Output<float>&, const Output<double>&);
-template std::map<std::string, double> rel_errors(const Output<double>&, const Output<double>&);
-template std::map<std::string, double> rel_errors(const InputGrad<float>&, const InputGrad<double>&);
-template std::map<std::string, double> rel_errors(const InputGrad<double>&, const InputGrad<double>&);
-template double max_rel_error(const Output<float>&, const Output<double>&);
-template double max_rel_error(const Output<double>&, const Output<double>&);
-template double max_rel_error(const InputGrad<float>&, const InputGrad<double>&);
-template double max_rel_error(const InputGrad<double>&, const InputGrad<double>&);
-template double loss(const Problem<double>&, const Output<double>&);
-template double loss(const Problem<float>&, const Output<float>&);
 
 }  // namespace flashlstm::mlstm

@@ -13,7 +13,7 @@ using namespace detail;
 
 template <class T>
 Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index_t chunk_size,
-                            const Options& o) {
+                            const Options& o, Operands operands) {
   const Dims d = check_inputs(x, initial, o);
   check_chunk_size(chunk_size);
   Output<T> out = allocate_output<T>(d);
@@ -23,7 +23,7 @@ Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial,
     HeadState<T> s = load_state<T>(initial, d, bh);
     T* h = out.h.data() + bh * d.S * d.DV;
     for (index_t t0 = 0; t0 < d.S; t0 += chunk_size) {
-      s = segment_forward(hx, t0, std::min(chunk_size, d.S - t0), s, h + t0 * d.DV, o);
+      s = segment_forward(hx, t0, std::min(chunk_size, d.S - t0), s, h + t0 * d.DV, o, operands);
     }
     store_state(s, out.last, bh);
   }
@@ -32,7 +32,7 @@ Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial,
 
 template <class T>
 InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                                index_t chunk_size, const Options& o) {
+                                index_t chunk_size, const Options& o, Operands operands) {
   const Dims d = check_inputs(x, initial, o);
   check_output_grad(d, grad);
   check_chunk_size(chunk_size);
@@ -43,7 +43,7 @@ InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& init
     std::vector<T> h_scratch(std::min(chunk_size, d.S) * d.DV);
     std::vector<HeadState<T>> entering{load_state<T>(initial, d, bh)};  // the state entering each chunk
     for (index_t t0 = 0; t0 + chunk_size < d.S; t0 += chunk_size) {
-      entering.push_back(segment_forward(hx, t0, chunk_size, entering.back(), h_scratch.data(), o));
+      entering.push_back(segment_forward(hx, t0, chunk_size, entering.back(), h_scratch.data(), o, operands));
     }
 
     HeadState<T> adj = load_last_state_grad(grad, d, bh);
@@ -52,7 +52,7 @@ InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& init
       const HeadGrad<T> g{out.dq.data() + (bh * d.S + t0) * d.DQK, out.dk.data() + (bh * d.S + t0) * d.DQK,
                           out.dv.data() + (bh * d.S + t0) * d.DV, out.digate.data() + bh * d.S + t0,
                           out.dfgate.data() + bh * d.S + t0};
-      segment_backward(hx, t0, L, entering[c], grad.dh.data() + (bh * d.S + t0) * d.DV, adj, g, o);
+      segment_backward(hx, t0, L, entering[c], grad.dh.data() + (bh * d.S + t0) * d.DV, adj, g, o, operands);
     }
     if (out.dinitial) store_state(adj, *out.dinitial, bh);
   }
@@ -60,9 +60,10 @@ InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& init
 }
 
 #define FLASHLSTM_INSTANTIATE(T)                                                                          \
-  template Output<T> forward_chunkwise(const Inputs<T>&, const OptionalState<T>&, index_t, const Options&); \
+  template Output<T> forward_chunkwise(const Inputs<T>&, const OptionalState<T>&, index_t, const Options&, \
+                                       Operands);                                                           \
   template InputGrad<T> backward_chunkwise(const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&, \
-                                           index_t, const Options&);
+                                           index_t, const Options&, Operands);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

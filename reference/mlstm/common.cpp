@@ -13,7 +13,7 @@ std::string Form::name() const {
 }
 
 template <class T>
-Output<T> forward(const Form& form, const Inputs<T>& x, const OptionalState<T>& initial, const Options& options) {
+Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Form& form, const Options& options) {
   switch (form.kind) {
     case Form::recurrent: return forward_recurrent(x, initial, options);
     case Form::parallel: return forward_parallel(x, initial, options);
@@ -23,8 +23,8 @@ Output<T> forward(const Form& form, const Inputs<T>& x, const OptionalState<T>& 
 }
 
 template <class T>
-InputGrad<T> backward(const Form& form, const Inputs<T>& x, const OptionalState<T>& initial,
-                      const OutputGrad<T>& grad, const Options& options) {
+InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
+                      const Form& form, const Options& options) {
   switch (form.kind) {
     case Form::recurrent: return backward_recurrent(x, initial, grad, options);
     case Form::parallel: return backward_parallel(x, initial, grad, options);
@@ -125,8 +125,8 @@ InputGrad<T> allocate_input_grad(const Dims& d, bool with_initial_state) {
 }  // namespace detail
 
 #define FLASHLSTM_INSTANTIATE(T)                                                                            \
-  template Output<T> forward(const Form&, const Inputs<T>&, const OptionalState<T>&, const Options&);      \
-  template InputGrad<T> backward(const Form&, const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&, \
+  template Output<T> forward(const Inputs<T>&, const OptionalState<T>&, const Form&, const Options&);      \
+  template InputGrad<T> backward(const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&, const Form&, \
                                  const Options&);                                                           \
   template State<T> zero_state<T>(index_t, index_t, index_t, index_t);                                              \
   template detail::Dims detail::check_inputs(const Inputs<T>&, const OptionalState<T>&, const Options&,           \

@@ -3,6 +3,7 @@
 // forms differ only in how they order the same arithmetic.
 #pragma once
 
+#include "core/bf16.hpp"
 #include "core/gates.hpp"
 #include "reference/mlstm/mlstm.hpp"
 
@@ -120,6 +121,15 @@ ReadoutGrad<T> readout_backward(T dh_dot_h, T den, T m, T dhat, const Options& o
   if (!stabilised(o)) return {};
   // dhat = exp(-m) + eps, so dm = -ddhat exp(-m) = dh·h / (1 + eps exp(m)): finite when exp(-m) = inf.
   return {T(0), dh_dot_h / (T(1) + T(o.eps) * std::exp(m))};
+}
+
+// An operand of a matrix product in the arithmetic `operands` asks for: M itself (exact), or M rounded
+// to bfloat16 (bf16). The forms write op(M) for every operand, so one implementation serves both.
+template <class Derived>
+typename Derived::PlainObject operand(const Eigen::MatrixBase<Derived>& M, Operands operands) {
+  typename Derived::PlainObject out = M;
+  if (operands == Operands::bf16) out = out.unaryExpr([](auto x) { return round_to_bf16(x); });
+  return out;
 }
 
 template <class T>

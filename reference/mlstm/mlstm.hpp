@@ -1,4 +1,4 @@
-// The mLSTM CPU reference: every form of spec/mlstm.md, forward and exact backward.
+// The mLSTM CPU reference: every form of the mLSTM (docs/mlstm.md), forward and exact backward.
 //
 //   forward_recurrent / backward_recurrent   step by step: the oracle
 //   forward_parallel  / backward_parallel    quadratic, attention-like, one segment of length S
@@ -87,12 +87,18 @@ template <class T>
 InputGrad<T> backward_parallel(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
                                const Options& options);
 
+// The arithmetic of the chunkwise form's matrix products: `exact` multiplies in T; `bf16` rounds
+// every operand of a matrix product to bfloat16 and still accumulates in T. With T = float, bf16 is
+// the arithmetic of a plain bf16 kernel: the baseline the bf16 CUDA kernels are checked against
+// (docs/validation.md).
+enum class Operands { exact, bf16 };
+
 template <class T>
 Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index_t chunk_size,
-                            const Options& options);
+                            const Options& options, Operands operands = Operands::exact);
 template <class T>
 InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                                index_t chunk_size, const Options& options);
+                                index_t chunk_size, const Options& options, Operands operands = Operands::exact);
 
 // One token: q, k (B, NH, DQK), v (B, NH, DV), igate, fgate (B, NH). Updates `state` in place and
 // returns h (B, NH, DV).
@@ -109,10 +115,10 @@ struct Form {
 };
 
 template <class T>
-Output<T> forward(const Form& form, const Inputs<T>& x, const OptionalState<T>& initial, const Options& options);
+Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Form& form, const Options& options);
 template <class T>
-InputGrad<T> backward(const Form& form, const Inputs<T>& x, const OptionalState<T>& initial,
-                      const OutputGrad<T>& grad, const Options& options);
+InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
+                      const Form& form, const Options& options);
 
 // A zero state of the given sizes.
 template <class T>

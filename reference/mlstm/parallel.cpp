@@ -1,5 +1,5 @@
-// The parallel (quadratic) form of spec/mlstm.md for one segment entered with a state, forward and
-// backward. Written as matrix products so that Eigen's GEMMs do the heavy work:
+// The parallel (quadratic) form of the mLSTM (docs/mlstm.md) for one segment entered with a state,
+// forward and backward. Written as matrix products so that Eigen's GEMMs do the heavy work:
 //
 //   Q̂ = s·Q, A = Q̂ K^T (L×L), W = the masked, stabilised decay matrix (L × (L+1))
 //   num = (A∘W) V + w_0 ∘ Q̂ C_0,  den = (A∘W) 1 + w_0 ∘ Q̂ n_0,  h = readout(num, den, m)
@@ -8,6 +8,9 @@
 // Column 0 of W is the entering state, treated like a token at position 0 whose log input gate is
 // m_0: logD(r, c) = Σ_{p=c..r} log f_p + log i_c. Each row is summed from the diagonal outwards (a
 // masked cumulative sum), never as a difference of two long cumulative sums, so nothing cancels.
+//
+// Every operand of a matrix product is written op(M): M itself, or M rounded to bf16 when the caller
+// asks for the arithmetic of a plain bf16 kernel (Operands::bf16; common.hpp).
 #include "reference/mlstm/segment.hpp"
 
 #include <limits>
@@ -51,23 +54,24 @@ Decay<T> decay(const T* igate, const T* fgate, index_t L, T m0, const Options& o
 
 template <class T>
 HeadState<T> segment_forward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadState<T>& in, T* h,
-                             const Options& o) {
-  const ConstMatMap<T> Q(x.q + t0 * x.DQK, L, x.DQK), K(x.k + t0 * x.DQK, L, x.DQK), V(x.v + t0 * x.DV, L, x.DV);
+                             const Options& o, Operands operands) {
+  auto op = [operands](const auto& M) { return operand(M, operands); };
+  const Mat<T> Q_hat = op(x.scale * ConstMatMap<T>(x.q + t0 * x.DQK, L, x.DQK));
+  const Mat<T> K = op(ConstMatMap<T>(x.k + t0 * x.DQK, L, x.DQK)), V = op(ConstMatMap<T>(x.v + t0 * x.DV, L, x.DV));
   const Decay<T> D = decay(x.igate + t0, x.fgate + t0, L, in.m, o);
-  const Mat<T> Q_hat = x.scale * Q;
   const Vec<T> w0 = D.W.col(0);
   const Mat<T> P = (Q_hat * K.transpose()).cwiseProduct(D.W.rightCols(L));  // (L, L)
-  const Mat<T> num = P * V + w0.asDiagonal() * (Q_hat * in.C);               // (L, DV)
-  const Vec<T> den = P.rowwise().sum() + w0.cwiseProduct(Q_hat * in.n);      // (L)
+  const Mat<T> num = op(P) * V + w0.asDiagonal() * (Q_hat * op(in.C));       // (L, DV)
+  const Vec<T> den = P.rowwise().sum() + w0.cwiseProduct(Q_hat * op(in.n));  // (L)
   MatMap<T> H(h, L, x.DV);
   for (index_t r = 0; r < L; ++r) H.row(r) = num.row(r) / readout_denominator(den(r), D.m(r), o);
 
   const Vec<T> w_last = D.W.row(L - 1).tail(L).transpose();  // weights of the tokens in the final state
   const T w_last0 = D.W(L - 1, 0);
   HeadState<T> out;
-  out.C.noalias() = K.transpose() * (w_last.asDiagonal() * V);
+  out.C.noalias() = K.transpose() * op(w_last.asDiagonal() * V);
   out.C += w_last0 * in.C;
-  out.n.noalias() = K.transpose() * w_last;
+  out.n.noalias() = K.transpose() * op(w_last);
   out.n += w_last0 * in.n;
   out.m = D.m(L - 1);
   return out;
@@ -75,19 +79,22 @@ HeadState<T> segment_forward(const HeadInputs<T>& x, index_t t0, index_t L, cons
 
 template <class T>
 void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadState<T>& in, const T* dh,
-                      HeadState<T>& adj, const HeadGrad<T>& grad, const Options& o) {
-  const ConstMatMap<T> Q(x.q + t0 * x.DQK, L, x.DQK), K(x.k + t0 * x.DQK, L, x.DQK), V(x.v + t0 * x.DV, L, x.DV);
+                      HeadState<T>& adj, const HeadGrad<T>& grad, const Options& o, Operands operands) {
+  auto op = [operands](const auto& M) { return operand(M, operands); };
+  const Mat<T> Q_hat = op(x.scale * ConstMatMap<T>(x.q + t0 * x.DQK, L, x.DQK));
+  const Mat<T> K = op(ConstMatMap<T>(x.k + t0 * x.DQK, L, x.DQK)), V = op(ConstMatMap<T>(x.v + t0 * x.DV, L, x.DV));
   const ConstMatMap<T> dH(dh, L, x.DV);
   const Decay<T> D = decay(x.igate + t0, x.fgate + t0, L, in.m, o);
+  const Mat<T> C0 = op(in.C), dC = op(adj.C);  // the entering state and the final state's adjoint as operands
+  const Vec<T> n0 = op(in.n), dn = op(adj.n);
 
   // Forward quantities.
-  const Mat<T> Q_hat = x.scale * Q;
   const Vec<T> w0 = D.W.col(0);
   const Mat<T> A = Q_hat * K.transpose();
   const Mat<T> P = A.cwiseProduct(D.W.rightCols(L));
-  const Mat<T> QC = Q_hat * in.C;  // (L, DV)
-  const Vec<T> Qn = Q_hat * in.n;  // (L)
-  const Mat<T> num = P * V + w0.asDiagonal() * QC;
+  const Mat<T> QC = Q_hat * C0;  // (L, DV)
+  const Vec<T> Qn = Q_hat * n0;  // (L)
+  const Mat<T> num = op(P) * V + w0.asDiagonal() * QC;
   const Vec<T> den = P.rowwise().sum() + w0.cwiseProduct(Qn);
 
   // Readout: dnum = dh / dhat, plus the gradients reaching den (delta) and m (dm).
@@ -102,7 +109,7 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
   }
 
   // num_r = Σ_c W(r,c) A(r,c) v_c and den_r = Σ_c W(r,c) A(r,c): G(r,c) = dnum_r·v_c + delta_r.
-  const Mat<T> G = (dnum * V.transpose()).colwise() + delta;  // (L, L)
+  const Mat<T> G = (op(dnum) * V.transpose()).colwise() + delta;  // (L, L)
   const Mat<T> dA = D.W.rightCols(L).cwiseProduct(G);
   Mat<T> dlogD(L, L + 1);  // W ∘ dW: the gradient of each log weight
   dlogD.rightCols(L) = P.cwiseProduct(G);
@@ -111,10 +118,10 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
   // The final state is weighted by the last row of W.
   const Vec<T> w_last = D.W.row(L - 1).tail(L).transpose();
   const T w_last0 = D.W(L - 1, 0);
-  const Mat<T> K_dC = K * adj.C;  // (L, DV)
+  const Mat<T> K_dC = K * dC;  // (L, DV)
   Vec<T> dw_last(L + 1);
   dw_last(0) = (adj.C.array() * in.C.array()).sum() + adj.n.dot(in.n);
-  dw_last.tail(L) = K_dC.cwiseProduct(V).rowwise().sum() + K * adj.n;
+  dw_last.tail(L) = K_dC.cwiseProduct(V).rowwise().sum() + K * dn;
   dlogD.row(L - 1) += D.W.row(L - 1).cwiseProduct(dw_last.transpose());
 
   // W(r, c) = exp(logD(r, c) - m_r) and m_r = max_c logD(r, c): route dm_r to the maximising column.
@@ -124,14 +131,15 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
   }
 
   MatMap<T> dQ(grad.dq, L, x.DQK), dK(grad.dk, L, x.DQK), dV(grad.dv, L, x.DV);
-  dQ.noalias() = x.scale * (dA * K + w0.asDiagonal() * (dnum * in.C.transpose() + delta * in.n.transpose()));
-  dK.noalias() = dA.transpose() * Q_hat + w_last.asDiagonal() * ((V * adj.C.transpose()).rowwise() + adj.n.transpose());
-  dV.noalias() = P.transpose() * dnum + w_last.asDiagonal() * K_dC;
+  const Mat<T> dA_op = op(dA), dnum_op = op(dnum);
+  dQ.noalias() = x.scale * (dA_op * K + w0.asDiagonal() * (dnum_op * C0.transpose() + op(delta) * n0.transpose()));
+  dK.noalias() = dA_op.transpose() * Q_hat + w_last.asDiagonal() * ((V * dC.transpose()).rowwise() + adj.n.transpose());
+  dV.noalias() = op(P).transpose() * dnum_op + w_last.asDiagonal() * K_dC;
 
   HeadState<T> din;
-  din.C.noalias() = Q_hat.transpose() * (w0.asDiagonal() * dnum);
+  din.C.noalias() = Q_hat.transpose() * op(w0.asDiagonal() * dnum);
   din.C += w_last0 * adj.C;
-  din.n.noalias() = Q_hat.transpose() * w0.cwiseProduct(delta);
+  din.n.noalias() = Q_hat.transpose() * op(w0.cwiseProduct(delta));
   din.n += w_last0 * adj.n;
   din.m = dlogD.col(0).sum();
 
@@ -153,9 +161,9 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
 
 #define FLASHLSTM_INSTANTIATE(T)                                                                         \
   template HeadState<T> segment_forward(const HeadInputs<T>&, index_t, index_t, const HeadState<T>&, T*,     \
-                                        const Options&);                                                 \
+                                        const Options&, Operands);                                       \
   template void segment_backward(const HeadInputs<T>&, index_t, index_t, const HeadState<T>&, const T*,      \
-                                 HeadState<T>&, const HeadGrad<T>&, const Options&);
+                                 HeadState<T>&, const HeadGrad<T>&, const Options&, Operands);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

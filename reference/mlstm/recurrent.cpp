@@ -1,4 +1,4 @@
-// The recurrent form: the mLSTM one token at a time, exactly as spec/mlstm.md writes it. This is
+// The recurrent form: the mLSTM one token at a time, exactly as docs/mlstm.md defines it. This is
 // the oracle every other form and every kernel is checked against, so it stays literal: one step
 // function, and its reverse-mode derivative written out line by line.
 //

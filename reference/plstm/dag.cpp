@@ -27,7 +27,7 @@ template <class F>
 using VecMap = Eigen::Map<Vec<F>>;
 
 struct Dims {
-  index_t B, NH, N, DK, DV, E, A;
+  index_t B, NH, N, DQK, DV, E, A;
 };
 
 // Arc ids as graph::line_graph numbers them: by node, then incoming edge, then outgoing edge.
@@ -48,12 +48,12 @@ template <class F>
 Dims check_inputs(const graph::Dag& dag, const DagInputs<F>& x, const ArcIndex& arcs) {
   require(!x.q.empty(), "q", "is null");
   const Dims d{x.q.shape(0), x.q.shape(1), x.q.shape(2), x.q.shape(3), x.v.shape(3), dag.num_edges(), arcs.arcs()};
-  require(d.B >= 1 && d.NH >= 1 && d.DK >= 1, "q", "expected shape (B, NH, N, DK) with B, NH, DK >= 1, got {}",
+  require(d.B >= 1 && d.NH >= 1 && d.DQK >= 1, "q", "expected shape (B, NH, N, DQK) with B, NH, DQK >= 1, got {}",
           shape_string(x.q.shape()));
   require(d.N == dag.num_nodes(), "q", "expected N = {} nodes (the graph's), got shape {}", dag.num_nodes(),
           shape_string(x.q.shape()));
   require(d.DV >= 1, "v", "expected DV >= 1, got shape {}", shape_string(x.v.shape()));
-  check_shape("k", x.k, {d.B, d.NH, d.N, d.DK});
+  check_shape("k", x.k, {d.B, d.NH, d.N, d.DQK});
   check_shape("v", x.v, {d.B, d.NH, d.N, d.DV});
   check_shape("S", x.S, {d.B, d.NH, d.E});
   check_shape("T", x.T, {d.B, d.NH, d.A});
@@ -68,17 +68,17 @@ struct Head {
   const F *q, *k, *v, *S, *T, *M, *D;
   F scale;
   Head(const DagInputs<F>& x, const Dims& d, index_t bh, const Options& o)
-      : q(x.q.data() + bh * d.N * d.DK),
-        k(x.k.data() + bh * d.N * d.DK),
+      : q(x.q.data() + bh * d.N * d.DQK),
+        k(x.k.data() + bh * d.N * d.DQK),
         v(x.v.data() + bh * d.N * d.DV),
         S(x.S.data() + bh * d.E),
         T(x.T.data() + bh * d.A),
         M(x.M.data() + bh * d.E),
         D(x.D.data() + bh * d.N),
-        scale(detail::qk_scale<F>(o, d.DK)) {}
+        scale(detail::qk_scale<F>(o, d.DQK)) {}
 };
 
-// Storage for the edge states of the recurrent forms: DK x DV buffers taken and given back per
+// Storage for the edge states of the recurrent forms: DQK x DV buffers taken and given back per
 // thread, so that a state's memory is reused once its target node has read it, without a heap
 // allocation per edge (and without freeing on one thread what another allocated). The buffers are
 // cut from 64-byte-aligned blocks at a stride of whole cache lines and each thread's lists sit on
@@ -136,18 +136,18 @@ template <class F>
 void visit(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, index_t n,
            std::vector<F*>& C, StatePool<F>& pool, F* h) {
   using ConstState = Eigen::Map<const Mat<F>>;
-  const ConstVecMap<F> q(x.q + n * d.DK, d.DK), k(x.k + n * d.DK, d.DK), v(x.v + n * d.DV, d.DV);
+  const ConstVecMap<F> q(x.q + n * d.DQK, d.DQK), k(x.k + n * d.DQK, d.DQK), v(x.v + n * d.DV, d.DV);
   VecMap<F> out(h + n * d.DV, d.DV);
   out = (x.scale * x.D[n] * q.dot(k)) * v;
   const index_t* in = dag.in_edges().begin(n);
   const index_t n_in = dag.in_edges().size(n);
   for (index_t i = 0; i < n_in; ++i)
-    out.noalias() += (x.scale * x.M[in[i]]) * (ConstState(C[in[i]], d.DK, d.DV).transpose() * q);
+    out.noalias() += (x.scale * x.M[in[i]]) * (ConstState(C[in[i]], d.DQK, d.DV).transpose() * q);
   const index_t* outs = dag.out_edges().begin(n);
   for (index_t o = 0; o < dag.out_edges().size(n); ++o) {
-    Eigen::Map<Mat<F>> state(C[outs[o]] = pool.take(), d.DK, d.DV);
+    Eigen::Map<Mat<F>> state(C[outs[o]] = pool.take(), d.DQK, d.DV);
     state.noalias() = (x.S[outs[o]] * k) * v.transpose();
-    for (index_t i = 0; i < n_in; ++i) state += x.T[arcs(dag, n, i, o)] * ConstState(C[in[i]], d.DK, d.DV);
+    for (index_t i = 0; i < n_in; ++i) state += x.T[arcs(dag, n, i, o)] * ConstState(C[in[i]], d.DQK, d.DV);
   }
   for (index_t i = 0; i < n_in; ++i) pool.give(C[in[i]]);
 }
@@ -155,7 +155,7 @@ void visit(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Hea
 template <class F>
 void forward_recurrent(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h) {
   std::vector<F*> C(d.E, nullptr);
-  StatePool<F> pool(d.DK * d.DV);
+  StatePool<F> pool(d.DQK * d.DV);
   for (index_t n : dag.topological_order()) visit(dag, arcs, d, x, n, C, pool, h);
 }
 
@@ -166,7 +166,7 @@ template <class F>
 void forward_levels(const graph::Dag& dag, const ArcIndex& arcs, const graph::Csr& schedule, const Dims& d,
                     const Head<F>& x, F* h) {
   std::vector<F*> C(d.E, nullptr);
-  StatePool<F> pool(d.DK * d.DV);
+  StatePool<F> pool(d.DQK * d.DV);
 #pragma omp parallel
   for (index_t l = 0; l < schedule.rows(); ++l) {
     const index_t* nodes = schedule.begin(l);
@@ -201,7 +201,7 @@ Mat<F> gating(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const 
 template <class F>
 void forward_parallel(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h) {
   using ConstMat = Eigen::Map<const Mat<F>>;
-  const ConstMat Q(x.q, d.N, d.DK), K(x.k, d.N, d.DK), V(x.v, d.N, d.DV);
+  const ConstMat Q(x.q, d.N, d.DQK), K(x.k, d.N, d.DQK), V(x.v, d.N, d.DV);
   const Mat<F> A = x.scale * Q * K.transpose();  // A(n, n') = s q^n·k^n'
   Mat<F> P = gating(dag, arcs, d, x).transpose().cwiseProduct(A);
   P.diagonal() += Eigen::Map<const Vec<F>>(x.D, d.N).cwiseProduct(A.diagonal());
@@ -255,7 +255,7 @@ DagGrad<F> dag_backward(const graph::Dag& dag, const DagInputs<F>& x, ConstView<
   const ArcIndex arcs(dag);
   const Dims d = check_inputs(dag, x, arcs);
   check_shape("dh", dh, {d.B, d.NH, d.N, d.DV});
-  DagGrad<F> g{zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DK}), zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DK}),
+  DagGrad<F> g{zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DQK}), zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DQK}),
                zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DV}), zeros<F>(Shape<3>{d.B, d.NH, d.E}),
                zeros<F>(Shape<3>{d.B, d.NH, d.A}),       zeros<F>(Shape<3>{d.B, d.NH, d.E}),
                zeros<F>(Shape<3>{d.B, d.NH, d.N})};
@@ -265,18 +265,18 @@ DagGrad<F> dag_backward(const graph::Dag& dag, const DagInputs<F>& x, ConstView<
     // Forward, keeping every edge state.
     std::vector<Mat<F>> C(d.E), dC(d.E);
     for (index_t n : dag.topological_order()) {
-      const ConstVecMap<F> k(x_h.k + n * d.DK, d.DK), v(x_h.v + n * d.DV, d.DV);
+      const ConstVecMap<F> k(x_h.k + n * d.DQK, d.DQK), v(x_h.v + n * d.DV, d.DV);
       const index_t* in = dag.in_edges().begin(n);
       const index_t* out = dag.out_edges().begin(n);
       for (index_t o_ = 0; o_ < dag.out_edges().size(n); ++o_) {
         C[out[o_]].noalias() = (x_h.S[out[o_]] * k) * v.transpose();
         for (index_t i = 0; i < dag.in_edges().size(n); ++i) C[out[o_]] += x_h.T[arcs(dag, n, i, o_)] * C[in[i]];
-        dC[out[o_]] = Mat<F>::Zero(d.DK, d.DV);
+        dC[out[o_]] = Mat<F>::Zero(d.DQK, d.DV);
       }
     }
     const F s = x_h.scale;
-    F* dq = g.dq.data() + bh * d.N * d.DK;
-    F* dk = g.dk.data() + bh * d.N * d.DK;
+    F* dq = g.dq.data() + bh * d.N * d.DQK;
+    F* dk = g.dk.data() + bh * d.N * d.DQK;
     F* dv = g.dv.data() + bh * d.N * d.DV;
     F* dS = g.dS.data() + bh * d.E;
     F* dT = g.dT.data() + bh * d.A;
@@ -287,9 +287,9 @@ DagGrad<F> dag_backward(const graph::Dag& dag, const DagInputs<F>& x, ConstView<
     const auto& order = dag.topological_order();
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
       const index_t n = *it;
-      const ConstVecMap<F> q(x_h.q + n * d.DK, d.DK), k(x_h.k + n * d.DK, d.DK), v(x_h.v + n * d.DV, d.DV);
+      const ConstVecMap<F> q(x_h.q + n * d.DQK, d.DQK), k(x_h.k + n * d.DQK, d.DQK), v(x_h.v + n * d.DV, d.DV);
       const ConstVecMap<F> dh_n(dh.data() + (bh * d.N + n) * d.DV, d.DV);
-      VecMap<F> dq_n(dq + n * d.DK, d.DK), dk_n(dk + n * d.DK, d.DK), dv_n(dv + n * d.DV, d.DV);
+      VecMap<F> dq_n(dq + n * d.DQK, d.DQK), dk_n(dk + n * d.DQK, d.DQK), dv_n(dv + n * d.DV, d.DV);
       const index_t* in = dag.in_edges().begin(n);
       const index_t* out = dag.out_edges().begin(n);
       const index_t n_in = dag.in_edges().size(n);

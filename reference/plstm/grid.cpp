@@ -24,7 +24,7 @@ using detail::Mat;
 using detail::Vec;
 
 struct Dims {
-  index_t B, NH, X, Y, DK, DV;
+  index_t B, NH, X, Y, DQK, DV;
   index_t nodes() const { return X * Y; }
 };
 
@@ -32,10 +32,10 @@ template <class F>
 Dims check_inputs(const GridInputs<F>& x) {
   require(!x.q.empty(), "q", "is null");
   const Dims d{x.q.shape(0), x.q.shape(1), x.q.shape(2), x.q.shape(3), x.q.shape(4), x.v.shape(4)};
-  require(d.B >= 1 && d.NH >= 1 && d.X >= 1 && d.Y >= 1 && d.DK >= 1, "q",
-          "expected shape (B, NH, X, Y, DK) with every extent >= 1, got {}", shape_string(x.q.shape()));
+  require(d.B >= 1 && d.NH >= 1 && d.X >= 1 && d.Y >= 1 && d.DQK >= 1, "q",
+          "expected shape (B, NH, X, Y, DQK) with every extent >= 1, got {}", shape_string(x.q.shape()));
   require(d.DV >= 1, "v", "expected DV >= 1, got shape {}", shape_string(x.v.shape()));
-  check_shape("k", x.k, {d.B, d.NH, d.X, d.Y, d.DK});
+  check_shape("k", x.k, {d.B, d.NH, d.X, d.Y, d.DQK});
   check_shape("v", x.v, {d.B, d.NH, d.X, d.Y, d.DV});
   const auto& g = x.gates;
   for (const auto& [name, gate] : {std::pair{"Sr", g.Sr}, {"Sd", g.Sd}, {"Trl", g.Trl}, {"Tru", g.Tru},
@@ -49,11 +49,11 @@ template <class F>
 struct Head {
   const F *q, *k, *v;
   const F *Sr, *Sd, *Trl, *Tru, *Tdu, *Tdl, *Ml, *Mu, *D;
-  index_t Y, DK, DV;
+  index_t Y, DQK, DV;
   F scale;
   Head(const GridInputs<F>& x, const Dims& d, index_t bh, const Options& o)
-      : q(x.q.data() + bh * d.nodes() * d.DK),
-        k(x.k.data() + bh * d.nodes() * d.DK),
+      : q(x.q.data() + bh * d.nodes() * d.DQK),
+        k(x.k.data() + bh * d.nodes() * d.DQK),
         v(x.v.data() + bh * d.nodes() * d.DV),
         Sr(x.gates.Sr.data() + bh * d.nodes()),
         Sd(x.gates.Sd.data() + bh * d.nodes()),
@@ -65,12 +65,12 @@ struct Head {
         Mu(x.gates.Mu.data() + bh * d.nodes()),
         D(x.gates.D.data() + bh * d.nodes()),
         Y(d.Y),
-        DK(d.DK),
+        DQK(d.DQK),
         DV(d.DV),
-        scale(detail::qk_scale<F>(o, d.DK)) {}
+        scale(detail::qk_scale<F>(o, d.DQK)) {}
   index_t node(index_t x, index_t y) const { return x * Y + y; }
-  Eigen::Map<const Vec<F>> q_at(index_t n) const { return {q + n * DK, DK}; }
-  Eigen::Map<const Vec<F>> k_at(index_t n) const { return {k + n * DK, DK}; }
+  Eigen::Map<const Vec<F>> q_at(index_t n) const { return {q + n * DQK, DQK}; }
+  Eigen::Map<const Vec<F>> k_at(index_t n) const { return {k + n * DQK, DQK}; }
   Eigen::Map<const Vec<F>> v_at(index_t n) const { return {v + n * DV, DV}; }
 };
 
@@ -80,8 +80,8 @@ struct Head {
 // column, so they could run in any order or in parallel.
 template <class F>
 void recurrent(const Head<F>& g, const Dims& d, F* h) {
-  std::vector<Mat<F>> right(d.Y, Mat<F>::Zero(d.DK, d.DV)), down(d.X, Mat<F>::Zero(d.DK, d.DV));
-  Mat<F> new_right(d.DK, d.DV), new_down(d.DK, d.DV), kv(d.DK, d.DV);
+  std::vector<Mat<F>> right(d.Y, Mat<F>::Zero(d.DQK, d.DV)), down(d.X, Mat<F>::Zero(d.DQK, d.DV));
+  Mat<F> new_right(d.DQK, d.DV), new_down(d.DQK, d.DV), kv(d.DQK, d.DV);
   for (index_t s = 0; s < d.X + d.Y - 1; ++s) {
     for (index_t x = std::max<index_t>(0, s - d.Y + 1); x <= std::min(s, d.X - 1); ++x) {
       const index_t y = s - x, n = g.node(x, y);
@@ -249,7 +249,7 @@ template <class F>
 struct BlockData {
   Mat<F> Q, K, V;
   Vec<F> D;
-  BlockData(const Head<F>& g, const Block<F>& b) : Q(b.nodes(), g.DK), K(b.nodes(), g.DK), V(b.nodes(), g.DV), D(b.nodes()) {
+  BlockData(const Head<F>& g, const Block<F>& b) : Q(b.nodes(), g.DQK), K(b.nodes(), g.DQK), V(b.nodes(), g.DV), D(b.nodes()) {
     for (index_t x = b.x0; x < b.x1; ++x)
       for (index_t y = b.y0; y < b.y1; ++y) {
         const index_t n = g.node(x, y), i = b.local(x, y);
@@ -304,7 +304,7 @@ void store_border(const Block<F>& b, std::vector<Mat<F>>&& out, std::vector<Mat<
 // the down states of the last chunk row (`down`, by x).
 template <class F>
 void chunkwise(const Head<F>& g, const Dims& d, index_t side, F* h) {
-  std::vector<Mat<F>> right(d.Y, Mat<F>::Zero(d.DK, d.DV)), down(d.X, Mat<F>::Zero(d.DK, d.DV));
+  std::vector<Mat<F>> right(d.Y, Mat<F>::Zero(d.DQK, d.DV)), down(d.X, Mat<F>::Zero(d.DQK, d.DV));
   for (index_t cx = 0; cx < d.X; cx += side)
     for (index_t cy = 0; cy < d.Y; cy += side) {
       const Block<F> b = build_block(g, d, cx, cy, side);
@@ -332,7 +332,7 @@ std::vector<Mat<F>> chunk_backward(const Head<F>& g, const Block<F>& b, const st
   Mat<F> dQ = dA * x.K, dK = dA.transpose() * x.Q, dV = P.transpose() * dH;
   d_map = {b.x0, b.x1, b.y0, b.y1, Mat<F>(b.borders(), b.borders()), Mat<F>(b.borders(), b.nodes()),
            Mat<F>(b.nodes(), b.borders()), dP.cwiseProduct(A)};
-  std::vector<Mat<F>> d_in(b.borders(), Mat<F>::Zero(g.DK, g.DV));
+  std::vector<Mat<F>> d_in(b.borders(), Mat<F>::Zero(g.DQK, g.DV));
   for (index_t j = 0; j < b.borders(); ++j) {
     d_map.Mb.col(j) = dH.cwiseProduct(x.Q * in[j]).rowwise().sum();
     dQ.noalias() += b.Mb.col(j).asDiagonal() * (dH * in[j].transpose());
@@ -351,8 +351,8 @@ std::vector<Mat<F>> chunk_backward(const Head<F>& g, const Block<F>& b, const st
   for (index_t xx = b.x0; xx < b.x1; ++xx)
     for (index_t y = b.y0; y < b.y1; ++y) {
       const index_t n = g.node(xx, y), i = b.local(xx, y);
-      Eigen::Map<Vec<F>>(dq + n * g.DK, g.DK) = dQ.row(i).transpose();
-      Eigen::Map<Vec<F>>(dk + n * g.DK, g.DK) = dK.row(i).transpose();
+      Eigen::Map<Vec<F>>(dq + n * g.DQK, g.DQK) = dQ.row(i).transpose();
+      Eigen::Map<Vec<F>>(dk + n * g.DQK, g.DQK) = dK.row(i).transpose();
       Eigen::Map<Vec<F>>(dv + n * g.DV, g.DV) = dV.row(i).transpose();
       dD[n] = dP(i, i) * A(i, i);
     }
@@ -377,7 +377,7 @@ GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t ch
   require(chunk_size >= 1 && (chunk_size & (chunk_size - 1)) == 0, "chunk_size",
           "expected a power of two >= 1, got {}", chunk_size);
   const Shape<4> gate_shape{d.B, d.NH, d.X, d.Y};
-  GridGrad<F> out{uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DK}), uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DK}),
+  GridGrad<F> out{uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DQK}), uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DQK}),
                   uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DV}), zeros<F>(gate_shape), zeros<F>(gate_shape),
                   zeros<F>(gate_shape), zeros<F>(gate_shape), zeros<F>(gate_shape), zeros<F>(gate_shape),
                   zeros<F>(gate_shape), zeros<F>(gate_shape), uninitialized<F>(gate_shape)};
@@ -392,7 +392,7 @@ GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t ch
     // Forward, keeping the in-border states of every chunk (linear in the number of nodes).
     std::vector<std::pair<index_t, index_t>> chunks;
     std::vector<std::vector<Mat<F>>> ins;
-    std::vector<Mat<F>> right(d.Y, Mat<F>::Zero(d.DK, d.DV)), down(d.X, Mat<F>::Zero(d.DK, d.DV));
+    std::vector<Mat<F>> right(d.Y, Mat<F>::Zero(d.DQK, d.DV)), down(d.X, Mat<F>::Zero(d.DQK, d.DV));
     std::vector<F> h_scratch(d.nodes() * d.DV);
     for (index_t cx = 0; cx < d.X; cx += side)
       for (index_t cy = 0; cy < d.Y; cy += side) {
@@ -402,13 +402,13 @@ GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t ch
         store_border(b, chunk_forward(g, b, ins.back(), h_scratch.data()), right, down);
       }
     // Reverse: d_right / d_down hold the gradients of the carried border states.
-    std::vector<Mat<F>> d_right(d.Y, Mat<F>::Zero(d.DK, d.DV)), d_down(d.X, Mat<F>::Zero(d.DK, d.DV));
+    std::vector<Mat<F>> d_right(d.Y, Mat<F>::Zero(d.DQK, d.DV)), d_down(d.X, Mat<F>::Zero(d.DQK, d.DV));
     for (index_t c = static_cast<index_t>(chunks.size()) - 1; c >= 0; --c) {
       const auto [cx, cy] = chunks[c];
       const Block<F> b = build_block(g, d, cx, cy, side);
       Block<F> d_map;
       auto d_in = chunk_backward(g, b, ins[c], dh.data() + node0 * d.DV, in_border(b, d_right, d_down), d_map,
-                                 out.dq.data() + node0 * d.DK, out.dk.data() + node0 * d.DK,
+                                 out.dq.data() + node0 * d.DQK, out.dk.data() + node0 * d.DQK,
                                  out.dv.data() + node0 * d.DV, out.dD.data() + node0);
       store_border(b, std::move(d_in), d_right, d_down);
       build_block_backward(g, d, cx, cy, side, d_map, gates);
@@ -460,8 +460,8 @@ xt::xtensor<F, 5> grid_forward(const GridInputs<F>& x, const GridForm& form, con
   if (form.kind == GridForm::parallel) {  // the DAG parallel form on the grid graph
     const auto gates = grid_dag_gates(x);
     const auto h = dag_forward(grid_dag(d.X, d.Y),
-                               DagInputs<F>{ConstView<F, 4>(x.q.data(), {d.B, d.NH, d.nodes(), d.DK}),
-                                            ConstView<F, 4>(x.k.data(), {d.B, d.NH, d.nodes(), d.DK}),
+                               DagInputs<F>{ConstView<F, 4>(x.q.data(), {d.B, d.NH, d.nodes(), d.DQK}),
+                                            ConstView<F, 4>(x.k.data(), {d.B, d.NH, d.nodes(), d.DQK}),
                                             ConstView<F, 4>(x.v.data(), {d.B, d.NH, d.nodes(), d.DV}), gates.S,
                                             gates.T, gates.M, gates.D},
                                DagForm::parallel, o);

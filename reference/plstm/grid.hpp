@@ -1,4 +1,4 @@
-// pLSTM on 2-D grids (spec/plstm.md), scalar gates. Node (x, y) has incoming edges from the left
+// pLSTM on 2-D grids (docs/plstm.md), scalar gates. Node (x, y) has incoming edges from the left
 // (x-1, y) and from the top (x, y-1), outgoing edges to the right and down, so two states:
 //
 //   C^r_{x,y} = T^rl C^r_{x-1,y} + T^ru C^d_{x,y-1} + S^r k v^T      (edge to the right)
@@ -10,7 +10,7 @@
 // N = X·Y; quadratic memory). Four orientations put the sources in each corner: the
 // same computation on flipped inputs; `grid_forward_oriented` sums them.
 //
-// Layout: q, k (B, NH, X, Y, DK); v, h (B, NH, X, Y, DV); each gate (B, NH, X, Y). With
+// Layout: q, k (B, NH, X, Y, DQK); v, h (B, NH, X, Y, DV); each gate (B, NH, X, Y). With
 // orientations, each gate has a leading axis of 4: (4, B, NH, X, Y); orientation o flips x when
 // o & 1 and y when o & 2.
 #pragma once
@@ -29,7 +29,7 @@ struct GridGates {
 
 template <class F>
 struct GridInputs {
-  ConstView<F, 5> q, k;  // (B, NH, X, Y, DK)
+  ConstView<F, 5> q, k;  // (B, NH, X, Y, DQK)
   ConstView<F, 5> v;     // (B, NH, X, Y, DV)
   GridGates<F> gates;    // each (B, NH, X, Y)
 };

@@ -1,5 +1,5 @@
 // Gate parameterisations that keep pLSTM states bounded however many paths a graph has
-// (spec/plstm.md, "Stability"): functions from raw pre-activations to the gates S, T, M, D.
+// (docs/plstm.md, "Stability: P-mode and D-mode"): functions from raw pre-activations to the gates S, T, M, D.
 //
 // P-mode (directed propagation): at every node, the transitions leaving one incoming edge have an
 // L1 norm of at most 1, so the L1 norm of a propagated state cannot grow. On a DAG,

@@ -1,4 +1,4 @@
-// The pLSTM CPU reference on a DAG (spec/plstm.md), scalar gates. States live on edges:
+// The pLSTM CPU reference on a DAG (docs/plstm.md), scalar gates. States live on edges:
 //
 //   C^e = Σ_{e' in E_in(n)} T^n_{e'e} C^{e'} + S^n_e k^n (v^n)^T        for e in E_out(n)
 //   h^n = s Σ_{e in E_in(n)} M^n_e (C^e)^T q^n + s D^n (q^n·k^n) v^n
@@ -7,7 +7,7 @@
 // of each level of the level schedule) and parallel (the node-to-node gating G by dynamic
 // programming, then an attention-like readout). Exact backward of the recurrent form.
 //
-// Layout (row-major; B items sharing one graph): q, k (B, NH, N, DK); v, h (B, NH, N, DV); S, M
+// Layout (row-major; B items sharing one graph): q, k (B, NH, N, DQK); v, h (B, NH, N, DV); S, M
 // (B, NH, E) per edge; T (B, NH, A) per line-graph arc (graph::line_graph numbering); D (B, NH, N).
 #pragma once
 
@@ -20,7 +20,7 @@ namespace flashlstm::plstm {
 
 template <class F>
 struct DagInputs {
-  ConstView<F, 4> q, k;  // (B, NH, N, DK)
+  ConstView<F, 4> q, k;  // (B, NH, N, DQK)
   ConstView<F, 4> v;     // (B, NH, N, DV)
   ConstView<F, 3> S;     // (B, NH, E)  source, per edge
   ConstView<F, 3> T;     // (B, NH, A)  transition, per line-graph arc
@@ -29,7 +29,7 @@ struct DagInputs {
 };
 
 struct Options {
-  double qk_scale = 0;  // s; 0 means DK^-1/2
+  double qk_scale = 0;  // s; 0 means DQK^-1/2
 };
 
 enum class DagForm { recurrent, levels, parallel };

@@ -17,17 +17,17 @@ template <class F>
 using ConstMatMap = Eigen::Map<const Mat<F>>;
 
 struct Dims {
-  index_t B, NH, S, DK, DV;
+  index_t B, NH, S, DQK, DV;
 };
 
 template <class F>
 Dims check_inputs(const SequenceInputs<F>& x) {
   require(!x.q.empty(), "q", "is null");
   const Dims d{x.q.shape(0), x.q.shape(1), x.q.shape(2), x.q.shape(3), x.v.shape(3)};
-  require(d.B >= 1 && d.NH >= 1 && d.S >= 1 && d.DK >= 1, "q",
-          "expected shape (B, NH, S, DK) with every extent >= 1, got {}", shape_string(x.q.shape()));
+  require(d.B >= 1 && d.NH >= 1 && d.S >= 1 && d.DQK >= 1, "q",
+          "expected shape (B, NH, S, DQK) with every extent >= 1, got {}", shape_string(x.q.shape()));
   require(d.DV >= 1, "v", "expected DV >= 1, got shape {}", shape_string(x.v.shape()));
-  check_shape("k", x.k, {d.B, d.NH, d.S, d.DK});
+  check_shape("k", x.k, {d.B, d.NH, d.S, d.DQK});
   check_shape("v", x.v, {d.B, d.NH, d.S, d.DV});
   for (const auto& [name, gate] : {std::pair{"S", x.S}, {"T", x.T}, {"M", x.M}, {"D", x.D}})
     check_shape(name, gate, {d.B, d.NH, d.S});
@@ -104,21 +104,21 @@ struct Head {
   const F *q, *k, *v, *S, *T, *M, *D;
   F scale;
   Head(const SequenceInputs<F>& x, const Dims& d, index_t bh, const Options& o)
-      : q(x.q.data() + bh * d.S * d.DK),
-        k(x.k.data() + bh * d.S * d.DK),
+      : q(x.q.data() + bh * d.S * d.DQK),
+        k(x.k.data() + bh * d.S * d.DQK),
         v(x.v.data() + bh * d.S * d.DV),
         S(x.S.data() + bh * d.S),
         T(x.T.data() + bh * d.S),
         M(x.M.data() + bh * d.S),
         D(x.D.data() + bh * d.S),
-        scale(detail::qk_scale<F>(o, d.DK)) {}
+        scale(detail::qk_scale<F>(o, d.DQK)) {}
 };
 
 template <class F>
 void recurrent(const Head<F>& x, const Dims& d, F* h) {
-  Mat<F> C = Mat<F>::Zero(d.DK, d.DV);
+  Mat<F> C = Mat<F>::Zero(d.DQK, d.DV);
   for (index_t t = 0; t < d.S; ++t) {
-    const Eigen::Map<const Vec<F>> q(x.q + t * d.DK, d.DK), k(x.k + t * d.DK, d.DK), v(x.v + t * d.DV, d.DV);
+    const Eigen::Map<const Vec<F>> q(x.q + t * d.DQK, d.DQK), k(x.k + t * d.DQK, d.DQK), v(x.v + t * d.DV, d.DV);
     Eigen::Map<Vec<F>>(h + t * d.DV, d.DV) = x.scale * (x.M[t] * (C.transpose() * q) + (x.D[t] * q.dot(k)) * v);
     C *= x.T[t];
     C.noalias() += (x.S[t] * k) * v.transpose();
@@ -137,7 +137,7 @@ Mat<F> with_direct(Mat<F> P, const F* D, const Mat<F>& A) {
 template <class F>
 void chunk(const Head<F>& x, const Dims& d, index_t t0, index_t len, Mat<F>& C, F* h) {
   const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len);
-  const ConstMatMap<F> Q(x.q + t0 * d.DK, len, d.DK), K(x.k + t0 * d.DK, len, d.DK), V(x.v + t0 * d.DV, len, d.DV);
+  const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
   const Mat<F> A = Q * K.transpose();
   const Mat<F> P = with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A);
   Eigen::Map<Mat<F>>(h, len, d.DV) = x.scale * (P * V + blk.mark.asDiagonal() * (Q * C));
@@ -151,7 +151,7 @@ template <class F>
 void chunk_backward(const Head<F>& x, const Dims& d, index_t t0, index_t len, const Mat<F>& C, const F* dh, Mat<F>& dC,
                     SequenceGrad<F>& g, index_t bh) {
   const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len);
-  const ConstMatMap<F> Q(x.q + t0 * d.DK, len, d.DK), K(x.k + t0 * d.DK, len, d.DK), V(x.v + t0 * d.DV, len, d.DV);
+  const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
   const Mat<F> dH = x.scale * ConstMatMap<F>(dh + t0 * d.DV, len, d.DV);
   const Mat<F> A = Q * K.transpose();
   const Mat<F> P = with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A);
@@ -164,8 +164,8 @@ void chunk_backward(const Head<F>& x, const Dims& d, index_t t0, index_t len, co
   Block<F> dblk{(dC.array() * C.array()).sum(), K_dC.cwiseProduct(V).rowwise().sum(),
                 dH.cwiseProduct(QC).rowwise().sum(), dP.cwiseProduct(A)};
   const index_t off = bh * d.S + t0;
-  Eigen::Map<Mat<F>>(g.dq.data() + off * d.DK, len, d.DK) = dA * K + blk.mark.asDiagonal() * (dH * C.transpose());
-  Eigen::Map<Mat<F>>(g.dk.data() + off * d.DK, len, d.DK) =
+  Eigen::Map<Mat<F>>(g.dq.data() + off * d.DQK, len, d.DQK) = dA * K + blk.mark.asDiagonal() * (dH * C.transpose());
+  Eigen::Map<Mat<F>>(g.dk.data() + off * d.DQK, len, d.DQK) =
       dA.transpose() * Q + blk.source.asDiagonal() * (V * dC.transpose());
   Eigen::Map<Mat<F>>(g.dv.data() + off * d.DV, len, d.DV) = P.transpose() * dH + blk.source.asDiagonal() * K_dC;
   Eigen::Map<Vec<F>>(g.dD.data() + off, len) = dP.diagonal().cwiseProduct(A.diagonal());
@@ -182,20 +182,20 @@ SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh
   check_shape("dh", dh, {d.B, d.NH, d.S, d.DV});
   require(chunk_size >= 1, "chunk_size", "expected >= 1, got {}", chunk_size);
   const index_t L = std::min(chunk_size, d.S);
-  SequenceGrad<F> g{uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DK}), uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DK}),
+  SequenceGrad<F> g{uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DQK}), uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DQK}),
                     uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DV}), zeros<F>(Shape<3>{d.B, d.NH, d.S}),
                     zeros<F>(Shape<3>{d.B, d.NH, d.S}),               zeros<F>(Shape<3>{d.B, d.NH, d.S}),
                     uninitialized<F>(Shape<3>{d.B, d.NH, d.S})};
 #pragma omp parallel for schedule(dynamic)
   for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
     const Head<F> head(x, d, bh, o);
-    std::vector<Mat<F>> entering{Mat<F>::Zero(d.DK, d.DV)};
+    std::vector<Mat<F>> entering{Mat<F>::Zero(d.DQK, d.DV)};
     std::vector<F> scratch(L * d.DV);
     for (index_t t0 = 0; t0 + L < d.S; t0 += L) {
       entering.push_back(entering.back());
       chunk(head, d, t0, L, entering.back(), scratch.data());
     }
-    Mat<F> dC = Mat<F>::Zero(d.DK, d.DV);
+    Mat<F> dC = Mat<F>::Zero(d.DQK, d.DV);
     for (index_t c = static_cast<index_t>(entering.size()) - 1; c >= 0; --c) {
       const index_t t0 = c * L;
       chunk_backward(head, d, t0, std::min(L, d.S - t0), entering[c], dh.data() + bh * d.S * d.DV, dC, g, bh);
@@ -227,7 +227,7 @@ xt::xtensor<F, 4> sequence_forward(const SequenceInputs<F>& x, const SequenceFor
       recurrent(head, d, out);
     } else {
       const index_t L = form.kind == SequenceForm::parallel ? d.S : form.chunk_size;
-      Mat<F> C = Mat<F>::Zero(d.DK, d.DV);
+      Mat<F> C = Mat<F>::Zero(d.DQK, d.DV);
       for (index_t t0 = 0; t0 < d.S; t0 += L) chunk(head, d, t0, std::min(L, d.S - t0), C, out + t0 * d.DV);
     }
   }

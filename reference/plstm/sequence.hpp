@@ -1,4 +1,4 @@
-// pLSTM on 1-D sequences (spec/plstm.md), scalar gates, per (batch, head):
+// pLSTM on 1-D sequences (docs/plstm.md), scalar gates, per (batch, head):
 //
 //   C_t = T_t C_{t-1} + S_t k_t v_t^T          (the state on the edge t -> t+1)
 //   h_t = s (M_t q_t^T C_{t-1} + D_t (q_t·k_t) v_t)
@@ -9,7 +9,7 @@
 // and the chunk's own G — are built by pairwise-doubling merges of adjacent blocks (log2 L levels),
 // and the state is carried across chunks. L = 1 is the recurrent form, L = S the parallel one.
 //
-// Layout: q, k (B, NH, S, DK); v, h (B, NH, S, DV); S, T, M, D (B, NH, S). The chain is the DAG
+// Layout: q, k (B, NH, S, DQK); v, h (B, NH, S, DV); S, T, M, D (B, NH, S). The chain is the DAG
 // t -> t+1 (graph edge t), so node t's source is S_t, its mark M_t, its transition T_t; T_0 and
 // M_0 act on the initial state, which is zero here.
 #pragma once
@@ -21,7 +21,7 @@ namespace flashlstm::plstm {
 
 template <class F>
 struct SequenceInputs {
-  ConstView<F, 4> q, k;  // (B, NH, S, DK)
+  ConstView<F, 4> q, k;  // (B, NH, S, DQK)
   ConstView<F, 4> v;     // (B, NH, S, DV)
   ConstView<F, 3> S, T, M, D;  // (B, NH, S)
 };

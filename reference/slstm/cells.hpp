@@ -81,7 +81,7 @@ T scale_nonzero(T a, T x) {
   return x == T(0) ? T(0) : a * x;
 }
 
-// The sLSTM of spec/slstm.md:
+// The sLSTM of docs/slstm.md:
 //   m' = max(log f + m, ĩ) (m' = ĩ where n == 0), i' = exp(ĩ - m'), f' = exp(log f + m - m')
 //   c' = f' c + i' tanh(z̃),  n' = f' n + i',  h' = σ(õ) c' / n'
 // The backward follows m through the max as well, so it is exact for any loss, including one on

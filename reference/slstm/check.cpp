@@ -1,16 +1,25 @@
-// Random problems, comparison and the finite-difference check for the sLSTM/LSTM (see check.hpp).
+// Random problems, named tensors, the loss and the state-passing and gradient checks of the
+// sLSTM/LSTM (see check.hpp).
 #include "reference/slstm/check.hpp"
 
-#include "core/finite_differences.hpp"
-#include "core/error.hpp"
-#include "core/metrics.hpp"
-
-#include <limits>
+#include "core/random.hpp"
 
 namespace flashlstm::slstm {
 
 std::string ProblemShape::name() const {
   return fmt::format("B{} T{} NH{} DH{}{}", B, T, NH, DH, initial_state ? " +state" : "");
+}
+
+template <class T>
+double Problem<T>::scale() const {
+  return initial ? check::rms(Wx, R, b, dh, *initial) : check::rms(Wx, R, b, dh);
+}
+
+template <class T>
+Problem<T> Problem<T>::piece(index_t t0, index_t t1) const {
+  using xt::all;
+  using xt::range;
+  return {xt::view(Wx, all(), range(t0, t1)), R, b, initial, xt::view(dh, all(), range(t0, t1)), dlast};
 }
 
 template <class T>
@@ -44,77 +53,65 @@ Problem<To> cast_problem(const Problem<From>& p) {
   return out;
 }
 
-template <class TA, class TB>
-double max_rel_error(const Output<TA>& a, const Output<TB>& ref) {
-  return std::max(rel_l2(a.states, ref.states), rel_l2(a.last, ref.last));
+template <class T>
+std::vector<check::Named<T>> tensors(const Output<T>& out) {
+  return {check::named("states", out.states), check::named("last", out.last)};
 }
 
-template <class TA, class TB>
-double max_rel_error(const InputGrad<TA>& a, const InputGrad<TB>& ref) {
-  double e = std::max({rel_l2(a.dWx, ref.dWx), rel_l2(a.dR, ref.dR), rel_l2(a.db, ref.db)});
-  if (a.dinitial.has_value() != ref.dinitial.has_value()) return std::numeric_limits<double>::infinity();
-  if (a.dinitial) e = std::max(e, rel_l2(*a.dinitial, *ref.dinitial));
-  return e;
+template <class T>
+std::vector<check::Named<T>> tensors(const InputGrad<T>& grad) {
+  std::vector<check::Named<T>> t = {check::named("dWx", grad.dWx), check::named("dR", grad.dR),
+                                    check::named("db", grad.db)};
+  if (grad.dinitial) t.push_back(check::named("dinitial", *grad.dinitial));
+  return t;
 }
 
 template <class T>
 double loss(const Problem<T>& p, const Output<T>& out) {
-  const auto h = xt::view(out.states, 0);  // (B, T, NH, DH)
-  return xt::sum(xt::cast<double>(p.dh) * xt::cast<double>(h))() +
-         xt::sum(xt::cast<double>(p.dlast) * xt::cast<double>(out.last))();
+  return check::dot(p.dh, xt::xtensor<T, 4>(xt::view(out.states, 0))) + check::dot(p.dlast, out.last);
 }
 
-PieceErrors state_passing_error(const Problem<double>& p, index_t split, const Options& o) {
-  using xt::all;
-  using xt::range;
-  const index_t T = static_cast<index_t>(p.Wx.shape()[1]);
+check::Report state_passing(const Problem<double>& p, index_t split, const Options& o, double bound) {
+  const index_t T = p.Wx.shape(1);
   require(split > 0 && split < T, "split", "expected 0 < split < T = {}, got {}", T, split);
-  auto piece = [&](index_t t0, index_t t1) {
-    return Problem<double>{xt::view(p.Wx, all(), range(t0, t1)), p.R, p.b, p.initial,
-                           xt::view(p.dh, all(), range(t0, t1)), p.dlast};
-  };
   const auto whole = forward(p.inputs(), p.initial_view(), o);
   const auto whole_grad = backward(p.inputs(), p.initial_view(), p.output_grad(), o);
 
-  auto first = piece(0, split), second = piece(split, T);
+  auto first = p.piece(0, split), second = p.piece(split, T);
   const auto out1 = forward(first.inputs(), first.initial_view(), o);
   second.initial = out1.last;
   const auto out2 = forward(second.inputs(), second.initial_view(), o);
   const Output<double> joined{xt::concatenate(xt::xtuple(out1.states, out2.states), 2), out2.last};
 
+  // The second piece's gradient of its initial state is the first piece's upstream gradient.
   const auto grad2 = backward(second.inputs(), second.initial_view(), second.output_grad(), o);
   first.dlast = *grad2.dinitial;
   const auto grad1 = backward(first.inputs(), first.initial_view(), first.output_grad(), o);
   const InputGrad<double> joined_grad{xt::concatenate(xt::xtuple(grad1.dWx, grad2.dWx), 1), grad1.dR + grad2.dR,
                                       grad1.db + grad2.db, grad1.dinitial};
-  return {max_rel_error(joined, whole), max_rel_error(joined_grad, whole_grad)};
+  check::Report report = check::compare(joined, whole, bound, p.scale());
+  report.add(check::compare(joined_grad, whole_grad, bound, p.scale()));
+  return report;
 }
 
-std::map<std::string, double> gradcheck(const Problem<double>& p, const Options& o, std::uint64_t seed) {
+check::Report gradcheck(Problem<double> p, const Options& o, std::uint64_t seed) {
   const InputGrad<double> grad = backward(p.inputs(), p.initial_view(), p.output_grad(), o);
-  Rng rng(seed);
-  std::map<std::string, double> errors;
-  auto check = [&](const std::string& name, auto member, const auto& g) {
-    Problem<double> probe = p;
-    errors[name] = directional_derivative_error(
-        member(probe), g, [&] { return loss(probe, forward(probe.inputs(), probe.initial_view(), o)); }, rng);
-  };
-  check("Wx", [](Problem<double>& r) -> auto& { return r.Wx; }, grad.dWx);
-  check("R", [](Problem<double>& r) -> auto& { return r.R; }, grad.dR);
-  check("b", [](Problem<double>& r) -> auto& { return r.b; }, grad.db);
-  if (p.initial) check("initial", [](Problem<double>& r) -> auto& { return *r.initial; }, *grad.dinitial);
-  return errors;
+  std::vector<check::Argument> arguments = {check::argument("Wx", p.Wx, grad.dWx), check::argument("R", p.R, grad.dR),
+                                            check::argument("b", p.b, grad.db)};
+  if (p.initial) arguments.push_back(check::argument("initial", *p.initial, *grad.dinitial));
+  return check::gradcheck(arguments, [&] { return loss(p, forward(p.inputs(), p.initial_view(), o)); }, seed);
 }
 
-template Problem<float> random_problem<float>(const ProblemShape&, const Options&, std::uint64_t);
-template Problem<double> random_problem<double>(const ProblemShape&, const Options&, std::uint64_t);
+#define FLASHLSTM_INSTANTIATE(T)                                                         \
+  template struct Problem<T>;                                                            \
+  template Problem<T> random_problem<T>(const ProblemShape&, const Options&, std::uint64_t); \
+  template std::vector<check::Named<T>> tensors(const Output<T>&);                       \
+  template std::vector<check::Named<T>> tensors(const InputGrad<T>&);                    \
+  template double loss(const Problem<T>&, const Output<T>&);
+FLASHLSTM_INSTANTIATE(float)
+FLASHLSTM_INSTANTIATE(double)
+#undef FLASHLSTM_INSTANTIATE
 template Problem<float> cast_problem<float, double>(const Problem<double>&);
 template Problem<double> cast_problem<double, float>(const Problem<float>&);
-template double max_rel_error(const Output<float>&, const Output<double>&);
-template double max_rel_error(const Output<double>&, const Output<double>&);
-template double max_rel_error(const InputGrad<float>&, const InputGrad<double>&);
-template double max_rel_error(const InputGrad<double>&, const InputGrad<double>&);
-template double loss(const Problem<double>&, const Output<double>&);
-template double loss(const Problem<float>&, const Output<float>&);
 
 }  // namespace flashlstm::slstm

@@ -1,4 +1,4 @@
-// The sLSTM CPU reference (spec/slstm.md) and the classic LSTM cell, forward and exact backward
+// The sLSTM CPU reference (docs/slstm.md) and the classic LSTM cell, forward and exact backward
 // through time. Both are the same recurrence skeleton — pre-activations g̃_t = Wx_t + R h_{t-1} + b
 // per head, then a pointwise cell — with a different cell (reference/slstm/cells.hpp).
 //

@@ -123,3 +123,34 @@ def test_gpu_arrays_take_only_the_chunkwise_form():
     a = arrays()
     with pytest.raises(ValueError, match="form: the CUDA kernels implement 'chunkwise'"):
         mlstm.forward(a["q"], a["k"], a["v"], a["igate"], a["fgate"], form="parallel")
+
+
+def gapped_strides(shape):
+    """Element strides of a[..., ::2] for an array `a` of `shape` with a last axis twice as long."""
+    strides, acc = [], 2
+    for extent in reversed(shape):
+        strides.insert(0, acc)
+        acc *= extent
+    return tuple(strides)
+
+
+@pytest.mark.parametrize("part,shape", [("C", (B, NH, DQK, DV)), ("n", (B, NH, DQK)), ("m", (B, NH))])
+def test_states_written_in_place_are_never_copied(part, shape):
+    """Unlike numpy inputs (copied when not C-contiguous), arrays the kernels write into — the state of
+    step and forward_sequence, the outputs — must be C-contiguous: a copy would lose the writes."""
+    def state(**override):
+        parts = dict(C=FakeCudaArray((B, NH, DQK, DV)), n=FakeCudaArray((B, NH, DQK)), m=FakeCudaArray((B, NH)))
+        parts.update(override)
+        return parts["C"], parts["n"], parts["m"]
+
+    bad = {part: FakeCudaArray(shape, strides=gapped_strides(shape))}
+    message = f"state.{part}: expected a C-contiguous array"
+    t = {name: FakeCudaArray(s) for name, s in dict(q=(B, NH, DQK), k=(B, NH, DQK), v=(B, NH, DV), igate=(B, NH),
+                                                        fgate=(B, NH)).items()}
+    with pytest.raises(ValueError, match=message):
+        cuda.step(t["q"], t["k"], t["v"], t["igate"], t["fgate"], state(**bad), FakeCudaArray((B, NH, DV)))
+    a = arrays()
+    with pytest.raises(ValueError, match=message):
+        cuda.forward_sequence(a["q"], a["k"], a["v"], a["igate"], a["fgate"], state(**bad), a["h"])
+    with pytest.raises(ValueError, match=f"last.{part}: expected a C-contiguous array"):
+        forward(arrays(last=state(**bad)))

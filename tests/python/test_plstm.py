@@ -1,4 +1,4 @@
-"""flashlstm.plstm: the DAG recurrence against a numpy transcription of spec/plstm.md, every DAG,
+"""flashlstm.plstm: the DAG recurrence against a numpy transcription of docs/plstm.md, every DAG,
 1-D and 2-D form against it, the exact backward and the P-mode / D-mode backward against finite
 differences, and the errors."""
 
@@ -12,9 +12,9 @@ from helpers import check_gradients, rel, rng  # noqa: E402
 
 
 def oracle(dag, q, k, v, S, T, M, D, qk_scale=0.0):
-    """States on edges, nodes in topological order (spec/plstm.md)."""
-    B, NH, N, DK = q.shape
-    s = qk_scale or DK ** -0.5
+    """States on edges, nodes in topological order (docs/plstm.md)."""
+    B, NH, N, DQK = q.shape
+    s = qk_scale or DQK ** -0.5
     arcs = {(a, b): i for i, (a, b, _) in enumerate(graph.line_graph(dag).arcs.tolist())}
     in_off, in_items = dag.in_edges
     out_off, out_items = dag.out_edges
@@ -33,10 +33,10 @@ def oracle(dag, q, k, v, S, T, M, D, qk_scale=0.0):
     return h
 
 
-def dag_problem(dag, B=2, NH=2, DK=4, DV=3, seed=0, mode="P"):
+def dag_problem(dag, B=2, NH=2, DQK=4, DV=3, seed=0, mode="P"):
     r = rng(seed)
     N, E, A = dag.num_nodes, dag.num_edges, graph.num_arcs(dag)
-    q, k = r.standard_normal((B, NH, N, DK)), r.standard_normal((B, NH, N, DK))
+    q, k = r.standard_normal((B, NH, N, DQK)), r.standard_normal((B, NH, N, DQK))
     v = r.standard_normal((B, NH, N, DV))
     raw = dict(S=r.standard_normal((B, NH, E)), T=r.standard_normal((B, NH, A)), M=r.standard_normal((B, NH, E)),
                D=r.standard_normal((B, NH, N)))
@@ -119,9 +119,9 @@ def test_modes_bound_the_transitions(dag):
 # 1-D ---------------------------------------------------------------------------------------------
 
 
-def sequence_problem(S=13, B=2, NH=2, DK=4, DV=3, seed=0):
+def sequence_problem(S=13, B=2, NH=2, DQK=4, DV=3, seed=0):
     r = rng(seed)
-    x = [r.standard_normal((B, NH, S, DK)), r.standard_normal((B, NH, S, DK)), r.standard_normal((B, NH, S, DV))]
+    x = [r.standard_normal((B, NH, S, DQK)), r.standard_normal((B, NH, S, DQK)), r.standard_normal((B, NH, S, DV))]
     return x + [1 / (1 + np.exp(-r.standard_normal((B, NH, S)))) for _ in range(4)]
 
 
@@ -150,10 +150,10 @@ def test_sequence_backward_matches_finite_differences(chunk_size):
 # 2-D ---------------------------------------------------------------------------------------------
 
 
-def grid_problem(X=5, Y=3, B=1, NH=2, DK=4, DV=3, seed=0, mode="P", orientations=False):
+def grid_problem(X=5, Y=3, B=1, NH=2, DQK=4, DV=3, seed=0, mode="P", orientations=False):
     r = rng(seed)
     lead = (4,) if orientations else ()
-    q, k = r.standard_normal((B, NH, X, Y, DK)), r.standard_normal((B, NH, X, Y, DK))
+    q, k = r.standard_normal((B, NH, X, Y, DQK)), r.standard_normal((B, NH, X, Y, DQK))
     v = r.standard_normal((B, NH, X, Y, DV))
     n_raw = 7 if mode == "P" else 8
     raw = [r.standard_normal(lead + (B, NH, X, Y)) for _ in range(n_raw)]
@@ -169,7 +169,7 @@ def grid_problem(X=5, Y=3, B=1, NH=2, DK=4, DV=3, seed=0, mode="P", orientations
                                              ("chunkwise", 2), ("chunkwise", 4)])
 def test_grid_forms_equal_the_dag_on_the_grid(form, chunk_size):
     q, k, v, gates, _ = grid_problem()
-    B, NH, X, Y, DK = q.shape
+    B, NH, X, Y, DQK = q.shape
     flat = lambda a: a.reshape(B, NH, X * Y, -1)  # noqa: E731
     ref = plstm.dag_forward(plstm.grid_dag(X, Y), flat(q), flat(k), flat(v), *plstm.grid_dag_gates(q, k, v, gates))
     h = plstm.grid_forward(q, k, v, gates, form=form, chunk_size=chunk_size)
@@ -182,8 +182,8 @@ def test_oriented_sums_the_four_flips():
     for o in range(4):
         axes = tuple(a for a, bit in ((2, 1), (3, 2)) if o & bit)
         flip = lambda a, shift=0: np.flip(a, tuple(x + shift for x in axes)) if axes else a  # noqa: E731
-        g = plstm.GridGates(*(np.ascontiguousarray(flip(x[o])) for x in gates))
-        h = plstm.grid_forward(*(np.ascontiguousarray(flip(x)) for x in (q, k, v)), g)
+        g = plstm.GridGates(*(flip(x[o]) for x in gates))
+        h = plstm.grid_forward(*(flip(x) for x in (q, k, v)), g)
         total = total + flip(h)
     assert rel(plstm.grid_forward_oriented(q, k, v, gates), total) < 1e-12
 

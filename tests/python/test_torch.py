@@ -101,9 +101,9 @@ def test_slstm_gradcheck_and_opcheck(cell):
 def test_plstm_dag_gradcheck_and_opcheck():
     dag = graph.Dag(5, [(0, 1), (1, 2), (1, 3), (2, 4), (3, 4)])
     g = torch.Generator().manual_seed(2)
-    B, NH, N, DK, E, A = 1, 1, 5, 2, 5, graph.num_arcs(dag)
+    B, NH, N, DQK, E, A = 1, 1, 5, 2, 5, graph.num_arcs(dag)
     t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    args = (t(B, NH, N, DK), t(B, NH, N, DK), t(B, NH, N, DK), t(B, NH, E), t(B, NH, A), t(B, NH, E), t(B, NH, N))
+    args = (t(B, NH, N, DQK), t(B, NH, N, DQK), t(B, NH, N, DQK), t(B, NH, E), t(B, NH, A), t(B, NH, E), t(B, NH, N))
     assert torch.autograd.gradcheck(lambda *a: ft.plstm_dag(dag, *a), args, eps=1e-6, atol=1e-7)
     h = ft.plstm_dag(dag, *args, form="parallel")
     assert rel(h.detach().numpy(), plstm.dag_forward(dag, *(a.detach().numpy() for a in args))) < 1e-12
@@ -113,9 +113,9 @@ def test_plstm_dag_gradcheck_and_opcheck():
 
 def test_plstm_grid_gradcheck_and_compile():
     g = torch.Generator().manual_seed(3)
-    B, NH, X, Y, DK = 1, 1, 3, 2, 2
+    B, NH, X, Y, DQK = 1, 1, 3, 2, 2
     t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
-    q, k, v = t(B, NH, X, Y, DK), t(B, NH, X, Y, DK), t(B, NH, X, Y, DK)
+    q, k, v = t(B, NH, X, Y, DQK), t(B, NH, X, Y, DQK), t(B, NH, X, Y, DQK)
     gates = [t(B, NH, X, Y) for _ in range(9)]
 
     def f(q, k, v, *gates):

@@ -1,4 +1,4 @@
-"""The arrow-pointing extrapolation (APE) generator (spec/datasets.md): binary images with one
+"""The arrow-pointing extrapolation (APE) generator (docs/datasets.md): binary images with one
 arrow and one filled disk, labelled 1 when the arrow's ray hits the disk. Models train at 192 x 192
 and are tested at 384 x 384 with the same object sizes.
 
@@ -54,7 +54,8 @@ def sample_geometry(params: Params, index: int) -> Geometry:
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-    """One image (size, size, channels) uint8 as a PNG."""
+    """One image (size, size, channels) uint8 as a PNG (any layout: a view such as images[i] or
+    images[i, ::-1] is copied to a C-contiguous array first)."""
     _a.write_png(str(path), image)
 
 

@@ -1,4 +1,4 @@
-"""The molecular-graph generator (spec/datasets.md): heavy-atom graphs of small organic molecules
+"""The molecular-graph generator (docs/datasets.md): heavy-atom graphs of small organic molecules
 like MUTAG's, each labelled by a task that needs long-range structure ("distance", "ring_parity",
 "substitution"). Every molecule is valid by construction (RDKit parses and sanitizes its SMILES);
 atom i of a Molecule is the i-th atom of its SMILES.

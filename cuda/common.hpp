@@ -1,0 +1,81 @@
+// What every part of the CUDA code shares on the host: the error check of a CUDA runtime call, a
+// scoped switch of the current device, an owning device buffer, and whether a device is visible.
+// Plain C++ over the CUDA runtime API (no fmt, no xtensor, no Boost), so that the .cu files, the host
+// API, the kernel checks, the benchmarks and the Python bindings all include this one header.
+#pragma once
+
+#include "core/dtype.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+namespace flashlstm::cuda {
+
+// Throws std::runtime_error("flashlstm CUDA: <what>: <the runtime's message>") unless e is cudaSuccess.
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("flashlstm CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+
+inline int current_device() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
+// Makes `device` current for the guard's lifetime.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : previous_(current_device()) {
+    if (previous_ == device) previous_ = -1;
+    else check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_;
+};
+
+// `bytes` of device memory (cudaMalloc) on `device`, freed there when the buffer goes.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t bytes, int device = current_device()) : bytes_(bytes), device_(device) {
+    DeviceGuard guard(device_);
+    check_cuda(cudaMalloc(&ptr_, bytes == 0 ? 1 : bytes), "cudaMalloc");
+  }
+  ~DeviceBuffer() {  // as DeviceGuard does, without throwing
+    int previous = device_;
+    cudaGetDevice(&previous);
+    if (previous != device_) cudaSetDevice(device_);
+    cudaFree(ptr_);
+    if (previous != device_) cudaSetDevice(previous);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  template <class T = void>
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
+  std::size_t bytes() const { return bytes_; }
+  int device() const { return device_; }
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t bytes_;
+  int device_;
+};
+
+// Whether a CUDA device is visible to this process (for skipping GPU tests and validate rows).
+inline bool device_available() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+}  // namespace flashlstm::cuda
