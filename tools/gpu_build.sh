@@ -11,8 +11,10 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHLSTM_CUDA=ON 
 cmake --build build-gpu --target flashlstm_cuda_tests bench_mlstm_cuda flashlstm
 rm -rf gpu && mkdir -p gpu/lib
 cp build-gpu/tests/flashlstm_cuda_tests build-gpu/bin/bench_mlstm_cuda build-gpu/bin/flashlstm gpu/
-# The GPU machine lacks Boost (graph, regex) and its ICU, which `flashlstm` links: they travel along.
-for lib in $(ldd build-gpu/bin/flashlstm | awk '/boost|icu|png/ {print $3}'); do cp -L "$lib" gpu/lib/; done
+# The GPU machine lacks Boost (graph, regex) and its ICU, which the binaries link: they travel along.
+for lib in $(ldd gpu/flashlstm_cuda_tests gpu/bench_mlstm_cuda gpu/flashlstm | awk '/boost|icu|png/ {print $3}' | sort -u); do
+  cp -L "$lib" gpu/lib/
+done
 
 py=${FLASHLSTM_GPU_PYTHON:-$HOME/.pyenv/versions/3.12.1/bin/python3}
 if [ -x "$py" ]; then
