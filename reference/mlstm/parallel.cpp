@@ -91,10 +91,10 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
   // Forward quantities.
   const Vec<T> w0 = D.W.col(0);
   const Mat<T> A = Q_hat * K.transpose();
-  const Mat<T> P = A.cwiseProduct(D.W.rightCols(L));
+  const Mat<T> P = A.cwiseProduct(D.W.rightCols(L)), P_op = op(P);
   const Mat<T> QC = Q_hat * C0;  // (L, DV)
   const Vec<T> Qn = Q_hat * n0;  // (L)
-  const Mat<T> num = op(P) * V + w0.asDiagonal() * QC;
+  const Mat<T> num = P_op * V + w0.asDiagonal() * QC;
   const Vec<T> den = P.rowwise().sum() + w0.cwiseProduct(Qn);
 
   // Readout: dnum = dh / dhat, plus the gradients reaching den (delta) and m (dm).
@@ -109,7 +109,8 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
   }
 
   // num_r = Σ_c W(r,c) A(r,c) v_c and den_r = Σ_c W(r,c) A(r,c): G(r,c) = dnum_r·v_c + delta_r.
-  const Mat<T> G = (op(dnum) * V.transpose()).colwise() + delta;  // (L, L)
+  const Mat<T> dnum_op = op(dnum);
+  const Mat<T> G = (dnum_op * V.transpose()).colwise() + delta;  // (L, L)
   const Mat<T> dA = D.W.rightCols(L).cwiseProduct(G);
   Mat<T> dlogD(L, L + 1);  // W ∘ dW: the gradient of each log weight
   dlogD.rightCols(L) = P.cwiseProduct(G);
@@ -131,10 +132,10 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
   }
 
   MatMap<T> dQ(grad.dq, L, x.DQK), dK(grad.dk, L, x.DQK), dV(grad.dv, L, x.DV);
-  const Mat<T> dA_op = op(dA), dnum_op = op(dnum);
+  const Mat<T> dA_op = op(dA);
   dQ.noalias() = x.scale * (dA_op * K + w0.asDiagonal() * (dnum_op * C0.transpose() + op(delta) * n0.transpose()));
   dK.noalias() = dA_op.transpose() * Q_hat + w_last.asDiagonal() * ((V * dC.transpose()).rowwise() + adj.n.transpose());
-  dV.noalias() = op(P).transpose() * dnum_op + w_last.asDiagonal() * K_dC;
+  dV.noalias() = P_op.transpose() * dnum_op + w_last.asDiagonal() * K_dC;
 
   HeadState<T> din;
   din.C.noalias() = Q_hat.transpose() * op(w0.asDiagonal() * dnum);
