@@ -15,10 +15,9 @@ template <class T>
 Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index_t chunk_size,
                             const Options& o, Operands operands) {
   const Dims d = check_inputs(x, initial, o);
-  check_chunk_size(chunk_size);
+  check_chunk_size(chunk_size, d, sizeof(T), false);
   Output<T> out = allocate_output<T>(d);
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.heads(); ++bh) {
+  parallel_for(d.heads(), [&](index_t bh) {
     const HeadInputs<T> hx(x, d, bh);
     HeadState<T> s = load_state<T>(initial, d, bh);
     T* h = out.h.data() + bh * d.S * d.DV;
@@ -26,7 +25,7 @@ Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial,
       s = segment_forward(hx, t0, std::min(chunk_size, d.S - t0), s, h + t0 * d.DV, o, operands);
     }
     store_state(s, out.last, bh);
-  }
+  });
   return out;
 }
 
@@ -35,10 +34,9 @@ InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& init
                                 index_t chunk_size, const Options& o, Operands operands) {
   const Dims d = check_inputs(x, initial, o);
   check_output_grad(d, grad);
-  check_chunk_size(chunk_size);
+  check_chunk_size(chunk_size, d, sizeof(T), true);
   InputGrad<T> out = allocate_input_grad<T>(d, initial.has_value());
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.heads(); ++bh) {
+  parallel_for(d.heads(), [&](index_t bh) {
     const HeadInputs<T> hx(x, d, bh);
     std::vector<T> h_scratch(std::min(chunk_size, d.S) * d.DV);
     std::vector<HeadState<T>> entering{load_state<T>(initial, d, bh)};  // the state entering each chunk
@@ -55,7 +53,7 @@ InputGrad<T> backward_chunkwise(const Inputs<T>& x, const OptionalState<T>& init
       segment_backward(hx, t0, L, entering[c], grad.dh.data() + (bh * d.S + t0) * d.DV, adj, g, o, operands);
     }
     if (out.dinitial) store_state(adj, *out.dinitial, bh);
-  }
+  });
   return out;
 }
 

@@ -1,6 +1,8 @@
 // Argument checks, state slicing and the run-time form dispatch shared by every mLSTM form.
 #include "reference/mlstm/common.hpp"
 
+#include "core/memory.hpp"
+
 namespace flashlstm::mlstm {
 
 std::string Form::name() const {
@@ -70,8 +72,13 @@ void check_output_grad(const Dims& d, const OutputGrad<T>& grad) {
   if (grad.dm_last) check_shape("dm_last", *grad.dm_last, {d.B, d.NH});
 }
 
-void check_chunk_size(index_t chunk_size) {
+void check_chunk_size(index_t chunk_size, const Dims& d, std::size_t element_bytes, bool backward) {
   require(chunk_size >= 1, "chunk_size", "expected >= 1, got {}", chunk_size);
+  const double L = static_cast<double>(std::min(chunk_size, d.S));
+  const double matrices = backward ? 10 : 4;  // L x L matrices alive at once in one segment (parallel.cpp)
+  const double threads = std::min<double>(max_threads(), static_cast<double>(d.heads()));
+  require_memory(chunk_size >= d.S ? "S" : "chunk_size", threads * matrices * L * L * static_cast<double>(element_bytes),
+                 fmt::format("a chunk of {} tokens ({} L x L matrices on {} threads)", L, matrices, threads));
 }
 
 template <class T>

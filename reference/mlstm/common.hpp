@@ -5,6 +5,7 @@
 
 #include "core/bf16.hpp"
 #include "core/gates.hpp"
+#include "core/parallel.hpp"
 #include "reference/mlstm/mlstm.hpp"
 
 #include <Eigen/Dense>
@@ -38,7 +39,9 @@ Dims check_inputs(const Inputs<T>& x, const OptionalState<T>& initial, const Opt
                   std::string_view state_name = "initial");
 template <class T>
 void check_output_grad(const Dims& d, const OutputGrad<T>& grad);
-void check_chunk_size(index_t chunk_size);
+// chunk_size >= 1, and the chunk's L x L intermediates (L = min(chunk_size, S)) on every thread fit in
+// memory: the parallel form is one chunk of S tokens, quadratic in S.
+void check_chunk_size(index_t chunk_size, const Dims& d, std::size_t element_bytes, bool backward);
 
 // The state of one (batch, head).
 template <class T>

@@ -10,7 +10,9 @@
 // masked cumulative sum), never as a difference of two long cumulative sums, so nothing cancels.
 //
 // Every operand of a matrix product is written op(M): M itself, or M rounded to bf16 when the caller
-// asks for the arithmetic of a plain bf16 kernel (Operands::bf16; common.hpp).
+// asks for the arithmetic of a plain bf16 kernel (Operands::bf16; common.hpp). The token-to-token
+// products are causal (reference/masked.hpp): a NaN in a later token never reaches an earlier one.
+#include "reference/masked.hpp"
 #include "reference/mlstm/segment.hpp"
 
 #include <limits>
@@ -60,8 +62,8 @@ HeadState<T> segment_forward(const HeadInputs<T>& x, index_t t0, index_t L, cons
   const Mat<T> K = op(ConstMatMap<T>(x.k + t0 * x.DQK, L, x.DQK)), V = op(ConstMatMap<T>(x.v + t0 * x.DV, L, x.DV));
   const Decay<T> D = decay(x.igate + t0, x.fgate + t0, L, in.m, o);
   const Vec<T> w0 = D.W.col(0);
-  const Mat<T> P = (Q_hat * K.transpose()).cwiseProduct(D.W.rightCols(L));  // (L, L)
-  const Mat<T> num = op(P) * V + w0.asDiagonal() * (Q_hat * op(in.C));       // (L, DV)
+  const Mat<T> P = masked((Q_hat * K.transpose()).cwiseProduct(D.W.rightCols(L)), causal);  // (L, L)
+  const Mat<T> num = masked_product(op(P), V, causal) + w0.asDiagonal() * (Q_hat * op(in.C));  // (L, DV)
   const Vec<T> den = P.rowwise().sum() + w0.cwiseProduct(Q_hat * op(in.n));  // (L)
   MatMap<T> H(h, L, x.DV);
   for (index_t r = 0; r < L; ++r) H.row(r) = num.row(r) / readout_denominator(den(r), D.m(r), o);
@@ -91,10 +93,10 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
   // Forward quantities.
   const Vec<T> w0 = D.W.col(0);
   const Mat<T> A = Q_hat * K.transpose();
-  const Mat<T> P = A.cwiseProduct(D.W.rightCols(L)), P_op = op(P);
+  const Mat<T> P = masked(A.cwiseProduct(D.W.rightCols(L)), causal), P_op = op(P);
   const Mat<T> QC = Q_hat * C0;  // (L, DV)
   const Vec<T> Qn = Q_hat * n0;  // (L)
-  const Mat<T> num = P_op * V + w0.asDiagonal() * QC;
+  const Mat<T> num = masked_product(P_op, V, causal) + w0.asDiagonal() * QC;
   const Vec<T> den = P.rowwise().sum() + w0.cwiseProduct(Qn);
 
   // Readout: dnum = dh / dhat, plus the gradients reaching den (delta) and m (dm).
@@ -110,7 +112,7 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
 
   // num_r = Σ_c W(r,c) A(r,c) v_c and den_r = Σ_c W(r,c) A(r,c): G(r,c) = dnum_r·v_c + delta_r.
   const Mat<T> dnum_op = op(dnum);
-  const Mat<T> G = (dnum_op * V.transpose()).colwise() + delta;  // (L, L)
+  const Mat<T> G = masked((dnum_op * V.transpose()).colwise() + delta, causal);  // (L, L)
   const Mat<T> dA = D.W.rightCols(L).cwiseProduct(G);
   Mat<T> dlogD(L, L + 1);  // W ∘ dW: the gradient of each log weight
   dlogD.rightCols(L) = P.cwiseProduct(G);
@@ -133,9 +135,11 @@ void segment_backward(const HeadInputs<T>& x, index_t t0, index_t L, const HeadS
 
   MatMap<T> dQ(grad.dq, L, x.DQK), dK(grad.dk, L, x.DQK), dV(grad.dv, L, x.DV);
   const Mat<T> dA_op = op(dA);
-  dQ.noalias() = x.scale * (dA_op * K + w0.asDiagonal() * (dnum_op * C0.transpose() + op(delta) * n0.transpose()));
-  dK.noalias() = dA_op.transpose() * Q_hat + w_last.asDiagonal() * ((V * dC.transpose()).rowwise() + adj.n.transpose());
-  dV.noalias() = P_op.transpose() * dnum_op + w_last.asDiagonal() * K_dC;
+  dQ.noalias() = x.scale * (masked_product(dA_op, K, causal) +
+                            w0.asDiagonal() * (dnum_op * C0.transpose() + op(delta) * n0.transpose()));
+  dK.noalias() = masked_product(dA_op.transpose(), Q_hat, anticausal) +
+                 w_last.asDiagonal() * ((V * dC.transpose()).rowwise() + adj.n.transpose());
+  dV.noalias() = masked_product(P_op.transpose(), dnum_op, anticausal) + w_last.asDiagonal() * K_dC;
 
   HeadState<T> din;
   din.C.noalias() = Q_hat.transpose() * op(w0.asDiagonal() * dnum);

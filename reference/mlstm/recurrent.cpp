@@ -97,8 +97,7 @@ template <class T>
 Output<T> forward_recurrent(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o) {
   const Dims d = check_inputs(x, initial, o);
   Output<T> out = allocate_output<T>(d);
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.heads(); ++bh) {
+  parallel_for(d.heads(), [&](index_t bh) {
     const HeadInputs<T> hx(x, d, bh);
     HeadState<T> s = load_state<T>(initial, d, bh);
     T* h = out.h.data() + bh * d.S * d.DV;
@@ -107,7 +106,7 @@ Output<T> forward_recurrent(const Inputs<T>& x, const OptionalState<T>& initial,
                 h + t * d.DV, o);
     }
     store_state(s, out.last, bh);
-  }
+  });
   return out;
 }
 
@@ -118,8 +117,7 @@ InputGrad<T> backward_recurrent(const Inputs<T>& x, const OptionalState<T>& init
   check_output_grad(d, grad);
   InputGrad<T> out = allocate_input_grad<T>(d, initial.has_value());
   const index_t K = std::max<index_t>(1, static_cast<index_t>(std::ceil(std::sqrt(static_cast<double>(d.S)))));
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.heads(); ++bh) {
+  parallel_for(d.heads(), [&](index_t bh) {
     const HeadInputs<T> hx(x, d, bh);
     std::vector<T> h_scratch(d.DV);
     auto advance = [&](HeadState<T>& s, index_t t) {
@@ -157,7 +155,7 @@ InputGrad<T> backward_recurrent(const Inputs<T>& x, const OptionalState<T>& init
       }
     }
     if (out.dinitial) store_state(adj, *out.dinitial, bh);
-  }
+  });
   return out;
 }
 
@@ -179,13 +177,12 @@ xt::xtensor<T, 3> step(ConstView<T, 3> q, ConstView<T, 3> k, ConstView<T, 3> v, 
                     ConstView<T, 3>(fgate.data(), {B, NH, 1})};
   const Dims d = check_inputs(x, OptionalState<T>(state), o, "state");
   auto h = zeros<T>(Shape<3>{B, NH, DV});
-#pragma omp parallel for schedule(static)
-  for (index_t bh = 0; bh < d.heads(); ++bh) {
+  parallel_for(d.heads(), [&](index_t bh) {
     const HeadInputs<T> hx(x, d, bh);
     HeadState<T> s = head_state(state, bh);
     step_head(s, hx.q, hx.k, hx.v, hx.igate[0], hx.fgate[0], hx.scale, h.data() + bh * DV, o);
     store_state(s, state, bh);
-  }
+  });
   return h;
 }
 

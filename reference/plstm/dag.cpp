@@ -4,6 +4,7 @@
 #include "reference/plstm/plstm.hpp"
 
 #include "core/error.hpp"
+#include "reference/masked.hpp"
 #include "reference/plstm/detail.hpp"
 
 #include <algorithm>
@@ -167,17 +168,19 @@ void forward_levels(const graph::Dag& dag, const ArcIndex& arcs, const graph::Cs
                     const Head<F>& x, F* h) {
   std::vector<F*> C(d.E, nullptr);
   StatePool<F> pool(d.DQK * d.DV);
+  ParallelErrors errors;
 #pragma omp parallel
   for (index_t l = 0; l < schedule.rows(); ++l) {
     const index_t* nodes = schedule.begin(l);
     if (schedule.size(l) >= 32) {
 #pragma omp for schedule(static)
-      for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, pool, h);
+      for (index_t i = 0; i < schedule.size(l); ++i) errors.run([&] { visit(dag, arcs, d, x, nodes[i], C, pool, h); });
     } else {
 #pragma omp single
-      for (index_t i = 0; i < schedule.size(l); ++i) visit(dag, arcs, d, x, nodes[i], C, pool, h);
+      for (index_t i = 0; i < schedule.size(l); ++i) errors.run([&] { visit(dag, arcs, d, x, nodes[i], C, pool, h); });
     }
   }
+  errors.rethrow();
 }
 
 // G (N x N) of one head: column n' of `carried` is what node n' put on each edge, propagated.
@@ -198,6 +201,18 @@ Mat<F> gating(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const 
   return G;
 }
 
+// reach(a, b): node a has a path to node b (or a == b).
+Eigen::Array<bool, Eigen::Dynamic, Eigen::Dynamic> reachability(const graph::Dag& dag) {
+  const index_t N = dag.num_nodes();
+  Eigen::Array<bool, Eigen::Dynamic, Eigen::Dynamic> reach = Eigen::Array<bool, Eigen::Dynamic, Eigen::Dynamic>::Zero(N, N);
+  for (index_t n : dag.topological_order()) {
+    reach(n, n) = true;
+    for (const index_t* e = dag.in_edges().begin(n); e != dag.in_edges().end(n); ++e)
+      reach.col(n) = reach.col(n) || reach.col(dag.edges()[*e].src);
+  }
+  return reach;
+}
+
 template <class F>
 void forward_parallel(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h) {
   using ConstMat = Eigen::Map<const Mat<F>>;
@@ -205,7 +220,15 @@ void forward_parallel(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d
   const Mat<F> A = x.scale * Q * K.transpose();  // A(n, n') = s q^n·k^n'
   Mat<F> P = gating(dag, arcs, d, x).transpose().cwiseProduct(A);
   P.diagonal() += Eigen::Map<const Vec<F>>(x.D, d.N).cwiseProduct(A.diagonal());
-  Eigen::Map<Mat<F>>(h, d.N, d.DV).noalias() = P * V;
+  auto out = Eigen::Map<Mat<F>>(h, d.N, d.DV);
+  if (A.allFinite() && V.allFinite()) {
+    out.noalias() = P * V;
+    return;
+  }
+  // Non-finite inputs: only along paths (reference/masked.hpp), as the recurrent form propagates them.
+  const auto reach = reachability(dag);
+  const auto along_paths = [&](index_t n, index_t n_from) { return reach(n_from, n); };
+  out = masked_product(masked(P, along_paths), V, along_paths);
 }
 
 }  // namespace
@@ -229,13 +252,16 @@ xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagF
       forward_levels(dag, arcs, dag.levels(), d, Head<F>(x, d, bh, o), h.data() + bh * d.N * d.DV);
     return h;
   }
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+  // the parallel form: the edge-to-node carried weights (E x N) and about four N x N matrices per head
+  if (form == DagForm::parallel)
+    detail::check_quadratic_memory<F>("N", d.N, 4.0 + static_cast<double>(d.E) / std::max<index_t>(d.N, 1),
+                                      d.B * d.NH, "parallel");
+  parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> head(x, d, bh, o);
     F* out = h.data() + bh * d.N * d.DV;
     form == DagForm::recurrent ? forward_recurrent(dag, arcs, d, head, out)
                                : forward_parallel(dag, arcs, d, head, out);
-  }
+  });
   return h;
 }
 
@@ -243,10 +269,14 @@ template <class F>
 xt::xtensor<F, 4> dag_gating(const graph::Dag& dag, const DagInputs<F>& x) {
   const ArcIndex arcs(dag);
   const Dims d = check_inputs(dag, x, arcs);
+  require_memory("N", static_cast<double>(d.B * d.NH) * static_cast<double>(d.N) * static_cast<double>(d.N) * sizeof(F),
+                 fmt::format("the gating output of {} heads x {} x {} nodes", d.B * d.NH, d.N, d.N));
+  detail::check_quadratic_memory<F>("N", d.N, 1.0 + static_cast<double>(d.E) / std::max<index_t>(d.N, 1), d.B * d.NH,
+                                    "gating");
   auto G = uninitialized<F>(Shape<4>{d.B, d.NH, d.N, d.N});
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.B * d.NH; ++bh)
+  parallel_for(d.B * d.NH, [&](index_t bh) {
     Eigen::Map<Mat<F>>(G.data() + bh * d.N * d.N, d.N, d.N) = gating(dag, arcs, d, Head<F>(x, d, bh, Options{}));
+  });
   return G;
 }
 
@@ -259,8 +289,7 @@ DagGrad<F> dag_backward(const graph::Dag& dag, const DagInputs<F>& x, ConstView<
                zeros<F>(Shape<4>{d.B, d.NH, d.N, d.DV}), zeros<F>(Shape<3>{d.B, d.NH, d.E}),
                zeros<F>(Shape<3>{d.B, d.NH, d.A}),       zeros<F>(Shape<3>{d.B, d.NH, d.E}),
                zeros<F>(Shape<3>{d.B, d.NH, d.N})};
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+  parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> x_h(x, d, bh, o);
     // Forward, keeping every edge state.
     std::vector<Mat<F>> C(d.E), dC(d.E);
@@ -318,7 +347,7 @@ DagGrad<F> dag_backward(const graph::Dag& dag, const DagInputs<F>& x, ConstView<
         dC[in[i]].noalias() += (s * x_h.M[in[i]] * q) * dh_n.transpose();
       }
     }
-  }
+  });
   return g;
 }
 

@@ -11,8 +11,8 @@
 #include "reference/plstm/grid.hpp"
 
 #include "core/error.hpp"
+#include "reference/masked.hpp"
 #include "reference/plstm/detail.hpp"
-
 
 #include <cmath>
 #include <vector>
@@ -109,6 +109,24 @@ struct Block {
   index_t borders() const { return width() + height(); }
   index_t nodes() const { return width() * height(); }
   index_t local(index_t x, index_t y) const { return (x - x0) * height() + (y - y0); }
+
+  // Which entries of the map a path of the grid connects (right and down edges), whatever the gates:
+  // a NaN or an infinity travels exactly along these (reference/masked.hpp). Nodes by local index;
+  // in-border j: the left edge of row y0 + j (j < height), else the top edge of column x0 + j - height;
+  // out-border i: the right edge of row y0 + i (i < height), else the bottom edge of column x0 + i - height.
+  index_t x_of(index_t n) const { return x0 + n / height(); }
+  index_t y_of(index_t n) const { return y0 + n % height(); }
+  bool node_to_node(index_t i, index_t j) const { return x_of(j) <= x_of(i) && y_of(j) <= y_of(i); }  // j reaches i
+  bool border_to_node(index_t i, index_t j) const {  // in-border j reaches node i
+    return j < height() ? y_of(i) >= y0 + j : x_of(i) >= x0 + j - height();
+  }
+  bool node_to_border(index_t i, index_t n) const {  // node n reaches out-border i
+    return i < height() ? y_of(n) <= y0 + i : x_of(n) <= x0 + i - height();
+  }
+  bool border_to_border(index_t i, index_t j) const {  // in-border j reaches out-border i
+    if (j < height()) return i >= height() || i >= j;  // left-in: any bottom-out, right-out below it
+    return i < height() || i >= j;                      // top-in: any right-out, bottom-out right of it
+  }
 };
 
 template <class F>
@@ -267,20 +285,36 @@ struct BlockData {
   }
 };
 
+// Σ_n mask(n) w(n) a_n b_nᵀ over the rows of A and B: the sum of outer products a block's readouts and
+// states are made of, over the nodes a path connects (masked.hpp; the plain product when finite).
+template <class F, class Mask>
+Mat<F> masked_outer_sum(const Mat<F>& A, const Vec<F>& w, const Mat<F>& B, Mask&& mask) {
+  if (A.allFinite() && B.allFinite()) return A.transpose() * (w.asDiagonal() * B);
+  Mat<F> out = Mat<F>::Zero(A.cols(), B.cols());
+  for (index_t n = 0; n < A.rows(); ++n)
+    if (mask(n)) out.noalias() += (w(n) * A.row(n).transpose()) * B.row(n);
+  return out;
+}
+
 // One chunk: h of its nodes and its out-border states from its in-border states.
 template <class F>
 std::vector<Mat<F>> chunk_forward(const Head<F>& g, const Block<F>& b, const std::vector<Mat<F>>& in, F* h) {
   const BlockData<F> x(g, b);
+  const auto nodes = [&](index_t i, index_t j) { return b.node_to_node(i, j); };
   const Mat<F> A = x.Q * x.K.transpose();
-  Mat<F> H = x.P(b, A) * x.V;
-  for (index_t j = 0; j < b.borders(); ++j) H.noalias() += b.Mb.col(j).asDiagonal() * (x.Q * in[j]);
+  Mat<F> H = masked_product(masked(x.P(b, A), nodes), x.V, nodes);
+  for (index_t j = 0; j < b.borders(); ++j) {
+    const Mat<F> Q_in = masked(x.Q * in[j], [&](index_t i, index_t) { return b.border_to_node(i, j); });
+    H.noalias() += b.Mb.col(j).asDiagonal() * Q_in;
+  }
   for (index_t xx = b.x0; xx < b.x1; ++xx)
     for (index_t y = b.y0; y < b.y1; ++y)
       Eigen::Map<Vec<F>>(h + g.node(xx, y) * g.DV, g.DV) = g.scale * H.row(b.local(xx, y)).transpose();
   std::vector<Mat<F>> out(b.borders());
   for (index_t i = 0; i < b.borders(); ++i) {
-    out[i].noalias() = x.K.transpose() * (b.Sb.row(i).transpose().asDiagonal() * x.V);
-    for (index_t j = 0; j < b.borders(); ++j) out[i] += b.Tb(i, j) * in[j];
+    out[i] = masked_outer_sum<F>(x.K, b.Sb.row(i).transpose(), x.V, [&](index_t n) { return b.node_to_border(i, n); });
+    for (index_t j = 0; j < b.borders(); ++j)
+      if (b.border_to_border(i, j)) out[i] += b.Tb(i, j) * in[j];
   }
   return out;
 }
@@ -323,27 +357,38 @@ std::vector<Mat<F>> chunk_backward(const Head<F>& g, const Block<F>& b, const st
   for (index_t xx = b.x0; xx < b.x1; ++xx)
     for (index_t y = b.y0; y < b.y1; ++y)
       dH.row(b.local(xx, y)) = g.scale * Eigen::Map<const Vec<F>>(dh + g.node(xx, y) * g.DV, g.DV).transpose();
+  // Every product below follows a path of the grid (masked.hpp): node to node, in-border to node,
+  // node to out-border, in-border to out-border; the transposes go against it.
+  const auto nodes = [&](index_t i, index_t j) { return b.node_to_node(i, j); };
+  const auto nodes_back = [&](index_t i, index_t j) { return b.node_to_node(j, i); };
   const Mat<F> A = x.Q * x.K.transpose();
-  const Mat<F> P = x.P(b, A);
+  const Mat<F> P = masked(x.P(b, A), nodes);
   // H = s (P V + Σ_j diag(Mb_j) Q C_j),  C_out_i = Σ_j Tb_ij C_j + K^T diag(Sb_i) V
-  const Mat<F> dP = dH * x.V.transpose();
+  const Mat<F> dP = masked(dH * x.V.transpose(), nodes);
   Mat<F> dA = dP.cwiseProduct(b.Gb);
   dA.diagonal() += dP.diagonal().cwiseProduct(x.D);
-  Mat<F> dQ = dA * x.K, dK = dA.transpose() * x.Q, dV = P.transpose() * dH;
+  Mat<F> dQ = masked_product(dA, x.K, nodes), dK = masked_product(dA.transpose(), x.Q, nodes_back),
+         dV = masked_product(P.transpose(), dH, nodes_back);
   d_map = {b.x0, b.x1, b.y0, b.y1, Mat<F>(b.borders(), b.borders()), Mat<F>(b.borders(), b.nodes()),
-           Mat<F>(b.nodes(), b.borders()), dP.cwiseProduct(A)};
+           Mat<F>(b.nodes(), b.borders()), masked(dP.cwiseProduct(A), nodes)};
   std::vector<Mat<F>> d_in(b.borders(), Mat<F>::Zero(g.DQK, g.DV));
   for (index_t j = 0; j < b.borders(); ++j) {
-    d_map.Mb.col(j) = dH.cwiseProduct(x.Q * in[j]).rowwise().sum();
-    dQ.noalias() += b.Mb.col(j).asDiagonal() * (dH * in[j].transpose());
-    d_in[j].noalias() += x.Q.transpose() * (b.Mb.col(j).asDiagonal() * dH);
+    const auto reached = [&](index_t i, index_t) { return b.border_to_node(i, j); };
+    d_map.Mb.col(j) = masked(dH.cwiseProduct(x.Q * in[j]), reached).rowwise().sum();
+    dQ.noalias() += b.Mb.col(j).asDiagonal() * masked(dH * in[j].transpose(), reached);
+    d_in[j] += masked_outer_sum<F>(x.Q, b.Mb.col(j), dH, [&](index_t n) { return b.border_to_node(n, j); });
   }
   for (index_t i = 0; i < b.borders(); ++i) {
-    const Mat<F> K_dC = x.K * d_out[i];
-    d_map.Sb.row(i) = K_dC.cwiseProduct(x.V).rowwise().sum().transpose();
-    dK.noalias() += b.Sb.row(i).transpose().asDiagonal() * (x.V * d_out[i].transpose());
+    const auto reaches = [&](index_t n, index_t) { return b.node_to_border(i, n); };
+    const Mat<F> K_dC = masked(x.K * d_out[i], reaches);
+    d_map.Sb.row(i) = masked(K_dC.cwiseProduct(x.V), reaches).rowwise().sum().transpose();
+    dK.noalias() += b.Sb.row(i).transpose().asDiagonal() * masked(x.V * d_out[i].transpose(), reaches);
     dV.noalias() += b.Sb.row(i).transpose().asDiagonal() * K_dC;
     for (index_t j = 0; j < b.borders(); ++j) {
+      if (!b.border_to_border(i, j)) {
+        d_map.Tb(i, j) = 0;
+        continue;
+      }
       d_map.Tb(i, j) = (d_out[i].array() * in[j].array()).sum();
       d_in[j] += b.Tb(i, j) * d_out[i];
     }
@@ -382,8 +427,7 @@ GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t ch
                   zeros<F>(gate_shape), zeros<F>(gate_shape), zeros<F>(gate_shape), zeros<F>(gate_shape),
                   zeros<F>(gate_shape), zeros<F>(gate_shape), uninitialized<F>(gate_shape)};
   const index_t side = chunk_size;
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+  parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> g(x, d, bh, o);
     const index_t node0 = bh * d.nodes();
     const GateGrads<F> gates{out.dSr.data() + node0,  out.dSd.data() + node0,  out.dTrl.data() + node0,
@@ -413,7 +457,7 @@ GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t ch
       store_border(b, std::move(d_in), d_right, d_down);
       build_block_backward(g, d, cx, cy, side, d_map, gates);
     }
-  }
+  });
   return out;
 }
 
@@ -474,12 +518,11 @@ xt::xtensor<F, 5> grid_forward(const GridInputs<F>& x, const GridForm& form, con
     require(L >= 1 && (L & (L - 1)) == 0, "chunk_size", "expected a power of two >= 1, got {}", L);
   }
   auto h = uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DV});
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+  parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> head(x, d, bh, o);
     F* out = h.data() + bh * d.nodes() * d.DV;
     form.kind == GridForm::recurrent ? recurrent(head, d, out) : chunkwise(head, d, form.chunk_size, out);
-  }
+  });
   return h;
 }
 

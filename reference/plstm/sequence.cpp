@@ -2,6 +2,7 @@
 #include "reference/plstm/sequence.hpp"
 
 #include "core/error.hpp"
+#include "reference/masked.hpp"
 #include "reference/plstm/detail.hpp"
 
 
@@ -139,8 +140,8 @@ void chunk(const Head<F>& x, const Dims& d, index_t t0, index_t len, Mat<F>& C, 
   const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len);
   const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
   const Mat<F> A = Q * K.transpose();
-  const Mat<F> P = with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A);
-  Eigen::Map<Mat<F>>(h, len, d.DV) = x.scale * (P * V + blk.mark.asDiagonal() * (Q * C));
+  const Mat<F> P = masked(with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A), causal);
+  Eigen::Map<Mat<F>>(h, len, d.DV) = x.scale * (masked_product(P, V, causal) + blk.mark.asDiagonal() * (Q * C));
   C *= blk.transition;
   C.noalias() += K.transpose() * (blk.source.asDiagonal() * V);
 }
@@ -154,20 +155,22 @@ void chunk_backward(const Head<F>& x, const Dims& d, index_t t0, index_t len, co
   const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
   const Mat<F> dH = x.scale * ConstMatMap<F>(dh + t0 * d.DV, len, d.DV);
   const Mat<F> A = Q * K.transpose();
-  const Mat<F> P = with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A);
+  const Mat<F> P = masked(with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A), causal);
   const Mat<F> QC = Q * C;
   // h = s (P V + diag(mark) Q C),  C_after = transition C + K^T diag(source) V
-  const Mat<F> dP = dH * V.transpose();
+  const Mat<F> dP = masked(dH * V.transpose(), causal);
   Mat<F> dA = dP.cwiseProduct(blk.G);
   dA.diagonal() += dP.diagonal().cwiseProduct(Eigen::Map<const Vec<F>>(x.D + t0, len));
   const Mat<F> K_dC = K * dC;  // (len, DV)
   Block<F> dblk{(dC.array() * C.array()).sum(), K_dC.cwiseProduct(V).rowwise().sum(),
-                dH.cwiseProduct(QC).rowwise().sum(), dP.cwiseProduct(A)};
+                dH.cwiseProduct(QC).rowwise().sum(), masked(dP.cwiseProduct(A), causal)};
   const index_t off = bh * d.S + t0;
-  Eigen::Map<Mat<F>>(g.dq.data() + off * d.DQK, len, d.DQK) = dA * K + blk.mark.asDiagonal() * (dH * C.transpose());
+  Eigen::Map<Mat<F>>(g.dq.data() + off * d.DQK, len, d.DQK) =
+      masked_product(dA, K, causal) + blk.mark.asDiagonal() * (dH * C.transpose());
   Eigen::Map<Mat<F>>(g.dk.data() + off * d.DQK, len, d.DQK) =
-      dA.transpose() * Q + blk.source.asDiagonal() * (V * dC.transpose());
-  Eigen::Map<Mat<F>>(g.dv.data() + off * d.DV, len, d.DV) = P.transpose() * dH + blk.source.asDiagonal() * K_dC;
+      masked_product(dA.transpose(), Q, anticausal) + blk.source.asDiagonal() * (V * dC.transpose());
+  Eigen::Map<Mat<F>>(g.dv.data() + off * d.DV, len, d.DV) =
+      masked_product(P.transpose(), dH, anticausal) + blk.source.asDiagonal() * K_dC;
   Eigen::Map<Vec<F>>(g.dD.data() + off, len) = dP.diagonal().cwiseProduct(A.diagonal());
   dC = blk.transition * dC + Q.transpose() * (blk.mark.asDiagonal() * dH);
   chunk_block_backward(x.S, x.T, x.M, t0, t0 + len, dblk, g.dS.data() + bh * d.S, g.dT.data() + bh * d.S,
@@ -182,12 +185,12 @@ SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh
   check_shape("dh", dh, {d.B, d.NH, d.S, d.DV});
   require(chunk_size >= 1, "chunk_size", "expected >= 1, got {}", chunk_size);
   const index_t L = std::min(chunk_size, d.S);
+  detail::check_quadratic_memory<F>(chunk_size >= d.S ? "S" : "chunk_size", L, 10, d.B * d.NH, "chunkwise");
   SequenceGrad<F> g{uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DQK}), uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DQK}),
                     uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DV}), zeros<F>(Shape<3>{d.B, d.NH, d.S}),
                     zeros<F>(Shape<3>{d.B, d.NH, d.S}),               zeros<F>(Shape<3>{d.B, d.NH, d.S}),
                     uninitialized<F>(Shape<3>{d.B, d.NH, d.S})};
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+  parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> head(x, d, bh, o);
     std::vector<Mat<F>> entering{Mat<F>::Zero(d.DQK, d.DV)};
     std::vector<F> scratch(L * d.DV);
@@ -200,7 +203,7 @@ SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh
       const index_t t0 = c * L;
       chunk_backward(head, d, t0, std::min(L, d.S - t0), entering[c], dh.data() + bh * d.S * d.DV, dC, g, bh);
     }
-  }
+  });
   return g;
 }
 
@@ -218,9 +221,12 @@ xt::xtensor<F, 4> sequence_forward(const SequenceInputs<F>& x, const SequenceFor
   const Dims d = check_inputs(x);
   require(form.kind != SequenceForm::chunkwise || form.chunk_size >= 1, "chunk_size", "expected >= 1, got {}",
           form.chunk_size);
+  if (form.kind != SequenceForm::recurrent) {
+    const index_t L = form.kind == SequenceForm::parallel ? d.S : std::min(form.chunk_size, d.S);
+    detail::check_quadratic_memory<F>(L == d.S ? "S" : "chunk_size", L, 4, d.B * d.NH, form.name());
+  }
   auto h = uninitialized<F>(Shape<4>{d.B, d.NH, d.S, d.DV});
-#pragma omp parallel for schedule(dynamic)
-  for (index_t bh = 0; bh < d.B * d.NH; ++bh) {
+  parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> head(x, d, bh, o);
     F* out = h.data() + bh * d.S * d.DV;
     if (form.kind == SequenceForm::recurrent) {
@@ -230,7 +236,7 @@ xt::xtensor<F, 4> sequence_forward(const SequenceInputs<F>& x, const SequenceFor
       Mat<F> C = Mat<F>::Zero(d.DQK, d.DV);
       for (index_t t0 = 0; t0 < d.S; t0 += L) chunk(head, d, t0, std::min(L, d.S - t0), C, out + t0 * d.DV);
     }
-  }
+  });
   return h;
 }
 

@@ -21,6 +21,7 @@
 #include "reference/slstm/cells.hpp"
 
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -236,28 +237,31 @@ void run_forward(const Inputs<T>& x, const OptionalState<T>& initial, const Opti
   // Time outside, heads inside: at step t a thread reads Wx_t and writes state_t of its heads, which
   // lie side by side in memory (one head alone touches a new page with every row). The static
   // schedule gives each thread the same heads at every step, so no thread waits for another.
+  ParallelErrors errors;  // every thread meets every loop below; after a failure the bodies are skipped
 #pragma omp parallel
   {
-    Block<T> gates(d.B, 4 * d.DH);
-    const GateRows<T> g{gates.data(), d.B, d.DH};
-    typename Cell::template Scratch<T> scratch(d.B, d.DH);
+    std::optional<Block<T>> gates;
+    std::optional<typename Cell::template Scratch<T>> scratch;
+    errors.run([&] { gates.emplace(d.B, 4 * d.DH), scratch.emplace(d.B, d.DH); });
 #pragma omp for schedule(static) nowait
     for (index_t head = 0; head < d.NH; ++head) load(initial, l, head, state(head, 0));
     for (index_t t = 0; t < d.T; ++t) {
 #pragma omp for schedule(static) nowait
-      for (index_t head = 0; head < d.NH; ++head) {
+      for (index_t head = 0; head < d.NH; ++head) errors.run([&] {
         if (head + 1 < d.NH) prefetch(l.gates(x.Wx.data(), t, head + 1), 4);  // the thread's next head
+        const GateRows<T> g{gates->data(), d.B, d.DH};
         const Slices<T> prev = state(head, t % 2), next = state(head, (t + 1) % 2);
         add_input<T>(x, l, w[head], t, head, g);
         add_recurrent<T>(w[head], prev, g);
         if (keep_gates) stream<T>(g.gates(), l.gates(out.gates.data(), t, head), 4);
-        Cell::forward(g.gates(), prev, next, scratch, o);
+        Cell::forward(g.gates(), prev, next, *scratch, o);
         stream<T>(next, l.states(out.states.data(), t, head), d.NS);
-      }
+      });
     }
 #pragma omp for schedule(static) nowait
     for (index_t head = 0; head < d.NH; ++head) copy<T>(state(head, d.T % 2), l.state(out.last.data(), head), d.NS);
   }
+  errors.rethrow();
 }
 
 constexpr index_t kDRSteps = 16;  // the backward's steps per GEMM of dR
@@ -290,11 +294,12 @@ template <class Cell, class T>
 void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
                   const OptionalSaved<T>& saved, const Options& o, const InputGradView<T>& out, const Dims& d) {
   const Layout l{d};
+  ParallelErrors errors;
 #pragma omp parallel
   {
     std::optional<BackwardWorkspace<Cell, T>> ws;  // made by the threads that get a head
 #pragma omp for schedule(dynamic)
-    for (index_t head = 0; head < d.NH; ++head) {
+    for (index_t head = 0; head < d.NH; ++head) errors.run([&] {
       if (!ws) ws.emplace(d, saved.has_value());
       const HeadWeights<T> w(x, l, head);
       if (!saved) {  // forward again, keeping g̃_t and state_t of every step
@@ -354,8 +359,9 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
         l.R(out.dR.data(), head)[g] = dR.middleRows(g * d.DH, d.DH).array();
         l.b(out.db.data(), head)[g] = db.segment(g * d.DH, d.DH).array();
       }
-    }
+    });
   }
+  errors.rethrow();
 }
 
 // Fresh outputs: uninitialised (every element is written), and huge pages for the large ones.
