@@ -37,23 +37,29 @@ class View {
  public:
   using value_type = std::remove_const_t<T>;
 
-  View() = default;
-  View(T* data, const Shape<N>& shape) : data_(data), shape_(shape) {}
+  View() = default;  // the null view: no array at all (empty())
+  // A zero-size array may have no buffer (an empty xtensor's data() is null): its view points at a
+  // placeholder instead, so that it is a valid array with no elements, not a null view.
+  View(T* data, const Shape<N>& shape)
+      : data_(data == nullptr && count(shape) == 0 ? &placeholder : data), shape_(shape) {}
   // From an owning xtensor (const or not, as T allows).
   template <class C>
     requires std::is_same_v<std::remove_cvref_t<C>, xt::xtensor<value_type, N>>
-  View(C&& tensor) : data_(tensor.data()), shape_(shape_of(tensor)) {}  // NOLINT(google-explicit-constructor)
+  View(C&& tensor) : View(tensor.data(), shape_of(tensor)) {}  // NOLINT(google-explicit-constructor)
   // A mutable view converts to a const one.
   template <class U>
     requires(std::is_const_v<T> && std::is_same_v<U, value_type>)
   View(const View<U, N>& other) : data_(other.data()), shape_(other.shape()) {}  // NOLINT
 
-  // From memory with arbitrary strides (in elements): throws unless it is C-contiguous.
+  // From memory with arbitrary strides (in elements): throws unless it is C-contiguous. A zero-size
+  // array reads no memory, so any strides will do (numpy keeps those of the array it was sliced from).
   static View strided(std::string_view argument, T* data, const Shape<N>& shape, const Shape<N>& strides) {
+    for (const index_t extent : shape)
+      require(extent >= 0, argument, "negative extent in shape {}", shape_string(shape));
+    const bool has_elements = count(shape) > 0;
     index_t expected = 1;
     for (std::size_t d = N; d-- > 0;) {
-      require(shape[d] >= 0, argument, "negative extent in shape {}", shape_string(shape));
-      require(shape[d] <= 1 || strides[d] == expected, argument,
+      require(!has_elements || shape[d] <= 1 || strides[d] == expected, argument,
               "expected a C-contiguous array (strides {} in elements), got strides {}",
               shape_string(contiguous_strides(shape)), shape_string(strides));
       expected *= shape[d];
@@ -64,14 +70,16 @@ class View {
   T* data() const { return data_; }
   const Shape<N>& shape() const { return shape_; }
   index_t shape(std::size_t d) const { return shape_[d]; }
-  index_t size() const {
-    index_t s = 1;
-    for (index_t e : shape_) s *= e;
-    return s;
-  }
-  bool empty() const { return data_ == nullptr; }
+  index_t size() const { return count(shape_); }
+  bool empty() const { return data_ == nullptr; }  // the null view (a zero-size array is not empty())
 
  private:
+  static index_t count(const Shape<N>& shape) {
+    index_t s = 1;
+    for (index_t e : shape) s *= e;
+    return s;
+  }
+
   static Shape<N> contiguous_strides(const Shape<N>& shape) {
     Shape<N> s{};
     index_t acc = 1;
@@ -82,6 +90,7 @@ class View {
     return s;
   }
 
+  static inline value_type placeholder{};
   T* data_ = nullptr;
   Shape<N> shape_{};
 };

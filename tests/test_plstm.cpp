@@ -134,6 +134,31 @@ TEST_CASE("bad pLSTM DAG input gives a clear error", "[plstm][errors]") {
   CHECK_THROWS_WITH(dag_forward(other, x, DagForm::levels, {}), Contains("q: expected N = 11 nodes"));
 }
 
+TEST_CASE("a DAG without edges runs every form: h is the direct term alone", "[plstm][graph]") {
+  // S, M (B, NH, 0) and T (B, NH, 0) are zero-size arrays, valid inputs (an empty xtensor has no buffer).
+  const Dag dag(5, {});
+  const index_t B = 2, NH = 2, N = 5, DQK = 4, DV = 3;
+  for (const GateMode mode : {GateMode::raw, GateMode::p_mode, GateMode::d_mode}) {
+    INFO(to_string(mode));
+    const auto p = random_problem(dag, DagShape{B, NH, DQK, DV}, mode, 4);
+    auto direct = zeros<double>(Shape<4>{B, NH, N, DV});  // s D (q . k) v, s = DQK^-1/2
+    for (index_t b = 0; b < B; ++b)
+      for (index_t h = 0; h < NH; ++h)
+        for (index_t n = 0; n < N; ++n) {
+          double qk = 0;
+          for (index_t i = 0; i < DQK; ++i) qk += p.q(b, h, n, i) * p.k(b, h, n, i);
+          for (index_t j = 0; j < DV; ++j) direct(b, h, n, j) = p.D(b, h, n) * qk * p.v(b, h, n, j) / std::sqrt(double(DQK));
+        }
+    for (const DagForm form : {DagForm::recurrent, DagForm::levels, DagForm::parallel}) {
+      INFO(to_string(form));
+      CHECK(check::compare("h", dag_forward(dag, p.inputs(), form, {}), direct, check::float64_tolerance, p.scale())
+                .passed());
+    }
+    CHECK(xt::amax(xt::abs(dag_gating(dag, p.inputs())))() == 0.0);
+    CHECK_THAT(gradcheck(dag, p, 5), passes());
+  }
+}
+
 TEST_CASE("every 1-D form equals the DAG form on the chain", "[plstm]") {
   for (index_t S : {1, 2, 7, 64, 65}) {
     const auto p = random_problem(SequenceShape{2, 2, S, 6, 5}, static_cast<std::uint64_t>(S));

@@ -9,6 +9,7 @@ debian_packages=(
   catch2 libxtensor-dev xtl-dev libcli11-dev nlohmann-json3-dev libfmt-dev
   libbenchmark-dev libstb-dev libpng-dev
   python3-dev python3-venv python3-pip ccache
+  clang libclang-rt-dev
 )
 
 missing=()

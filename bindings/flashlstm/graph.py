@@ -13,11 +13,15 @@ order of T). Gate arrays S, M are per edge, T per arc, D per node.
   ``level_major`` (renumbering by level: (dag, node_id, edge_id)); ``multitree_arcs`` /
   ``is_multitree`` (D-mode pruning); ``flatten`` (int32 CSR arrays for kernels); ``random_dag``;
   ``read_graph_file(path, "dot"|"graphml"|"edges")`` and ``write_dot``.
+- Bad input raises ValueError naming the argument or the problem: an index out of range, a size that
+  does not fit (in int32 ids or in memory), a malformed or too deeply nested file.
+- The functions release the GIL while they work, so threads can prepare graphs in parallel.
 - ``from_networkx`` / ``to_networkx`` convert to and from networkx (imported only there).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Hashable, List, Optional, Tuple
 
 import numpy as np
@@ -31,14 +35,19 @@ __all__ = ["Dag", "LineGraph", "dagify", "reverse", "line_graph", "node_levels",
            "from_networkx", "to_networkx", "num_arcs"]
 
 
-def read_graph_file(path: str, format: Optional[str] = None) -> Tuple[int, np.ndarray, List[str]]:
+def read_graph_file(path: "str | bytes | os.PathLike", format: Optional[str] = None) -> Tuple[int, np.ndarray, List[str]]:
     """(num_nodes, edges (E, 2), node_names) from a DOT, GraphML or edge-list file; the format
-    defaults to the extension (.dot/.gv, .graphml/.xml, else an edge list)."""
+    defaults to the extension (.dot/.gv, .graphml/.xml, else an edge list).
+
+    Node names are the file's bytes decoded as UTF-8 with errors="surrogateescape" (as Python decodes
+    file names): a latin-1 name never raises, and ``name.encode("utf-8", "surrogateescape")`` gives
+    its bytes back. A malformed file raises ValueError naming the problem (the line, for edge lists).
+    """
     if format is None:
-        lower = str(path).lower()
+        lower = os.fsdecode(path).lower()
         format = ("dot" if lower.endswith((".dot", ".gv"))
                   else "graphml" if lower.endswith((".graphml", ".xml")) else "edges")
-    return _graph.read_graph_file(str(path), format)
+    return _graph.read_graph_file(os.fsencode(path), format)
 
 
 def write_dot(dag: Dag) -> str:
@@ -67,8 +76,11 @@ def from_networkx(graph: Any, *, order: str = "bfs", root: Optional[Hashable] = 
     edges = np.array([(index[u], index[v]) for u, v in graph.edges()], dtype=np.int64).reshape(-1, 2)
     if graph.is_directed():
         return Dag(len(nodes), edges), nodes
-    root_index = index[root] if root is not None else 0
-    return dagify(len(nodes), edges, order=order, root=root_index, seed=seed), nodes
+    if order == "bfs":
+        return dagify(len(nodes), edges, order=order, root=index[root] if root is not None else 0), nodes
+    if root is not None:
+        raise ValueError(f"root: is used by the order 'bfs' only, got order '{order}'")
+    return dagify(len(nodes), edges, order=order, seed=seed), nodes
 
 
 def to_networkx(dag: Dag) -> Any:

@@ -60,8 +60,9 @@ ConstView<T, N> view(std::string_view name, const py::array& a) {
   Shape<N> shape{}, strides{};
   for (std::size_t d = 0; d < N; ++d) {
     shape[d] = a.shape(d);
-    require(a.strides(d) % static_cast<py::ssize_t>(sizeof(T)) == 0, name, "has a stride of {} bytes in dimension {}",
-            a.strides(d), d);
+    // A zero-size array reads no memory, whatever its strides (View::strided ignores them too).
+    require(a.size() == 0 || a.strides(d) % static_cast<py::ssize_t>(sizeof(T)) == 0, name,
+            "has a stride of {} bytes in dimension {}", a.strides(d), d);
     strides[d] = a.strides(d) / static_cast<py::ssize_t>(sizeof(T));
   }
   return View<const T, N>::strided(name, static_cast<const T*>(a.data()), shape, strides);
@@ -101,6 +102,14 @@ py::array_t<T> to_numpy(const std::vector<T>& items) {
   py::array_t<T> out(static_cast<py::ssize_t>(items.size()));
   std::copy(items.begin(), items.end(), out.mutable_data());
   return out;
+}
+
+// Runs `compute` without the GIL and returns its result: call it once the arguments are C++ values
+// (views point into arrays the caller holds), and build Python objects from the result after.
+template <class Compute>
+auto nogil(Compute&& compute) {
+  py::gil_scoped_release release;
+  return compute();
 }
 
 // Calls body.template operator()<T>() with T = float or double, the dtype of `first`; every other

@@ -66,13 +66,6 @@ py::tuple flat_grad(Grad&& g) {
                         to_numpy(std::move(g.dD)));
 }
 
-// Runs `compute` without the GIL (the views point into arrays the caller holds).
-template <class Compute>
-auto nogil(Compute&& compute) {
-  py::gil_scoped_release release;
-  return compute();
-}
-
 void register_dag(py::module_& m) {
   m.def(
       "dag_forward",
@@ -113,8 +106,9 @@ void register_dag(py::module_& m) {
       [](const graph::Dag& dag, const InputArray& S, const InputArray& T, const InputArray& gamma, const InputArray& M,
          const InputArray& D) {
         return dispatch_float("S", S, [&]<class F>() {
-          auto g = plstm::dag_gates_p_mode<F>(dag, view<F, 3>("S", S), view<F, 3>("T", T), view<F, 3>("gamma", gamma),
-                                              view<F, 3>("M", M), view<F, 3>("D", D));
+          const auto Sv = view<F, 3>("S", S), Tv = view<F, 3>("T", T), gv = view<F, 3>("gamma", gamma),
+                     Mv = view<F, 3>("M", M), Dv = view<F, 3>("D", D);
+          auto g = nogil([&] { return plstm::dag_gates_p_mode<F>(dag, Sv, Tv, gv, Mv, Dv); });
           return py::make_tuple(to_numpy(std::move(g.S)), to_numpy(std::move(g.T)), to_numpy(std::move(g.M)),
                                 to_numpy(std::move(g.D)));
         });
@@ -124,8 +118,8 @@ void register_dag(py::module_& m) {
       "dag_gates_d_mode",
       [](const graph::Dag& dag, const InputArray& S, const InputArray& T, const InputArray& M, const InputArray& D) {
         return dispatch_float("S", S, [&]<class F>() {
-          auto g = plstm::dag_gates_d_mode<F>(dag, view<F, 3>("S", S), view<F, 3>("T", T), view<F, 3>("M", M),
-                                              view<F, 3>("D", D));
+          const auto Sv = view<F, 3>("S", S), Tv = view<F, 3>("T", T), Mv = view<F, 3>("M", M), Dv = view<F, 3>("D", D);
+          auto g = nogil([&] { return plstm::dag_gates_d_mode<F>(dag, Sv, Tv, Mv, Dv); });
           return py::make_tuple(to_numpy(std::move(g.S)), to_numpy(std::move(g.T)), to_numpy(std::move(g.M)),
                                 to_numpy(std::move(g.D)));
         });
