@@ -6,15 +6,21 @@
 //   meta.json   split, shape, seed, every parameter, class balance
 //   png/<index>_<label>.png with --png; a contact sheet of the first samples with --sheet FILE.
 // Samples are made through the batch API in chunks and streamed to disk, so memory stays bounded
-// whatever N (the 100,000-image train split is 3.7 GB).
+// whatever N (the 100,000-image train split is 3.7 GB); a count whose files would not fit the free
+// space of the folder is refused before anything is written.
+//
+// A folder is never left looking complete when it is not: a stale meta.json is removed first, every
+// file is written under a temporary name and renamed once complete (core/output_file.hpp), the
+// two arrays after the last chunk, and meta.json is written last.
 #include "apps/data.hpp"
 #include "apps/progress.hpp"
+#include "datasets/arguments.hpp"
 #include "datasets/arrow_pointing/arrow_pointing.hpp"
+#include "core/output_file.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -48,7 +54,7 @@ void add_param(CLI::App& cmd, const std::shared_ptr<Args>& args, const std::stri
 
 // numpy's .npy format, version 1.0: magic, version, header length, a Python dict literal padded with
 // spaces to a multiple of 64 bytes and ending in '\n', then the raw C-order data.
-void write_npy_header(std::ofstream& file, const std::vector<index_t>& shape) {
+std::string npy_header(const std::vector<index_t>& shape) {
   std::string dims;
   for (index_t d : shape) dims += fmt::format("{}, ", d);
   if (shape.size() > 1) dims.resize(dims.size() - 2);
@@ -57,16 +63,18 @@ void write_npy_header(std::ofstream& file, const std::vector<index_t>& shape) {
   header.append((64 - total % 64) % 64, ' ');
   header += '\n';
   const auto length = static_cast<std::uint16_t>(header.size());
-  file.write("\x93NUMPY\x01\x00", 8);
   const char length_bytes[2] = {static_cast<char>(length & 0xff), static_cast<char>(length >> 8)};
-  file.write(length_bytes, 2);
-  file << header;
+  return std::string("\x93NUMPY\x01\x00", 8) + std::string(length_bytes, 2) + header;
 }
 
-std::ofstream open_output(const std::filesystem::path& path) {
-  std::ofstream file(path, std::ios::binary);
-  require(file.good(), "out", "cannot write '{}'", path.string());
-  return file;
+// The free space of `folder` must hold `bytes` (the new files sit beside the old ones until renamed).
+void require_disk(const std::filesystem::path& folder, double bytes, std::string_view what) {
+  std::error_code error;
+  const auto space = std::filesystem::space(folder, error);
+  constexpr double GiB = 1024.0 * 1024.0 * 1024.0;
+  require(error || bytes <= static_cast<double>(space.available), "n",
+          "{} need {:.3g} GiB, more than the {:.3g} GiB free in '{}'", what, bytes / GiB,
+          static_cast<double>(space.available) / GiB, folder.string());
 }
 
 void run(const Args& args) {
@@ -77,7 +85,7 @@ void run(const Args& args) {
   require(split != arrows::Split::custom || args.n_option->count() > 0, "n", "is required with --split custom");
   const index_t n = args.n_option->count() > 0 ? args.n : preset.count;
   require(n >= 0, "n", "must be >= 0, got {}", n);
-  require(args.threads >= 0, "threads", "must be >= 0 (0: all), got {}", args.threads);
+  datasets::thread_count(args.threads);  // checked before anything is written
   require(args.sheet.empty() || (args.sheet_count >= 1 && n >= 1), "sheet",
           "needs --sheet-count >= 1 and --n >= 1, got {} and {}", args.sheet_count, n);
   arrows::validate(params);
@@ -86,25 +94,28 @@ void run(const Args& args) {
   std::error_code error;
   std::filesystem::create_directories(out / (args.png ? "png" : ""), error);
   require(!error, "out", "cannot create '{}': {}", out.string(), error.message());
+  remove_file(out / "meta.json", "out");  // stale: the folder is complete only once it is back
+
+  const index_t size = params.size, channels = params.channels, bytes = params.image_bytes();
+  require_disk(out, static_cast<double>(n) * static_cast<double>(bytes + 1),
+               fmt::format("{} images of {}x{}x{}", n, size, size, channels));
 
   if (!args.sheet.empty()) {  // first: cheap, and a bad path fails before the long part
     arrows::write_contact_sheet(args.sheet, params, 0, std::min(args.sheet_count, n));
   }
 
-  const index_t size = params.size, channels = params.channels, bytes = params.image_bytes();
-  auto images_file = open_output(out / "images.npy");
-  auto labels_file = open_output(out / "labels.npy");
-  write_npy_header(images_file, {n, size, size, channels});
-  write_npy_header(labels_file, {n});
+  OutputFile images_file(out / "images.npy", "out"), labels_file(out / "labels.npy", "out");
+  images_file.write(npy_header({n, size, size, channels}));
+  labels_file.write(npy_header({n}));
 
   std::vector<std::uint8_t> images(std::min(n, chunk) * bytes), labels(std::min(n, chunk));
   index_t positives = 0;
   ProgressBar bar(fmt::format("arrows {}", arrows::split_name(split)), n);
-  for (index_t first = 0; first < n; first += chunk) {
-    const index_t count = std::min(chunk, n - first);
+  for (index_t first = 0, count = 0; first < n; first += count) {
+    count = std::min(chunk, n - first);
     arrows::generate_into(params, first, count, images, labels, args.threads);
-    images_file.write(reinterpret_cast<const char*>(images.data()), count * bytes);
-    labels_file.write(reinterpret_cast<const char*>(labels.data()), count);
+    images_file.write({reinterpret_cast<const char*>(images.data()), static_cast<std::size_t>(count * bytes)});
+    labels_file.write({reinterpret_cast<const char*>(labels.data()), static_cast<std::size_t>(count)});
     for (index_t i = 0; i < count; ++i) {
       positives += labels[i];
       if (args.png) {
@@ -113,9 +124,12 @@ void run(const Args& args) {
                           channels);
       }
     }
-    require(images_file.good() && labels_file.good(), "out", "write to '{}' failed", out.string());
     bar.advance(count);
   }
+  images_file.close();
+  labels_file.close();
+  images_file.commit();
+  labels_file.commit();
   bar.finish();
   const double seconds = bar.seconds();
 
@@ -138,7 +152,7 @@ void run(const Args& args) {
         {"margin", params.margin},
         {"head_angle", params.head_angle},
         {"head_ratio", params.head_ratio}}}};
-  open_output(out / "meta.json") << meta.dump(2) << '\n';
+  write_file(out / "meta.json", meta.dump(2) + "\n", "out");
 
   const double percent = n > 0 ? 100.0 * double(positives) / double(n) : 0.0;
   fmt::print("arrows {}: {} images {}x{}x{} seed {} -> {}: {} positive ({:.1f}%), {} negative; {:.2f} s ({:.0f} "

@@ -4,9 +4,13 @@
 //           torch_geometric.datasets.TUDataset(root=OUT, name=NAME) loads it
 //   smiles  OUT/NAME.smi, one "<SMILES> <label>" line per molecule
 //   json    OUT/NAME.json, parameters, label names and every molecule's graph and SMILES
-// Prints the dataset statistics and a one-line summary: count, class balance, time.
+// Prints the dataset statistics and a one-line summary: count, class balance, time. The molecules are
+// held in memory until written, so a count that would not fit (molecule_bytes() each) is refused
+// before generating; every file is written under a temporary name and renamed once complete.
 #include "apps/data.hpp"
 #include "apps/progress.hpp"
+#include "core/memory.hpp"
+#include "datasets/arguments.hpp"
 #include "datasets/molecules/molecules.hpp"
 
 #include <fmt/format.h>
@@ -91,7 +95,7 @@ void print_statistics(const mol::Params& params, const mol::Statistics& s) {
 
 void run(Args& args) {
   require(args.n >= 0, "n", "must be >= 0, got {}", args.n);
-  require(args.threads >= 0, "threads", "must be >= 0 (0: all), got {}", args.threads);
+  datasets::thread_count(args.threads);  // checked before the long part
   for (const std::string& f : args.formats) {
     require(std::ranges::find(formats, f) != std::end(formats), "format",
             "unknown format '{}' (expected tu, json or smiles)", f);
@@ -102,6 +106,9 @@ void run(Args& args) {
   params.task = mol::parse_task(args.task);
   apply_atom_mix(args.atom_mix, params);
   mol::validate(params);
+  // The molecules are held in memory until written.
+  require_memory("n", static_cast<double>(args.n) * mol::molecule_bytes(params),
+                 fmt::format("{} molecules of up to {} atoms", args.n, params.max_atoms));
 
   std::vector<mol::Molecule> molecules;
   double generate_seconds = 0;

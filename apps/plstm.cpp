@@ -9,9 +9,12 @@
 // oracle), levels (OpenMP over the nodes of each level) and parallel (an N x N gating matrix, so
 // skipped above 20,000 nodes). Prints the graph's sizes, the mode's gate statistic, each form's best
 // time and its relative L2 disagreement with the recurrent form; exits 1 when a disagreement exceeds
-// the dtype's tolerance (1e-10 in float64, 1e-4 in float32, as in `flashlstm validate`).
+// the dtype's tolerance (1e-10 in float64, 1e-4 in float32, as in `flashlstm validate`). Heads and head
+// dimensions are bounded, and what the forms would hold in memory is computed from the graph before
+// anything is drawn, so that a size that cannot fit is refused with the number it would need.
 #include "apps/plstm.hpp"
 
+#include "core/memory.hpp"
 #include "core/metrics.hpp"
 #include "core/random.hpp"
 #include "reference/plstm/modes.hpp"
@@ -42,6 +45,9 @@ constexpr double min_total_ms = 200;
 constexpr int max_runs = 20;
 // D-mode's multitree pruning keeps one bit per pair of line-graph vertices (= edges): 512 MiB here.
 constexpr index_t d_mode_max_edges = 65536;
+// --heads, --dqk and --dv: far beyond any model, and small enough that no product of them with the
+// graph's sizes overflows before the memory check sees it.
+constexpr index_t max_heads = 65536, max_dimension = 65536;
 
 struct Args {
   std::string graph, format, order = "given", mode = "P", dtype = "float64";
@@ -90,6 +96,39 @@ int threads() {
 #else
   return 1;
 #endif
+}
+
+// The most edge states the DAG forms hold at once: a state lives from its source's visit to its
+// target's, and nodes are visited in topological order (recurrent) or a level at a time (levels).
+index_t peak_edge_states(const graph::Dag& dag) {
+  const graph::Csr &in = dag.in_edges(), &out = dag.out_edges(), &levels = dag.levels();
+  index_t alive = 0, peak = 0;
+  for (index_t n : dag.topological_order()) {
+    alive += out.size(n);
+    peak = std::max(peak, alive);
+    alive -= in.size(n);
+  }
+  for (index_t l = 0; l < levels.rows(); ++l) {
+    index_t created = 0, released = 0;
+    for (index_t i = 0; i < levels.size(l); ++i) {
+      created += out.size(levels.begin(l)[i]);
+      released += in.size(levels.begin(l)[i]);
+    }
+    peak = std::max(peak, alive + created);
+    alive += created - released;
+  }
+  return peak;
+}
+
+// Bytes the run needs at most: q, k, v and two outputs (the oracle's and a form's), the raw and the
+// parameterised gates, and the edge states of the heads that run at once (DQK x DV each).
+double problem_bytes(const graph::Dag& dag, index_t arcs, const Args& a, double element) {
+  const double H = static_cast<double>(a.heads), N = static_cast<double>(dag.num_nodes()),
+               E = static_cast<double>(dag.num_edges()), A = static_cast<double>(arcs),
+               dqk = static_cast<double>(a.dqk), dv = static_cast<double>(a.dv);
+  const double heads_at_once = std::min(H, static_cast<double>(threads()));
+  return element * (H * N * (2 * dqk + 3 * dv) + 2 * H * (3 * E + A + N) +
+                    heads_at_once * static_cast<double>(peak_edge_states(dag)) * dqk * dv);
 }
 
 template <class F>
@@ -166,9 +205,9 @@ int run_forms(const graph::Dag& dag, index_t arcs, const Args& a, bool p_mode) {
 }
 
 void run(const Args& a) {
-  require(a.heads >= 1, "heads", "expected >= 1, got {}", a.heads);
-  require(a.dqk >= 1, "dqk", "expected >= 1, got {}", a.dqk);
-  require(a.dv >= 1, "dv", "expected >= 1, got {}", a.dv);
+  require(a.heads >= 1 && a.heads <= max_heads, "heads", "expected in [1, {}], got {}", max_heads, a.heads);
+  require(a.dqk >= 1 && a.dqk <= max_dimension, "dqk", "expected in [1, {}], got {}", max_dimension, a.dqk);
+  require(a.dv >= 1 && a.dv <= max_dimension, "dv", "expected in [1, {}], got {}", max_dimension, a.dv);
   require(a.mode == "P" || a.mode == "D", "mode", "expected P or D, got '{}'", a.mode);
   require(a.dtype == "float32" || a.dtype == "float64", "dtype", "expected float32 or float64, got '{}'", a.dtype);
   const bool p_mode = a.mode == "P";
@@ -207,6 +246,9 @@ void run(const Args& a) {
 
   const graph::LineGraph lg = graph::line_graph(dag);
   const auto arcs = static_cast<index_t>(lg.arcs.size());
+  require_memory("heads/dqk/dv", problem_bytes(dag, arcs, a, a.dtype == "float64" ? 8 : 4),
+                 fmt::format("heads {}, DQK {}, DV {} on {} nodes and {} edges", a.heads, a.dqk, a.dv,
+                             dag.num_nodes(), dag.num_edges()));
   const graph::Csr& levels = dag.levels();
   index_t widest = 0;
   for (index_t l = 0; l < levels.rows(); ++l) widest = std::max(widest, levels.size(l));

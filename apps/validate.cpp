@@ -1,12 +1,15 @@
 // The `validate` subcommand: collects the rows of every recurrence, prints one line per row (its
 // worst tensor's error, bound and ratio), writes every tensor to JSON, and exits non-zero when any
-// row fails.
+// row fails. The JSON file is opened before the checks run, so that a path that cannot be written
+// fails at once, and written through an OutputFile (a temporary name, renamed once complete).
 #include "apps/validate.hpp"
+
+#include "core/output_file.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include <fstream>
+#include <optional>
 
 namespace flashlstm::apps {
 
@@ -35,6 +38,8 @@ nlohmann::json to_json(const ValidationRow& r) {
 constexpr auto kRow = "{:<6} {:<16} {:<11} {:<16} {:<33} {:<14} {:<10} {:>9} {:>9} {:>8}  {}\n";
 
 int run_validate(const std::string& json_path, bool every_tensor) {
+  std::optional<OutputFile> json;
+  if (!json_path.empty()) json.emplace(json_path, "json");
   std::vector<ValidationRow> rows = validate_mlstm();
   for (auto& r : validate_slstm()) rows.push_back(std::move(r));
   for (auto& r : validate_plstm()) rows.push_back(std::move(r));
@@ -58,10 +63,11 @@ int run_validate(const std::string& json_path, bool every_tensor) {
              "against finite differences); docs/validation.md gives every bound.\n",
              rows.size(), rows.size() - failures, failures);
 
-  if (!json_path.empty()) {
+  if (json) {
     nlohmann::json j = nlohmann::json::array();
     for (const auto& r : rows) j.push_back(to_json(r));
-    std::ofstream(json_path) << j.dump(2) << '\n';
+    json->write(j.dump(2) + "\n");
+    json->commit();
   }
   return failures == 0 ? 0 : 1;
 }

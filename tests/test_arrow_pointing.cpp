@@ -1,8 +1,12 @@
 // The arrow-pointing generator, checked by properties rather than stored outputs: labels against an
 // independent ray-disk test on the sampled geometry, pixels against an independent brute-force
 // rasterisation, placement inside the padded interior, the same object sizes at 192 and 384,
-// the class balance, determinism across threads and batchings, the presets, PNG files, and bad input.
+// the class balance, determinism across threads and batchings, the presets, PNG files, and bad input:
+// index ranges and counts that would overflow or not fit, thread counts, and output files that cannot
+// be written (the OutputFile every writer shares: temporary name, checked writes, rename).
+#include "datasets/arguments.hpp"
 #include "datasets/arrow_pointing/arrow_pointing.hpp"
+#include "core/output_file.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -10,6 +14,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <tuple>
@@ -329,6 +334,7 @@ TEST_CASE("bad parameters and buffers throw Error naming the argument", "[arrows
   bad([](auto& p) { p.size = -192; }, "size");
   bad([](auto& p) { p.size = 60; }, "size");  // no interior left inside 2 * padding
   bad([](auto& p) { p.padding = -1; }, "padding");
+  bad([](auto& p) { p.padding = std::numeric_limits<index_t>::max(); }, "padding");  // 2 * padding would overflow
   bad([](auto& p) { p.channels = 2; }, "channels");
   bad([](auto& p) { p.positive_fraction = 1.5; }, "positive_fraction");
   bad([](auto& p) { p.length_min = 0; }, "length_min");
@@ -359,4 +365,96 @@ TEST_CASE("bad parameters and buffers throw Error naming the argument", "[arrows
   auto g = arrows::sample_geometry(p, 0);
   g.arrow_x = std::nan("");
   CHECK_THROWS_WITH(arrows::draw(p, g, images), Catch::StartsWith("geometry:"));
+}
+
+TEST_CASE("index ranges, counts and thread counts that cannot work are refused before any work", "[arrows]") {
+  const arrows::Params p;
+  constexpr index_t largest = std::numeric_limits<index_t>::max();
+  std::vector<std::uint8_t> images(4 * p.image_bytes()), labels(4);
+  // first + i would overflow: refused, not wrapped (UBSan checks that nothing overflows on the way).
+  CHECK_THROWS_WITH(arrows::generate(p, largest - 1, 4), Catch::StartsWith("count: first + count must be <="));
+  CHECK_THROWS_WITH(arrows::generate_into(p, largest, 1, images, labels), Catch::StartsWith("count:"));
+  CHECK_NOTHROW(arrows::generate_into(p, largest - 4, 4, images, labels));
+  // count * image bytes beyond any memory: refused with the number, before allocating.
+  CHECK_THROWS_WITH(arrows::generate(p, 0, index_t{1} << 40), Catch::StartsWith("count:") && Catch::Contains("GiB"));
+  CHECK_THROWS_WITH(arrows::generate_into(p, 0, index_t{1} << 60, images, labels), Catch::StartsWith("images:"));
+  CHECK_THROWS_WITH(arrows::write_contact_sheet("unused.png", p, 0, index_t{1} << 40), Catch::StartsWith("count:"));
+  CHECK_THROWS_WITH(arrows::write_png("unused.png", images, index_t{1} << 40, 1), Catch::StartsWith("image:"));
+  CHECK_FALSE(std::filesystem::exists("unused.png"));
+  // Thousands of OpenMP threads crash inside the runtime: bounded, the bound named.
+  const int bound = datasets::max_threads();
+  CHECK(bound >= 16);
+  CHECK_THROWS_WITH(arrows::generate(p, 0, 1, 65536),
+                    Catch::StartsWith("threads: must be in [0, " + std::to_string(bound) + "]"));
+  CHECK_THROWS_WITH(arrows::generate(p, 0, 1, bound + 1), Catch::StartsWith("threads:"));
+  CHECK_NOTHROW(arrows::generate(p, 0, 1, bound));
+}
+
+TEST_CASE("an OutputFile appears under its name only when committed, and failures name the file", "[arrows][io]") {
+  const auto dir = std::filesystem::temp_directory_path() / "flashlstm_output_file_tests";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto read = [](const std::filesystem::path& path) {
+    std::ifstream file(path);
+    return std::string(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+  };
+  auto entries = [&] {
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) names.insert(e.path().filename().string());
+    return names;
+  };
+  const auto path = dir / "a.txt";
+  {  // written under a temporary name; the old file stays as it was until the commit
+    std::ofstream(path) << "old";
+    OutputFile file(path, "out");
+    file.write("new");
+    CHECK(read(path) == "old");
+    CHECK(entries().size() == 2);
+    file.commit();
+    CHECK(read(path) == "new");
+    CHECK(entries() == std::set<std::string>{"a.txt"});
+  }
+  {  // never committed (an exception, an interrupted run): the temporary file is removed
+    OutputFile file(path, "out");
+    file.write("partial");
+  }
+  CHECK(read(path) == "new");
+  CHECK(entries() == std::set<std::string>{"a.txt"});
+
+  // The parent is a regular file (ENOTDIR), a folder, a full device (ENOSPC at the flush).
+  CHECK_THROWS_WITH(write_file(path / "b.txt", "x", "out"),
+                    Catch::StartsWith("out: cannot open '" + (path / "b.txt").string() + "': Not a directory"));
+  CHECK_THROWS_WITH(write_file(dir, "x", "out"), Catch::StartsWith("out:") && Catch::Contains("folder"));
+  if (std::filesystem::is_character_file("/dev/full")) {
+    CHECK_THROWS_WITH(write_file("/dev/full", "x", "json"),
+                      Catch::StartsWith("json: cannot write '/dev/full': No space left on device"));
+    OutputFile full("/dev/full", "out");  // a large write fails at once, not only at the close
+    CHECK_THROWS_WITH(full.write(std::string(1 << 20, 'x')), Catch::StartsWith("out: cannot write '/dev/full'"));
+  }
+  CHECK_NOTHROW(remove_file(dir / "missing", "out"));
+  CHECK_THROWS_WITH(remove_file(path / "c", "out"), Catch::StartsWith("out: cannot remove"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("PNG files and contact sheets that cannot be written are errors naming the file", "[arrows][io]") {
+  const auto dir = std::filesystem::temp_directory_path() / "flashlstm_arrow_png_failures";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  const auto p = params_at(192, 5);
+  const auto batch = arrows::generate(p, 0, 1);
+  const std::span<const std::uint8_t> image(batch.images.data(), batch.images.size());
+  std::ofstream(dir / "file") << "a regular file";
+  CHECK_THROWS_WITH(arrows::write_png((dir / "file" / "x.png").string(), image, 192, 1),
+                    Catch::StartsWith("path:") && Catch::Contains("Not a directory"));
+  CHECK_THROWS_WITH(arrows::write_contact_sheet((dir / "file" / "sheet.png").string(), p, 0, 4),
+                    Catch::StartsWith("path:") && Catch::Contains("Not a directory"));
+  if (std::filesystem::is_character_file("/dev/full")) {
+    CHECK_THROWS_WITH(arrows::write_png("/dev/full", image, 192, 1), Catch::Contains("No space left on device"));
+    CHECK_THROWS_WITH(arrows::write_contact_sheet("/dev/full", p, 0, 4), Catch::Contains("No space left on device"));
+  }
+  CHECK_NOTHROW(arrows::write_png((dir / "x.png").string(), image, 192, 1));
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) names.insert(e.path().filename().string());
+  CHECK(names == std::set<std::string>{"file", "x.png"});  // no temporary file left behind
+  std::filesystem::remove_all(dir);
 }

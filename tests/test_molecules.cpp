@@ -3,19 +3,26 @@
 // union-find, benzene relation by enumerating 6-cycles), statistics and class balance stay in the
 // configured ranges, bad parameters throw Error naming the argument, a seed gives the same molecules
 // whatever the threads or the slice, and the SMILES/TU writers keep the atom numbering and the counts.
+// Failures are carried out of the OpenMP loop whatever their type, counts that cannot fit are refused,
+// and writers that cannot write say so, naming the file, and leave no partial file behind.
 #include "datasets/molecules/molecules.hpp"
+
+#include "datasets/arguments.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <new>
 #include <numeric>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 using namespace flashlstm;
 using namespace flashlstm::datasets::molecules;
@@ -391,6 +398,8 @@ TEST_CASE("bad parameters throw Error naming the argument", "[molecules][errors]
   fails([](Params& p) { p.min_rings = -1; }, "min_rings");
   fails([](Params& p) { p.max_rings = 0; }, "max_rings");
   fails([](Params& p) { p.min_rings = p.max_rings = 9; }, "min_rings");
+  fails([](Params& p) { p.max_rings = std::numeric_limits<int>::max(); }, "max_rings");  // the draw would overflow
+  fails([](Params& p) { p.min_rings = p.max_rings = std::numeric_limits<int>::max(); }, "max_rings");
   fails([](Params& p) { p.aromatic_fraction = 2; }, "aromatic_fraction");
   fails([](Params& p) { p.atom_mix[0] = 0; }, "atom_mix");
   fails([](Params& p) { p.atom_mix[3] = -1; }, "atom_mix");
@@ -524,5 +533,68 @@ TEST_CASE("the TU writer produces PyG's layout with consistent counts and 1-base
     first += m.atoms.size();
   }
   CHECK_THROWS_WITH(write_tu(root, "a/b", molecules), StartsWith("name:"));
+  std::filesystem::remove_all(root);
+}
+
+TEST_CASE("every exception of a molecule leaves the OpenMP loop as itself", "[molecules][errors]") {
+  const Params p = params_for(Task::distance);
+  std::atomic<int> calls{0};
+  // bad_alloc and any other exception thrown inside the parallel loop (here by the progress callback)
+  // reach the caller; an exception escaping an OpenMP region would terminate the process instead.
+  CHECK_THROWS_AS(generate(p, 0, 500, 2, [&](index_t) {
+    ++calls;
+    throw std::bad_alloc();
+  }), std::bad_alloc);
+  CHECK(calls < 500);  // the first failure stops the rest
+  CHECK_THROWS_WITH(generate(p, 0, 500, 2, [](index_t) { throw std::runtime_error("callback failed"); }),
+                    "callback failed");
+}
+
+TEST_CASE("counts and thread counts that cannot work are refused before any work", "[molecules][errors]") {
+  const Params p;
+  constexpr index_t largest = std::numeric_limits<index_t>::max();
+  CHECK_THROWS_WITH(generate(p, largest - 1, 4), StartsWith("count: first + count must be <="));
+  CHECK_THROWS_WITH(generate(p, 0, index_t{1} << 40), StartsWith("count:") && Catch::Contains("GiB"));
+  CHECK(molecule_bytes(p) >= sizeof(Molecule) + p.max_atoms * sizeof(Atom));
+  CHECK_THROWS_WITH(generate(p, 0, 1, 65536), StartsWith("threads: must be in [0, " +
+                                                         std::to_string(flashlstm::datasets::max_threads()) + "]"));
+  CHECK(generate(p, largest - 2, 2, 1).size() == 2);
+}
+
+TEST_CASE("writers that cannot write name the file and leave no partial file", "[molecules][io]") {
+  const auto root = std::filesystem::temp_directory_path() / "flashlstm_test_molecule_writers";
+  std::filesystem::remove_all(root);
+  std::filesystem::create_directories(root);
+  const auto molecules = generate(params_for(Task::ring_parity), 0, 20);
+  std::ofstream(root / "file") << "a regular file";
+  // A parent that is a regular file: ENOTDIR.
+  CHECK_THROWS_WITH(write_smiles(root / "file" / "m.smi", molecules), StartsWith("file:"));
+  CHECK_THROWS_WITH(write_json(root / "file" / "m.json", "M", Params{}, molecules), StartsWith("file:"));
+  CHECK_THROWS_WITH(write_tu(root / "file", "M", molecules), StartsWith("root:"));
+  if (std::filesystem::is_character_file("/dev/full")) {  // a full disk: ENOSPC
+    CHECK_THROWS_WITH(write_smiles("/dev/full", molecules),
+                      StartsWith("file: cannot write '/dev/full': No space left on device"));
+    CHECK_THROWS_WITH(write_json("/dev/full", "M", Params{}, molecules), Catch::Contains("No space left on device"));
+    // The last TU file on a full disk: none of the five is renamed into place, the old ones stay.
+    const auto raw = write_tu(root, "M", molecules);
+    std::filesystem::remove(raw / "M_graph_labels.txt");
+    std::filesystem::create_symlink("/dev/full", raw / "M_graph_labels.txt");
+    const auto old_a = read_lines(raw / "M_A.txt");
+    const auto more = generate(params_for(Task::ring_parity), 100, 30);
+    CHECK_THROWS_WITH(write_tu(root, "M", more),
+                      StartsWith("root: cannot write '" + (raw / "M_graph_labels.txt").string() + "'"));
+    CHECK(read_lines(raw / "M_A.txt") == old_a);
+    std::set<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(raw)) names.insert(e.path().filename().string());
+    CHECK(names == std::set<std::string>{"M_A.txt", "M_edge_labels.txt", "M_graph_indicator.txt",
+                                         "M_graph_labels.txt", "M_node_labels.txt", "README.txt"});
+  }
+  // The JSON document streams molecule by molecule and is still one valid document.
+  write_json(root / "m.json", "M", Params{}, molecules);
+  std::ifstream in(root / "m.json");
+  const std::string json((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(json.starts_with("{\"edge_label_names\":"));
+  CHECK(json.ends_with("]}\n"));
+  CHECK(json.find("\"molecules\":[{\"aromatic\":") != std::string::npos);
   std::filesystem::remove_all(root);
 }

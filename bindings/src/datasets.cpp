@@ -1,7 +1,8 @@
 // flashlstm._core.datasets: the arrow-pointing image generator (batches as uint8 numpy arrays,
 // zero-copy) and the molecular-graph generator (molecules with their graph as numpy arrays, SMILES,
 // and the TU / SMILES / JSON writers). Parameter structs are bound field by field under the C++
-// names, so every range of the generators can be set from Python.
+// names, so every range of the generators can be set from Python. The generators and writers release
+// the GIL once their arguments are converted, so other Python threads run meanwhile.
 #include "bindings/src/arrays.hpp"
 #include "datasets/arrow_pointing/arrow_pointing.hpp"
 #include "datasets/molecules/molecules.hpp"
@@ -68,11 +69,12 @@ void register_arrows(py::module_& parent) {
         const auto img = view<std::uint8_t, 3>("image", image);
         require(img.shape(0) == img.shape(1), "image", "expected a square image (size, size, channels), got {}",
                 shape_string(img.shape()));
+        py::gil_scoped_release release;
         arrows::write_png(path, {img.data(), static_cast<std::size_t>(img.size())}, img.shape(0), img.shape(2));
       },
       py::arg("path"), py::arg("image"));
   m.def("write_contact_sheet", &arrows::write_contact_sheet, py::arg("path"), py::arg("params"), py::arg("first"),
-        py::arg("count"), py::arg("columns") = 0);
+        py::arg("count"), py::arg("columns") = 0, py::call_guard<py::gil_scoped_release>());
 }
 
 py::dict statistics(const molecules::Statistics& s) {
@@ -204,13 +206,17 @@ void register_molecules(py::module_& parent) {
   });
   m.def("write_smiles", [](const std::string& file, const std::vector<molecules::Molecule>& mols) {
     molecules::write_smiles(file, mols);
-  }, py::arg("file"), py::arg("molecules"));
-  m.def("write_tu", [](const std::string& root, const std::string& name, const std::vector<molecules::Molecule>& mols) {
-    return molecules::write_tu(root, name, mols).string();
-  }, py::arg("root"), py::arg("name"), py::arg("molecules"));
+  }, py::arg("file"), py::arg("molecules"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "write_tu",
+      [](const std::string& root, const std::string& name, const std::vector<molecules::Molecule>& mols) {
+        return molecules::write_tu(root, name, mols).string();
+      },
+      py::arg("root"), py::arg("name"), py::arg("molecules"), py::call_guard<py::gil_scoped_release>());
   m.def("write_json", [](const std::string& file, const std::string& name, const molecules::Params& params,
                          const std::vector<molecules::Molecule>& mols) { molecules::write_json(file, name, params, mols); },
-        py::arg("file"), py::arg("name"), py::arg("params"), py::arg("molecules"));
+        py::arg("file"), py::arg("name"), py::arg("params"), py::arg("molecules"),
+        py::call_guard<py::gil_scoped_release>());
 }
 
 }  // namespace

@@ -8,13 +8,13 @@
 // a 36 KB fill plus a few thousand pixel tests.
 #include "datasets/arrow_pointing/arrow_pointing.hpp"
 
+#include "core/memory.hpp"
+#include "core/parallel.hpp"
+#include "datasets/arguments.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <numbers>
-
-#ifdef FLASHLSTM_OPENMP
-#include <omp.h>
-#endif
 
 namespace flashlstm::datasets::arrows {
 
@@ -156,18 +156,10 @@ void draw_unchecked(const Params& p, const Geometry& g, std::uint8_t* image) {
   }
 }
 
-int thread_count([[maybe_unused]] int threads) {
-#ifdef FLASHLSTM_OPENMP
-  return threads > 0 ? threads : omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 }  // namespace
 
 void validate(const Params& p) {
-  require(p.padding >= 0, "padding", "must be >= 0, got {}", p.padding);
+  require(p.padding >= 0 && p.padding <= max_size, "padding", "must be in [0, {}], got {}", max_size, p.padding);
   require(p.size > 2 * p.padding && p.size <= max_size, "size", "must be > 2 * padding = {} and <= {}, got {}",
           2 * p.padding, max_size, p.size);
   require(p.channels == 1 || p.channels == 3, "channels", "must be 1 or 3, got {}", p.channels);
@@ -259,27 +251,31 @@ void draw(const Params& params, const Geometry& g, std::span<std::uint8_t> image
 void generate_into(const Params& params, index_t first, index_t count, std::span<std::uint8_t> images,
                    std::span<std::uint8_t> labels, int threads) {
   validate(params);
-  require(first >= 0, "first", "must be >= 0, got {}", first);
-  require(count >= 0, "count", "must be >= 0, got {}", count);
-  require(threads >= 0, "threads", "must be >= 0 (0: the default number), got {}", threads);
+  check_range(first, count);
+  [[maybe_unused]] const int n = thread_count(threads);
   const index_t bytes = params.image_bytes();
   require(count <= static_cast<index_t>(images.size()) / bytes, "images",
-          "buffer holds {} bytes, need {} for {} images of {}x{}x{}", images.size(), count * bytes, count,
-          params.size, params.size, params.channels);
+          "buffer holds {} bytes, need {} images of {}x{}x{} = {} bytes each", images.size(), count, params.size,
+          params.size, params.channels, bytes);
   require(count <= static_cast<index_t>(labels.size()), "labels", "buffer holds {} labels, need {}", labels.size(),
           count);
-  [[maybe_unused]] const int n = thread_count(threads);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(static) num_threads(n)
   for (index_t i = 0; i < count; ++i) {
-    const Geometry g = sample_unchecked(params, first + i);
-    draw_unchecked(params, g, images.data() + i * bytes);
-    labels[i] = g.label;
+    errors.run([&] {
+      const Geometry g = sample_unchecked(params, first + i);
+      draw_unchecked(params, g, images.data() + i * bytes);
+      labels[i] = g.label;
+    });
   }
+  errors.rethrow();
 }
 
 Batch generate(const Params& params, index_t first, index_t count, int threads) {
   validate(params);
-  require(count >= 0, "count", "must be >= 0, got {}", count);
+  check_range(first, count);
+  require_memory("count", static_cast<double>(count) * static_cast<double>(params.image_bytes() + 1),
+                 fmt::format("{} images of {}x{}x{}", count, params.size, params.size, params.channels));
   Batch batch{xt::xtensor<std::uint8_t, 4>::from_shape({static_cast<std::size_t>(count),
                                                          static_cast<std::size_t>(params.size),
                                                          static_cast<std::size_t>(params.size),

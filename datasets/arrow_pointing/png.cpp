@@ -1,11 +1,16 @@
 // PNG output of the APE generator: single images and a contact sheet (a grid of framed, labelled
 // tiles) for looking at a dataset. libpng's simplified write API, because libpng16 is on every machine
-// we run on (the GPU machine included), and the simplified API needs no setjmp error handling.
+// we run on (the GPU machine included), and the simplified API needs no setjmp error handling. It
+// encodes into memory; the bytes go to disk through an OutputFile (a temporary name, every write and
+// the close checked, then renamed), so a failed write is an error naming the file.
 //
 // The label is shown twice per tile, so that it reads in grey and for colour-blind readers: the frame
 // colour (Okabe-Ito blue for 1, vermillion for 0) and the digit drawn in the frame's header band from
 // a 3 x 5 bitmap font scaled 2x.
 #include "datasets/arrow_pointing/arrow_pointing.hpp"
+
+#include "core/memory.hpp"
+#include "core/output_file.hpp"
 
 #include <png.h>
 
@@ -24,10 +29,14 @@ void write_png_file(const std::string& path, const std::uint8_t* data, index_t w
   image.width = static_cast<png_uint_32>(width);
   image.height = static_cast<png_uint_32>(height);
   image.format = channels == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
-  const bool ok = png_image_write_to_file(&image, path.c_str(), 0, data, 0, nullptr) != 0;
+  png_alloc_size_t bytes = 0;  // a first call with no buffer gives the size
+  bool ok = png_image_write_to_memory(&image, nullptr, &bytes, 0, data, 0, nullptr) != 0;
+  std::vector<char> png(ok ? bytes : 0);
+  ok = ok && png_image_write_to_memory(&image, png.data(), &bytes, 0, data, 0, nullptr) != 0;
   const std::string message = ok ? "" : image.message;
   png_image_free(&image);
-  require(ok, "path", "cannot write PNG '{}': {}", path, message);
+  require(ok, "path", "cannot encode PNG '{}': {}", path, message);
+  write_file(path, {png.data(), bytes}, "path");
 }
 
 using Rgb = std::array<std::uint8_t, 3>;
@@ -75,9 +84,9 @@ class Sheet {
 void write_png(const std::string& path, std::span<const std::uint8_t> image, index_t size, index_t channels) {
   require(size > 0, "size", "must be > 0, got {}", size);
   require(channels == 1 || channels == 3, "channels", "must be 1 or 3, got {}", channels);
-  require(static_cast<index_t>(image.size()) >= size * size * channels, "image",
-          "buffer holds {} bytes, need {} for a {}x{}x{} image", image.size(), size * size * channels, size, size,
-          channels);
+  const double bytes = static_cast<double>(size) * static_cast<double>(size) * static_cast<double>(channels);
+  require(static_cast<double>(image.size()) >= bytes, "image",
+          "buffer holds {} bytes, need {:.0f} for a {}x{}x{} image", image.size(), bytes, size, size, channels);
   write_png_file(path, image.data(), size, size, channels);
 }
 
@@ -85,11 +94,19 @@ void write_contact_sheet(const std::string& path, const Params& params, index_t 
                          index_t columns) {
   require(count >= 1, "count", "must be >= 1, got {}", count);
   require(columns >= 0, "columns", "must be >= 0 (0: a near-square grid), got {}", columns);
-  const Batch batch = generate(params, first, count);
+  validate(params);
   const index_t cols = std::min(count, columns > 0 ? columns : static_cast<index_t>(std::ceil(std::sqrt(count))));
-  const index_t rows = (count + cols - 1) / cols;
+  const index_t rows = (count - 1) / cols + 1;
   const index_t size = params.size, tile_w = size + 2 * frame, tile_h = size + band + frame;
-  Sheet sheet(cols * tile_w + (cols + 1) * gap, rows * tile_h + (rows + 1) * gap);
+  auto extent = [](index_t tiles, index_t tile) {  // gap, tile, gap, ..., tile, gap
+    return static_cast<double>(tiles) * static_cast<double>(tile + gap) + gap;
+  };
+  const double width = extent(cols, tile_w), height = extent(rows, tile_h);
+  require_memory("count", 3 * width * height,
+                 fmt::format("a contact sheet of {} tiles in {} columns ({:.0f}x{:.0f} pixels)", count, cols, width,
+                             height));
+  const Batch batch = generate(params, first, count);
+  Sheet sheet(static_cast<index_t>(width), static_cast<index_t>(height));
   for (index_t i = 0; i < count; ++i) {
     const index_t x0 = gap + (i % cols) * (tile_w + gap), y0 = gap + (i / cols) * (tile_h + gap);
     const std::uint8_t label = batch.labels(i);

@@ -22,18 +22,17 @@
 #include "datasets/molecules/molecules.hpp"
 
 #include "core/error.hpp"
+#include "core/memory.hpp"
+#include "core/parallel.hpp"
+#include "datasets/arguments.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
+#include <limits>
 #include <numbers>
 #include <numeric>
 #include <optional>
 #include <random>
-
-#ifdef FLASHLSTM_OPENMP
-#include <omp.h>
-#endif
 
 namespace flashlstm::datasets::molecules {
 
@@ -566,19 +565,19 @@ Molecule build_molecule(const Params& params, index_t index) {
       index, task_name(params.task), label, max_attempts));
 }
 
-int thread_count(int threads) {
-#ifdef FLASHLSTM_OPENMP
-  return threads > 0 ? threads : omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+// Min, mean and max of the values added, without keeping them.
+class RangeOf {
+ public:
+  void add(double x) {
+    min_ = std::min(min_, x), max_ = std::max(max_, x), sum_ += x;
+    ++count_;
+  }
+  Range range() const { return count_ > 0 ? Range{min_, sum_ / static_cast<double>(count_), max_} : Range{}; }
 
-Range range_of(const std::vector<double>& values) {
-  if (values.empty()) return {};
-  const auto [lo, hi] = std::ranges::minmax(values);
-  return {lo, std::accumulate(values.begin(), values.end(), 0.0) / static_cast<double>(values.size()), hi};
-}
+ private:
+  double min_ = std::numeric_limits<double>::infinity(), max_ = -min_, sum_ = 0;
+  index_t count_ = 0;
+};
 
 }  // namespace
 
@@ -667,6 +666,8 @@ void validate(const Params& p) {
           p.stddev_atoms);
   require(p.min_rings >= 0, "min_rings", "must be >= 0, got {}", p.min_rings);
   require(p.max_rings >= p.min_rings, "max_rings", "must be >= min_rings = {}, got {}", p.min_rings, p.max_rings);
+  require(p.max_rings <= p.max_atoms, "max_rings", "must be <= max_atoms = {} (no more rings than atoms), got {}",
+          p.max_atoms, p.max_rings);
   const int ring_atoms = p.min_rings == 0 ? 1 : 5 + 3 * (p.min_rings - 1);  // a 5-ring, then fused 5-rings
   require(ring_atoms <= p.max_atoms, "min_rings", "{} rings need at least {} atoms, but max_atoms = {}", p.min_rings,
           ring_atoms, p.max_atoms);
@@ -722,52 +723,52 @@ Molecule generate_molecule(const Params& params, index_t index) {
   return build_molecule(params, index);
 }
 
+double molecule_bytes(const Params& params) {
+  constexpr double allocation = 16;  // malloc's bookkeeping per vector
+  const double atoms = params.max_atoms, bonds = 2.0 * params.max_atoms;  // degree <= 4: bonds <= 2 atoms
+  return sizeof(Molecule) + atoms * sizeof(Atom) + bonds * sizeof(Bond) + 2 * allocation;
+}
+
 std::vector<Molecule> generate(const Params& params, index_t first, index_t count, int threads,
                                const std::function<void(index_t)>& progress) {
   validate(params);
-  require(first >= 0, "first", "must be >= 0, got {}", first);
-  require(count >= 0, "count", "must be >= 0, got {}", count);
-  require(threads >= 0, "threads", "must be >= 0 (0: the default number), got {}", threads);
-  std::vector<Molecule> out(static_cast<std::size_t>(count));
-  std::optional<Error> failure;
-  std::atomic<bool> failed{false};  // infeasible parameters fail every molecule: stop at the first
+  check_range(first, count);
   [[maybe_unused]] const int n = thread_count(threads);
+  require_memory("count", static_cast<double>(count) * molecule_bytes(params),
+                 fmt::format("{} molecules of up to {} atoms", count, params.max_atoms));
+  std::vector<Molecule> out(static_cast<std::size_t>(count));
+  ParallelErrors errors;  // infeasible parameters fail every molecule: the first failure stops the rest
 #pragma omp parallel for schedule(dynamic, 64) num_threads(n)
   for (index_t i = 0; i < count; ++i) {
-    if (failed.load(std::memory_order_relaxed)) continue;
-    try {
+    errors.run([&] {
       out[i] = build_molecule(params, first + i);
-    } catch (const Error& e) {
-#pragma omp critical(flashlstm_molecules_failure)
-      if (!failure) failure = e;
-      failed = true;
-    }
-    if (progress) progress(1);
+      if (progress) progress(1);
+    });
   }
-  if (failure) throw *failure;
+  errors.rethrow();
   return out;
 }
 
 Statistics summarize(std::span<const Molecule> molecules) {
   Statistics s;
   s.count = static_cast<index_t>(molecules.size());
-  std::vector<double> atoms, bonds, rings, aromatic, atoms_by_class[2];
+  RangeOf atoms, bonds, rings, aromatic, atoms_by_class[2];
   for (const Molecule& m : molecules) {
     s.positives += m.label == 1 ? 1 : 0;
-    atoms.push_back(static_cast<double>(m.atoms.size()));
-    bonds.push_back(static_cast<double>(m.bonds.size()));
-    rings.push_back(m.rings);
-    aromatic.push_back(m.aromatic_rings);
-    atoms_by_class[m.label == 1 ? 1 : 0].push_back(static_cast<double>(m.atoms.size()));
+    atoms.add(static_cast<double>(m.atoms.size()));
+    bonds.add(static_cast<double>(m.bonds.size()));
+    rings.add(m.rings);
+    aromatic.add(m.aromatic_rings);
+    atoms_by_class[m.label == 1 ? 1 : 0].add(static_cast<double>(m.atoms.size()));
     for (const Atom& a : m.atoms) ++s.elements[static_cast<int>(a.element)];
     for (const Bond& b : m.bonds) ++s.bond_types[static_cast<int>(b.type)];
   }
-  s.atoms = range_of(atoms);
-  s.bonds = range_of(bonds);
-  s.rings = range_of(rings);
-  s.aromatic_rings = range_of(aromatic);
-  s.mean_atoms_positive = range_of(atoms_by_class[1]).mean;
-  s.mean_atoms_negative = range_of(atoms_by_class[0]).mean;
+  s.atoms = atoms.range();
+  s.bonds = bonds.range();
+  s.rings = rings.range();
+  s.aromatic_rings = aromatic.range();
+  s.mean_atoms_positive = atoms_by_class[1].range().mean;
+  s.mean_atoms_negative = atoms_by_class[0].range().mean;
   return s;
 }
 

@@ -127,10 +127,16 @@ void validate(const Params& params);
 // Molecule `index` (>= 0) of the dataset `params` describes.
 Molecule generate_molecule(const Params& params, index_t index);
 
-// Molecules first, ..., first + count - 1 on `threads` OpenMP threads (0: the default number).
-// `progress`, when given, is called with 1 after each molecule, from the worker threads.
+// Molecules first, ..., first + count - 1 on `threads` OpenMP threads (0: the default number; at
+// most datasets::max_threads()). `progress`, when given, is called with 1 after each molecule, from
+// the worker threads. A count whose molecules would not fit in the machine's memory
+// (molecule_bytes() each) is refused before anything is allocated.
 std::vector<Molecule> generate(const Params& params, index_t first, index_t count, int threads = 0,
                                const std::function<void(index_t)>& progress = {});
+
+// An upper bound on the memory one generated molecule takes: the Molecule with max_atoms atoms and
+// up to 2 max_atoms bonds (no atom has more than 4).
+double molecule_bytes(const Params& params);
 
 struct Range {
   double min = 0, mean = 0, max = 0;
@@ -145,7 +151,8 @@ struct Statistics {
 };
 Statistics summarize(std::span<const Molecule> molecules);
 
-// Writers. SMILES: a depth-first walk from atom 0 (then from the lowest atom not yet reached), neighbours
+// Writers. Each writes every file under a temporary name in its folder and renames it once complete
+// (core/output_file.hpp); a failed write throws Error naming the file. SMILES: a depth-first walk from atom 0 (then from the lowest atom not yet reached), neighbours
 // in ascending order; aromatic atoms lowercase, [nH] for pyrrole-type N-H, nitro as [N+](=O)[O-], '-'
 // for a single bond between aromatic atoms.
 std::string to_smiles(const Molecule& molecule);

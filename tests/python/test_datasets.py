@@ -3,6 +3,7 @@ writes (`flashlstm data`, FLASHLSTM_BIN set by ctest), are deterministic, conver
 bad parameters raise ValueError naming the parameter."""
 
 import os
+import stat
 import subprocess
 
 import numpy as np
@@ -100,3 +101,78 @@ def test_molecule_writers_and_errors(tmp_path):
         molecules.make_params(substituents={"nitrile": 1.0})
     with pytest.raises(ValueError, match="n: not a parameter"):
         molecules.make_params(n=3)
+
+
+def test_counts_indices_and_threads_that_cannot_work_raise(tmp_path):
+    params = arrows.make_params(**SMALL)
+    with pytest.raises(ValueError, match="threads: must be in"):
+        arrows.generate(params, 0, 1, threads=65536)
+    with pytest.raises(ValueError, match="threads: must be in"):
+        molecules.generate(molecules.make_params(), 0, 1, threads=65536)
+    with pytest.raises(ValueError, match="count: first \\+ count must be <="):
+        arrows.generate(params, 2**63 - 2, 4)
+    with pytest.raises(ValueError, match="count: .* needs .* GiB"):
+        arrows.generate(params, 0, 2**50)
+    with pytest.raises(ValueError, match="count: .* needs .* GiB"):
+        molecules.generate(molecules.make_params(), 0, 2**50)
+    with pytest.raises(ValueError, match="count: .* needs .* GiB"):
+        arrows.write_contact_sheet(tmp_path / "sheet.png", params, 0, 2**40)
+
+
+DEV_FULL = "/dev/full"  # a full device: writes fail with ENOSPC (only when it is one, so nothing replaces it)
+needs_dev_full = pytest.mark.skipif(not (os.path.exists(DEV_FULL) and stat.S_ISCHR(os.stat(DEV_FULL).st_mode)),
+                                    reason="no /dev/full device")
+
+
+@needs_dev_full
+def test_writers_report_a_full_disk_naming_the_file(tmp_path):
+    params = molecules.make_params(seed=2)
+    mols = molecules.generate(params, 0, 10)
+    images, _ = arrows.generate(arrows.make_params(**SMALL), 0, 1)
+    for write in (lambda: molecules.write_smiles(DEV_FULL, mols),
+                  lambda: molecules.write_json(DEV_FULL, "M", params, mols),
+                  lambda: arrows.write_png(DEV_FULL, images[0]),
+                  lambda: arrows.write_contact_sheet(DEV_FULL, arrows.make_params(**SMALL), 0, 4)):
+        with pytest.raises(ValueError, match="cannot write '/dev/full': No space left on device"):
+            write()
+    (tmp_path / "file").write_text("a regular file")
+    with pytest.raises(ValueError, match="root: cannot create the folder"):
+        molecules.write_tu(tmp_path / "file", "M", mols)
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_long_dataset_calls_release_the_gil(tmp_path):
+    """While a generator or writer runs in C++, another Python thread keeps running: the largest gap
+    between its steps stays far below the call's duration."""
+    import threading
+    import time
+
+    params = molecules.make_params(seed=4)
+    mols = molecules.generate(params, 0, 30000)
+    arrow_params = arrows.make_params(seed=4)
+    calls = {
+        "molecules.generate": lambda: molecules.generate(params, 0, 30000, threads=1),
+        "molecules.write_json": lambda: molecules.write_json(tmp_path / "m.json", "M", params, mols),
+        "molecules.write_tu": lambda: molecules.write_tu(tmp_path, "M", mols),
+        "arrows.generate": lambda: arrows.generate(arrow_params, 0, 4000, threads=1),
+        "arrows.write_contact_sheet": lambda: arrows.write_contact_sheet(tmp_path / "s.png", arrow_params, 0, 200),
+    }
+    for name, call in calls.items():
+        stop, steps = threading.Event(), []
+
+        def tick():
+            while not stop.is_set():
+                steps.append(time.perf_counter())
+
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        time.sleep(0.02)
+        start = time.perf_counter()
+        call()
+        duration = time.perf_counter() - start
+        stop.set()
+        ticker.join()
+        during = [t for t in steps if start <= t <= start + duration]
+        gaps = np.diff([start] + during + [start + duration])
+        assert duration > 0.05, f"{name} took {duration:.3f} s, too short to tell"
+        assert gaps.max() < duration / 2, f"{name}: another thread stood still {gaps.max():.3f} s of {duration:.3f} s"

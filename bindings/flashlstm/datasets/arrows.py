@@ -44,7 +44,8 @@ def split_preset(split: str, train_seed: int = 42) -> Tuple[Params, int]:
 
 def generate(params: Params, first: int, count: int, threads: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(images uint8 (count, size, size, channels), labels uint8 (count)) on ``threads`` OpenMP
-    threads (0: the default)."""
+    threads (0: the default; at most 4 per processor). Releases the GIL while it runs; a count that
+    cannot fit in memory raises ValueError."""
     return _a.generate(params, first, count, threads)
 
 
@@ -60,5 +61,7 @@ def write_png(path: str, image: np.ndarray) -> None:
 
 
 def write_contact_sheet(path: str, params: Params, first: int, count: int, columns: int = 0) -> None:
-    """Samples first .. first + count - 1 as one PNG grid, each framed in its label's colour."""
+    """Samples first .. first + count - 1 as one PNG grid, each framed in its label's colour. Both PNG
+    writers write under a temporary name and rename the file once complete; a failed write raises
+    ValueError naming the file."""
     _a.write_contact_sheet(str(path), params, first, count, columns)

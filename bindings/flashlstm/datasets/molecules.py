@@ -47,7 +47,9 @@ def make_params(**fields) -> Params:
 
 
 def generate(params: Params, first: int, count: int, threads: int = 0) -> List[Molecule]:
-    """Molecules first .. first + count - 1 on ``threads`` OpenMP threads (0: the default)."""
+    """Molecules first .. first + count - 1 on ``threads`` OpenMP threads (0: the default; at most 4
+    per processor). Releases the GIL while it runs; a count that cannot fit in memory raises
+    ValueError."""
     return _m.generate(params, first, count, threads)
 
 
@@ -85,7 +87,8 @@ def to_networkx(molecule: Molecule) -> Any:
 
 
 def write_smiles(path: str, molecules: Sequence[Molecule]) -> None:
-    """One "<SMILES> <label>" line per molecule."""
+    """One "<SMILES> <label>" line per molecule. Like every writer here, it writes under a temporary
+    name and renames the file once complete; a failed write raises ValueError naming the file."""
     _m.write_smiles(str(path), list(molecules))
 
 
