@@ -74,6 +74,19 @@ TEST_CASE("bf16 kernels with a well-conditioned exp readout meet a tight bound",
   }
 }
 
+TEST_CASE("a NaN in q, k or v reaches no earlier token, and the kernels put NaN where the reference does",
+          "[cuda]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 600;
+  for (const char which : {'q', 'k', 'v'})
+    for (const Options& o : kVariants)
+      for (DType t : kDtypes) {
+        INFO("NaN in " << which << ", " << flashlstm::mlstm::variant_name(o) << ", " << flashlstm::to_string(t));
+        // token 100 lies in the second 64-token tile of the first chunk: rows 64-99 of that tile come first
+        CHECK_THAT(check_nonfinite({1, 2, 300, 48, 96, true}, 128, o, t, ++seed, which, 100), flashlstm::check::passes());
+      }
+}
+
 TEST_CASE("the step kernel and the sequence wrapper agree with the reference", "[cuda]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 300;

@@ -5,6 +5,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <vector>
@@ -202,6 +204,53 @@ KernelCheck check_chunkwise(const ProblemShape& shape, int chunk_size, const Opt
   }
   cudaStreamDestroy(stream);
   return c;
+}
+
+check::Report check_nonfinite(const ProblemShape& shape, int chunk_size, const Options& options, DType dtype,
+                              std::uint64_t seed, char which, flashlstm::index_t token) {
+  Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), dtype);
+  auto& x = which == 'q' ? p.q : which == 'k' ? p.k : p.v;
+  x(0, 0, token, 0) = std::numeric_limits<double>::quiet_NaN();
+  const ref::Output<double> oracle = ref::forward_chunkwise(p.inputs(), p.initial_view(), 64, options);
+  const ref::InputGrad<double> oracle_grad =
+      ref::backward_chunkwise(p.inputs(), p.initial_view(), p.output_grad(), 64, options);
+
+  DeviceProblem d(p, shape, dtype);
+  const ConstState initial = shape.initial_state ? d.initial() : ConstState{};
+  const ConstState* init = shape.initial_state ? &initial : nullptr;
+  const auto h = poisoned(p.dh.size() * element_size(dtype));
+  const auto dq = poisoned(p.q.size() * element_size(dtype)), dk = poisoned(p.k.size() * element_size(dtype)),
+             dv = poisoned(p.v.size() * element_size(dtype)), dig = poisoned(p.igate.size() * element_size(dtype)),
+             dfg = poisoned(p.fgate.size() * element_size(dtype));
+  DeviceState last(shape), dinitial(shape);
+  forward_chunkwise(d.inputs, init, h->get(), last.view(), chunk_size, options, cudaStreamPerThread);
+  const OutputGrad grad{d.dh->get(), d.dC_last->get<float>(), d.dn_last->get<float>(), d.dm_last->get<float>()};
+  backward_chunkwise(d.inputs, init, grad, {dq->get(), dk->get(), dv->get(), dig->get(), dfg->get(),
+                                           shape.initial_state ? dinitial.view() : State{}},
+                     chunk_size, options, cudaStreamPerThread);
+  check_cuda(cudaStreamSynchronize(cudaStreamPerThread), "nonfinite");
+
+  check::Report report;
+  auto nan_mismatches = [&](const std::string& name, const auto& kernel, const auto& reference) {
+    double count = 0;
+    std::size_t first = kernel.size();
+    for (std::size_t i = 0; i < kernel.size(); ++i)
+      if (std::isnan(kernel.data()[i]) != std::isnan(reference.data()[i])) count += 1, first = std::min(first, i);
+    report.add({fmt::format("{} NaN mismatches{}", name, count > 0 ? fmt::format(" (first at element {})", first) : ""),
+                count, 0.5});  // a count: none allowed
+  };
+  const auto kernel_h = download(*h, shape_of(p.dh), dtype);
+  nan_mismatches("h", kernel_h, oracle.h);
+  nan_mismatches("dq", download(*dq, shape_of(p.q), dtype), oracle_grad.dq);
+  nan_mismatches("dk", download(*dk, shape_of(p.k), dtype), oracle_grad.dk);
+  nan_mismatches("dv", download(*dv, shape_of(p.v), dtype), oracle_grad.dv);
+  nan_mismatches("digate", download(*dig, shape_of(p.igate), dtype), oracle_grad.digate);
+  nan_mismatches("dfgate", download(*dfg, shape_of(p.fgate), dtype), oracle_grad.dfgate);
+  double early = 0;
+  for (flashlstm::index_t t = 0; t < token; ++t)
+    for (flashlstm::index_t e = 0; e < shape.DV; ++e) early += std::isfinite(kernel_h(0, 0, t, e)) ? 0 : 1;
+  report.add({"h non-finite before the token", early, 0.5});
+  return report;
 }
 
 KernelCheck check_step(const ProblemShape& shape_in, const Options& options, DType dtype, std::uint64_t seed) {

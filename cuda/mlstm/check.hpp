@@ -36,6 +36,13 @@ KernelCheck check_chunkwise(const flashlstm::mlstm::ProblemShape& shape, int chu
 // One step of B x NH heads from a random state (shape.S is ignored).
 KernelCheck check_step(const flashlstm::mlstm::ProblemShape& shape, const Options& options, DType dtype,
                        std::uint64_t seed);
+// A NaN in q, k or v (`which`) at token `token` of head 0: the kernels' h and gradients are NaN
+// exactly where the float64 reference's are (it propagates NaN as the recurrent form does), and h
+// is finite before the token. The report's entries are counts that must be 0: "<name> NaN mismatches"
+// and "h non-finite before the token".
+check::Report check_nonfinite(const flashlstm::mlstm::ProblemShape& shape, int chunk_size, const Options& options,
+                              DType dtype, std::uint64_t seed, char which, flashlstm::index_t token);
+
 // forward_sequence over shape.S tokens from a random state: chunkwise bulk, then steps.
 KernelCheck check_sequence(const flashlstm::mlstm::ProblemShape& shape, int chunk_size, const Options& options,
                            DType dtype, std::uint64_t seed);

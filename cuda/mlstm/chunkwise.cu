@@ -16,6 +16,10 @@
 //            state_pass_reverse  chunks in reverse: the adjoint state at each chunk's exit
 //            intra_grad      per (key tile, row tile): dA = W ∘ (dnum Vᵀ + delta), P = A ∘ W
 //            grad_q, grad_k, grad_v   tile products of dA and P with K, Q̂, dnum, plus state terms
+//
+// Non-finite inputs propagate as in the recurrent form: the causal products of the diagonal tiles
+// (P V, dA K, dAᵀ Q̂, Pᵀ dnum) skip the masked entries when a tile holds a NaN or an infinity
+// (masked_gemm), so a non-finite token never reaches the earlier ones.
 //            gate_grad_*     per chunk / head: the stabiliser's routing (each row's dlogD sums to
 //                            its dm_r) and the forget gates' reverse cumulative sums
 //
@@ -61,6 +65,14 @@ __device__ __forceinline__ double row_m(const Params& p, double b, double U, dou
   return p.stabilised ? b + fmax(mk, U) : 0.0;
 }
 __device__ __forceinline__ float weight(double log_w) { return expf(static_cast<float>(log_w)); }
+// The masks of a diagonal 64 x 64 tile (row, key within the tile): a row reads the keys up to it, and
+// a key's gradient the rows from it on (masked_gemm).
+struct CausalTile {
+  __device__ bool operator()(int r, int s) const { return s <= r; }
+};
+struct AnticausalTile {
+  __device__ bool operator()(int s, int r) const { return r >= s; }
+};
 // A chunk length rounded up to whole 64-token steps (per-token arrays are zero beyond Lc).
 __device__ __forceinline__ int padded(int Lc) { return (Lc + kTile - 1) / kTile * kTile; }
 
@@ -401,8 +413,12 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
           if (i < qk_steps) return gemm<true, false, kStep>(a, sQ(stage), kPadS, sX(stage), kPadS);
           if (tid < kTile)
             for (int e = 0; e < kTile; ++e) den += sP.at(tid * kPad + e);
+          // The diagonal tile is causal: a non-finite v of a later token must not reach earlier rows.
 #pragma unroll
-          for (int u = 0; u < kOutSub; ++u) gemm<true, true, kTile>(acc[u], sP, kPad, sV(stage) + u * kTile, kPadO);
+          for (int u = 0; u < kOutSub; ++u) {
+            if (s0 == r0) masked_gemm<true, true, kTile, false>(acc[u], sP, kPad, sV(stage) + u * kTile, kPadO, CausalTile{});
+            else gemm<true, true, kTile>(acc[u], sP, kPad, sV(stage) + u * kTile, kPadO);
+          }
         });
   }
 
@@ -421,7 +437,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
     for (int i = 0; i < kTR; ++i) {
       const int ri = tile_row(i), r = r0 + ri;
       const float floor = p.stabilised ? expf(-static_cast<float>(rows.m[ri])) : 1.f;
-      const float dhat = p.normalizes ? fmaxf(fabsf(sDen[ri]), floor) + p.eps : 1.f;
+      const float dhat = p.normalizes ? readout_dhat(sDen[ri], floor, p.eps) : 1.f;
 #pragma unroll
       for (int u = 0; u < kOutSub; ++u)
 #pragma unroll
@@ -443,7 +459,7 @@ __global__ void readout_grad(Params p) {
   if (t >= static_cast<std::int64_t>(p.BH) * p.S) return;
   const float den = p.den[t], m = p.mrow[t];
   const float floor = p.stabilised ? expf(-m) : 1.f;
-  const float dhat = p.normalizes ? fmaxf(fabsf(den), floor) + p.eps : 1.f;
+  const float dhat = p.normalizes ? readout_dhat(den, floor, p.eps) : 1.f;
   const float dh_dot_h = p.s[t] / dhat;
   float dden = 0.f, dm = 0.f;
   if (p.normalizes) {
@@ -660,7 +676,8 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
     load_tile<kTile, kTile>(dA_T, dA, p.L, r0, s0, p.L, p.L);
     load_tile<kTile, kTile>(sB, K, p.DQK, s0, d0, c.Lc, p.DQK);
     __syncthreads();
-    gemm<true, true, kTile>(acc, dA_T, kPad, sB, kPad);
+    if (s0 == r0) masked_gemm<true, true, kTile, false>(acc, dA_T, kPad, sB, kPad, CausalTile{});
+    else gemm<true, true, kTile>(acc, dA_T, kPad, sB, kPad);
     __syncthreads();
   }
   T* dQ = token_ptr<T>(p.dq, p, bh, c.t0, p.DQK);
@@ -717,7 +734,9 @@ __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
     load_tile<kTile, kTile>(dA_T, dA, p.L, r0, s0, p.L, p.L);
     load_tile<kTile, kTile>(sB, Q, p.DQK, r0, d0, c.Lc, p.DQK);
     __syncthreads();
-    gemm<false, true, kTile>(acc, dA_T, kPad, sB, kPad);
+    // dk_s sums the rows r >= s: the diagonal tile is anti-causal.
+    if (r0 == s0) masked_gemm<false, true, kTile, false>(acc, dA_T, kPad, sB, kPad, AnticausalTile{});
+    else gemm<false, true, kTile>(acc, dA_T, kPad, sB, kPad);
     __syncthreads();
   }
   T* dK = token_ptr<T>(p.dk, p, bh, c.t0, p.DQK);
@@ -774,7 +793,9 @@ __global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
     load_tile<kTile, kTile>(P_s, P, p.L, r0, s0, p.L, p.L, sInv);
     load_tile<kTile, kTile>(sB, dH, p.DV, r0, v0, c.Lc, p.DV);
     __syncthreads();
-    gemm<false, true, kTile>(acc, P_s, kPad, sB, kPad);
+    // dv_s sums the rows r >= s: the diagonal tile is anti-causal (a NaN 1/dhat must not reach masked entries).
+    if (r0 == s0) masked_gemm<false, true, kTile, true>(acc, P_s, kPad, sB, kPad, AnticausalTile{});
+    else gemm<false, true, kTile>(acc, P_s, kPad, sB, kPad);
     __syncthreads();
   }
   T* dV = token_ptr<T>(p.dv, p, bh, c.t0, p.DV);
@@ -891,7 +912,9 @@ __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
         const double y = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += y;
       }
-      if (q <= r) row[q] = static_cast<float>(carry + incl - x);
+      // the previous lane's inclusive sum (not incl - x, which a non-finite x would turn into NaN)
+      const double excl = __shfl_up_sync(0xffffffffu, incl, 1);
+      if (q <= r) row[q] = static_cast<float>(carry + (lane > 0 ? excl : 0.0));
       carry += __shfl_sync(0xffffffffu, incl, 31);
     }
   }

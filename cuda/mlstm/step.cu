@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kStepThreads) step_kernel(StepArgs a) {
   }
   float total = 0.f;
   for (int w = 0; w < kStepThreads / 32; ++w) total += scratch[w];
-  const float dhat = a.normalizes ? fmaxf(fabsf(total), a.stabilised ? expf(-m_new) : 1.f) + a.eps : 1.f;
+  const float dhat = a.normalizes ? readout_dhat(total, a.stabilised ? expf(-m_new) : 1.f, a.eps) : 1.f;
 
   // This block's columns of C' and of C'ᵀ q̂: each thread 4 adjacent columns (one 16-byte access
   // when DV is a multiple of 4) of every 16th row.

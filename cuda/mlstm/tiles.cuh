@@ -52,6 +52,12 @@ __device__ __forceinline__ float sigmoid(float x) {
   return x >= 0.f ? 1.f / (1.f + expf(-x)) : expf(x) / (1.f + expf(x));
 }
 
+// The readout's denominator max(|den|, floor) + eps, NaN when den is NaN as in the reference
+// (fmaxf would return the floor and hide it).
+__device__ __forceinline__ float readout_dhat(float den, float floor, float eps) {
+  return isnan(den) ? den : fmaxf(fabsf(den), floor) + eps;
+}
+
 // The thread's place in the tile.
 __device__ __forceinline__ int lane_id() { return threadIdx.x % 32; }
 __device__ __forceinline__ int warp_id() { return threadIdx.x / 32; }
@@ -176,6 +182,46 @@ template <bool kARowMajor, bool kBRowMajor, int K, class O>
 __device__ __forceinline__ void gemm(Acc& acc, const O* A, int lda, const Split<O>& B, int ldb) {
   gemm<kARowMajor, kBRowMajor, K>(acc, A, lda, B.hi, ldb);
   if (B.lo) gemm<kARowMajor, kBRowMajor, K>(acc, A, lda, B.lo, ldb);
+}
+
+// An operand's element e as float (a split operand: hi + lo).
+template <class O>
+__device__ __forceinline__ float value_at(const O* s, std::int64_t e) {
+  return to_float(s[e]);
+}
+template <class O>
+__device__ __forceinline__ float value_at(const Split<O>& s, std::int64_t e) {
+  return s.at(e);
+}
+
+// acc += A B over a K-deep tile of which only the entries mask(row, k) of A count — a causal tile of
+// P or dA — so that a NaN or an infinity reaches only the rows the mask allows, as the recurrent form
+// propagates it (0 × NaN would be NaN in the plain product, through a zero or through a masked entry
+// scaled by a NaN). The plain product runs when both tiles are finite (one barrier to find out);
+// otherwise an FMA loop over the mask. Every thread of the block must call it.
+// kCheckA: A's masked entries may be non-finite too (a masked zero scaled by a NaN); otherwise they are
+// zero by construction and only B is checked.
+template <bool kARowMajor, bool kBRowMajor, int K, bool kCheckA, class AOp, class O, class Mask>
+__device__ __forceinline__ void masked_gemm(Acc& acc, const AOp& A, int lda, const O* B, int ldb, Mask mask) {
+  bool finite = true;
+  for (int e = threadIdx.x; e < K * kTile; e += kThreads) {
+    const int k = e / kTile, c = e % kTile;
+    finite = finite && isfinite(to_float(kBRowMajor ? B[k * ldb + c] : B[c * ldb + k]));
+    if constexpr (kCheckA) finite = finite && isfinite(value_at(A, kARowMajor ? c * lda + k : k * lda + c));
+  }
+  if (__syncthreads_and(finite)) return gemm<kARowMajor, kBRowMajor, K>(acc, A, lda, B, ldb);
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+    for (int k = 0; k < K; ++k) {
+      const int r = tile_row(i);
+      if (!mask(r, k)) continue;
+      const float a = value_at(A, kARowMajor ? r * lda + k : k * lda + r);
+#pragma unroll
+      for (int j = 0; j < kTC; ++j) {
+        const int c = tile_col(j);
+        acc[i][j] = fmaf(a, to_float(kBRowMajor ? B[k * ldb + c] : B[c * ldb + k]), acc[i][j]);
+      }
+    }
 }
 
 // The element (r, c) of a global row-major matrix, 0 outside r < r_end, c < c_end.
