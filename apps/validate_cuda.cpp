@@ -1,8 +1,9 @@
 // The [cuda] rows of `flashlstm validate`, present when the tool is built with CUDA and a GPU is
-// visible: the mLSTM kernels against the CPU reference on the same inputs, every tensor held to its
-// kernel bound (cuda/mlstm/check.hpp, docs/validation.md).
+// visible: the mLSTM and sLSTM/LSTM kernels against the CPU reference on the same inputs, every
+// tensor held to its kernel bound (cuda/mlstm/check.hpp, cuda/slstm/check.hpp, docs/validation.md).
 #include "apps/validate.hpp"
 #include "cuda/mlstm/check.hpp"
+#include "cuda/slstm/check.hpp"
 
 namespace flashlstm::apps {
 
@@ -29,6 +30,23 @@ std::vector<ValidationRow> validate_mlstm_cuda() {
   for (const auto& o : flashlstm::mlstm::variants)
     for (DType dtype : {DType::bfloat16, DType::float32})
       rows.push_back(row_of("step", k::check_step(step_shape, o, dtype, ++seed), step_shape, o, dtype));
+  return rows;
+}
+
+std::vector<ValidationRow> validate_slstm_cuda() {
+  namespace k = flashlstm::cuda::slstm;
+  using flashlstm::slstm::ProblemShape;
+  std::vector<ValidationRow> rows;
+  if (!flashlstm::cuda::device_available()) return rows;
+  const ProblemShape shapes[] = {{3, 200, 2, 32, true}, {16, 256, 12, 64, false}};
+  std::uint64_t seed = 7500;
+  for (const ProblemShape& shape : shapes)
+    for (const auto& o : flashlstm::slstm::variants)
+      for (DType dtype : {DType::bfloat16, DType::float32}) {
+        auto c = k::check_sequence(shape, o, dtype, ++seed);
+        rows.push_back({o.cell == flashlstm::slstm::Cell::lstm ? "LSTM" : "sLSTM", "fused", flashlstm::slstm::variant_name(o), std::string(to_string(dtype)) + " [cuda]",
+                        shape.name(), "CPU float64", std::move(c.report)});
+      }
   return rows;
 }
 

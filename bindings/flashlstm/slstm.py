@@ -9,6 +9,10 @@ all states over time (NS, B, T, NH, DH).
 
 Options: ``cell`` "slstm" or "lstm" (PyTorch's cell: i, f, o sigmoid, z tanh, h = o tanh(c)) and,
 for the sLSTM, ``forget_gate`` "sigmoid" (log f = logsigmoid(f̃)) or "exp" (log f = f̃).
+
+GPU arrays (torch, CuPy, JAX, ... through DLPack; Wx, R, b float32 or bfloat16, head dims 16, 32,
+64, 128) run on the fused CUDA kernels on the caller's stream (``stream=`` or the framework's
+current one); states, gates and dh are float32 there, dWx, dR, db of the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, _device
 
 
 class Output(NamedTuple):
@@ -39,16 +43,20 @@ def num_states(cell: str = "slstm") -> int:
 
 
 def forward(Wx: np.ndarray, R: np.ndarray, b: np.ndarray, initial: Optional[np.ndarray] = None, *,
-            cell: str = "slstm", forget_gate: str = "sigmoid", keep_gates: bool = False) -> Output:
+            cell: str = "slstm", forget_gate: str = "sigmoid", keep_gates: bool = False,
+            stream: Optional[int] = None) -> Output:
     """Every state after every step and the final state; ``initial`` None is the zero state.
     ``keep_gates`` also returns the pre-activations, so that ``backward(..., saved=output)`` need not
     run the forward again."""
+    if _device.is_device_array(Wx):
+        _device.require_cuda("slstm.forward")
+        return _cuda_forward(Wx, R, b, initial, cell, forget_gate, keep_gates, stream)
     return Output(*_core.slstm.forward(Wx, R, b, initial, cell=cell, forget_gate=forget_gate, keep_gates=keep_gates))
 
 
 def backward(Wx: np.ndarray, R: np.ndarray, b: np.ndarray, dh: np.ndarray, initial: Optional[np.ndarray] = None, *,
              dlast: Optional[np.ndarray] = None, saved: Optional[Output] = None, cell: str = "slstm",
-             forget_gate: str = "sigmoid") -> Grad:
+             forget_gate: str = "sigmoid", stream: Optional[int] = None) -> Grad:
     """dWx, dR, db (and the initial state's gradient) from dh (B, T, NH, DH), the gradient of every
     h_t, and optionally dlast (NS, B, NH, DH), the final state's. Exact, the stabiliser included, so a
     backward run in pieces can hand dinitial on as dlast. ``saved``: the Output of
@@ -56,6 +64,11 @@ def backward(Wx: np.ndarray, R: np.ndarray, b: np.ndarray, dh: np.ndarray, initi
     forward again."""
     if saved is not None and saved.gates is None:
         raise ValueError("saved: the forward output has no gates: call forward with keep_gates=True")
+    if _device.is_device_array(Wx):
+        _device.require_cuda("slstm.backward")
+        if saved is None:  # the kernel reads the forward's states and gates
+            saved = _cuda_forward(Wx, R, b, initial, cell, forget_gate, True, stream)
+        return _cuda_backward(Wx, R, b, dh, initial, dlast, saved, cell, forget_gate, stream)
     saved_states, saved_gates = (None, None) if saved is None else (saved.states, saved.gates)
     dWx, dR, db, dinitial = _core.slstm.backward(Wx, R, b, dh, initial, dlast, saved_states=saved_states,
                                                  saved_gates=saved_gates, cell=cell, forget_gate=forget_gate)
@@ -63,6 +76,35 @@ def backward(Wx: np.ndarray, R: np.ndarray, b: np.ndarray, dh: np.ndarray, initi
 
 
 def step(Wx_t: np.ndarray, R: np.ndarray, b: np.ndarray, state: np.ndarray, *, cell: str = "slstm",
-         forget_gate: str = "sigmoid") -> np.ndarray:
-    """One step: Wx_t (B, 4, NH, DH); returns the new state (NS, B, NH, DH), ``state`` is unchanged."""
+         forget_gate: str = "sigmoid", stream: Optional[int] = None) -> np.ndarray:
+    """One step: Wx_t (B, 4, NH, DH); returns the new state (NS, B, NH, DH), ``state`` is unchanged
+    (on the GPU a copy is advanced; ``flashlstm._core.cuda.slstm.step`` updates a state in place)."""
+    if _device.is_device_array(Wx_t):
+        _device.require_cuda("slstm.step")
+        s = _device.stream_of(Wx_t, stream)
+        new = _device.clone(state, s)
+        _core.cuda.slstm.step(Wx_t, R, b, new, cell=cell, forget_gate=forget_gate, stream=s)
+        return _device.adopt(Wx_t, new)
     return _core.slstm.step(Wx_t, R, b, state, cell=cell, forget_gate=forget_gate)
+
+
+def _cuda_forward(Wx, R, b, initial, cell, forget_gate, keep_gates, stream) -> Output:
+    s = _device.stream_of(Wx, stream)
+    B, T, _, NH, DH = Wx.shape
+    NS = num_states(cell)
+    states = _device.empty(Wx, (NS, B, T, NH, DH), "float32", s)
+    last = _device.empty(Wx, (NS, B, NH, DH), "float32", s)
+    gates = _device.empty(Wx, tuple(Wx.shape), "float32", s) if keep_gates else None
+    _core.cuda.slstm.forward(Wx, R, b, initial, states, last, gates, cell=cell, forget_gate=forget_gate, stream=s)
+    return Output(_device.adopt(Wx, states), _device.adopt(Wx, last),
+                  _device.adopt(Wx, gates) if gates is not None else None)
+
+
+def _cuda_backward(Wx, R, b, dh, initial, dlast, saved, cell, forget_gate, stream) -> Grad:
+    s = _device.stream_of(Wx, stream)
+    dWx, dR, db = (_device.empty(Wx, tuple(x.shape), "same", s) for x in (Wx, R, b))
+    dinitial = _device.empty(Wx, tuple(initial.shape), "float32", s) if initial is not None else None
+    _core.cuda.slstm.backward(Wx, R, b, initial, saved.states, saved.gates, dh, dlast, dWx, dR, db, dinitial,
+                              cell=cell, forget_gate=forget_gate, stream=s)
+    adopted = [_device.adopt(Wx, x) for x in (dWx, dR, db)]
+    return Grad(*adopted, _device.adopt(Wx, dinitial) if dinitial is not None else None)

@@ -151,44 +151,63 @@ class SlstmOutput(NamedTuple):
 
 
 @torch.library.custom_op("flashlstm::slstm_forward", mutates_args=())
-def _slstm_forward(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor], cell: str,
-                   forget_gate: str) -> Tuple[Tensor, Tensor]:
+def _slstm_forward(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor], cell: str, forget_gate: str,
+                   keep: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """h, the final state and — on the GPU with ``keep`` — every state and pre-activation, which the
+    CUDA backward reads (empty otherwise)."""
+    if Wx.is_cuda:
+        out = _slstm.forward(_dev(Wx), _dev(R), _dev(b), _dev(initial), cell=cell, forget_gate=forget_gate,
+                             keep_gates=keep)
+        h = out.states[0].to(Wx.dtype, copy=True)
+        return h, out.last, out.states if keep else _absent(Wx), out.gates if keep else _absent(Wx)
     out = _slstm.forward(_np("Wx", Wx), _np("R", R), _np("b", b), _np("initial", initial), cell=cell,
                          forget_gate=forget_gate)
-    return _t(out.states[0]), _t(out.last)
+    return _t(out.states[0]), _t(out.last), _absent(Wx), _absent(Wx)
 
 
 @_slstm_forward.register_fake
-def _(Wx, R, b, initial, cell, forget_gate):
+def _(Wx, R, b, initial, cell, forget_gate, keep):
     B, T, _, NH, DH = Wx.shape
     NS = _slstm.num_states(cell)
-    return Wx.new_empty((B, T, NH, DH)), Wx.new_empty((NS, B, NH, DH))
+    state = torch.float32 if Wx.is_cuda else Wx.dtype
+    kept = Wx.is_cuda and keep
+    return (Wx.new_empty((B, T, NH, DH)), Wx.new_empty((NS, B, NH, DH), dtype=state),
+            Wx.new_empty((NS, B, T, NH, DH), dtype=state) if kept else _absent(Wx),
+            Wx.new_empty((B, T, 4, NH, DH), dtype=state) if kept else _absent(Wx))
 
 
 @torch.library.custom_op("flashlstm::slstm_backward", mutates_args=())
-def _slstm_backward(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor], dh: Tensor, dlast: Tensor,
-                    cell: str, forget_gate: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _slstm_backward(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor], states: Tensor, gates: Tensor,
+                    dh: Tensor, dlast: Tensor, cell: str, forget_gate: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    if Wx.is_cuda:
+        saved = _slstm.Output(_dev(states), None, _dev(gates))
+        g = _slstm.backward(_dev(Wx), _dev(R), _dev(b), _dev(dh.float()), _dev(initial), dlast=_dev(dlast.float()),
+                            saved=saved, cell=cell, forget_gate=forget_gate)
+        return g.dWx, g.dR, g.db, g.dinitial if g.dinitial is not None else _absent(Wx)
     g = _slstm.backward(_np("Wx", Wx), _np("R", R), _np("b", b), _np("dh", dh), _np("initial", initial),
                         dlast=_np("dlast", dlast), cell=cell, forget_gate=forget_gate)
     return _t(g.dWx), _t(g.dR), _t(g.db), _t(g.dinitial) if g.dinitial is not None else _absent(Wx)
 
 
 @_slstm_backward.register_fake
-def _(Wx, R, b, initial, dh, dlast, cell, forget_gate):
+def _(Wx, R, b, initial, states, gates, dh, dlast, cell, forget_gate):
     return (torch.empty_like(Wx), torch.empty_like(R), torch.empty_like(b),
             torch.empty_like(initial) if initial is not None else _absent(Wx))
 
 
 def _slstm_setup(ctx, inputs, output):
-    Wx, R, b, initial, cell, forget_gate = inputs
-    ctx.save_for_backward(Wx, R, b, initial)
+    Wx, R, b, initial, cell, forget_gate, keep = inputs
+    _, _, states, gates = output
+    ctx.save_for_backward(Wx, R, b, initial, states, gates)
     ctx.options = (cell, forget_gate)
 
 
-def _slstm_grad(ctx, dh, dlast):
-    Wx, R, b, initial = ctx.saved_tensors
-    dWx, dR, db, dinitial = _slstm_backward(Wx, R, b, initial, dh, dlast, *ctx.options)
-    return dWx, dR, db, dinitial if initial is not None else None, None, None
+def _slstm_grad(ctx, dh, dlast, _dstates, _dgates):
+    Wx, R, b, initial, states, gates = ctx.saved_tensors
+    if Wx.is_cuda and states.numel() == 0:
+        raise RuntimeError("slstm: the forward ran without keeping its states (grad mode was off)")
+    dWx, dR, db, dinitial = _slstm_backward(Wx, R, b, initial, states, gates, dh, dlast, *ctx.options)
+    return dWx, dR, db, dinitial if initial is not None else None, None, None, None
 
 
 _slstm_forward.register_autograd(_slstm_grad, setup_context=_slstm_setup)
@@ -196,9 +215,14 @@ _slstm_forward.register_autograd(_slstm_grad, setup_context=_slstm_setup)
 
 def slstm(Wx: Tensor, R: Tensor, b: Tensor, initial: Optional[Tensor] = None, *, cell: str = "slstm",
           forget_gate: str = "sigmoid") -> SlstmOutput:
-    """The sLSTM (or LSTM, cell="lstm") on CPU tensors: h after every step (B, T, NH, DH) and the final
-    state (NS, B, NH, DH), both differentiable (in Wx, R, b and the initial state when given)."""
-    h, last = _slstm_forward(Wx, R, b, initial, cell, forget_gate)
+    """The sLSTM (or LSTM, cell="lstm"): h after every step (B, T, NH, DH) and the final state
+    (NS, B, NH, DH), both differentiable (in Wx, R, b and the initial state when given). CPU tensors run
+    on the reference (float32 or float64); CUDA tensors (float32 or bfloat16 Wx, R, b; head dims 16,
+    32, 64, 128) on the fused kernels, with h in Wx's dtype and float32 states (``initial`` float32).
+    When autograd needs them, the CUDA forward keeps every state and pre-activation for the backward."""
+    keep = Wx.is_cuda and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (Wx, R, b, initial))
+    h, last, _, _ = _slstm_forward(Wx, R, b, initial, cell, forget_gate, keep)
     return SlstmOutput(h, last)
 
 

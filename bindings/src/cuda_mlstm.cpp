@@ -3,6 +3,7 @@
 // in the host API (the Python package allocates them in the caller's framework). Arguments are taken
 // and checked (device, dtype, shape, layout) in every build, so the errors are the same and testable
 // without CUDA; only the launch needs it.
+#include "bindings/src/cuda_launch.hpp"
 #include "bindings/src/dlpack.hpp"
 #include "bindings/src/mlstm_options.hpp"
 
@@ -131,16 +132,6 @@ kernels::State kernel_state(const std::optional<Pointers>& p) {
   if (!p) return {};
   return {static_cast<float*>(p->C), static_cast<float*>(p->n), static_cast<float*>(p->m)};
 }
-cudaStream_t kernel_stream(const Call& c) { return reinterpret_cast<cudaStream_t>(static_cast<std::intptr_t>(c.stream())); }
-
-// Runs `launch` on the inputs' device without the GIL.
-template <class Launch>
-void run(const Call& c, Launch&& launch) {
-  flashlstm::cuda::DeviceGuard guard(c.device);
-  py::gil_scoped_release release;
-  launch();
-}
-
 #endif
 
 void forward_chunkwise(const py::object& q, const py::object& k, const py::object& v, const py::object& igate,
@@ -156,9 +147,9 @@ void forward_chunkwise(const py::object& q, const py::object& k, const py::objec
 #ifdef FLASHLSTM_HAVE_CUDA
   const kernels::State init_state = kernel_state(init);
   const kernels::ConstState init_const{init_state.C, init_state.n, init_state.m};
-  run(c, [&] {
+  run_on(c.device, [&] {
     kernels::forward_chunkwise(kernel_inputs(c, x), init ? &init_const : nullptr, hp, kernel_state(out), chunk_size, o,
-                               kernel_stream(c));
+                               kernel_stream(c.stream()));
   });
 #else
   dlpack::no_cuda();
@@ -192,9 +183,9 @@ void backward_chunkwise(const py::object& q, const py::object& k, const py::obje
   const kernels::OutputGrad grad{dhp, static_cast<const float*>(dC), static_cast<const float*>(dn),
                                  static_cast<const float*>(dm)};
   const kernels::InputGrad out{dqp, dkp, dvp, dip, dfp, kernel_state(d0)};
-  run(c, [&] {
+  run_on(c.device, [&] {
     kernels::backward_chunkwise(kernel_inputs(c, x), init ? &init_const : nullptr, grad, out, chunk_size, o,
-                                kernel_stream(c));
+                                kernel_stream(c.stream()));
   });
 #else
   dlpack::no_cuda();
@@ -211,7 +202,7 @@ void step(const py::object& q, const py::object& k, const py::object& v, const p
   [[maybe_unused]] void* hp = c.token_array(h, "h", c.DV, "DV", true);
   [[maybe_unused]] const auto o = mlstm_options(input_gate, normalize, eps);
 #ifdef FLASHLSTM_HAVE_CUDA
-  run(c, [&] { kernels::step(kernel_inputs(c, x), kernel_state(s), hp, o, kernel_stream(c)); });
+  run_on(c.device, [&] { kernels::step(kernel_inputs(c, x), kernel_state(s), hp, o, kernel_stream(c.stream())); });
 #else
   dlpack::no_cuda();
 #endif
@@ -226,13 +217,15 @@ void forward_sequence(const py::object& q, const py::object& k, const py::object
   [[maybe_unused]] void* hp = c.token_array(h, "h", c.DV, "DV", true);
   [[maybe_unused]] const auto o = mlstm_options(input_gate, normalize, eps);
 #ifdef FLASHLSTM_HAVE_CUDA
-  run(c, [&] { kernels::forward_sequence(kernel_inputs(c, x), kernel_state(s), hp, chunk_size, o, kernel_stream(c)); });
+  run_on(c.device, [&] { kernels::forward_sequence(kernel_inputs(c, x), kernel_state(s), hp, chunk_size, o, kernel_stream(c.stream())); });
 #else
   dlpack::no_cuda();
 #endif
 }
 
 }  // namespace
+
+void register_cuda_slstm(py::module_& cuda);  // cuda_slstm.cpp
 
 void register_cuda(py::module_& parent) {
   auto m = parent.def_submodule("cuda", "CUDA entry points on DLPack arrays (torch, CuPy, JAX, DeviceArray).");
@@ -264,6 +257,7 @@ void register_cuda(py::module_& parent) {
   k.def("forward_sequence", &forward_sequence, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("igate"),
         py::arg("fgate"), py::arg("state"), py::arg("h"), py::kw_only(), py::arg("chunk_size") = 64, ig, nz, ep, st,
         "Any length continuing `state` (updated in place).");
+  register_cuda_slstm(m);
 }
 
 }  // namespace flashlstm::bindings

@@ -2,16 +2,11 @@
 // float64), FlashRNN's layouts: Wx (B, T, 4, NH, DH), R (4, NH, DH, DH), b (4, NH, DH), states
 // (NS, B, NH, DH).
 #include "bindings/src/arrays.hpp"
+#include "bindings/src/slstm_options.hpp"
 #include "reference/slstm/slstm.hpp"
 
 namespace flashlstm::bindings {
 namespace {
-
-slstm::Options options(const std::string& cell, const std::string& forget_gate) {
-  return {.cell = parse_choice<slstm::Cell>("cell", cell, {{"slstm", slstm::Cell::slstm}, {"lstm", slstm::Cell::lstm}}),
-          .forget_gate = parse_choice<slstm::ForgetGate>(
-              "forget_gate", forget_gate, {{"sigmoid", slstm::ForgetGate::sigmoid}, {"exp", slstm::ForgetGate::exp}})};
-}
 
 py::object forward(const InputArray& Wx, const InputArray& R, const InputArray& b,
                   const std::optional<InputArray>& initial, const std::string& cell, const std::string& forget_gate,
@@ -19,7 +14,7 @@ py::object forward(const InputArray& Wx, const InputArray& R, const InputArray& 
   return dispatch_float("Wx", Wx, [&]<class T>() {
     const slstm::Inputs<T> x{view<T, 5>("Wx", Wx), view<T, 4>("R", R), view<T, 3>("b", b)};
     const auto init = optional_view<T, 4>("initial", initial);
-    const auto o = options(cell, forget_gate);
+    const auto o = slstm_options(cell, forget_gate);
     slstm::Output<T> out;
     {
       py::gil_scoped_release release;
@@ -38,7 +33,7 @@ py::object backward(const InputArray& Wx, const InputArray& R, const InputArray&
     const slstm::Inputs<T> x{view<T, 5>("Wx", Wx), view<T, 4>("R", R), view<T, 3>("b", b)};
     const auto init = optional_view<T, 4>("initial", initial);
     const slstm::OutputGrad<T> grad{view<T, 4>("dh", dh), optional_view<T, 4>("dlast", dlast)};
-    const auto o = options(cell, forget_gate);
+    const auto o = slstm_options(cell, forget_gate);
     require(saved_states.has_value() == saved_gates.has_value(), saved_states ? "saved_gates" : "saved_states",
             "is missing: the forward's states and gates go together (pass both or neither)");
     std::optional<slstm::Saved<T>> saved;
@@ -63,7 +58,7 @@ py::object step(const InputArray& Wx_t, const InputArray& R, const InputArray& b
     const auto r = view<T, 4>("R", R);
     const auto bias = view<T, 3>("b", b);
     auto next = copy(view<T, 4>("state", state));
-    const auto o = options(cell, forget_gate);
+    const auto o = slstm_options(cell, forget_gate);
     {
       py::gil_scoped_release release;
       slstm::step(w, r, bias, next, o);
@@ -85,7 +80,7 @@ void register_slstm(py::module_& parent) {
         py::arg("forget_gate") = "sigmoid");
   m.def("step", &step, "the state after one step; see flashlstm.slstm.", py::arg("Wx_t"), py::arg("R"), py::arg("b"),
         py::arg("state"), py::kw_only(), py::arg("cell") = "slstm", py::arg("forget_gate") = "sigmoid");
-  m.def("num_states", [](const std::string& cell) { return slstm::num_states(options(cell, "sigmoid").cell); },
+  m.def("num_states", [](const std::string& cell) { return slstm::num_states(slstm_options(cell, "sigmoid").cell); },
         py::arg("cell"));
 }
 

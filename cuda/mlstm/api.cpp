@@ -1,6 +1,7 @@
 // The host API of the CUDA mLSTM (cuda/mlstm/mlstm.hpp): argument checks with errors that name the
 // argument, then the launchers in chunkwise.cu and step.cu.
 #include "core/error.hpp"
+#include "cuda/arguments.hpp"
 #include "cuda/mlstm/params.hpp"
 
 #include <cuda_runtime_api.h>
@@ -11,21 +12,10 @@
 namespace flashlstm::cuda::mlstm {
 namespace {
 
-constexpr std::int64_t kMaxInt = 2147483647;
+using flashlstm::cuda::check_device_pointer;
+using flashlstm::cuda::usable;
 
-// A pointer to device memory (or managed memory) of the current device, aligned for `align` bytes.
-void check_device_pointer(const void* ptr, std::string_view name, std::size_t align) {
-  require(ptr != nullptr, name, "is a null pointer");
-  require(reinterpret_cast<std::uintptr_t>(ptr) % align == 0, name, "must be aligned to {} bytes", align);
-  cudaPointerAttributes attr{};
-  const cudaError_t e = cudaPointerGetAttributes(&attr, ptr);
-  require(e == cudaSuccess, name, "is not a CUDA pointer ({})", cudaGetErrorString(e));
-  require(attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged, name,
-          "must point to device memory, got {}", attr.type == cudaMemoryTypeHost ? "pinned host memory" : "host memory");
-  int device = 0;
-  cudaGetDevice(&device);
-  require(attr.device == device, name, "is on device {}, but the current device is {}", attr.device, device);
-}
+constexpr std::int64_t kMaxInt = 2147483647;
 
 void check_dims(const Dims& d, bool sequence) {
   require(d.B >= 1, "B", "must be >= 1, got {}", d.B);
@@ -69,10 +59,6 @@ void check_chunk_size(int chunk_size) {
   require(chunk_size >= 64 && chunk_size % 64 == 0 && chunk_size <= 1024, "chunk_size",
           "must be a multiple of 64 in [64, 1024], got {}", chunk_size);
 }
-
-// The legacy default stream is never used: 0 becomes the per-thread default stream, which is
-// ordered with it.
-cudaStream_t usable(cudaStream_t stream) { return stream == nullptr ? cudaStreamPerThread : stream; }
 
 }  // namespace
 

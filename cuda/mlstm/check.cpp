@@ -1,7 +1,7 @@
 // Kernel-against-reference checks (see check.hpp).
 #include "cuda/mlstm/check.hpp"
 
-#include "core/bf16.hpp"
+#include "cuda/check_arrays.hpp"
 
 #include <cuda_runtime_api.h>
 
@@ -19,45 +19,9 @@ using ref::ProblemShape;
 
 namespace {
 
-// Device memory poisoned with NaN (all bits set: NaN in float32 and in bf16).
-std::unique_ptr<DeviceBuffer> poisoned(std::size_t bytes) {
-  auto b = std::make_unique<DeviceBuffer>(bytes);
-  check_cuda(cudaMemset(b->get(), 0xff, bytes), "cudaMemset");
-  return b;
-}
-
-template <std::size_t N>
-std::unique_ptr<DeviceBuffer> upload(const xt::xtensor<double, N>& x, DType dtype) {
-  auto b = poisoned(x.size() * element_size(dtype));
-  if (dtype == DType::float32) {
-    std::vector<float> host(x.begin(), x.end());
-    check_cuda(cudaMemcpy(b->get(), host.data(), b->bytes(), cudaMemcpyHostToDevice), "upload");
-  } else {
-    std::vector<std::uint16_t> host(x.size());
-    for (std::size_t i = 0; i < x.size(); ++i) host[i] = bf16(static_cast<float>(x.data()[i])).bits;
-    check_cuda(cudaMemcpy(b->get(), host.data(), b->bytes(), cudaMemcpyHostToDevice), "upload");
-  }
-  return b;
-}
-
-template <std::size_t N>
-xt::xtensor<double, N> download(const DeviceBuffer& b, const Shape<N>& shape, DType dtype) {
-  auto x = zeros<double>(shape);
-  if (dtype == DType::float32) {
-    std::vector<float> host(x.size());
-    check_cuda(cudaMemcpy(host.data(), b.get(), host.size() * 4, cudaMemcpyDeviceToHost), "download");
-    std::copy(host.begin(), host.end(), x.begin());
-  } else {
-    std::vector<std::uint16_t> host(x.size());
-    check_cuda(cudaMemcpy(host.data(), b.get(), host.size() * 2, cudaMemcpyDeviceToHost), "download");
-    for (std::size_t i = 0; i < x.size(); ++i) {
-      bf16 e;
-      e.bits = host[i];
-      x.data()[i] = static_cast<float>(e);
-    }
-  }
-  return x;
-}
+using flashlstm::cuda::download;
+using flashlstm::cuda::poisoned;
+using flashlstm::cuda::upload;
 
 // The inputs exactly as the kernel sees them: q, k, v, gates and dh in `dtype`, the states float32.
 Problem<double> kernel_inputs(const Problem<double>& p, DType dtype) {
@@ -121,9 +85,9 @@ struct DeviceState {
     check_cuda(cudaMemcpy(m->get(), p.m0->get(), m->bytes(), cudaMemcpyDeviceToDevice), "copy");
   }
   ref::State<double> download(const ProblemShape& s) const {
-    return {mlstm::download(*C, Shape<4>{s.B, s.NH, s.DQK, s.DV}, DType::float32),
-            mlstm::download(*n, Shape<3>{s.B, s.NH, s.DQK}, DType::float32),
-            mlstm::download(*m, Shape<2>{s.B, s.NH}, DType::float32)};
+    return {flashlstm::cuda::download(*C, Shape<4>{s.B, s.NH, s.DQK, s.DV}, DType::float32),
+            flashlstm::cuda::download(*n, Shape<3>{s.B, s.NH, s.DQK}, DType::float32),
+            flashlstm::cuda::download(*m, Shape<2>{s.B, s.NH}, DType::float32)};
   }
 };
 

@@ -15,6 +15,8 @@
 // accuracy (~2^-17) where plain bf16 rounding (2^-9) would dominate the error.
 #pragma once
 
+#include "cuda/device.cuh"
+
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -33,24 +35,10 @@ constexpr int kTC = 8;     // columns of the tile one thread holds
 template <class O>
 constexpr int kSplit = std::is_same_v<O, float> ? 1 : 2;
 
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-
-// Stable gate math (docs/mlstm.md): logsigmoid(x) = min(x, 0) - log1p(exp(-|x|)).
-__device__ __forceinline__ float logsigmoid(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
-__device__ __forceinline__ float sigmoid(float x) {
-  return x >= 0.f ? 1.f / (1.f + expf(-x)) : expf(x) / (1.f + expf(x));
-}
+using flashlstm::cuda::from_float;
+using flashlstm::cuda::logsigmoid;
+using flashlstm::cuda::sigmoid;
+using flashlstm::cuda::to_float;
 
 // The readout's denominator max(|den|, floor) + eps, NaN when den is NaN as in the reference
 // (fmaxf would return the floor and hide it).
@@ -274,16 +262,9 @@ __device__ __forceinline__ void load_tile(S s, const U* g, std::int64_t ld, int 
   for_tile<R, C>(g, ld, r0, c0, r_end, c_end, tile_put<C>(s, row_scale));
 }
 
-// Asynchronous copies (cp.async, 16 bytes, zero-filled where `valid` is false), in commit groups.
-__device__ __forceinline__ void cp_async16(void* smem, const void* g, bool valid) {
-  const auto addr = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(g), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>  // wait until at most kPending of this thread's groups are in flight
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
+using flashlstm::cuda::cp_async16;
+using flashlstm::cuda::cp_async_commit;
+using flashlstm::cuda::cp_async_wait;
 
 // The R x C tile of a global matrix at (r0, c0) (zero outside r_end, c_end), loaded asynchronously
 // in 16-byte pieces: issue() starts the copies, finish() — once they have arrived — completes the

@@ -374,13 +374,6 @@ xt::xtensor<T, N> output(const Shape<N>& shape) {
 
 }  // namespace
 
-index_t num_states(Cell cell) { return cell == Cell::slstm ? detail::SlstmCell::num_states : detail::LstmCell::num_states; }
-
-std::string variant_name(const Options& o) {
-  if (o.cell == Cell::lstm) return "lstm";
-  return o.forget_gate == ForgetGate::sigmoid ? "slstm" : "slstm-expf";
-}
-
 template <class T>
 void forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o,
              const std::type_identity_t<OutputView<T>>& out) {

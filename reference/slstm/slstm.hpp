@@ -10,6 +10,7 @@
 //   all states over time (NS, B, T, NH, DH), FlashRNN's "SBTHD" output
 #pragma once
 
+#include "core/slstm_options.hpp"
 #include "core/view.hpp"
 
 #include <optional>
@@ -17,17 +18,6 @@
 #include <type_traits>
 
 namespace flashlstm::slstm {
-
-enum class Cell { slstm, lstm };
-enum class ForgetGate { sigmoid, exp };  // sLSTM only: log f = logsigmoid(f̃) or f̃
-
-struct Options {
-  Cell cell = Cell::slstm;
-  ForgetGate forget_gate = ForgetGate::sigmoid;
-};
-
-index_t num_states(Cell cell);  // 4 (h, c, n, m) or 2 (h, c)
-std::string variant_name(const Options& options);  // "slstm", "slstm-expf", "lstm"
 
 template <class T>
 struct Inputs {

@@ -94,8 +94,8 @@ def test_slstm_gradcheck_and_opcheck(cell):
     initial.requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: tuple(ft.slstm(*a, cell=cell)), (Wx, R, b, initial), eps=1e-6,
                                     atol=1e-7)
-    torch.library.opcheck(torch.ops.flashlstm.slstm_forward.default, (Wx, R, b, initial, cell, "sigmoid"))
-    torch.library.opcheck(torch.ops.flashlstm.slstm_forward.default, (Wx, R, b, None, cell, "sigmoid"))
+    torch.library.opcheck(torch.ops.flashlstm.slstm_forward.default, (Wx, R, b, initial, cell, "sigmoid", False))
+    torch.library.opcheck(torch.ops.flashlstm.slstm_forward.default, (Wx, R, b, None, cell, "sigmoid", False))
 
 
 def test_plstm_dag_gradcheck_and_opcheck():
@@ -225,3 +225,60 @@ def test_cuda_under_torch_compile():
     compiled = torch.compile(loss, fullgraph=True)
     for a, b in zip(torch.autograd.grad(loss(*args), args), torch.autograd.grad(compiled(*args), args)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def slstm_inputs(cell, B=3, T=50, NH=2, DH=32, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    Wx = torch.randn(B, T, 4, NH, DH, generator=g, dtype=torch.float64)
+    Wx[:, :, 1] += 2.0
+    R = torch.randn(4, NH, DH, DH, generator=g, dtype=torch.float64) / DH ** 0.5
+    b = 0.5 * torch.randn(4, NH, DH, generator=g, dtype=torch.float64)
+    NS = 4 if cell == "slstm" else 2
+    initial = torch.randn(NS, B, NH, DH, generator=g, dtype=torch.float64)
+    if cell == "slstm":
+        initial[2] = initial[2].abs() + 0.5
+        initial[1] = torch.tanh(initial[1]) * initial[2]
+    return Wx, R, b, initial
+
+
+def slstm_loss_and_grads(inputs, cell, dh, dlast):
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    out = ft.slstm(*inputs, cell=cell)
+    ((out.h.double() * dh).sum() + (out.last.double() * dlast).sum()).backward()
+    return out, [t.grad for t in inputs]
+
+
+@needs_gpu
+@pytest.mark.parametrize("cell", ["slstm", "lstm"])
+def test_cuda_slstm_matches_the_reference(cell):
+    inputs = slstm_inputs(cell)
+    g = torch.Generator().manual_seed(4)
+    dh = torch.randn(3, 50, 2, 32, generator=g, dtype=torch.float64)
+    dlast = torch.randn(*inputs[3].shape, generator=g, dtype=torch.float64)
+    ref, ref_grads = slstm_loss_and_grads(inputs, cell, dh, dlast)
+    out, grads = slstm_loss_and_grads([t.float().cuda() for t in inputs], cell, dh.cuda(), dlast.cuda())
+    assert out.h.dtype == torch.float32 and out.last.dtype == torch.float32 and out.h.is_cuda
+    assert rel(out.h.detach().cpu().double(), ref.h.detach()) < 1e-5
+    assert rel(out.last.detach().cpu().double(), ref.last.detach()) < 1e-5
+    for name, a, r in zip(("Wx", "R", "b", "initial"), grads, ref_grads):
+        assert rel(a.cpu().double(), r.detach()) < 1e-4, name
+
+
+@needs_gpu
+def test_cuda_slstm_bfloat16_step_and_compile():
+    Wx, R, b, initial = slstm_inputs("slstm", B=2, T=20, NH=3, DH=16)
+    Wx, R, b = (t.to(device="cuda", dtype=torch.bfloat16) for t in (Wx, R, b))
+    initial = initial.float().cuda()
+    out = ft.slstm(Wx, R, b, initial)
+    assert out.h.dtype == torch.bfloat16 and out.last.dtype == torch.float32
+    # the numpy API on the same (bf16-representable) inputs
+    ref = fl.slstm.forward(*(t.float().cpu().numpy() for t in (Wx, R, b, initial)))
+    assert rel(out.last.cpu().double(), ref.last) < 1e-5
+    # the step: from the state before the last step, one step gives the final state; `state` unchanged
+    before = fl.slstm.forward(Wx[:, :19].contiguous(), R, b, initial).last
+    kept = before.clone()
+    after = fl.slstm.step(Wx[:, 19].contiguous(), R, b, before)
+    assert torch.equal(before, kept) and rel(after.double().cpu(), out.last.double().cpu()) < 1e-6
+    compiled = torch.compile(lambda *a: ft.slstm(*a).h, fullgraph=True)
+    assert torch.equal(compiled(Wx, R, b, initial), out.h)
+    torch.library.opcheck(torch.ops.flashlstm.slstm_forward.default, (Wx, R, b, initial, "slstm", "sigmoid", True))
