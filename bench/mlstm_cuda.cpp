@@ -9,6 +9,7 @@
 // intra-chunk work L·(DQK + DV); forward + backward counts three forwards. Bytes: q, k, v, gates read
 // and h written once (+ dh read, dq, dk, dv, gate gradients written for the backward); the step:
 // the float32 state read and written once.
+#include "bench/cuda_timing.hpp"
 #include "bench/fill.hpp"
 #include "cuda/mlstm/mlstm.hpp"
 
@@ -28,41 +29,12 @@
 namespace {
 
 using namespace flashlstm::cuda::mlstm;
+using flashlstm::bench::g_once;
+using flashlstm::bench::median_ms;
 using flashlstm::cuda::check_cuda;
 using Buffer = flashlstm::cuda::DeviceBuffer;
 
 constexpr double kPeakFlops = 789e12, kPeakBytes = 3.0e12;
-
-bool g_once = false;  // --once: one untimed run of each case
-
-// Median time of `fn` over `reps` runs after `warmup` runs, each preceded by an L2 flush.
-double median_ms(const std::function<void()>& fn, cudaStream_t stream, int warmup, int reps) {
-  if (g_once) {
-    fn();
-    check_cuda(cudaStreamSynchronize(stream), "run");
-    return 0;
-  }
-  static Buffer flush(256u << 20);
-  cudaEvent_t start, stop;
-  check_cuda(cudaEventCreate(&start), "event");
-  check_cuda(cudaEventCreate(&stop), "event");
-  for (int i = 0; i < warmup; ++i) fn();
-  std::vector<double> times;
-  for (int i = 0; i < reps; ++i) {
-    check_cuda(cudaMemsetAsync(flush.get(), i & 0xff, 256u << 20, stream), "flush");
-    check_cuda(cudaEventRecord(start, stream), "record");
-    fn();
-    check_cuda(cudaEventRecord(stop, stream), "record");
-    check_cuda(cudaEventSynchronize(stop), "sync");
-    float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, start, stop), "elapsed");
-    times.push_back(ms);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-  return times[times.size() / 2];
-}
 
 struct Row {
   std::string kernel, variant;  // variant: "sig-nonorm", "exp" (mlstm::variant_name)

@@ -7,28 +7,21 @@ Peers: mlstm_kernels (TFLA mLSTMsig, TFLA mLSTMexp, limit-chunk mLSTMexp), flash
 run (tools/gpu_peers.sh); each peer runs in a process of its own (a compiler crash aborts the
 process), and one that does not import, compile or run is reported with its error. Each row names
 the mLSTM variant it competes with ("sig-nonorm", "exp"; "attention" for SDPA), which
-bench_mlstm_cuda --peers reads to put the fastest peer beside each of our rows.
+bench_mlstm_cuda --peers reads to put the fastest peer beside each of our rows. The timing and the
+process per peer are bench/peers_common.py's, shared with peers_slstm_h100.py.
 
     python3 bench/peers_h100.py --json out/peers.json
 """
 
 import argparse
-import importlib.metadata
 import json
-import subprocess
-import sys
 
 import torch
 import torch.nn.functional as F
-import triton
+
+from peers_common import each_in_own_process, fw_and_fwbw, measure, report, versions
 
 TOKENS, NH, DQK, DV = 65536, 8, 256, 512
-
-
-def bench(fn):
-    # do_bench runs as many repetitions as fit in `rep` ms: give it room for at least 30.
-    estimate = triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median")
-    return triton.testing.do_bench(fn, warmup=25, rep=max(200.0, 35 * estimate), return_mode="median")
 
 
 def mlstm_inputs(S, requires_grad):
@@ -43,42 +36,13 @@ def mlstm_inputs(S, requires_grad):
             normal(B, NH, S, mean=3.0))
 
 
-def fw_and_fwbw(run, make_inputs, row):
-    """Times run(*inputs) forward only into row["fw_ms"], then forward + backward of <h, dh> into
-    row["fwbw_ms"]; a failure of either is recorded in row["error"] (the forward's time is kept when
-    only the backward fails)."""
-    x = make_inputs(False)
-    with torch.no_grad():
-        row["fw_ms"] = bench(lambda: run(*x))
-    x = make_inputs(True)
-    h = run(*x)
-    dh = torch.randn_like(h)
-
-    def fwbw():
-        for t in x:
-            t.grad = None
-        run(*x).backward(dh)
-
-    row["fwbw_ms"] = bench(fwbw)
-
-
-def error_text(e):
-    return f"{type(e).__name__}: {str(e)[:200]}"
-
-
 def peers(S, only):
     rows = []
 
     def add(name, variant, thunk):
         if name != only:
             return
-        row = {"peer": name, "variant": variant, "S": S}
-        try:
-            thunk(row)
-        except Exception as e:  # a peer that fails is reported, not fatal
-            row["error"] = error_text(e)
-        rows.append(row)
-        torch.cuda.empty_cache()
+        rows.append(measure({"peer": name, "variant": variant, "S": S}, thunk))
 
     def tfla_sig(row):
         from mlstm_kernels.torch.chunkwise.triton_xl_chunk_siging import mlstm_siging_chunkwise__xl_chunk
@@ -129,16 +93,6 @@ PEERS = [("mlstm_kernels TFLA mLSTMsig (normalize off, L=128)", "sig-nonorm"),
          ("torch SDPA flash, 32 x 128 heads, causal", "attention")]
 
 
-def versions():
-    found = {}
-    for package in ("torch", "triton", "mlstm_kernels", "flash-linear-attention"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = None
-    return found
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="")
@@ -148,25 +102,11 @@ def main():
     if args.only:
         print(json.dumps([r for S in args.lengths for r in peers(S, args.only)]))
         return
-    rows = []
-    for name, variant in PEERS:
-        run = subprocess.run([sys.executable, __file__, "--only", name, "--lengths", *map(str, args.lengths)],
-                             capture_output=True, text=True)
-        try:
-            rows += json.loads(run.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            tail = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            rows += [{"peer": name, "variant": variant, "S": S, "error": f"exit {run.returncode}: {tail[:200]}"}
-                     for S in args.lengths]
-    info = {"device": torch.cuda.get_device_name(), "versions": versions(), "results": rows}
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(info, f, indent=1)
-    print(f"{'peer (bf16, 65,536 tokens)':<52} {'S':>6} {'fw ms':>8} {'fwbw ms':>8}")
-    for r in rows:
-        times = "".join(f" {r[key]:>8.2f}" if key in r else f" {'-':>8}" for key in ("fw_ms", "fwbw_ms"))
-        print(f"{r['peer']:<52} {r['S']:>6}{times}   {r.get('error', '')[:90]}")
-
+    rows = each_in_own_process(__file__, PEERS, ["--lengths", *map(str, args.lengths)],
+                               [{"S": S} for S in args.lengths])
+    info = {"device": torch.cuda.get_device_name(),
+            "versions": versions(["torch", "triton", "mlstm_kernels", "flash-linear-attention"]), "results": rows}
+    report(info, args.json, "peer (bf16, 65,536 tokens)", "S", 52)
 
 if __name__ == "__main__":
     main()

@@ -8,11 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHLSTM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
   -DFLASHLSTM_BENCH=ON -DFLASHLSTM_PYTHON=OFF > /dev/null
-cmake --build build-gpu --target flashlstm_cuda_tests bench_mlstm_cuda flashlstm
+cmake --build build-gpu --target flashlstm_cuda_tests bench_mlstm_cuda bench_slstm_cuda flashlstm
 rm -rf gpu && mkdir -p gpu/lib
-cp build-gpu/tests/flashlstm_cuda_tests build-gpu/bin/bench_mlstm_cuda build-gpu/bin/flashlstm gpu/
+cp build-gpu/tests/flashlstm_cuda_tests build-gpu/bin/bench_mlstm_cuda build-gpu/bin/bench_slstm_cuda build-gpu/bin/flashlstm gpu/
 # The GPU machine lacks Boost (graph, regex) and its ICU, which the binaries link: they travel along.
-for lib in $(ldd gpu/flashlstm_cuda_tests gpu/bench_mlstm_cuda gpu/flashlstm | awk '/boost|icu|png/ {print $3}' | sort -u); do
+for lib in $(ldd gpu/flashlstm_cuda_tests gpu/bench_mlstm_cuda gpu/bench_slstm_cuda gpu/flashlstm | awk '/boost|icu|png/ {print $3}' | sort -u); do
   cp -L "$lib" gpu/lib/
 done
 

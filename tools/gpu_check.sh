@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (docs/development.md: build with tools/gpu_build.sh, carry gpu.tar.xz, run this):
-# the [cuda] tests with every error figure, the memory checker on the odd shapes, `flashlstm
+# the [cuda] tests with every error figure, the memory and race checkers on the odd shapes, `flashlstm
 # validate` (with its [cuda] rows), the Python package's GPU paths (DLPack, torch custom ops) with
 # pytest, then the benchmark; logs and bench/results-style JSON go to $OUT, a short table is printed
 # last. Every stage runs even when an earlier one fails; the exit status is non-zero when any failed.
@@ -27,6 +27,10 @@ grep -E "FAIL|No CUDA|error" "$OUT/tests.log" | head -20
 compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/flashlstm_cuda_tests" "[sanitize]" > "$OUT/memcheck.log" 2>&1
 stage memcheck $? "$(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1)"
 
+# The sLSTM kernels share data between threads through shared memory at every step: the race checker.
+compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/flashlstm_cuda_tests" "[slstm][sanitize]" > "$OUT/racecheck.log" 2>&1
+stage racecheck $? "$(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)"
+
 "$BIN/flashlstm" validate --json "$OUT/validate.json" > "$OUT/validate.txt" 2>&1
 stage validate $? "$(tail -1 "$OUT/validate.txt" | cut -c1-60)"
 grep "\[cuda\]" "$OUT/validate.txt"
@@ -42,4 +46,6 @@ fi
 
 "$BIN/bench_mlstm_cuda" --json "$OUT/h100.json" --revision "$(cat "$BIN/REVISION")" "$@" 2>&1 | tee "$OUT/bench.txt"
 stage bench $? ""
+"$BIN/bench_slstm_cuda" --json "$OUT/slstm_h100.json" --revision "$(cat "$BIN/REVISION")" 2>&1 | tee "$OUT/bench_slstm.txt"
+stage "bench sLSTM" $? ""
 exit $failed
