@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
+import numpy as np
+
 from . import _core, _device
 
 Array = Any  # numpy.ndarray on the CPU; a torch/CuPy/JAX array on the GPU
@@ -52,41 +54,67 @@ class Grad(NamedTuple):
 
 def forward(q: Array, k: Array, v: Array, igate: Array, fgate: Array, initial: Optional[State] = None, *,
             form: str = "chunkwise", chunk_size: int = 64, input_gate: str = "exp", normalize: bool = True,
-            eps: float = 1e-6, stream: Optional[int] = None) -> Output:
+            eps: float = 1e-6, stream: Optional[int] = None, cu_seqlens: Optional[Array] = None) -> Output:
     """h and the final state of one sequence form ("recurrent", "parallel" or "chunkwise").
 
     ``initial`` is a State (or a (C, n, m) tuple); None is the zero state. ``chunk_size`` is used by
     the chunkwise form only. GPU arrays take the chunkwise kernels.
+
+    ``cu_seqlens`` (N + 1 integer offsets, 0 first, the number of tokens last): packed sequences of
+    different lengths in one (1, NH, total, D) batch, sequence i being tokens
+    [cu_seqlens[i], cu_seqlens[i + 1]), each from its own initial state (batch entry i of
+    ``initial``, (N, NH, ...)) to its own final state; CPU only.
     """
     if _device.is_device_array(q):
         _device.require_cuda("mlstm.forward")
+        _no_packed_sequences_on_gpu(cu_seqlens)
         if form != "chunkwise":
             raise ValueError(f"form: the CUDA kernels implement 'chunkwise' (and step), got '{form}'")
         return _cuda_forward(q, k, v, igate, fgate, initial, chunk_size, input_gate, normalize, eps, stream)
     h, last = _core.mlstm.forward(q, k, v, igate, fgate, initial, form=form, chunk_size=chunk_size,
-                                  input_gate=input_gate, normalize=normalize, eps=eps)
+                                  input_gate=input_gate, normalize=normalize, eps=eps,
+                                  cu_seqlens=_offsets(cu_seqlens))
     return Output(h, State(*last))
 
 
 def backward(q: Array, k: Array, v: Array, igate: Array, fgate: Array, dh: Array, initial: Optional[State] = None, *,
              dC_last: Optional[Array] = None, dn_last: Optional[Array] = None, dm_last: Optional[Array] = None,
              form: str = "chunkwise", chunk_size: int = 64, input_gate: str = "exp", normalize: bool = True,
-             eps: float = 1e-6, stream: Optional[int] = None) -> Grad:
+             eps: float = 1e-6, stream: Optional[int] = None, cu_seqlens: Optional[Array] = None) -> Grad:
     """The exact gradients of every input from dh (B, NH, S, DV) and, optionally, the final state's.
 
     ``dm_last`` matters only for "exp" (for "sig" m is the constant 0); with it a backward run in
-    pieces hands the state gradient on exactly. Every form computes the same gradients.
+    pieces hands the state gradient on exactly. Every form computes the same gradients. With
+    ``cu_seqlens`` (as in ``forward``) the final-state gradients have batch N, one per sequence.
     """
     if _device.is_device_array(q):
         _device.require_cuda("mlstm.backward")
+        _no_packed_sequences_on_gpu(cu_seqlens)
         if form != "chunkwise":
             raise ValueError(f"form: the CUDA kernels implement 'chunkwise' (and step), got '{form}'")
         return _cuda_backward(q, k, v, igate, fgate, dh, initial, dC_last, dn_last, dm_last, chunk_size, input_gate,
                               normalize, eps, stream)
     dq, dk, dv, digate, dfgate, dinitial = _core.mlstm.backward(
         q, k, v, igate, fgate, dh, initial, dC_last, dn_last, dm_last, form=form, chunk_size=chunk_size,
-        input_gate=input_gate, normalize=normalize, eps=eps)
+        input_gate=input_gate, normalize=normalize, eps=eps, cu_seqlens=_offsets(cu_seqlens))
     return Grad(dq, dk, dv, digate, dfgate, State(*dinitial) if dinitial is not None else None)
+
+
+def _offsets(cu_seqlens):
+    """cu_seqlens as a list of Python integers (None stays None); anything but integers is refused."""
+    if cu_seqlens is None:
+        return None
+    offsets = np.asarray(cu_seqlens)
+    if offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError(f"cu_seqlens: expected a 1-D array of integer offsets, got {offsets.dtype} with shape "
+                         f"{offsets.shape}")
+    return [int(c) for c in offsets]
+
+
+def _no_packed_sequences_on_gpu(cu_seqlens):
+    if cu_seqlens is not None:
+        raise ValueError("cu_seqlens: packed sequences run on the CPU reference only; the CUDA kernels take "
+                         "one batch of equal lengths")
 
 
 def forward_recurrent(q: Array, k: Array, v: Array, igate: Array, fgate: Array, initial: Optional[State] = None, *,

@@ -3,6 +3,7 @@
 // Form), so one binding serves recurrent, parallel and chunkwise; the Python package names them.
 #include "bindings/src/mlstm_options.hpp"
 #include "reference/mlstm/mlstm.hpp"
+#include "reference/mlstm/varlen.hpp"
 
 namespace flashlstm::bindings {
 namespace {
@@ -39,7 +40,8 @@ py::tuple state_arrays(mlstm::State<T>&& s) {
 
 py::object forward(const InputArray& q, const InputArray& k, const InputArray& v, const InputArray& igate,
                   const InputArray& fgate, const std::optional<StateArrays>& initial, const std::string& form_name,
-                  index_t chunk_size, const std::string& input_gate, bool normalize, double eps) {
+                  index_t chunk_size, const std::string& input_gate, bool normalize, double eps,
+                  const std::optional<std::vector<index_t>>& cu_seqlens) {
   return dispatch_float("q", q, [&]<class T>() {
     const auto x = inputs<T>(q, k, v, igate, fgate);
     const auto init = state_view<T>("initial", initial);
@@ -48,7 +50,7 @@ py::object forward(const InputArray& q, const InputArray& k, const InputArray& v
     mlstm::Output<T> out;
     {
       py::gil_scoped_release release;
-      out = mlstm::forward(x, init, f, o);
+      out = cu_seqlens ? mlstm::forward_varlen(x, *cu_seqlens, init, f, o) : mlstm::forward(x, init, f, o);
     }
     return py::make_tuple(to_numpy(std::move(out.h)), state_arrays(std::move(out.last)));
   });
@@ -58,7 +60,8 @@ py::object backward(const InputArray& q, const InputArray& k, const InputArray& 
                    const InputArray& fgate, const InputArray& dh, const std::optional<StateArrays>& initial,
                    const std::optional<InputArray>& dC_last, const std::optional<InputArray>& dn_last,
                    const std::optional<InputArray>& dm_last, const std::string& form_name, index_t chunk_size,
-                   const std::string& input_gate, bool normalize, double eps) {
+                   const std::string& input_gate, bool normalize, double eps,
+                   const std::optional<std::vector<index_t>>& cu_seqlens) {
   return dispatch_float("q", q, [&]<class T>() {
     const auto x = inputs<T>(q, k, v, igate, fgate);
     const auto init = state_view<T>("initial", initial);
@@ -69,7 +72,7 @@ py::object backward(const InputArray& q, const InputArray& k, const InputArray& 
     mlstm::InputGrad<T> g;
     {
       py::gil_scoped_release release;
-      g = mlstm::backward(x, init, grad, f, o);
+      g = cu_seqlens ? mlstm::backward_varlen(x, *cu_seqlens, init, grad, f, o) : mlstm::backward(x, init, grad, f, o);
     }
     py::object dinitial = py::none();
     if (g.dinitial) dinitial = state_arrays(std::move(*g.dinitial));
@@ -105,12 +108,13 @@ void register_mlstm(py::module_& parent) {
   m.def("forward", &forward, "h, (C, n, m) of one sequence form; see flashlstm.mlstm.", py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("igate"), py::arg("fgate"), py::arg("initial") = py::none(), py::kw_only(),
         py::arg("form") = "recurrent", py::arg("chunk_size") = 0, py::arg("input_gate") = "exp",
-        py::arg("normalize") = true, py::arg("eps") = 1e-6);
+        py::arg("normalize") = true, py::arg("eps") = 1e-6, py::arg("cu_seqlens") = py::none());
   m.def("backward", &backward, "dq, dk, dv, digate, dfgate, (dC0, dn0, dm0) or None; see flashlstm.mlstm.",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("igate"), py::arg("fgate"), py::arg("dh"),
         py::arg("initial") = py::none(), py::arg("dC_last") = py::none(), py::arg("dn_last") = py::none(),
         py::arg("dm_last") = py::none(), py::kw_only(), py::arg("form") = "recurrent", py::arg("chunk_size") = 0,
-        py::arg("input_gate") = "exp", py::arg("normalize") = true, py::arg("eps") = 1e-6);
+        py::arg("input_gate") = "exp", py::arg("normalize") = true, py::arg("eps") = 1e-6,
+        py::arg("cu_seqlens") = py::none());
   m.def("step", &step, "h, (C, n, m) after one token; see flashlstm.mlstm.", py::arg("q"), py::arg("k"),
         py::arg("v"), py::arg("igate"), py::arg("fgate"), py::arg("state"), py::kw_only(),
         py::arg("input_gate") = "exp", py::arg("normalize") = true, py::arg("eps") = 1e-6);

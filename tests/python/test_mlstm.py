@@ -211,3 +211,39 @@ def test_bad_options_and_states():
         mlstm.backward_recurrent(**x, dh=np.zeros((1, 1, 1, 1)))
     with pytest.raises(TypeError):
         mlstm.forward_recurrent(**dict(x, q=[[1.0]]))  # numpy arrays only
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["exp", "sig", "sig-nonorm"])
+def test_packed_sequences_equal_each_sequence_alone(variant):
+    cu = np.array([0, 5, 5, 17, 40], dtype=np.int32)  # lengths 5, 0, 12, 23
+    x, _ = problem(B=1, S=40, seed=7)
+    _, states = problem(B=4, S=1, seed=8, state=True)
+    out = mlstm.forward(**x, initial=states, form="chunkwise", chunk_size=8, cu_seqlens=cu, **variant)
+    dh = rng(9).standard_normal(out.h.shape)
+    g = mlstm.backward(**x, dh=dh, initial=states, form="chunkwise", chunk_size=8, cu_seqlens=cu, **variant)
+    for i in range(4):
+        t0, t1 = cu[i], cu[i + 1]
+        init_i = tuple(s[i:i + 1] for s in states)
+        if t0 == t1:  # no tokens: the initial state is the final state
+            assert np.array_equal(out.last.C[i:i + 1], init_i[0])
+            continue
+        xi = {key: val[:, :, t0:t1] for key, val in x.items()}
+        h, (C, n, m) = oracle(**xi, initial=init_i, **variant)
+        assert rel(out.h[:, :, t0:t1], h) < 1e-12
+        assert rel(out.last.C[i:i + 1], C) < 1e-12
+        alone = mlstm.backward(**{k: np.ascontiguousarray(v) for k, v in xi.items()},
+                               dh=np.ascontiguousarray(dh[:, :, t0:t1]), initial=mlstm.State(*init_i),
+                               form="recurrent", **variant)
+        assert rel(g.dq[:, :, t0:t1], alone.dq) < 1e-10 and rel(g.dfgate[:, :, t0:t1], alone.dfgate) < 1e-10
+        assert rel(g.dinitial.C[i:i + 1], alone.dinitial.C) < 1e-10
+
+
+def test_packed_sequences_bad_offsets():
+    x, _ = problem(B=1, S=10)
+    with pytest.raises(ValueError, match="cu_seqlens: must end at the number of tokens 10"):
+        mlstm.forward(**x, cu_seqlens=[0, 4, 9])
+    with pytest.raises(ValueError, match="cu_seqlens: expected a 1-D array of integer offsets"):
+        mlstm.forward(**x, cu_seqlens=[0.0, 10.0])
+    x2, _ = problem(B=2, S=10)
+    with pytest.raises(ValueError, match="q: packed sequences take B = 1"):
+        mlstm.forward(**x2, cu_seqlens=[0, 10])
