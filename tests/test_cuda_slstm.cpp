@@ -93,6 +93,21 @@ TEST_CASE("every cell at the benchmark's head shape, with and without state", "[
   require_passes(check_sequence({16, 256, 12, 64, false}, {Cell::slstm, ForgetGate::exp}, DType::float32, 7510));
 }
 
+// The batch tile grows with B·NH (one row per block while every block fits on the GPU at once): on
+// a 132-SM H100 these batches take tiles of 2, 4 and 8 rows (4 for DH = 128), as the benchmark's
+// B = 64 does.
+TEST_CASE("sLSTM/LSTM kernels with batch tiles of several rows", "[cuda][slstm]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 850;
+  int i = 0;
+  for (const flashlstm::index_t B : {300, 600, 1200})
+    for (const flashlstm::index_t DH : {16, 64}) {
+      const Options& o = kVariants[i++ % kVariants.size()];
+      require_passes(check_sequence({B, 9, 1, DH, i % 2 == 0}, o, DType::float32, ++seed));
+    }
+  require_passes(check_sequence({300, 9, 1, 128, true}, kVariants[0], DType::bfloat16, ++seed));
+}
+
 TEST_CASE("sLSTM/LSTM kernels run in pieces equal the whole run", "[cuda][slstm]") {
   if (!have_gpu()) return;
   for (const Options& o : kVariants) {

@@ -6,6 +6,7 @@
 #include "tests/check_catch.hpp"
 
 #include <limits>
+#include <map>
 
 using namespace flashlstm;
 using namespace flashlstm::mlstm;
@@ -91,5 +92,58 @@ TEST_CASE("the fused backward's scalars are what they stand for", "[mlstm][fused
         }
         CHECK(std::abs(trace.psi(b, h, 0) - psi0) <= 1e-10 * (1 + std::abs(psi0)));
       }
+  }
+}
+
+// The fused order's algebra in float32 (the kernels' arithmetic, the scalar pass in double) against
+// the kernel bound — 2 × the float32 chunkwise and recurrent forms' error + 4 ulps (docs/validation.md)
+// — on the float64 oracle. What it finds: the products and dh·num from X1 and G0 are as accurate as
+// the reference (dq, dk, dv, digate, the states' gradients within 0.2–0.5 of the bound), but two
+// tensors are not, because their scalars are differences of sums far larger than the result, and those
+// sums come out of float32 products: dm0 through the ψ scan (exp: 80 × the bound) and dfgate through
+// row minus column sums (sig: 1.1–1.3 ×). A float32 kernel therefore needs those two quantities
+// another way (or its products behind τ and ψ in more than float32); this test holds the measured
+// excess so that a change of the algebra shows up.
+TEST_CASE("the fused order in float32: as accurate as the reference except dm0 and dfgate", "[mlstm][fused]") {
+  const ProblemShape shape{1, 2, 1000, 48, 96, true};
+  const auto p = cast_problem<double>(cast_problem<float>(random_problem<double>(shape, 13)));  // float inputs
+  const auto pf = cast_problem<float>(p);
+  const auto as_double = [](const auto& t) { return xt::eval(xt::cast<double>(t)); };
+  std::map<std::string, DType> dtypes;
+  for (const char* name : {"h", "C", "n", "m", "dq", "dk", "dv", "digate", "dfgate", "dC0", "dn0", "dm0"})
+    dtypes[name] = DType::float32;
+  const std::map<std::string, std::map<std::string, double>> excess = {  // measured ratio × 1.5
+      {"exp", {{"dm0", 120}}}, {"sig", {{"dfgate", 1.7}}}, {"sig-nonorm", {{"dfgate", 2.0}, {"dm0", 1.5}}}};
+  for (const auto& o : variants) {
+    INFO(variant_name(o));
+    const auto oracle = forward_recurrent(p.inputs(), p.initial_view(), o);
+    const auto oracle_grad = backward_recurrent(p.inputs(), p.initial_view(), p.output_grad(), o);
+    const auto out = forward_fused(pf.inputs(), pf.initial_view(), 64, o);
+    const auto grad = backward_fused(pf.inputs(), pf.initial_view(), pf.output_grad(), 64, o);
+    const Output<double> fused{as_double(out.h), {as_double(out.last.C), as_double(out.last.n), as_double(out.last.m)}};
+    const InputGrad<double> fused_grad{as_double(grad.dq), as_double(grad.dk), as_double(grad.dv),
+                                       as_double(grad.digate), as_double(grad.dfgate),
+                                       State<double>{as_double(grad.dinitial->C), as_double(grad.dinitial->n),
+                                                     as_double(grad.dinitial->m)}};
+    // The baseline runs (kept alive: tensors() points into them).
+    const auto chunkwise = forward_chunkwise(pf.inputs(), pf.initial_view(), 64, o);
+    const auto recurrent = forward_recurrent(pf.inputs(), pf.initial_view(), o);
+    const auto chunkwise_grad = backward_chunkwise(pf.inputs(), pf.initial_view(), pf.output_grad(), 64, o);
+    const auto recurrent_grad = backward_recurrent(pf.inputs(), pf.initial_view(), pf.output_grad(), o);
+    const auto runs = std::vector{tensors(chunkwise), tensors(recurrent)};
+    const auto grad_runs = std::vector{tensors(chunkwise_grad), tensors(recurrent_grad)};
+    CHECK_THAT(check::kernel_compare(tensors(fused), tensors(oracle),
+                                     check::baseline_errors(runs, tensors(oracle), dtypes, p.scale()), dtypes,
+                                     p.scale()),
+               passes());
+    const auto report = check::kernel_compare(tensors(fused_grad), tensors(oracle_grad),
+                                              check::baseline_errors(grad_runs, tensors(oracle_grad), dtypes, p.scale()),
+                                              dtypes, p.scale());
+    const auto& allowed = excess.at(variant_name(o));
+    for (const auto& t : report.tensors()) {
+      INFO(t.name << ": error " << t.error << ", bound " << t.bound);
+      const auto it = allowed.find(t.name);
+      CHECK(t.error <= t.bound * (it == allowed.end() ? 1.0 : it->second));
+    }
   }
 }

@@ -74,11 +74,15 @@ void chunk_forward(const ChunkTokens<T>& c, const ChunkGates<T>& g, HeadState<T>
   state.m = g.m_next;
 }
 
-// What the backward's first pass leaves for the others, per token of one chunk.
+// What the backward's first pass leaves for the others, per token of one chunk. The entries of the
+// log weights' gradient that the scalar pass combines are kept in double whatever T is: pass 3 sums
+// and subtracts them (the ψ scan, row minus column sums), which in float32 cancels to errors up to
+// 80 times the float32 reference's (tests/test_mlstm_fused.cpp); a kernel runs that pass in fp64.
 template <class T>
 struct ChunkRows {
-  Vec<T> s, dhat, dden, dm, D0, row_sum, col_sum;  // row_sum, col_sum: of P ∘ G (token columns only)
-  T sigma = 0;                                      // Σ_r D0_r
+  Vec<T> s, dhat, dden, dm;                 // dh·num, the readout's denominator and its gradients
+  Vec<double> D0, row_sum, col_sum;         // row_sum, col_sum: of P ∘ G (token columns only)
+  double sigma = 0;                         // Σ_r D0_r
 };
 
 // G = dH Vᵀ / dhat + δ (row-wise), causal: the gradient of P's entries before the weights.
@@ -166,17 +170,18 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
       const Vec<T> w0_dhat = g.w0.cwiseQuotient(q.dhat), w0_dden = g.w0.cwiseProduct(q.dden);
       MatMap<T>(out.dq.data() + (bh * d.S + t0_of(k)) * d.DQK, L, d.DQK) =
           hx.scale * (masked_product(dA, c.K, causal) + w0_dhat.asDiagonal() * X1 + w0_dden * in.n.transpose());
-      q.D0 = w0_dhat.cwiseProduct(qX1) + w0_dden.cwiseProduct(qn);
-      q.row_sum = PG.rowwise().sum();
-      q.col_sum = PG.colwise().sum().transpose();
+      q.D0 = (w0_dhat.cwiseProduct(qX1) + w0_dden.cwiseProduct(qn)).template cast<double>();
+      q.row_sum = PG.rowwise().sum().template cast<double>();
+      q.col_sum = PG.colwise().sum().transpose().template cast<double>();
       q.sigma = q.D0.sum();
     }
 
     // Pass 2, backward in time, with dC_{k+1}: dk, dv, the exiting state's weight gradients e_s.
     HeadState<T> adj = load_last_state_grad(grad, d, bh);
-    const T psi_last = (adj.C.array() * entering[nc].C.array()).sum() + adj.n.dot(entering[nc].n);
-    const T dm_last = adj.m;
-    std::vector<Vec<T>> e(nc);
+    const double psi_last = (adj.C.template cast<double>().array() * entering[nc].C.template cast<double>().array()).sum() +
+                            adj.n.template cast<double>().dot(entering[nc].n.template cast<double>());
+    const double dm_last = adj.m;
+    std::vector<Vec<double>> e(nc);
     for (index_t k = nc - 1; k >= 0; --k) {
       const index_t L = L_of(k), t0 = t0_of(k);
       const ChunkTokens<T> c(hx, t0, L);
@@ -187,7 +192,7 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
       const Mat<T> dnum = q.dhat.cwiseInverse().asDiagonal() * dH;
       const Mat<T> K_dC = c.K * adj.C;  // (L, DV)
       const Vec<T> K_dn = c.K * adj.n;
-      e[k] = g.a.cwiseProduct(K_dC.cwiseProduct(c.V).rowwise().sum() + K_dn);
+      e[k] = g.a.cwiseProduct(K_dC.cwiseProduct(c.V).rowwise().sum() + K_dn).template cast<double>();
       MatMap<T>(out.dv.data() + (bh * d.S + t0) * d.DV, L, d.DV) =
           masked_product(Mat<T>(P.transpose()), dnum, anticausal) + g.a.asDiagonal() * K_dC;
       MatMap<T>(out.dk.data() + (bh * d.S + t0) * d.DQK, L, d.DQK) =
@@ -199,27 +204,27 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
 
     // Pass 3, scalars: the ψ scan, the stabiliser's routing and the gate gradients, chunk by chunk
     // backwards (the entering stabiliser's gradient of chunk k is the exiting one of chunk k − 1).
-    T psi = psi_last, dm_exit = dm_last;
+    double psi = psi_last, dm_exit = dm_last;
     for (index_t k = nc - 1; k >= 0; --k) {
       const index_t L = L_of(k), t0 = t0_of(k);
       const ChunkGates<T>& g = gates[k];
       const ChunkRows<T>& q = rows[k];
-      const T tau = e[k].sum();
+      const double tau = e[k].sum();
       // ḡ <dC_{k+1}, C_k> + ḡ <dn_{k+1}, n_k>: the last row's state entry. The difference cancels to
       // an absolute error of a few ulps of ψ: where the entry is exactly 0 — a zero initial state, or
       // a decay that underflowed — it is set so.
       const bool vanishes = g.gbar == T(0) || (k == 0 && !initial);
-      const T gdot = vanishes ? T(0) : psi - tau;
+      const double gdot = vanishes ? 0.0 : psi - tau;
       psi = gdot + q.sigma;      // ψ_k, also the state column's sum before the routing
       // The log weights' gradient by rows (state column included) and by token columns; the last row
       // also weights the exiting state.
-      Vec<T> row_sum = q.D0 + q.row_sum, col_sum = q.col_sum + e[k];
+      Vec<double> row_sum = q.D0 + q.row_sum, col_sum = q.col_sum + e[k];
       row_sum(L - 1) += gdot + tau;
-      T state_col = psi;
+      double state_col = psi;
       if (stabilised(o)) {  // m_r = max over the row: its gradient goes to the maximising entry
         for (index_t r = 0; r < L; ++r) {
-          const T dm_r = q.dm(r) + (r == L - 1 ? dm_exit : T(0));
-          const T moved = dm_r - row_sum(r);
+          const double dm_r = q.dm(r) + (r == L - 1 ? dm_exit : 0.0);
+          const double moved = dm_r - row_sum(r);
           row_sum(r) = dm_r;
           if (g.argmax[r] < 0) state_col += moved;
           else col_sum(g.argmax[r]) += moved;
@@ -227,12 +232,12 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
       }
       dm_exit = state_col;
       // log f_p enters every weight (r, c) with c <= p <= r: Σ_{r>=p} row_sum_r − Σ_{s>=p} col_sum_s.
-      T rows_after = 0, cols_after = 0;
+      double rows_after = 0, cols_after = 0;
       for (index_t p = L - 1; p >= 0; --p) {
         rows_after += row_sum(p);
         cols_after += col_sum(p);
-        out.digate.data()[bh * d.S + t0 + p] = col_sum(p) * dlog_input(hx.igate[t0 + p], o);
-        out.dfgate.data()[bh * d.S + t0 + p] = (rows_after - cols_after) * dlog_forget(hx.fgate[t0 + p]);
+        out.digate.data()[bh * d.S + t0 + p] = T(col_sum(p) * dlog_input(hx.igate[t0 + p], o));
+        out.dfgate.data()[bh * d.S + t0 + p] = T((rows_after - cols_after) * dlog_forget(hx.fgate[t0 + p]));
       }
       if (trace) {
         const index_t b = bh / d.NH, h = bh % d.NH;
@@ -240,15 +245,15 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
           trace->dh_dot_num(b, h, t0 + r) = q.s(r);
           trace->dhat(b, h, t0 + r) = q.dhat(r);
           trace->dden(b, h, t0 + r) = q.dden(r);
-          trace->D0(b, h, t0 + r) = q.D0(r);
+          trace->D0(b, h, t0 + r) = T(q.D0(r));
         }
-        trace->psi(b, h, k) = psi;
-        trace->sigma(b, h, k) = q.sigma;
-        trace->tau(b, h, k) = tau;
+        trace->psi(b, h, k) = T(psi);
+        trace->sigma(b, h, k) = T(q.sigma);
+        trace->tau(b, h, k) = T(tau);
       }
     }
     if (out.dinitial) {
-      adj.m = dm_exit;
+      adj.m = T(dm_exit);
       store_state(adj, *out.dinitial, bh);
     }
   });
