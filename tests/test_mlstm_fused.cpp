@@ -95,16 +95,12 @@ TEST_CASE("the fused backward's scalars are what they stand for", "[mlstm][fused
   }
 }
 
-// The fused order's algebra in float32 (the kernels' arithmetic, the scalar pass in double) against
-// the kernel bound — 2 × the float32 chunkwise and recurrent forms' error + 4 ulps (docs/validation.md)
-// — on the float64 oracle. What it finds: the products and dh·num from X1 and G0 are as accurate as
-// the reference (dq, dk, dv, digate, the states' gradients within 0.2–0.5 of the bound), but two
-// tensors are not, because their scalars are differences of sums far larger than the result, and those
-// sums come out of float32 products: dm0 through the ψ scan (exp: 80 × the bound) and dfgate through
-// row minus column sums (sig: 1.1–1.3 ×). A float32 kernel therefore needs those two quantities
-// another way (or its products behind τ and ψ in more than float32); this test holds the measured
-// excess so that a change of the algebra shows up.
-TEST_CASE("the fused order in float32: as accurate as the reference except dm0 and dfgate", "[mlstm][fused]") {
+// The fused order's algebra in float32 — products in float32, the per-token gate scalars and the
+// scalar pass in double, as a kernel would run them — is as accurate as the float32 reference: every
+// tensor within the kernel bound, 2 × the float32 chunkwise and recurrent forms' error + 4 ulps
+// (docs/validation.md), against the float64 oracle on the same inputs. (With one ψ scan from the
+// final state, dm0 was 80 × that bound for mLSTMexp; with float32 gate scalars, dfgate up to 1.3 ×.)
+TEST_CASE("the fused order in float32 is as accurate as the float32 reference", "[mlstm][fused]") {
   const ProblemShape shape{1, 2, 1000, 48, 96, true};
   const auto p = cast_problem<double>(cast_problem<float>(random_problem<double>(shape, 13)));  // float inputs
   const auto pf = cast_problem<float>(p);
@@ -112,8 +108,6 @@ TEST_CASE("the fused order in float32: as accurate as the reference except dm0 a
   std::map<std::string, DType> dtypes;
   for (const char* name : {"h", "C", "n", "m", "dq", "dk", "dv", "digate", "dfgate", "dC0", "dn0", "dm0"})
     dtypes[name] = DType::float32;
-  const std::map<std::string, std::map<std::string, double>> excess = {  // measured ratio × 1.5
-      {"exp", {{"dm0", 120}}}, {"sig", {{"dfgate", 1.7}}}, {"sig-nonorm", {{"dfgate", 2.0}, {"dm0", 1.5}}}};
   for (const auto& o : variants) {
     INFO(variant_name(o));
     const auto oracle = forward_recurrent(p.inputs(), p.initial_view(), o);
@@ -136,14 +130,9 @@ TEST_CASE("the fused order in float32: as accurate as the reference except dm0 a
                                      check::baseline_errors(runs, tensors(oracle), dtypes, p.scale()), dtypes,
                                      p.scale()),
                passes());
-    const auto report = check::kernel_compare(tensors(fused_grad), tensors(oracle_grad),
-                                              check::baseline_errors(grad_runs, tensors(oracle_grad), dtypes, p.scale()),
-                                              dtypes, p.scale());
-    const auto& allowed = excess.at(variant_name(o));
-    for (const auto& t : report.tensors()) {
-      INFO(t.name << ": error " << t.error << ", bound " << t.bound);
-      const auto it = allowed.find(t.name);
-      CHECK(t.error <= t.bound * (it == allowed.end() ? 1.0 : it->second));
-    }
+    CHECK_THAT(check::kernel_compare(tensors(fused_grad), tensors(oracle_grad),
+                                     check::baseline_errors(grad_runs, tensors(oracle_grad), dtypes, p.scale()),
+                                     dtypes, p.scale()),
+               passes());
   }
 }

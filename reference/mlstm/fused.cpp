@@ -5,6 +5,8 @@
 #include "reference/masked.hpp"
 #include "reference/mlstm/common.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -16,31 +18,35 @@ using namespace detail;
 // The gate scalars of one chunk of L tokens entered with stabiliser m_k — everything the chunk's
 // weights need, known before any product. Token weights W(r, s) = exp(b_r + u_s − m_r) for s <= r;
 // the entering state's weight w0_r = exp(b_r + m_k − m_r). The exiting state weights token s by
-// a_s = W(L − 1, s) and the entering state by ḡ = w0_{L−1}.
+// a_s = W(L − 1, s) and the entering state by ḡ = w0_{L−1}. The scans run in double whatever T is:
+// b_r + u_s is a difference of prefix sums, which in float32 loses digits as the chunk's gates add up
+// (a kernel keeps these per-token scalars in fp64 too); the weights are then rounded to T.
 template <class T>
 struct ChunkGates {
-  Vec<T> b, u, m, w0, a;        // (L): Σ_{p<=r} log f_p; log i_s − b_s; the row stabiliser; the weights
+  Vec<double> b, u;             // (L): Σ_{p<=r} log f_p; log i_s − b_s
+  Vec<T> m, w0, a;              // (L): the row stabiliser; the weights of the states
   std::vector<index_t> argmax;  // where m_r is attained: −1 the entering state, else the token (the first on ties)
   Mat<T> W;                     // (L, L)
   T gbar = 0, m_next = 0;
 
   ChunkGates(const HeadInputs<T>& x, index_t t0, index_t L, T m_k, const Options& o)
       : b(L), u(L), m(L), w0(L), a(L), argmax(L, -1), W(Mat<T>::Zero(L, L)) {
-    T prefix = 0, U = -std::numeric_limits<T>::infinity();
+    double prefix = 0, U = -std::numeric_limits<double>::infinity();
     index_t U_at = -1;
     for (index_t r = 0; r < L; ++r) {
-      prefix += log_forget(x.fgate[t0 + r]);
+      prefix += log_forget(double(x.fgate[t0 + r]));
       b(r) = prefix;
-      u(r) = log_input(x.igate[t0 + r], o) - b(r);
+      u(r) = log_input(double(x.igate[t0 + r]), o) - b(r);
       if (u(r) > U) U = u(r), U_at = r;
-      m(r) = T(0);
+      double m_r = 0;
       if (stabilised(o)) {
         const bool state = m_k >= U;  // ties go to the entering state, as in every other form
-        m(r) = b(r) + (state ? m_k : U);
+        m_r = b(r) + (state ? double(m_k) : U);
         argmax[r] = state ? -1 : U_at;
       }
-      w0(r) = std::exp(b(r) + m_k - m(r));
-      for (index_t s = 0; s <= r; ++s) W(r, s) = std::exp(b(r) + u(s) - m(r));
+      m(r) = T(m_r);
+      w0(r) = T(std::exp(b(r) + m_k - m_r));
+      for (index_t s = 0; s <= r; ++s) W(r, s) = T(std::exp(b(r) + u(s) - m_r));
     }
     a = W.row(L - 1).transpose();
     gbar = w0(L - 1);
@@ -75,13 +81,14 @@ void chunk_forward(const ChunkTokens<T>& c, const ChunkGates<T>& g, HeadState<T>
 }
 
 // What the backward's first pass leaves for the others, per token of one chunk. The entries of the
-// log weights' gradient that the scalar pass combines are kept in double whatever T is: pass 3 sums
-// and subtracts them (the ψ scan, row minus column sums), which in float32 cancels to errors up to
-// 80 times the float32 reference's (tests/test_mlstm_fused.cpp); a kernel runs that pass in fp64.
+// log weights' gradient that the scalar pass combines are summed and kept in double whatever T is:
+// pass 3 subtracts sums far larger than its results (the ψ scan, row minus column sums); a kernel
+// runs that pass in fp64 (tests/test_mlstm_fused.cpp holds the float32 result to the kernel bound).
 template <class T>
 struct ChunkRows {
   Vec<T> s, dhat, dden, dm;                 // dh·num, the readout's denominator and its gradients
-  Vec<double> D0, row_sum, col_sum;         // row_sum, col_sum: of P ∘ G (token columns only)
+  Vec<double> D0;                           // the entering state's column of the log weights' gradient
+  Vec<double> row_sum, col_sum;             // the row and column sums of its token columns, P ∘ G
   double sigma = 0;                         // Σ_r D0_r
 };
 
@@ -171,8 +178,8 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
       MatMap<T>(out.dq.data() + (bh * d.S + t0_of(k)) * d.DQK, L, d.DQK) =
           hx.scale * (masked_product(dA, c.K, causal) + w0_dhat.asDiagonal() * X1 + w0_dden * in.n.transpose());
       q.D0 = (w0_dhat.cwiseProduct(qX1) + w0_dden.cwiseProduct(qn)).template cast<double>();
-      q.row_sum = PG.rowwise().sum().template cast<double>();
-      q.col_sum = PG.colwise().sum().transpose().template cast<double>();
+      q.row_sum = PG.template cast<double>().rowwise().sum();
+      q.col_sum = PG.template cast<double>().colwise().sum().transpose();
       q.sigma = q.D0.sum();
     }
 
@@ -202,25 +209,47 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
       adj.n = g.gbar * adj.n + c.Q_hat.transpose() * g.w0.cwiseProduct(q.dden);
     }
 
-    // Pass 3, scalars: the ψ scan, the stabiliser's routing and the gate gradients, chunk by chunk
+    // Pass 3, scalars: the ψ scans, the stabiliser's routing and the gate gradients, chunk by chunk
     // backwards (the entering stabiliser's gradient of chunk k is the exiting one of chunk k − 1).
-    double psi = psi_last, dm_exit = dm_last;
+    //
+    // ψ_k = <dC_k, C_k> + <dn_k, n_k> is known at both ends — ψ_nc from the final state and its
+    // gradient, ψ_0 from the initial state and the gradient pass 2 ends with (0 without an initial
+    // state) — and each scan step adds or removes τ_k − σ_k. A scan's value carries the rounding of the
+    // largest magnitudes it has passed through, so each chunk takes its ψ from the scan whose largest
+    // magnitude so far is smaller: with growing states the upward scan for early chunks, the downward
+    // one for late chunks.
+    std::vector<double> tau(nc), psi_down(nc + 1), psi_up(nc + 1), size_down(nc + 1), size_up(nc + 1);
+    for (index_t k = 0; k < nc; ++k) tau[k] = e[k].sum();
+    psi_down[nc] = psi_last, size_down[nc] = std::abs(psi_last);
+    for (index_t k = nc - 1; k >= 0; --k) {
+      psi_down[k] = psi_down[k + 1] - tau[k] + rows[k].sigma;
+      size_down[k] = std::max({size_down[k + 1], std::abs(tau[k]), std::abs(rows[k].sigma), std::abs(psi_down[k])});
+    }
+    psi_up[0] = initial ? (adj.C.template cast<double>().array() * entering[0].C.template cast<double>().array()).sum() +
+                              adj.n.template cast<double>().dot(entering[0].n.template cast<double>())
+                        : 0.0;
+    size_up[0] = std::abs(psi_up[0]);
+    for (index_t k = 0; k < nc; ++k) {
+      psi_up[k + 1] = psi_up[k] - rows[k].sigma + tau[k];
+      size_up[k + 1] = std::max({size_up[k], std::abs(tau[k]), std::abs(rows[k].sigma), std::abs(psi_up[k + 1])});
+    }
+    double dm_exit = dm_last;
     for (index_t k = nc - 1; k >= 0; --k) {
       const index_t L = L_of(k), t0 = t0_of(k);
       const ChunkGates<T>& g = gates[k];
       const ChunkRows<T>& q = rows[k];
-      const double tau = e[k].sum();
-      // ḡ <dC_{k+1}, C_k> + ḡ <dn_{k+1}, n_k>: the last row's state entry. The difference cancels to
-      // an absolute error of a few ulps of ψ: where the entry is exactly 0 — a zero initial state, or
-      // a decay that underflowed — it is set so.
+      // ḡ <dC_{k+1}, C_k> + ḡ <dn_{k+1}, n_k>, the last row's state entry: ψ_{k+1} − τ_k = ψ_k − σ_k.
+      // Where it is exactly 0 — a zero initial state, or a decay that underflowed — it is set so.
       const bool vanishes = g.gbar == T(0) || (k == 0 && !initial);
-      const double gdot = vanishes ? 0.0 : psi - tau;
-      psi = gdot + q.sigma;      // ψ_k, also the state column's sum before the routing
-      // The log weights' gradient by rows (state column included) and by token columns; the last row
-      // also weights the exiting state.
+      const double gdot = vanishes                           ? 0.0
+                          : size_up[k] <= size_down[k + 1] ? psi_up[k] - q.sigma
+                                                           : psi_down[k + 1] - tau[k];
+      const double psi = gdot + q.sigma;  // ψ_k, also the state column's sum before the routing
+      // The log weights' gradient by rows (the state column included) and by token columns — no
+      // (L, L + 1) matrix; the last row also weights the exiting state.
       Vec<double> row_sum = q.D0 + q.row_sum, col_sum = q.col_sum + e[k];
-      row_sum(L - 1) += gdot + tau;
-      double state_col = psi;
+      row_sum(L - 1) += gdot + tau[k];
+      double state_col = gdot + q.sigma;
       if (stabilised(o)) {  // m_r = max over the row: its gradient goes to the maximising entry
         for (index_t r = 0; r < L; ++r) {
           const double dm_r = q.dm(r) + (r == L - 1 ? dm_exit : 0.0);
@@ -231,7 +260,8 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
         }
       }
       dm_exit = state_col;
-      // log f_p enters every weight (r, c) with c <= p <= r: Σ_{r>=p} row_sum_r − Σ_{s>=p} col_sum_s.
+      // log f_p enters every weight (r, c) with c <= p <= r: all rows from p, less the token columns
+      // after p (every entry of those lies in a row >= p).
       double rows_after = 0, cols_after = 0;
       for (index_t p = L - 1; p >= 0; --p) {
         rows_after += row_sum(p);
@@ -249,7 +279,7 @@ InputGrad<T> backward_fused(const Inputs<T>& x, const OptionalState<T>& initial,
         }
         trace->psi(b, h, k) = T(psi);
         trace->sigma(b, h, k) = T(q.sigma);
-        trace->tau(b, h, k) = T(tau);
+        trace->tau(b, h, k) = T(tau[k]);
       }
     }
     if (out.dinitial) {

@@ -15,9 +15,10 @@
 //     the stabiliser's; dq; and per token the state column D0_r and the row and column sums of P ∘ G;
 //   reverse direction (with dC_{k+1}): dk, dv, the exiting state's weights' gradients e_s =
 //     a_s (k_s·dC v_s + k_s·dn), and dC_k, dn_k;
-//   scalars per head: ψ_k = <dC_k, C_k> + <dn_k, n_k> from ψ_{k+1} − τ_k + σ_k (τ_k = Σ e_s, σ_k = Σ D0_r),
-//     which gives ḡ <dC_{k+1}, C_k> = ψ_{k+1} − τ_k; then the stabiliser's routing and the gate
-//     gradients from row and column sums alone.
+//   scalars per head, in double: ψ_k = <dC_k, C_k> + <dn_k, n_k> from ψ_{k+1} = ψ_k − σ_k + τ_k
+//     (τ_k = Σ e_s, σ_k = Σ D0_r), scanned from both ends (ψ_nc from the final state, ψ_0 from the
+//     initial state and dC_0), which gives ḡ <dC_{k+1}, C_k> = ψ_{k+1} − τ_k = ψ_k − σ_k; then the
+//     stabiliser's routing and the gate gradients from row and column sums alone.
 #pragma once
 
 #include "reference/mlstm/mlstm.hpp"
