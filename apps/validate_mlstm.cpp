@@ -1,9 +1,10 @@
 // The mLSTM rows of `flashlstm validate`: on a built-in problem set (odd shapes, with and without an
 // initial state) every form and variant against the float64 recurrent oracle, forward and
 // backward; the backward against finite differences where the shape is small enough; float32
-// against float64.
+// against float64; the fused order (a state-resident kernel's order of the chunkwise form).
 #include "apps/validate.hpp"
 #include "reference/mlstm/check.hpp"
+#include "reference/mlstm/fused.hpp"
 
 namespace flashlstm::apps {
 
@@ -44,6 +45,12 @@ std::vector<ValidationRow> validate_mlstm() {
         if (c.finite_differences) row.report.add(gradcheck(form, p, options, seed));
         rows.push_back(std::move(row));
       }
+      ValidationRow fused{"mLSTM", "fused(L=64)", variant_name(options), "float64", c.shape.name(), "oracle"};
+      fused.report.add(check::compare(forward_fused(p.inputs(), p.initial_view(), 64, options), oracle,
+                                      check::float64_tolerance, p.scale()));
+      fused.report.add(check::compare(backward_fused(p.inputs(), p.initial_view(), p.output_grad(), 64, options),
+                                      oracle_grad, check::float64_tolerance, p.scale()));
+      rows.push_back(std::move(fused));
       const auto p32 = cast_problem<float>(p);
       ValidationRow row{"mLSTM", fp32_form.name(), variant_name(options), "float32", c.shape.name(), "oracle"};
       row.report.add(check::compare(forward(p32.inputs(), p32.initial_view(), fp32_form, options), oracle,
