@@ -7,8 +7,6 @@
 #include "bindings/src/dlpack.hpp"
 #include "bindings/src/mlstm_options.hpp"
 
-#include <deque>
-
 #ifdef FLASHLSTM_HAVE_CUDA
 #include "cuda/mlstm/mlstm.hpp"
 #endif
@@ -30,7 +28,7 @@ struct Pointers {
 class Call {
  public:
   Call(py::handle q, py::handle v, std::optional<std::int64_t> stream, bool sequence)
-      : stream_(dlpack::protocol_stream(stream)), sequence_(sequence) {
+      : arrays_(stream), sequence_(sequence) {
     const Array& qa = take(q, "q");
     const Array& va = take(v, "v");
     const int rank = sequence ? 4 : 3;
@@ -82,7 +80,7 @@ class Call {
     return take_state(*object, name, std::move(shape), names, to_dl(DType::float32), false);
   }
 
-  std::int64_t stream() const { return stream_; }
+  std::int64_t stream() const { return arrays_.stream(); }
   const void* q() const { return q_; }
   const void* v() const { return v_; }
 
@@ -91,7 +89,7 @@ class Call {
   DType dtype = DType::float32;
 
  private:
-  const Array& take(py::handle object, std::string_view name) { return arrays_.emplace_back(object, name, stream_); }
+  const Array& take(py::handle object, std::string_view name) { return arrays_.take(object, name); }
   void* take_state(py::handle object, std::string_view name, std::vector<std::int64_t> shape, std::string_view names,
                    dlpack::DataType dtype_, bool writable) {
     const Array& a = take(object, name);
@@ -105,9 +103,8 @@ class Call {
     return sequence_ ? std::vector<std::int64_t>{B, NH, S} : std::vector<std::int64_t>{B, NH};
   }
 
-  std::int64_t stream_;
+  dlpack::CallArrays arrays_;
   bool sequence_;
-  std::deque<Array> arrays_;
   const void* q_ = nullptr;
   const void* v_ = nullptr;
 };

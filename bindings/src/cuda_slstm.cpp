@@ -6,8 +6,6 @@
 #include "bindings/src/dlpack.hpp"
 #include "bindings/src/slstm_options.hpp"
 
-#include <deque>
-
 #ifdef FLASHLSTM_HAVE_CUDA
 #include "cuda/slstm/slstm.hpp"
 #endif
@@ -24,7 +22,7 @@ using dlpack::to_dl;
 class Call {
  public:
   Call(py::handle Wx, const std::string& cell, std::optional<std::int64_t> stream, bool sequence)
-      : stream_(dlpack::protocol_stream(stream)), sequence_(sequence) {
+      : arrays_(stream) {
     const Array& w = take(Wx, sequence ? "Wx" : "Wx_t");
     const int rank = sequence ? 5 : 4;
     const char* names = sequence ? "(B, T, 4, NH, DH)" : "(B, 4, NH, DH)";
@@ -55,7 +53,7 @@ class Call {
   std::vector<std::int64_t> state() const { return {NS, B, NH, DH}; }
   std::vector<std::int64_t> states() const { return {NS, B, T, NH, DH}; }
 
-  std::int64_t stream() const { return stream_; }
+  std::int64_t stream() const { return arrays_.stream(); }
   const void* Wx() const { return Wx_; }
 
   std::int64_t B = 0, T = 0, NH = 0, DH = 0, NS = 0;
@@ -63,11 +61,9 @@ class Call {
   DType dtype = DType::float32;
 
  private:
-  const Array& take(py::handle object, std::string_view name) { return arrays_.emplace_back(object, name, stream_); }
+  const Array& take(py::handle object, std::string_view name) { return arrays_.take(object, name); }
 
-  std::int64_t stream_;
-  bool sequence_;
-  std::deque<Array> arrays_;
+  dlpack::CallArrays arrays_;
   const void* Wx_ = nullptr;
 };
 

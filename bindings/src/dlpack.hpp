@@ -17,6 +17,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -100,6 +101,19 @@ class Array {
   const Tensor* tensor_ = nullptr;
   void* managed_ = nullptr;  // ManagedTensor* or ManagedTensorVersioned*
   bool versioned_ = false;
+};
+
+// The arrays of one call, taken (consumed) from their Python objects for the call's duration, with
+// the stream they are taken for.
+class CallArrays {
+ public:
+  explicit CallArrays(std::optional<std::int64_t> stream) : stream_(protocol_stream(stream)) {}
+  const Array& take(py::handle object, std::string_view name) { return arrays_.emplace_back(object, name, stream_); }
+  std::int64_t stream() const { return stream_; }
+
+ private:
+  std::int64_t stream_;
+  std::deque<Array> arrays_;
 };
 
 // Thrown by everything that needs the CUDA runtime in a build without it (RuntimeError in Python).
