@@ -46,7 +46,7 @@ constexpr int kUnits = (BT + 3) / 4;  // (b, d) units per thread: BT·DH units o
 
 // The cell functions, shared by forward and backward. The sLSTM's state is (h, c, n, m).
 struct SlstmGates {
-  float a, e, ip, fp, z, o, exp_f, exp_o;
+  float a, ip, fp, z, o, exp_f, exp_o;
   bool takes_input;
 };
 
@@ -63,9 +63,9 @@ __device__ __forceinline__ SlstmGates slstm_gates(float gi, float gf, float gz, 
     s.a = fminf(gf, 0.f) - log1pf(s.exp_f) + m_prev;
   }
   s.takes_input = n_prev == 0.f || gi > s.a;
-  s.e = expf(s.takes_input ? s.a - gi : gi - s.a);
-  s.ip = s.takes_input ? 1.f : s.e;
-  s.fp = s.takes_input ? s.e : 1.f;
+  const float e = expf(s.takes_input ? s.a - gi : gi - s.a);  // the one of i', f' that is not exp(0)
+  s.ip = s.takes_input ? 1.f : e;
+  s.fp = s.takes_input ? e : 1.f;
   s.z = tanhf(gz);
   s.exp_o = expf(-go);
   s.o = 1.f / (1.f + s.exp_o);

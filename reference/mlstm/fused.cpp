@@ -23,14 +23,14 @@ using namespace detail;
 // (a kernel keeps these per-token scalars in fp64 too); the weights are then rounded to T.
 template <class T>
 struct ChunkGates {
-  Vec<double> b, u;             // (L): Σ_{p<=r} log f_p; log i_s − b_s
   Vec<T> m, w0, a;              // (L): the row stabiliser; the weights of the states
   std::vector<index_t> argmax;  // where m_r is attained: −1 the entering state, else the token (the first on ties)
   Mat<T> W;                     // (L, L)
   T gbar = 0, m_next = 0;
 
   ChunkGates(const HeadInputs<T>& x, index_t t0, index_t L, T m_k, const Options& o)
-      : b(L), u(L), m(L), w0(L), a(L), argmax(L, -1), W(Mat<T>::Zero(L, L)) {
+      : m(L), w0(L), a(L), argmax(L, -1), W(Mat<T>::Zero(L, L)) {
+    Vec<double> b(L), u(L);  // Σ_{p<=r} log f_p; log i_s − b_s
     double prefix = 0, U = -std::numeric_limits<double>::infinity();
     index_t U_at = -1;
     for (index_t r = 0; r < L; ++r) {
