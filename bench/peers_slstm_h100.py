@@ -141,13 +141,16 @@ def main():
     parser.add_argument("--timeout", type=float, default=420.0,
                         help="seconds a peer's process may run, its JIT builds included, before it is an error")
     parser.add_argument("--only", default="", help="run this peer in this process and print its rows as JSON")
+    parser.add_argument("--select", nargs="+", default=[],
+                        help="only the peers whose name contains one of these words (e.g. triton_fused cuDNN)")
     args = parser.parse_args()
+    peers = [p for p in PEERS if not args.select or any(word in p[0] for word in args.select)]
     if args.only:
         rows = [measure({"peer": name, "variant": variant, "dtype": dtype, "B": B, "T": T}, thunk, error_and_cause)
                 for name, variant, dtype, thunk in PEERS if name == args.only for B in args.batches]
         print(json.dumps(rows))
         return
-    rows = each_in_own_process(__file__, [(name, variant) for name, variant, _, _ in PEERS],
+    rows = each_in_own_process(__file__, [(name, variant) for name, variant, _, _ in peers],
                                ["--batches", *map(str, args.batches)], [{"B": B, "T": T} for B in args.batches],
                                timeout=args.timeout)
     info = {"device": torch.cuda.get_device_name(),

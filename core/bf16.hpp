@@ -40,4 +40,20 @@ xt::xtensor<T, N> round_to_bf16(const xt::xtensor<T, N>& x) {
   return out;
 }
 
+// The arithmetic of a reference's matrix products: `exact` multiplies in the reference's type;
+// `bf16` rounds every operand of a matrix product to bfloat16 and still accumulates in that type.
+// With float, bf16 is the arithmetic of a plain bf16 kernel: the baseline the bf16 CUDA kernels are
+// checked against (docs/validation.md).
+enum class Operands { exact, bf16 };
+
+// An operand of a matrix product in the arithmetic `operands` asks for: M itself (exact), or M
+// rounded to bfloat16 (bf16). M is an Eigen matrix or array expression; a form that writes
+// operand(M, operands) for every operand serves both arithmetics with one implementation.
+template <class M>
+typename M::PlainObject operand(const M& m, Operands operands) {
+  typename M::PlainObject out = m;
+  if (operands == Operands::bf16) out = out.unaryExpr([](auto x) { return round_to_bf16(x); });
+  return out;
+}
+
 }  // namespace flashlstm

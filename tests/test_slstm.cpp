@@ -107,6 +107,66 @@ TEST_CASE("the single step reproduces the sequence", "[slstm]") {
   }
 }
 
+TEST_CASE("bf16 operands: the recurrent products multiply bf16-rounded R, h and dg, and nothing else changes",
+          "[slstm]") {
+  for (const auto& o : variants) {
+    INFO(variant_name(o));
+    const auto p = random_problem<double>({2, 9, 2, 8, true}, o, 31);
+    const auto R16 = round_to_bf16(p.R);
+    const auto fw = forward(p.inputs(), p.initial_view(), o, true, Operands::bf16);
+    // Forward: the steps with h rounded to bf16 before each step (R rounded once) give every state.
+    auto state = *p.initial;
+    for (index_t t = 0; t < 9; ++t) {
+      xt::view(state, 0) = round_to_bf16(xt::xtensor<double, 3>(xt::view(state, 0)));
+      const xt::xtensor<double, 4> Wx_t = xt::view(p.Wx, xt::all(), t);
+      step<double>(Wx_t, R16, p.b, state, o);
+      const xt::xtensor<double, 4> expected = xt::view(fw.states, xt::all(), xt::all(), t);
+      CHECK(rel_l2(state, expected) <= 1e-15);
+    }
+    const auto exact = forward(p.inputs(), p.initial_view(), o);
+    const double fw_diff = rel_l2(fw.states, exact.states);
+    CHECK(fw_diff > 1e-6);  // the rounding is applied ...
+    CHECK(fw_diff < 1e-2);  // ... and is bf16's
+
+    // Backward: dR = Σ bf16(dg̃_t)ᵀ bf16(h_{t-1}) over batch and time, db = Σ dg̃_t (not rounded).
+    const auto g = backward(p.inputs(), p.initial_view(), p.output_grad(), o, Saved<double>::from(fw), Operands::bf16);
+    const auto dg = round_to_bf16(g.dWx);
+    xt::xtensor<double, 4> dR = xt::zeros<double>(p.R.shape());
+    xt::xtensor<double, 3> db = xt::zeros<double>(p.b.shape());
+    for (index_t b = 0; b < 2; ++b)
+      for (index_t t = 0; t < 9; ++t)
+        for (index_t gate = 0; gate < 4; ++gate)
+          for (index_t head = 0; head < 2; ++head)
+            for (index_t d = 0; d < 8; ++d) {
+              db(gate, head, d) += g.dWx(b, t, gate, head, d);
+              for (index_t k = 0; k < 8; ++k) {
+                const double h = t > 0 ? fw.states(0, b, t - 1, head, k) : (*p.initial)(0, b, head, k);
+                dR(gate, head, d, k) += dg(b, t, gate, head, d) * round_to_bf16(h);
+              }
+            }
+    CHECK(rel_l2(g.dR, dR) <= 1e-14);
+    CHECK(rel_l2(g.db, db) <= 1e-14);
+    const auto g_exact = backward(p.inputs(), p.initial_view(), p.output_grad(), o);
+    CHECK(rel_l2(g.dWx, g_exact.dWx) > 1e-6);
+    CHECK(rel_l2(g.dWx, g_exact.dWx) < 1e-2);
+  }
+  // One step: the initial h's gradient is Σ_gate R_gateᵀ bf16(dg̃_gate) (h reaches nothing else).
+  for (const auto& o : variants) {
+    INFO(variant_name(o) << " T1");
+    auto p = random_problem<double>({2, 1, 2, 8, true}, o, 37);
+    const auto g = backward(p.inputs(), p.initial_view(), p.output_grad(), o, std::nullopt, Operands::bf16);
+    const auto R16 = round_to_bf16(p.R);
+    const auto dg = round_to_bf16(g.dWx);
+    xt::xtensor<double, 3> dh0 = xt::zeros<double>({2, 2, 8});
+    for (index_t b = 0; b < 2; ++b)
+      for (index_t gate = 0; gate < 4; ++gate)
+        for (index_t head = 0; head < 2; ++head)
+          for (index_t d = 0; d < 8; ++d)
+            for (index_t k = 0; k < 8; ++k) dh0(b, head, k) += R16(gate, head, d, k) * dg(b, 0, gate, head, d);
+    CHECK(rel_l2(xt::xtensor<double, 3>(xt::view(*g.dinitial, 0)), dh0) <= 1e-14);
+  }
+}
+
 TEST_CASE("the backward from the forward's saved states and gates equals the one that reruns the forward",
           "[slstm]") {
   // T around the backward's ring of 16 steps (saved mode): shorter, a multiple, and across.

@@ -4,6 +4,7 @@
 # get the fastest peer of their variant beside them (--peers).
 #   default               the mLSTM: bench/peers_h100.py, then bench_mlstm_cuda at S = 8192, L = 128
 #   FLASHLSTM_PEERS=slstm  the sLSTM and LSTM: bench/peers_slstm_h100.py, then bench_slstm_cuda
+#                          (FLASHLSTM_PEER_SELECT="triton_fused cuDNN loop": only those peers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
@@ -16,7 +17,8 @@ if [ "${FLASHLSTM_PEERS:-mlstm}" = slstm ]; then
   # with the builds kept, peers and ours took 5 minutes): a git-ignored folder keeps the builds for
   # the next call while the machine stays warm.
   export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build-torch-extensions}
-  python3 bench/peers_slstm_h100.py --json "$OUT/peers_slstm.json" 2>&1 | tee "$OUT/peers_slstm.txt"
+  python3 bench/peers_slstm_h100.py --json "$OUT/peers_slstm.json" ${FLASHLSTM_PEER_SELECT:+--select $FLASHLSTM_PEER_SELECT} \
+    2>&1 | tee "$OUT/peers_slstm.txt"
   gpu/bench_slstm_cuda --json "$OUT/slstm_h100.json" --peers "$OUT/peers_slstm.json" --revision "$(cat gpu/REVISION)" \
     2>&1 | tee "$OUT/ours_slstm.txt"
   exit

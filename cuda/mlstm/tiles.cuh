@@ -112,11 +112,9 @@ __device__ __forceinline__ void gemm(Acc& acc, const __nv_bfloat16* A, int lda, 
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int nt = 2 * np + h;
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(acc[0][2 * nt]), "+f"(acc[0][2 * nt + 1]), "+f"(acc[1][2 * nt]), "+f"(acc[1][2 * nt + 1])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[2 * h]), "r"(b[2 * h + 1]));
+        float d[4] = {acc[0][2 * nt], acc[0][2 * nt + 1], acc[1][2 * nt], acc[1][2 * nt + 1]};
+        mma_bf16(d, a, b[2 * h], b[2 * h + 1]);
+        acc[0][2 * nt] = d[0], acc[0][2 * nt + 1] = d[1], acc[1][2 * nt] = d[2], acc[1][2 * nt + 1] = d[3];
       }
     }
   }

@@ -45,7 +45,10 @@ KernelCheck check_sequence(const ref::ProblemShape& shape, const Options& option
   KernelCheck c;
   c.name = fmt::format("{} {} {}{}", to_string(dtype), ref::variant_name(options), shape.name(),
                        with_backward && !with_dlast ? " no dlast" : "");
-  c.baseline = "float32 reference";
+  // The kernel's arithmetic on the CPU: float32, and for bf16 inputs every operand of the recurrent
+  // products rounded to bf16 (a plain bf16 computation), as the bf16 kernels multiply.
+  const auto operands = dtype == DType::bfloat16 ? Operands::bf16 : Operands::exact;
+  c.baseline = dtype == DType::bfloat16 ? "float32 reference, bf16 operands" : "float32 reference";
   Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, options, seed), dtype);
   if (!with_dlast) p.dlast.fill(0.0);
   const Problem<float> pf = ref::cast_problem<float>(p);
@@ -64,7 +67,8 @@ KernelCheck check_sequence(const ref::ProblemShape& shape, const Options& option
   check_cuda(cudaStreamSynchronize(stream), "slstm forward");
   const ref::Output<double> kernel{download(*states, shape_of(oracle.states), DType::float32),
                                    download(*last, shape_of(oracle.last), DType::float32), std::nullopt};
-  c.report = judge(kernel, oracle, ref::forward(pf.inputs(), pf.initial_view(), options), dtype, scale);
+  c.report = judge(kernel, oracle, ref::forward(pf.inputs(), pf.initial_view(), options, false, operands), dtype,
+                   scale);
 
   if (with_backward) {
     const ref::InputGrad<double> oracle_grad = ref::backward(p.inputs(), p.initial_view(), p.output_grad(), options);
@@ -78,7 +82,7 @@ KernelCheck check_sequence(const ref::ProblemShape& shape, const Options& option
     ref::InputGrad<double> kernel_grad{download(*dWx, shape_of(p.Wx), dtype), download(*dR, shape_of(p.R), dtype),
                                        download(*db, shape_of(p.b), dtype), std::nullopt};
     if (dinitial) kernel_grad.dinitial = download(*dinitial, shape_of(*p.initial), DType::float32);
-    const auto run = ref::backward(pf.inputs(), pf.initial_view(), pf.output_grad(), options);
+    const auto run = ref::backward(pf.inputs(), pf.initial_view(), pf.output_grad(), options, std::nullopt, operands);
     c.report.add(judge(kernel_grad, oracle_grad, run, dtype, scale));
   }
   check_cuda(cudaStreamDestroy(stream), "stream");

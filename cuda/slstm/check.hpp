@@ -2,12 +2,13 @@
 // inputs (Wx, R, b rounded to the kernel's dtype; states and upstream gradients float32), every
 // output and gradient is compared with the float64 reference and held to
 //
-//   2 × (the float32 reference's error) + (the error of rounding the float64 result to the output
-//   type) + 4 float32 ulps.
+//   2 × (the baseline's error) + (the error of rounding the float64 result to the output type)
+//   + 4 float32 ulps.
 //
-// The kernels compute in float32 whatever the input type, so their baseline is the float32 CPU
-// reference on the kernel's inputs for both dtypes (stricter than a plain bf16 computation). Outputs
-// are poisoned with NaN before each launch, so an element the kernel does not write fails.
+// The baseline is the float32 CPU reference on the kernel's inputs; for bf16 inputs with every
+// operand of the recurrent products rounded to bf16 (Operands::bf16: a plain bf16 computation, the
+// arithmetic of the tensor-core kernels). Outputs are poisoned with NaN before each launch, so an
+// element the kernel does not write fails.
 #pragma once
 
 #include "cuda/slstm/slstm.hpp"

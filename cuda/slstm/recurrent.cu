@@ -19,9 +19,10 @@
 // dR = Σ_{b,t} dg̃_tᵀ h_{t-1} and db = Σ_{b,t} dg̃_t are then a split-K product over the B·T rows
 // (sum_rows) and a reduction of its partial sums in a fixed order (reduce_parts): deterministic.
 //
-// All arithmetic is float32 and follows the reference's cells (reference/slstm/cells.hpp) operation
-// for operation: the stabiliser rule with n = 0, exp shared between i' and f', σ(-x) as exp(-x) σ(x).
+// All arithmetic is float32; the cells are cells.cuh's. These kernels serve float32 inputs (and bf16
+// ones where the tensor-core kernels of tensor_core.cu do not apply).
 #include "cuda/device.cuh"
+#include "cuda/slstm/cells.cuh"
 #include "cuda/slstm/params.hpp"
 
 #include <cuda_bf16.h>
@@ -43,37 +44,6 @@ template <int DH>
 constexpr int kSmemK = DH - kRegK<DH>;  // the rest, in shared memory: [k - kRegK][row]
 template <int BT>
 constexpr int kUnits = (BT + 3) / 4;  // (b, d) units per thread: BT·DH units over 4·DH threads
-
-// The cell functions, shared by forward and backward. The sLSTM's state is (h, c, n, m).
-struct SlstmGates {
-  float a, ip, fp, z, o, exp_f, exp_o;
-  bool takes_input;
-};
-
-__device__ __forceinline__ float scale_nonzero(float a, float x) { return x == 0.f ? 0.f : a * x; }
-
-__device__ __forceinline__ SlstmGates slstm_gates(float gi, float gf, float gz, float go, float n_prev, float m_prev,
-                                                  bool exp_forget) {
-  SlstmGates s;
-  if (exp_forget) {
-    s.exp_f = 0.f;
-    s.a = gf + m_prev;
-  } else {
-    s.exp_f = expf(-fabsf(gf));
-    s.a = fminf(gf, 0.f) - log1pf(s.exp_f) + m_prev;
-  }
-  s.takes_input = n_prev == 0.f || gi > s.a;
-  const float e = expf(s.takes_input ? s.a - gi : gi - s.a);  // the one of i', f' that is not exp(0)
-  s.ip = s.takes_input ? 1.f : e;
-  s.fp = s.takes_input ? e : 1.f;
-  s.z = tanhf(gz);
-  s.exp_o = expf(-go);
-  s.o = 1.f / (1.f + s.exp_o);
-  return s;
-}
-
-__device__ __forceinline__ float sigmoid_ref(float x) { return 1.f / (1.f + expf(-x)); }  // as the reference's
-
 
 // out[j] = Σ_k w[k] x[j·ld + k] over k < DH for the tile's BT rows: w's first kRegK entries in
 // registers (wr), the rest in shared memory (ws[(k - kRegK)·4·DH + r], column r), x in shared memory
@@ -155,18 +125,17 @@ __global__ void __launch_bounds__(4 * DH, DH <= 64 ? 2 : 1) forward_kernel(Param
 
   // The units' states (c, n, m) in registers and h in shared memory, from `initial` or zero.
   const int NS = p.cell == CellKind::lstm ? 2 : 4;
-  float c[kUnits<BT>], n[kUnits<BT>], m[kUnits<BT>];
+  CellState cs[kUnits<BT>];
 #pragma unroll
   for (int q = 0; q < kUnits<BT>; ++q) {
     const int u = threadIdx.x + q * kThreads<DH>, j = u / DH, du = u % DH;
-    c[q] = n[q] = m[q] = 0.f;
     if (u < BT * DH) {
       float h0 = 0.f;
       if (p.initial && b0 + j < p.B) {
         const std::int64_t at = static_cast<std::int64_t>(b0 + j) * HD + head * DH + du, S = p.B * HD;
         h0 = p.initial[at];
-        c[q] = p.initial[S + at];
-        if (NS == 4) n[q] = p.initial[2 * S + at], m[q] = p.initial[3 * S + at];
+        cs[q].c = p.initial[S + at];
+        if (NS == 4) cs[q].n = p.initial[2 * S + at], cs[q].m = p.initial[3 * S + at];
       }
       s.h[j * DH + du] = h0;
     }
@@ -201,33 +170,22 @@ __global__ void __launch_bounds__(4 * DH, DH <= 64 ? 2 : 1) forward_kernel(Param
       const int u = threadIdx.x + q * kThreads<DH>, j = u / DH, du = u % DH;
       if (u >= BT * DH) continue;
       const float* gj = s.g + j * 4 * DH;
-      const float gi = gj[du], gf = gj[DH + du], gz = gj[2 * DH + du], go = gj[3 * DH + du];
-      float h;
-      if (p.cell == CellKind::lstm) {
-        c[q] = sigmoid_ref(gf) * c[q] + sigmoid_ref(gi) * tanhf(gz);
-        h = sigmoid_ref(go) * tanhf(c[q]);
-      } else {
-        const SlstmGates a = slstm_gates(gi, gf, gz, go, n[q], m[q], p.cell == CellKind::slstm_exp);
-        m[q] = a.takes_input ? gi : a.a;
-        c[q] = scale_nonzero(a.fp, c[q]) + a.ip * a.z;
-        n[q] = scale_nonzero(a.fp, n[q]) + a.ip;
-        h = a.o * c[q] / n[q];
-      }
+      const float h = cell_forward(p.cell, gj[du], gj[DH + du], gj[2 * DH + du], gj[3 * DH + du], cs[q]);
       s.h[j * DH + du] = h;
       if (b0 + j < p.B) {
         const std::int64_t S = static_cast<std::int64_t>(p.B) * p.T * HD;
         const std::int64_t at = (static_cast<std::int64_t>(b0 + j) * p.T + t) * HD + head * DH + du;
         if (p.states) {
           p.states[at] = h;
-          p.states[S + at] = c[q];
-          if (NS == 4) p.states[2 * S + at] = n[q], p.states[3 * S + at] = m[q];
+          p.states[S + at] = cs[q].c;
+          if (NS == 4) p.states[2 * S + at] = cs[q].n, p.states[3 * S + at] = cs[q].m;
         }
         if (p.last && t == p.T - 1) {
           const std::int64_t S1 = static_cast<std::int64_t>(p.B) * HD;
           const std::int64_t at1 = static_cast<std::int64_t>(b0 + j) * HD + head * DH + du;
           p.last[at1] = h;
-          p.last[S1 + at1] = c[q];
-          if (NS == 4) p.last[2 * S1 + at1] = n[q], p.last[3 * S1 + at1] = m[q];
+          p.last[S1 + at1] = cs[q].c;
+          if (NS == 4) p.last[2 * S1 + at1] = cs[q].n, p.last[3 * S1 + at1] = cs[q].m;
         }
       }
     }
@@ -293,41 +251,15 @@ __device__ __forceinline__ void fetch_step(const Params& p, BackwardSlot<DH, BT>
   }
 }
 
-// What the backward of a cell needs from the forward at one step of one unit: everything but the
-// incoming gradient, so it is computed a step ahead, off the chain of dependent gradient steps.
-// sLSTM: i = i', f = f', z = tanh z̃, o = σ(õ), o_grad = σ(-õ) (as exp(-õ) σ(õ)), f_grad = d log f / d f̃.
-// LSTM: i, f, o the sigmoids, z = tanh z̃, *_grad = σ(-·), tanh_c = tanh(c_t).
-struct StepActivations {
-  float h_prev, c_prev, n_prev;  // the state before the step (n = 1 for the LSTM)
-  float i, f, z, o, i_grad, f_grad, o_grad, tanh_c;
-  bool takes_input;  // sLSTM: the stabiliser took ĩ
-};
-
+// The activations of step t for unit (j, du) from its ring slot (cells.cuh).
 template <int DH, int BT>
 __device__ __forceinline__ StepActivations activations(CellKind cell, const BackwardSlot<DH, BT>& slot, int j, int du,
                                                        float c_next) {
-  StepActivations a;
   const float* gj = slot.g + j * 4 * DH;
-  const float gi = gj[du], gf = gj[DH + du], gz = gj[2 * DH + du], go = gj[3 * DH + du];
-  a.h_prev = slot.prev[j * DH + du];
-  a.c_prev = slot.prev[BT * DH + j * DH + du];
-  if (cell == CellKind::lstm) {
-    a.n_prev = 1.f;
-    a.i = sigmoid_ref(gi), a.f = sigmoid_ref(gf), a.z = tanhf(gz), a.o = sigmoid_ref(go);
-    a.i_grad = sigmoid_ref(-gi), a.f_grad = sigmoid_ref(-gf), a.o_grad = sigmoid_ref(-go);
-    a.tanh_c = tanhf(c_next);
-    a.takes_input = false;
-  } else {
-    a.n_prev = slot.prev[2 * BT * DH + j * DH + du];
-    const float m_prev = slot.prev[3 * BT * DH + j * DH + du];
-    const SlstmGates g = slstm_gates(gi, gf, gz, go, a.n_prev, m_prev, cell == CellKind::slstm_exp);
-    a.i = g.ip, a.f = g.fp, a.z = g.z, a.o = g.o;
-    a.o_grad = isinf(g.exp_o) ? 1.f : g.exp_o * g.o;
-    a.f_grad = cell == CellKind::slstm_exp ? 1.f : (gf >= 0.f ? g.exp_f : 1.f) / (1.f + g.exp_f);
-    a.i_grad = a.tanh_c = 0.f;
-    a.takes_input = g.takes_input;
-  }
-  return a;
+  const float* prev = slot.prev + j * DH + du;
+  const bool lstm = cell == CellKind::lstm;
+  return detail::activations(cell, gj[du], gj[DH + du], gj[2 * DH + du], gj[3 * DH + du], prev[0], prev[BT * DH],
+                             lstm ? 1.f : prev[2 * BT * DH], lstm ? 0.f : prev[3 * BT * DH], c_next);
 }
 
 template <int DH, int BT, class In>
@@ -348,27 +280,24 @@ __global__ void __launch_bounds__(4 * DH, DH <= 64 ? 2 : 1) backward_kernel(Para
 
   // Per unit: the gradient reaching the state after the current step (δc, δn, δm; δh is assembled
   // per step from dh_t and `part`, which starts as dlast's h) and the state after the step (h, c, n).
-  float dc[kUnits<BT>], dn[kUnits<BT>], dm[kUnits<BT>], hn[kUnits<BT>], cn[kUnits<BT>], nn[kUnits<BT>];
+  CellGrad cg[kUnits<BT>];
 #pragma unroll
   for (int q = 0; q < kUnits<BT>; ++q) {
     const int u = threadIdx.x + q * kThreads<DH>, j = u / DH, du = u % DH;
-    dc[q] = dn[q] = dm[q] = 0.f;
-    hn[q] = cn[q] = 0.f;
-    nn[q] = 1.f;
     if (u >= BT * DH) continue;
     float dh_last = 0.f;
     if (b0 + j < p.B) {
       const std::int64_t S = static_cast<std::int64_t>(p.B) * p.T * HD;
       const std::int64_t at = (static_cast<std::int64_t>(b0 + j) * p.T + p.T - 1) * HD + head * DH + du;
-      hn[q] = p.saved_states[at];
-      cn[q] = p.saved_states[S + at];
-      if (NS == 4) nn[q] = p.saved_states[2 * S + at];
+      cg[q].h = p.saved_states[at];
+      cg[q].c = p.saved_states[S + at];
+      if (NS == 4) cg[q].n = p.saved_states[2 * S + at];
       if (p.dlast) {
         const std::int64_t S1 = static_cast<std::int64_t>(p.B) * HD;
         const std::int64_t at1 = static_cast<std::int64_t>(b0 + j) * HD + head * DH + du;
         dh_last = p.dlast[at1];
-        dc[q] = p.dlast[S1 + at1];
-        if (NS == 4) dn[q] = p.dlast[2 * S1 + at1], dm[q] = p.dlast[3 * S1 + at1];
+        cg[q].dc = p.dlast[S1 + at1];
+        if (NS == 4) cg[q].dn = p.dlast[2 * S1 + at1], cg[q].dm = p.dlast[3 * S1 + at1];
       }
     }
     for (int gg = 0; gg < 4; ++gg) s.part[j * 4 * DH + gg * DH + du] = gg == 0 ? dh_last : 0.f;
@@ -384,7 +313,7 @@ __global__ void __launch_bounds__(4 * DH, DH <= 64 ? 2 : 1) backward_kernel(Para
 #pragma unroll
   for (int q = 0; q < kUnits<BT>; ++q) {
     const int u = threadIdx.x + q * kThreads<DH>;
-    if (u < BT * DH) act[q] = activations<DH, BT>(p.cell, slot_of(p.T - 1), u / DH, u % DH, cn[q]);
+    if (u < BT * DH) act[q] = activations<DH, BT>(p.cell, slot_of(p.T - 1), u / DH, u % DH, cg[q].c);
   }
 
   for (int t = p.T - 1; t >= 0; --t) {
@@ -396,42 +325,19 @@ __global__ void __launch_bounds__(4 * DH, DH <= 64 ? 2 : 1) backward_kernel(Para
       if (u >= BT * DH) continue;
       const float* pj = s.part + j * 4 * DH;
       const float dH = slot.dh[j * DH + du] + (pj[du] + pj[DH + du] + pj[2 * DH + du] + pj[3 * DH + du]);
-      const StepActivations& a = act[q];
-      float dgi, dgf, dgz, dgo;
-      if (p.cell == CellKind::lstm) {
-        const float dC = dc[q] + dH * a.o * (1.f - a.tanh_c * a.tanh_c);
-        dgo = dH * a.tanh_c * a.o * a.o_grad;
-        dgi = dC * a.z * a.i * a.i_grad;
-        dgf = dC * a.c_prev * a.f * a.f_grad;
-        dgz = dC * a.i * (1.f - a.z * a.z);
-        dc[q] = dC * a.f;
-      } else {
-        const float dC = dc[q] + dH * a.o / nn[q];
-        const float dN = dn[q] - dH * hn[q] / nn[q];
-        dgo = dH * cn[q] / nn[q] * a.o * a.o_grad;
-        const float dfp_fp = dC * scale_nonzero(a.f, a.c_prev) + dN * scale_nonzero(a.f, a.n_prev);
-        const float dip_ip = (dC * a.z + dN) * a.i;
-        dgz = dC * a.i * (1.f - a.z * a.z);
-        dc[q] = dC * a.f;
-        dn[q] = dN * a.f;
-        const float dM = dm[q] - dfp_fp - dip_ip;
-        const float da = dfp_fp + (a.takes_input ? 0.f : dM);
-        dgi = dip_ip + (a.takes_input ? dM : 0.f);
-        dgf = da * a.f_grad;
-        dm[q] = da;
-      }
-      hn[q] = a.h_prev, cn[q] = a.c_prev, nn[q] = a.n_prev;
+      float dgs[4];
+      cell_backward(p.cell, act[q], dH, cg[q], dgs);
       float* dgj = s.dg + j * 4 * DH;
-      dgj[du] = dgi, dgj[DH + du] = dgf, dgj[2 * DH + du] = dgz, dgj[3 * DH + du] = dgo;
+#pragma unroll
+      for (int gg = 0; gg < 4; ++gg) dgj[gg * DH + du] = dgs[gg];
       if (b0 + j < p.B) {
         const std::int64_t at = (static_cast<std::int64_t>(b0 + j) * p.T + t) * 4 * HD + head * DH + du;
-        const float dgs[4] = {dgi, dgf, dgz, dgo};
         for (int gg = 0; gg < 4; ++gg) {
           static_cast<In*>(p.dWx)[at + gg * HD] = from_float<In>(dgs[gg]);
           if (p.dg32 != p.dWx) p.dg32[at + gg * HD] = dgs[gg];
         }
       }
-      if (t > 0) act[q] = activations<DH, BT>(p.cell, slot_of(t - 1), j, du, cn[q]);
+      if (t > 0) act[q] = activations<DH, BT>(p.cell, slot_of(t - 1), j, du, cg[q].c);
     }
     __syncthreads();
     fetch_step<DH, BT>(p, slot, t - kRing, head, b0);
@@ -456,8 +362,8 @@ __global__ void __launch_bounds__(4 * DH, DH <= 64 ? 2 : 1) backward_kernel(Para
     if (p.dinitial) {
       const float* pj = s.part + j * 4 * DH;
       p.dinitial[at1] = pj[du] + pj[DH + du] + pj[2 * DH + du] + pj[3 * DH + du];
-      p.dinitial[S1 + at1] = dc[q];
-      if (NS == 4) p.dinitial[2 * S1 + at1] = dn[q], p.dinitial[3 * S1 + at1] = dm[q];
+      p.dinitial[S1 + at1] = cg[q].dc;
+      if (NS == 4) p.dinitial[2 * S1 + at1] = cg[q].dn, p.dinitial[3 * S1 + at1] = cg[q].dm;
     }
   }
 }
@@ -532,9 +438,10 @@ __global__ void __launch_bounds__(kSumThreads<DH>) sum_rows(Params p, int rows_p
   }
 }
 
-// dR (4, NH, DH, DH) and db (4, NH, DH) in the input type: the splits' partial sums added in order.
+// dR (4, NH, DH, DH) and db (4, NH, DH) in the input type: the partial sums (dR's `splits`, db's
+// `db_splits`) added in order.
 template <class In>
-__global__ void reduce_parts(Params p, int splits) {
+__global__ void reduce_parts(Params p, int splits, int db_splits) {
   const std::int64_t HD = static_cast<std::int64_t>(p.NH) * p.DH, nR = 4 * HD * p.DH;
   for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < nR + 4 * HD;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
@@ -548,7 +455,7 @@ __global__ void reduce_parts(Params p, int splits) {
       const std::int64_t f = e - nR, d = f % p.DH, head = f / p.DH % p.NH, g = f / HD;
       const std::int64_t at = head * 4 * p.DH + g * p.DH + d;
       float sum = 0.f;
-      for (int sp = 0; sp < splits; ++sp) sum += p.db_part[sp * 4 * HD + at];
+      for (int sp = 0; sp < db_splits; ++sp) sum += p.db_part[sp * 4 * HD + at];
       static_cast<In*>(p.db)[f] = from_float<In>(sum);
     }
   }
@@ -622,10 +529,20 @@ void launch_sum_rows(const Params& p, int rows_per_split, int splits, cudaStream
   check_cuda(cudaGetLastError(), "slstm dR kernel");
 }
 
+bool aligned16(const Params& p) {
+  for (const void* a : {p.Wx, static_cast<const void*>(p.initial), static_cast<const void*>(p.saved_states),
+                        static_cast<const void*>(p.saved_gates), static_cast<const void*>(p.dh)})
+    if (reinterpret_cast<std::uintptr_t>(a) % 16 != 0) return false;
+  return true;
+}
+
 }  // namespace
 
-void run_forward(const Params& p, DType dtype, cudaStream_t stream) {
-  if (dtype == DType::float32) {
+void run_forward(Params p, DType dtype, cudaStream_t stream) {
+  p.aligned16 = aligned16(p);
+  if (tensor_core_applies(p, dtype)) {
+    run_tensor_core(p, false, stream);
+  } else if (dtype == DType::float32) {
     launch<float>(p, false, stream);
   } else {
     launch<__nv_bfloat16>(p, false, stream);
@@ -633,39 +550,51 @@ void run_forward(const Params& p, DType dtype, cudaStream_t stream) {
 }
 
 void run_backward(Params p, DType dtype, cudaStream_t stream) {
-  const std::int64_t n_wx = static_cast<std::int64_t>(p.B) * p.T * 4 * p.NH * p.DH;
-  // dg̃ in float32 for the dR product: dWx itself for float32 inputs.
-  float* scratch = nullptr;
+  p.aligned16 = aligned16(p);
+  const bool tensor_cores = tensor_core_applies(p, dtype);
+  // dR = Σ dg̃ᵀ h over the B·T rows, split so that there are about four blocks per SM, each split
+  // at least one stage of rows; db the same (float32 kernels) or per batch tile of the recurrent
+  // kernel (tensor cores).
   const std::int64_t K = static_cast<std::int64_t>(p.B) * p.T;
-  const int row_tiles = std::max(1, 4 * p.DH / kRowsPerCta);
-  // Enough splits for about four blocks per SM, each split at least one stage of rows.
-  const std::int64_t want = std::max<std::int64_t>(1, 4 * 132 / (static_cast<std::int64_t>(p.NH) * row_tiles));
-  const int rows_per_split = static_cast<int>(std::max<std::int64_t>(kStage, ((K + want - 1) / want + kStage - 1) / kStage * kStage));
+  const DRSplit split = tensor_cores ? tensor_core_dR_split(p) : DRSplit{std::max(1, 4 * p.DH / kRowsPerCta), kStage};
+  const std::int64_t want = std::max<std::int64_t>(1, 4 * 132 / (static_cast<std::int64_t>(p.NH) * split.blocks));
+  const int rows_per_split = static_cast<int>(
+      std::max<std::int64_t>(split.stage, ((K + want - 1) / want + split.stage - 1) / split.stage * split.stage));
   const int splits = static_cast<int>((K + rows_per_split - 1) / rows_per_split);
-  const std::int64_t n_part = static_cast<std::int64_t>(splits) * p.NH * 4 * p.DH * (p.DH + 1);
-  const std::int64_t n_scratch = (dtype == DType::float32 ? 0 : n_wx) + n_part;
+  const int db_splits = tensor_cores ? (p.B + 7) / 8 : splits;
+  // Scratch: dg̃ in float32 for the float32 kernels' dR product with bf16 inputs (dWx itself for
+  // float32 inputs; the tensor cores read the bf16 dWx), then the partial sums.
+  const bool dg_scratch = !tensor_cores && dtype != DType::float32;
+  const std::int64_t n_wx = K * 4 * p.NH * p.DH, n_dR = static_cast<std::int64_t>(splits) * p.NH * 4 * p.DH * p.DH;
+  const std::int64_t n_scratch = (dg_scratch ? n_wx : 0) + n_dR + static_cast<std::int64_t>(db_splits) * p.NH * 4 * p.DH;
+  float* scratch = nullptr;
   check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&scratch), n_scratch * sizeof(float), stream),
              "slstm backward: scratch allocation");
-  p.dg32 = dtype == DType::float32 ? static_cast<float*>(p.dWx) : scratch;
-  p.dR_part = scratch + (dtype == DType::float32 ? 0 : n_wx);
-  p.db_part = p.dR_part + static_cast<std::int64_t>(splits) * p.NH * 4 * p.DH * p.DH;
-  if (dtype == DType::float32) {
-    launch<float>(p, true, stream);
+  p.dg32 = dg_scratch ? scratch : dtype == DType::float32 ? static_cast<float*>(p.dWx) : nullptr;
+  p.dR_part = scratch + (dg_scratch ? n_wx : 0);
+  p.db_part = p.dR_part + n_dR;
+  if (tensor_cores) {
+    run_tensor_core(p, true, stream);
+    run_tensor_core_dR(p, rows_per_split, splits, stream);
   } else {
-    launch<__nv_bfloat16>(p, true, stream);
-  }
-  switch (p.DH) {
-    case 16: launch_sum_rows<16>(p, rows_per_split, splits, stream); break;
-    case 32: launch_sum_rows<32>(p, rows_per_split, splits, stream); break;
-    case 64: launch_sum_rows<64>(p, rows_per_split, splits, stream); break;
-    default: launch_sum_rows<128>(p, rows_per_split, splits, stream); break;
+    if (dtype == DType::float32) {
+      launch<float>(p, true, stream);
+    } else {
+      launch<__nv_bfloat16>(p, true, stream);
+    }
+    switch (p.DH) {
+      case 16: launch_sum_rows<16>(p, rows_per_split, splits, stream); break;
+      case 32: launch_sum_rows<32>(p, rows_per_split, splits, stream); break;
+      case 64: launch_sum_rows<64>(p, rows_per_split, splits, stream); break;
+      default: launch_sum_rows<128>(p, rows_per_split, splits, stream); break;
+    }
   }
   const std::int64_t n_out = 4LL * p.NH * p.DH * (p.DH + 1);
   const int blocks = static_cast<int>(std::min<std::int64_t>(1024, (n_out + 255) / 256));
   if (dtype == DType::float32) {
-    reduce_parts<float><<<blocks, 256, 0, stream>>>(p, splits);
+    reduce_parts<float><<<blocks, 256, 0, stream>>>(p, splits, db_splits);
   } else {
-    reduce_parts<__nv_bfloat16><<<blocks, 256, 0, stream>>>(p, splits);
+    reduce_parts<__nv_bfloat16><<<blocks, 256, 0, stream>>>(p, splits, db_splits);
   }
   check_cuda(cudaGetLastError(), "slstm dR reduction");
   check_cuda(cudaFreeAsync(scratch, stream), "slstm backward: scratch release");

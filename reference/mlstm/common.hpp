@@ -126,15 +126,6 @@ ReadoutGrad<T> readout_backward(T dh_dot_h, T den, T m, T dhat, const Options& o
   return {T(0), dh_dot_h / (T(1) + T(o.eps) * std::exp(m))};
 }
 
-// An operand of a matrix product in the arithmetic `operands` asks for: M itself (exact), or M rounded
-// to bfloat16 (bf16). The forms write op(M) for every operand, so one implementation serves both.
-template <class Derived>
-typename Derived::PlainObject operand(const Eigen::MatrixBase<Derived>& M, Operands operands) {
-  typename Derived::PlainObject out = M;
-  if (operands == Operands::bf16) out = out.unaryExpr([](auto x) { return round_to_bf16(x); });
-  return out;
-}
-
 template <class T>
 Output<T> allocate_output(const Dims& d);
 template <class T>

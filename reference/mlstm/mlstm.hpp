@@ -10,6 +10,7 @@
 // compute the same function (same stabiliser m), so they agree to rounding in double.
 #pragma once
 
+#include "core/bf16.hpp"
 #include "core/mlstm_options.hpp"
 #include "core/view.hpp"
 
@@ -87,11 +88,9 @@ template <class T>
 InputGrad<T> backward_parallel(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
                                const Options& options);
 
-// The arithmetic of the chunkwise form's matrix products: `exact` multiplies in T; `bf16` rounds
-// every operand of a matrix product to bfloat16 and still accumulates in T. With T = float, bf16 is
-// the arithmetic of a plain bf16 kernel: the baseline the bf16 CUDA kernels are checked against
-// (docs/validation.md).
-enum class Operands { exact, bf16 };
+// The arithmetic of the chunkwise form's matrix products (core/bf16.hpp): `exact` or every operand
+// rounded to bfloat16, the baseline of the bf16 CUDA kernels.
+using flashlstm::Operands;
 
 template <class T>
 Output<T> forward_chunkwise(const Inputs<T>& x, const OptionalState<T>& initial, index_t chunk_size,

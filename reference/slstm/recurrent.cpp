@@ -187,15 +187,20 @@ void load(const OptionalState<T>& state, const Layout& l, index_t head, Slices<T
 
 // One head's recurrent matrix stacked over gates, (4·DH, DH), its transpose for the forward GEMM,
 // and its bias, (4, DH).
+// With Operands::bf16 every operand of the recurrent products (R, h_{t-1}, dg̃_t) is rounded to
+// bf16 first: the arithmetic of a plain bf16 kernel (core/bf16.hpp).
 template <class T>
 struct HeadWeights {
   Mat<T> R, Rt;
   Block<T> bias;
-  HeadWeights(const Inputs<T>& x, const Layout& l, index_t head) : R(4 * l.d.DH, l.d.DH), bias(4, l.d.DH) {
+  Operands operands;
+  HeadWeights(const Inputs<T>& x, const Layout& l, index_t head, Operands operands_)
+      : R(4 * l.d.DH, l.d.DH), bias(4, l.d.DH), operands(operands_) {
     for (index_t g = 0; g < 4; ++g) {
       R.middleRows(g * l.d.DH, l.d.DH) = l.R(x.R.data(), head)[g].matrix();
       bias.row(g) = l.b(x.b.data(), head)[g];
     }
+    R = operand(R, operands);
     Rt = R.transpose();
   }
 };
@@ -219,16 +224,20 @@ void add_input(const Inputs<T>& x, const Layout& l, const HeadWeights<T>& w, ind
 }
 template <class T>
 void add_recurrent(const HeadWeights<T>& w, Slices<const T> prev, GateRows<T> g) {
-  g.matrix().noalias() += prev[H].matrix() * w.Rt;
+  if (w.operands == Operands::bf16) {
+    g.matrix().noalias() += operand(prev[H].matrix(), w.operands) * w.Rt;
+  } else {
+    g.matrix().noalias() += prev[H].matrix() * w.Rt;
+  }
 }
 
 template <class Cell, class T>
 void run_forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o, const OutputView<T>& out,
-                 const Dims& d) {
+                 const Dims& d, Operands operands) {
   const Layout l{d};
   const bool keep_gates = !out.gates.empty();
   std::vector<HeadWeights<T>> w;
-  for (index_t head = 0; head < d.NH; ++head) w.emplace_back(x, l, head);
+  for (index_t head = 0; head < d.NH; ++head) w.emplace_back(x, l, head, operands);
   // Per head, the state before and after the current step: (2, NS, B, DH), slot t % 2 before step t.
   std::vector<Block<T>> states(d.NH, Block<T>(2 * d.NS * d.B, d.DH));
   const auto state = [&](index_t head, index_t slot) {
@@ -292,7 +301,8 @@ struct BackwardWorkspace {
 
 template <class Cell, class T>
 void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                  const OptionalSaved<T>& saved, const Options& o, const InputGradView<T>& out, const Dims& d) {
+                  const OptionalSaved<T>& saved, const Options& o, const InputGradView<T>& out, const Dims& d,
+                  Operands operands) {
   const Layout l{d};
   ParallelErrors errors;
 #pragma omp parallel
@@ -301,7 +311,7 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
 #pragma omp for schedule(dynamic)
     for (index_t head = 0; head < d.NH; ++head) errors.run([&] {
       if (!ws) ws.emplace(d, saved.has_value());
-      const HeadWeights<T> w(x, l, head);
+      const HeadWeights<T> w(x, l, head, operands);
       if (!saved) {  // forward again, keeping g̃_t and state_t of every step
         load(initial, l, head, ws->state(0));
         for (index_t t = 0; t < d.T; ++t) {
@@ -342,7 +352,11 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
         }
         dnext[H] += l.sequence(grad.dh.data(), t, head)[0];
         Cell::backward(g.gates(), ws->state(t), ws->state(t + 1), dnext, dprev, dg.gates(), ws->scratch, o);
-        dprev[H].matrix().noalias() = dg.matrix() * w.R;  // g̃ = h Rᵀ: dh = dg̃ R
+        if (operands == Operands::bf16) {
+          dprev[H].matrix().noalias() = operand(dg.matrix(), operands) * w.R;  // g̃ = h Rᵀ: dh = dg̃ R
+        } else {
+          dprev[H].matrix().noalias() = dg.matrix() * w.R;
+        }
         stream<T>(dg.gates(), l.gates(out.dWx.data(), t, head), 4);
         std::swap(dnext, dprev);
         // dR = Σ_t dg̃_tᵀ h_{t-1} and db = Σ_t dg̃_t, kDRSteps steps at a time (one GEMM of depth
@@ -350,7 +364,11 @@ void run_backward(const Inputs<T>& x, const OptionalState<T>& initial, const Out
         if (t % kDRSteps == 0) {
           const index_t rows = std::min(kDRSteps, d.T - t) * d.B;
           const MatMap<T> dG(ws->g(t).data, rows, 4 * d.DH), H_prev(ws->state(t)[H].data(), rows, d.DH);
-          dR.noalias() += dG.transpose() * H_prev;
+          if (operands == Operands::bf16) {
+            dR.noalias() += operand(dG, operands).transpose() * operand(H_prev, operands);
+          } else {
+            dR.noalias() += dG.transpose() * H_prev;
+          }
           db += dG.colwise().sum();
         }
       }
@@ -376,31 +394,32 @@ xt::xtensor<T, N> output(const Shape<N>& shape) {
 
 template <class T>
 void forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o,
-             const std::type_identity_t<OutputView<T>>& out) {
+             const std::type_identity_t<OutputView<T>>& out, Operands operands) {
   const Dims d = check_inputs(x, initial, o);
   check_shape("out.states", out.states, {d.NS, d.B, d.T, d.NH, d.DH});
   check_shape("out.last", out.last, {d.NS, d.B, d.NH, d.DH});
   if (!out.gates.empty()) check_shape("out.gates", out.gates, x.Wx.shape());
   if (o.cell == Cell::slstm) {
-    run_forward<SlstmCell>(x, initial, o, out, d);
+    run_forward<SlstmCell>(x, initial, o, out, d, operands);
   } else {
-    run_forward<LstmCell>(x, initial, o, out, d);
+    run_forward<LstmCell>(x, initial, o, out, d, operands);
   }
 }
 
 template <class T>
-Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o, bool keep_gates) {
+Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& o, bool keep_gates,
+                  Operands operands) {
   const Dims d = check_inputs(x, initial, o);
   Output<T> out{output<T>(Shape<5>{d.NS, d.B, d.T, d.NH, d.DH}), output<T>(Shape<4>{d.NS, d.B, d.NH, d.DH}),
                 std::nullopt};
   if (keep_gates) out.gates = output<T>(x.Wx.shape());
-  forward(x, initial, o, {out.states, out.last, keep_gates ? View<T, 5>(*out.gates) : View<T, 5>()});
+  forward(x, initial, o, {out.states, out.last, keep_gates ? View<T, 5>(*out.gates) : View<T, 5>()}, operands);
   return out;
 }
 
 template <class T>
 void backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad, const Options& o,
-              const OptionalSaved<T>& saved, const std::type_identity_t<InputGradView<T>>& out) {
+              const OptionalSaved<T>& saved, const std::type_identity_t<InputGradView<T>>& out, Operands operands) {
   const Dims d = check_inputs(x, initial, o);
   check_shape("dh", grad.dh, {d.B, d.T, d.NH, d.DH});
   if (grad.dlast) check_shape("dlast", *grad.dlast, {d.NS, d.B, d.NH, d.DH});
@@ -417,20 +436,20 @@ void backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputG
     require(out.dinitial.empty(), "out.dinitial", "given without an initial state");
   }
   if (o.cell == Cell::slstm) {
-    run_backward<SlstmCell>(x, initial, grad, saved, o, out, d);
+    run_backward<SlstmCell>(x, initial, grad, saved, o, out, d, operands);
   } else {
-    run_backward<LstmCell>(x, initial, grad, saved, o, out, d);
+    run_backward<LstmCell>(x, initial, grad, saved, o, out, d, operands);
   }
 }
 
 template <class T>
 InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad, const Options& o,
-                      const OptionalSaved<T>& saved) {
+                      const OptionalSaved<T>& saved, Operands operands) {
   const Dims d = check_inputs(x, initial, o);
   InputGrad<T> out{output<T>(x.Wx.shape()), output<T>(x.R.shape()), output<T>(x.b.shape()), std::nullopt};
   if (initial) out.dinitial = output<T>(Shape<4>{d.NS, d.B, d.NH, d.DH});
   backward(x, initial, grad, o, saved,
-           {out.dWx, out.dR, out.db, out.dinitial ? View<T, 4>(*out.dinitial) : View<T, 4>()});
+           {out.dWx, out.dR, out.db, out.dinitial ? View<T, 4>(*out.dinitial) : View<T, 4>()}, operands);
   return out;
 }
 
@@ -446,13 +465,13 @@ void step(ConstView<T, 4> Wx_t, ConstView<T, 4> R, ConstView<T, 3> b, xt::xtenso
 }
 
 #define FLASHLSTM_INSTANTIATE(T)                                                                          \
-  template Output<T> forward(const Inputs<T>&, const OptionalState<T>&, const Options&, bool);            \
+  template Output<T> forward(const Inputs<T>&, const OptionalState<T>&, const Options&, bool, Operands);  \
   template InputGrad<T> backward(const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&,        \
-                                 const Options&, const OptionalSaved<T>&);                                \
+                                 const Options&, const OptionalSaved<T>&, Operands);                      \
   template void forward(const Inputs<T>&, const OptionalState<T>&, const Options&,                        \
-                        const std::type_identity_t<OutputView<T>>&);                                     \
+                        const std::type_identity_t<OutputView<T>>&, Operands);                           \
   template void backward(const Inputs<T>&, const OptionalState<T>&, const OutputGrad<T>&, const Options&, \
-                         const OptionalSaved<T>&, const std::type_identity_t<InputGradView<T>>&);        \
+                         const OptionalSaved<T>&, const std::type_identity_t<InputGradView<T>>&, Operands); \
   template void step(ConstView<T, 4>, ConstView<T, 4>, ConstView<T, 3>, xt::xtensor<T, 4>&, const Options&);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)

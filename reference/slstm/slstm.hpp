@@ -10,6 +10,7 @@
 //   all states over time (NS, B, T, NH, DH), FlashRNN's "SBTHD" output
 #pragma once
 
+#include "core/bf16.hpp"
 #include "core/slstm_options.hpp"
 #include "core/view.hpp"
 
@@ -88,24 +89,28 @@ struct InputGradView {
 };
 
 // keep_gates: also return the pre-activations, for a backward without recomputation (they are as
-// large as Wx).
+// large as Wx). `operands` (core/bf16.hpp): Operands::bf16 rounds every operand of the recurrent
+// products (R, h_{t-1}; in the backward dg̃_t and, for dR, dg̃_t and h_{t-1}) to bf16 — the
+// arithmetic of a plain bf16 kernel, the baseline the bf16 CUDA kernels are checked against.
 template <class T>
 Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& options,
-                  bool keep_gates = false);
+                  bool keep_gates = false, Operands operands = Operands::exact);
 
 // Without `saved`, the backward runs the forward again (one more recurrent GEMM per step); with it,
 // it reads the forward's states and gates, which must come from the same inputs.
 template <class T>
 InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad,
-                      const Options& options, const OptionalSaved<T>& saved = std::nullopt);
+                      const Options& options, const OptionalSaved<T>& saved = std::nullopt,
+                      Operands operands = Operands::exact);
 
 // The same two, writing into the caller's arrays.
 template <class T>
 void forward(const Inputs<T>& x, const OptionalState<T>& initial, const Options& options,
-             const std::type_identity_t<OutputView<T>>& out);
+             const std::type_identity_t<OutputView<T>>& out, Operands operands = Operands::exact);
 template <class T>
 void backward(const Inputs<T>& x, const OptionalState<T>& initial, const OutputGrad<T>& grad, const Options& options,
-              const OptionalSaved<T>& saved, const std::type_identity_t<InputGradView<T>>& out);
+              const OptionalSaved<T>& saved, const std::type_identity_t<InputGradView<T>>& out,
+              Operands operands = Operands::exact);
 
 // One step: Wx_t (B, 4, NH, DH); `state` (NS, B, NH, DH) is advanced in place.
 template <class T>

@@ -271,9 +271,10 @@ def test_cuda_slstm_bfloat16_step_and_compile():
     initial = initial.float().cuda()
     out = ft.slstm(Wx, R, b, initial)
     assert out.h.dtype == torch.bfloat16 and out.last.dtype == torch.float32
-    # the numpy API on the same (bf16-representable) inputs
+    # the numpy API on the same (bf16-representable) inputs: the bf16 kernels multiply bf16 operands
+    # (h rounded to bf16 at every step), so they agree to bf16's rounding, not float32's
     ref = fl.slstm.forward(*(t.float().cpu().numpy() for t in (Wx, R, b, initial)))
-    assert rel(out.last.cpu().double(), ref.last) < 1e-5
+    assert rel(out.last.cpu().double(), ref.last) < 1e-2
     # the step: from the state before the last step, one step gives the final state; `state` unchanged
     before = fl.slstm.forward(Wx[:, :19].contiguous(), R, b, initial).last
     kept = before.clone()
