@@ -268,6 +268,27 @@ TEST_CASE("at criticality on a 256 x 256 grid P-mode and D-mode stay bounded, un
   CHECK_FALSE(graph::is_multitree(lg, all));
 }
 
+TEST_CASE("the 1-D chunkwise form in the kernel's order (prefix aggregates) equals the pairwise one, "
+          "with transitions that are 0, negative, 1, tiny or above 1", "[plstm]") {
+  for (index_t S : {1, 7, 40, 65}) {
+    auto p = random_problem(SequenceShape{2, 2, S, 6, 5}, 300 + static_cast<std::uint64_t>(S));
+    // Every kind of transition, at fixed places: exact zeros (the products across them vanish and
+    // dT needs the products without T), negative ones (signs), ones, 1e-70 (below the division
+    // threshold, not zero), and |T| > 1.
+    const double special[] = {0.0, -0.9, 1.0, 1e-70, -1.6, 0.0, -1e-70, 2.0};
+    for (index_t i = 0; i < static_cast<index_t>(p.T.size()); i += 3) p.T.data()[i] = special[(i / 3) % 8];
+    const auto oracle = sequence_forward(p.inputs(), {SequenceForm::recurrent}, {});
+    for (index_t L : {1, 3, 8, 16, 64}) {
+      INFO("S " << S << " L " << L);
+      const SequenceForm prefix{SequenceForm::chunkwise, L, Aggregates::prefix};
+      CHECK(check::compare("h", sequence_forward(p.inputs(), prefix, {}), oracle, 1e-12, p.scale()).passed());
+      const auto pairwise = sequence_backward<double>(p.inputs(), p.dh, L, {});
+      const auto in_order = sequence_backward<double>(p.inputs(), p.dh, L, {}, Aggregates::prefix);
+      CHECK_THAT(check::compare(in_order, pairwise, 1e-10, p.scale()), passes());
+    }
+  }
+}
+
 TEST_CASE("the 1-D chunkwise backward matches finite differences at every chunk size", "[plstm][gradients]") {
   const auto p = random_problem(SequenceShape{1, 2, 13, 4, 3}, 21);
   for (index_t L : {1, 3, 4, 8, 13}) {

@@ -99,6 +99,119 @@ void chunk_block_backward(const F* S, const F* T, const F* M, index_t lo, index_
   chunk_block_backward(S, T, M, mid, hi, db, dS, dT, dM);
 }
 
+// The same aggregates in the order a GPU kernel computes them: from per-token prefix quantities of
+// the chunk (one pass over its tokens, in double whatever F is), every product of transitions is
+//   Π_{a < r <= b} T_r = (-1)^{n_b - n_a} exp(ℓ_b - ℓ_a)   if no T_r with a < r <= b is zero, else 0,
+// ℓ the prefix sums of log|T_r| over the nonzero T_r, n the prefix counts of negative T_r (z, of zero
+// ones, decides the "else"). So transitions may be 0, negative or 1, which a logit (log-sigmoid)
+// gate model cannot represent. Indices are relative to the chunk's first token; a = -1 is "before
+// the chunk". Assumes finite gates.
+struct GatePrefix {
+  std::vector<double> log_abs;           // [i + 1] = ℓ_i, [0] = 0
+  std::vector<index_t> negatives, zeros;  // the same for the counts
+
+  template <class F>
+  GatePrefix(const F* T, index_t len) : log_abs(len + 1, 0.0), negatives(len + 1, 0), zeros(len + 1, 0) {
+    for (index_t i = 0; i < len; ++i) {
+      const double t = static_cast<double>(T[i]);
+      log_abs[i + 1] = log_abs[i] + (t == 0 ? 0.0 : std::log(std::abs(t)));
+      negatives[i + 1] = negatives[i] + (t < 0);
+      zeros[i + 1] = zeros[i] + (t == 0);
+    }
+  }
+  // Π_{a < r <= b} T_r for -1 <= a <= b < len (1 when a = b).
+  double product(index_t a, index_t b) const {
+    if (zeros[b + 1] != zeros[a + 1]) return 0.0;
+    const double p = std::exp(log_abs[b + 1] - log_abs[a + 1]);
+    return (negatives[b + 1] - negatives[a + 1]) % 2 != 0 ? -p : p;
+  }
+  // The same product without the factor T_r (a < r <= b).
+  double product_without(index_t a, index_t b, index_t r) const { return product(a, r - 1) * product(r, b); }
+};
+
+// A chunk's aggregates from its prefix quantities:
+//   transition = Π T,  source_σ = S_σ Π_{r > σ} T_r,  mark_τ = M_τ Π_{r < τ} T_r,
+//   G(τ, σ) = M_τ S_σ Π_{σ < r < τ} T_r  (σ < τ).
+template <class F>
+Block<F> chunk_block_prefix(const F* S, const F* T, const F* M, index_t lo, index_t hi) {
+  const index_t len = hi - lo;
+  const GatePrefix P(T + lo, len);
+  Block<F> b{static_cast<F>(P.product(-1, len - 1)), Vec<F>(len), Vec<F>(len), Mat<F>::Zero(len, len)};
+  for (index_t i = 0; i < len; ++i) {
+    b.source(i) = static_cast<F>(static_cast<double>(S[lo + i]) * P.product(i, len - 1));
+    b.mark(i) = static_cast<F>(static_cast<double>(M[lo + i]) * P.product(-1, i - 1));
+    for (index_t j = 0; j < i; ++j)
+      b.G(i, j) = static_cast<F>(static_cast<double>(M[lo + i]) * static_cast<double>(S[lo + j]) * P.product(j, i - 1));
+  }
+  return b;
+}
+
+// Reverse of chunk_block_prefix in the kernel's order. dS and dM: each aggregate with its S or M left
+// out (no division). dT_r: the aggregates containing T_r, each times its gradient, summed and divided
+// by T_r — a prefix sum (sources before r), a suffix sum (marks after r), and for G the entries with
+// σ < r < τ, updated from r to r + 1 by adding column r below row r + 1 and removing row r + 1 left
+// of column r; where |T_r| < 1e-60 (or 0) the products without T_r instead, summed directly (O(len²)
+// for such a token).
+template <class F>
+void chunk_block_prefix_backward(const F* S, const F* T, const F* M, index_t lo, index_t hi, const Block<F>& d,
+                                 F* dS, F* dT, F* dM) {
+  const index_t len = hi - lo;
+  const GatePrefix P(T + lo, len);
+  const auto s = [&](index_t i) { return static_cast<double>(S[lo + i]); };
+  const auto m = [&](index_t i) { return static_cast<double>(M[lo + i]); };
+  const auto dG = [&](index_t i, index_t j) { return static_cast<double>(d.G(i, j)); };
+  for (index_t i = 0; i < len; ++i) {
+    double ds = static_cast<double>(d.source(i)) * P.product(i, len - 1);
+    double dm = static_cast<double>(d.mark(i)) * P.product(-1, i - 1);
+    for (index_t j = i + 1; j < len; ++j) ds += dG(j, i) * m(j) * P.product(i, j - 1);
+    for (index_t j = 0; j < i; ++j) dm += dG(i, j) * s(j) * P.product(j, i - 1);
+    dS[lo + i] += static_cast<F>(ds);
+    dM[lo + i] += static_cast<F>(dm);
+  }
+  // w = gradient × value of every aggregate.
+  const double w_transition = static_cast<double>(d.transition) * P.product(-1, len - 1);
+  std::vector<double> w_source(len), w_mark(len);
+  Eigen::MatrixXd w_G = Eigen::MatrixXd::Zero(len, len);
+  for (index_t i = 0; i < len; ++i) {
+    w_source[i] = static_cast<double>(d.source(i)) * s(i) * P.product(i, len - 1);
+    w_mark[i] = static_cast<double>(d.mark(i)) * m(i) * P.product(-1, i - 1);
+    for (index_t j = 0; j < i; ++j) w_G(i, j) = dG(i, j) * m(i) * s(j) * P.product(j, i - 1);
+  }
+  double sources_before = 0, marks_after = 0, G_across = 0;  // for r = 0: nothing before, G needs σ < 0
+  for (index_t i = 1; i < len; ++i) marks_after += w_mark[i];
+  for (index_t r = 0; r < len; ++r) {
+    const double t = static_cast<double>(T[lo + r]);
+    if (std::abs(t) >= 1e-60) {
+      dT[lo + r] += static_cast<F>((w_transition + sources_before + marks_after + G_across) / t);
+    } else {
+      double sum = static_cast<double>(d.transition) * P.product_without(-1, len - 1, r);
+      for (index_t j = 0; j < r; ++j) sum += static_cast<double>(d.source(j)) * s(j) * P.product_without(j, len - 1, r);
+      for (index_t i = r + 1; i < len; ++i) {
+        sum += static_cast<double>(d.mark(i)) * m(i) * P.product_without(-1, i - 1, r);
+        for (index_t j = 0; j < r; ++j) sum += dG(i, j) * m(i) * s(j) * P.product_without(j, i - 1, r);
+      }
+      dT[lo + r] += static_cast<F>(sum);
+    }
+    // r -> r + 1
+    sources_before += w_source[r];
+    if (r + 1 < len) marks_after -= w_mark[r + 1];
+    for (index_t i = r + 2; i < len; ++i) G_across += w_G(i, r);
+    for (index_t j = 0; j < r && r + 1 < len; ++j) G_across -= w_G(r + 1, j);
+  }
+}
+
+// A chunk's aggregates and their reverse, in the order `aggregates` names.
+template <class F>
+Block<F> chunk_block(const F* S, const F* T, const F* M, index_t lo, index_t hi, Aggregates aggregates) {
+  return aggregates == Aggregates::prefix ? chunk_block_prefix(S, T, M, lo, hi) : chunk_block(S, T, M, lo, hi);
+}
+template <class F>
+void chunk_block_backward(const F* S, const F* T, const F* M, index_t lo, index_t hi, const Block<F>& d, F* dS, F* dT,
+                          F* dM, Aggregates aggregates) {
+  if (aggregates == Aggregates::prefix) return chunk_block_prefix_backward(S, T, M, lo, hi, d, dS, dT, dM);
+  chunk_block_backward(S, T, M, lo, hi, d, dS, dT, dM);
+}
+
 // Pointers to one (batch, head).
 template <class F>
 struct Head {
@@ -136,8 +249,8 @@ Mat<F> with_direct(Mat<F> P, const F* D, const Mat<F>& A) {
 // One chunk [t0, t0 + len) entered with state C (updated to the state after the chunk); h points at
 // token t0's output.
 template <class F>
-void chunk(const Head<F>& x, const Dims& d, index_t t0, index_t len, Mat<F>& C, F* h) {
-  const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len);
+void chunk(const Head<F>& x, const Dims& d, index_t t0, index_t len, Mat<F>& C, F* h, Aggregates aggregates) {
+  const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len, aggregates);
   const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
   const Mat<F> A = Q * K.transpose();
   const Mat<F> P = masked(with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A), causal);
@@ -150,8 +263,8 @@ void chunk(const Head<F>& x, const Dims& d, index_t t0, index_t len, Mat<F>& C, 
 // before it on exit; C is the state before the chunk.
 template <class F>
 void chunk_backward(const Head<F>& x, const Dims& d, index_t t0, index_t len, const Mat<F>& C, const F* dh, Mat<F>& dC,
-                    SequenceGrad<F>& g, index_t bh) {
-  const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len);
+                    SequenceGrad<F>& g, index_t bh, Aggregates aggregates) {
+  const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len, aggregates);
   const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
   const Mat<F> dH = x.scale * ConstMatMap<F>(dh + t0 * d.DV, len, d.DV);
   const Mat<F> A = Q * K.transpose();
@@ -174,13 +287,14 @@ void chunk_backward(const Head<F>& x, const Dims& d, index_t t0, index_t len, co
   Eigen::Map<Vec<F>>(g.dD.data() + off, len) = dP.diagonal().cwiseProduct(A.diagonal());
   dC = blk.transition * dC + Q.transpose() * (blk.mark.asDiagonal() * dH);
   chunk_block_backward(x.S, x.T, x.M, t0, t0 + len, dblk, g.dS.data() + bh * d.S, g.dT.data() + bh * d.S,
-                       g.dM.data() + bh * d.S);
+                       g.dM.data() + bh * d.S, aggregates);
 }
 
 }  // namespace
 
 template <class F>
-SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh, index_t chunk_size, const Options& o) {
+SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh, index_t chunk_size, const Options& o,
+                                  Aggregates aggregates) {
   const Dims d = check_inputs(x);
   check_shape("dh", dh, {d.B, d.NH, d.S, d.DV});
   require(chunk_size >= 1, "chunk_size", "expected >= 1, got {}", chunk_size);
@@ -196,12 +310,12 @@ SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh
     std::vector<F> scratch(L * d.DV);
     for (index_t t0 = 0; t0 + L < d.S; t0 += L) {
       entering.push_back(entering.back());
-      chunk(head, d, t0, L, entering.back(), scratch.data());
+      chunk(head, d, t0, L, entering.back(), scratch.data(), aggregates);
     }
     Mat<F> dC = Mat<F>::Zero(d.DQK, d.DV);
     for (index_t c = static_cast<index_t>(entering.size()) - 1; c >= 0; --c) {
       const index_t t0 = c * L;
-      chunk_backward(head, d, t0, std::min(L, d.S - t0), entering[c], dh.data() + bh * d.S * d.DV, dC, g, bh);
+      chunk_backward(head, d, t0, std::min(L, d.S - t0), entering[c], dh.data() + bh * d.S * d.DV, dC, g, bh, aggregates);
     }
   });
   return g;
@@ -211,7 +325,8 @@ std::string SequenceForm::name() const {
   switch (kind) {
     case recurrent: return "recurrent";
     case parallel: return "parallel";
-    case chunkwise: return fmt::format("chunkwise(L={})", chunk_size);
+    case chunkwise:
+      return fmt::format("chunkwise(L={}{})", chunk_size, aggregates == Aggregates::prefix ? ", prefix" : "");
   }
   return "?";
 }
@@ -234,7 +349,7 @@ xt::xtensor<F, 4> sequence_forward(const SequenceInputs<F>& x, const SequenceFor
     } else {
       const index_t L = form.kind == SequenceForm::parallel ? d.S : form.chunk_size;
       Mat<F> C = Mat<F>::Zero(d.DQK, d.DV);
-      for (index_t t0 = 0; t0 < d.S; t0 += L) chunk(head, d, t0, std::min(L, d.S - t0), C, out + t0 * d.DV);
+      for (index_t t0 = 0; t0 < d.S; t0 += L) chunk(head, d, t0, std::min(L, d.S - t0), C, out + t0 * d.DV, form.aggregates);
     }
   });
   return h;
@@ -264,7 +379,8 @@ ChainGates<F> chain_gates(const SequenceInputs<F>& x) {
 #define FLASHLSTM_INSTANTIATE(F)                                                                               \
   template xt::xtensor<F, 4> sequence_forward(const SequenceInputs<F>&, const SequenceForm&, const Options&); \
   template ChainGates<F> chain_gates(const SequenceInputs<F>&);                                              \
-  template SequenceGrad<F> sequence_backward(const SequenceInputs<F>&, ConstView<F, 4>, index_t, const Options&);
+  template SequenceGrad<F> sequence_backward(const SequenceInputs<F>&, ConstView<F, 4>, index_t, const Options&, \
+                                             Aggregates);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

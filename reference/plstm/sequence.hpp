@@ -26,9 +26,16 @@ struct SequenceInputs {
   ConstView<F, 3> S, T, M, D;  // (B, NH, S)
 };
 
+// How the chunkwise form builds a chunk's aggregates (transition, sources, marks, G): by pairwise
+// doubling of adjacent blocks (the reference's), or from per-token prefix sums of log|T| with counts
+// of negative and zero transitions (the order of a GPU kernel: every token in parallel, the backward's
+// dT through prefix and suffix sums, exact where a transition is 0 or tiny; finite gates only).
+enum class Aggregates { pairwise, prefix };
+
 struct SequenceForm {
   enum Kind { recurrent, parallel, chunkwise } kind = recurrent;
   index_t chunk_size = 0;  // chunkwise only
+  Aggregates aggregates = Aggregates::pairwise;  // chunkwise only
   std::string name() const;
 };
 
@@ -47,7 +54,7 @@ struct SequenceGrad {
 // the gradient is taken back through the pairwise-doubling merges to the gates.
 template <class F>
 SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh, index_t chunk_size,
-                                  const Options& options);
+                                  const Options& options, Aggregates aggregates = Aggregates::pairwise);
 
 // The same problem as a DAG (the chain) and its gate tensors in DAG layout, for cross-checks.
 graph::Dag chain(index_t S);
