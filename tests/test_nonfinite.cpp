@@ -83,11 +83,12 @@ TEST_CASE("pLSTM sequences: a NaN at token t reaches no earlier token, in every 
     (which == 'q' ? p.q : which == 'k' ? p.k : p.v)(0, 1, 17, 1) = kNaN;
     const auto oracle = plstm::sequence_forward(p.inputs(), {plstm::SequenceForm::recurrent}, {});
     const auto oracle_grad = plstm::sequence_backward(p.inputs(), ConstView<double, 4>(p.dh), 1, {});  // token by token
-    for (const index_t L : {3, 8, 40}) {
-      INFO("NaN in " << which << ", L = " << L);
-      same_nan_pattern(plstm::sequence_forward(p.inputs(), {plstm::SequenceForm::chunkwise, L}, {}), oracle);
-      same_nan_patterns(plstm::sequence_backward(p.inputs(), ConstView<double, 4>(p.dh), L, {}), oracle_grad);
-    }
+    for (const index_t L : {3, 8, 40})
+      for (const auto aggregates : {plstm::Aggregates::pairwise, plstm::Aggregates::prefix}) {
+        INFO("NaN in " << which << ", L = " << L << (aggregates == plstm::Aggregates::prefix ? ", prefix" : ""));
+        same_nan_pattern(plstm::sequence_forward(p.inputs(), {plstm::SequenceForm::chunkwise, L, aggregates}, {}), oracle);
+        same_nan_patterns(plstm::sequence_backward(p.inputs(), ConstView<double, 4>(p.dh), L, {}, aggregates), oracle_grad);
+      }
   }
 }
 

@@ -149,9 +149,8 @@ Block<F> chunk_block_prefix(const F* S, const F* T, const F* M, index_t lo, inde
 // Reverse of chunk_block_prefix in the kernel's order. dS and dM: each aggregate with its S or M left
 // out (no division). dT_r: the aggregates containing T_r, each times its gradient, summed and divided
 // by T_r — a prefix sum (sources before r), a suffix sum (marks after r), and for G the entries with
-// σ < r < τ, updated from r to r + 1 by adding column r below row r + 1 and removing row r + 1 left
-// of column r; where |T_r| < 1e-60 (or 0) the products without T_r instead, summed directly (O(len²)
-// for such a token).
+// σ < r < τ (each row's running sum added into every column it passes); where |T_r| < 1e-60 (or 0)
+// the products without T_r instead, summed directly (O(len²) for such a token).
 template <class F>
 void chunk_block_prefix_backward(const F* S, const F* T, const F* M, index_t lo, index_t hi, const Block<F>& d,
                                  F* dS, F* dT, F* dM) {
@@ -177,12 +176,22 @@ void chunk_block_prefix_backward(const F* S, const F* T, const F* M, index_t lo,
     w_mark[i] = static_cast<double>(d.mark(i)) * m(i) * P.product(-1, i - 1);
     for (index_t j = 0; j < i; ++j) w_G(i, j) = dG(i, j) * m(i) * s(j) * P.product(j, i - 1);
   }
-  double sources_before = 0, marks_after = 0, G_across = 0;  // for r = 0: nothing before, G needs σ < 0
-  for (index_t i = 1; i < len; ++i) marks_after += w_mark[i];
+  // Per r, by additions only (a NaN reaches only the sums that contain it, as in the recurrent form):
+  // the sources before r, the marks after r, and G over σ < r < τ as each row's running sum.
+  std::vector<double> sources_before(len, 0.0), marks_after(len, 0.0), G_across(len, 0.0);
+  for (index_t r = 1; r < len; ++r) sources_before[r] = sources_before[r - 1] + w_source[r - 1];
+  for (index_t r = len - 2; r >= 0; --r) marks_after[r] = marks_after[r + 1] + w_mark[r + 1];
+  for (index_t i = 2; i < len; ++i) {
+    double row = w_G(i, 0);  // Σ_{j < r} w_G(i, j)
+    for (index_t r = 1; r < i; ++r) {
+      G_across[r] += row;
+      row += w_G(i, r);
+    }
+  }
   for (index_t r = 0; r < len; ++r) {
     const double t = static_cast<double>(T[lo + r]);
     if (std::abs(t) >= 1e-60) {
-      dT[lo + r] += static_cast<F>((w_transition + sources_before + marks_after + G_across) / t);
+      dT[lo + r] += static_cast<F>((w_transition + sources_before[r] + marks_after[r] + G_across[r]) / t);
     } else {
       double sum = static_cast<double>(d.transition) * P.product_without(-1, len - 1, r);
       for (index_t j = 0; j < r; ++j) sum += static_cast<double>(d.source(j)) * s(j) * P.product_without(j, len - 1, r);
@@ -192,11 +201,6 @@ void chunk_block_prefix_backward(const F* S, const F* T, const F* M, index_t lo,
       }
       dT[lo + r] += static_cast<F>(sum);
     }
-    // r -> r + 1
-    sources_before += w_source[r];
-    if (r + 1 < len) marks_after -= w_mark[r + 1];
-    for (index_t i = r + 2; i < len; ++i) G_across += w_G(i, r);
-    for (index_t j = 0; j < r && r + 1 < len; ++j) G_across -= w_G(r + 1, j);
   }
 }
 
