@@ -35,7 +35,7 @@ nlohmann::json to_json(const ValidationRow& r) {
           {"worst", r.report.worst().name}, {"passed", r.report.passed()}, {"tensors", tensors}};
 }
 
-constexpr auto kRow = "{:<6} {:<16} {:<11} {:<16} {:<33} {:<14} {:<10} {:>9} {:>9} {:>8}  {}\n";
+constexpr auto kRow = "{:<6} {:<23} {:<11} {:<16} {:<33} {:<14} {:<10} {:>9} {:>9} {:>8}  {}\n";
 
 int run_validate(const std::string& json_path, bool every_tensor) {
   std::optional<OutputFile> json;
