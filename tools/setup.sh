@@ -26,10 +26,13 @@ fi
 # Python packages: pybind11 (>= 2.12, from PyPI: Debian's 2.10 breaks with numpy 2) and
 # scikit-build-core build the module (FLASHLSTM_PYTHON, `pip install .`); numpy and pytest test it,
 # RDKit checks the generated molecules, networkx converts graphs, nbclient/ipykernel/matplotlib run
-# the notebooks. PIP_BREAK_SYSTEM_PACKAGES lets pip install into Debian's own python3 too.
-python_packages=("pybind11>=2.12" scikit-build-core numpy pytest rdkit networkx nbclient nbformat ipykernel matplotlib)
+# the notebooks, torch tests flashlstm.torch's ops on the CPU (PyPI's build, with its CUDA libraries:
+# about 3 GB, a minute to install; the library itself does not need torch). PIP_BREAK_SYSTEM_PACKAGES
+# lets pip install into Debian's own python3 too.
+python_packages=("pybind11>=2.12" scikit-build-core numpy pytest rdkit networkx nbclient nbformat ipykernel matplotlib
+  torch)
 if ! python3 - 2>/dev/null <<'PY'
-import importlib.metadata as m, pytest, numpy, rdkit, networkx, nbclient, nbformat, ipykernel, matplotlib, scikit_build_core
+import importlib.metadata as m, pytest, numpy, rdkit, networkx, nbclient, nbformat, ipykernel, matplotlib, scikit_build_core, torch
 assert tuple(int(x) for x in m.version("pybind11").split(".")[:2]) >= (2, 12)
 PY
 then

@@ -1,7 +1,7 @@
 """flashlstm.torch: the custom ops against the numpy API, torch.library.opcheck (schema, fake
 implementations, autograd registration), torch.autograd.gradcheck in float64 on the CPU,
 torch.compile, and — where a GPU is visible — the CUDA kernels through DLPack against the CPU
-reference, on the caller's stream. Skipped where torch is not installed (CI has none)."""
+reference, on the caller's stream. Skipped where torch is not installed (tools/setup.sh installs it)."""
 
 import numpy as np
 import pytest
