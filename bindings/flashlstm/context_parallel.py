@@ -62,12 +62,14 @@ def mlstm(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, initial
     DV = v.shape[-1]
     rank = dist.get_rank(group)
     state = q.dtype if not q.is_cuda else torch.float32
-    zeros = dict(dtype=state, device=q.device)
     stabilised = input_gate == "exp"
 
+    def zero_state(m: float):  # C = 0, n = 0 and the given stabiliser
+        like = dict(dtype=state, device=q.device)
+        return [torch.zeros(B, NH, DQK, DV, **like), torch.zeros(B, NH, DQK, **like), torch.full((B, NH), m, **like)]
+
     # 1. This slice's contribution: its run from an empty state, and its log-forget sum.
-    empty = _mlstm.State(torch.zeros(B, NH, DQK, DV, **zeros), torch.zeros(B, NH, DQK, **zeros),
-                         torch.full((B, NH), _EMPTY_M if stabilised else 0.0, **zeros))
+    empty = _mlstm.State(*zero_state(_EMPTY_M if stabilised else 0.0))
     own = _ft.mlstm(q, k, v, igate, fgate, empty, **options).last
     F_sum = F.logsigmoid(fgate.to(state)).sum(-1)
     # 2. Everyone's, in one differentiable all-gather (its backward sends each rank the gradient of its
@@ -76,7 +78,7 @@ def mlstm(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, initial
     if initial is not None and rank == 0:
         start = [x.to(state) for x in initial]
     else:
-        start = [torch.zeros(B, NH, DQK, DV, **zeros), torch.zeros(B, NH, DQK, **zeros), torch.zeros(B, NH, **zeros)]
+        start = zero_state(0.0)  # the API's zero state
     pieces = [own.C, own.n, own.m, F_sum, *start]
     sizes = [x.numel() for x in pieces]
     with warnings.catch_warnings():  # torch >= 2.10 marks torch.distributed.nn's collectives deprecated
