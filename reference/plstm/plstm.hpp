@@ -11,6 +11,7 @@
 // (B, NH, E) per edge; T (B, NH, A) per line-graph arc (graph::line_graph numbering); D (B, NH, N).
 #pragma once
 
+#include "core/plstm_options.hpp"
 #include "core/view.hpp"
 #include "graph/graph.hpp"
 
@@ -26,10 +27,6 @@ struct DagInputs {
   ConstView<F, 3> T;     // (B, NH, A)  transition, per line-graph arc
   ConstView<F, 3> M;     // (B, NH, E)  mark, per edge
   ConstView<F, 3> D;     // (B, NH, N)  direct, per node
-};
-
-struct Options {
-  double qk_scale = 0;  // s; 0 means DQK^-1/2
 };
 
 enum class DagForm { recurrent, levels, parallel };
