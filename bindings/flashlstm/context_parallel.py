@@ -5,14 +5,17 @@ computes on the whole sequence — outputs and, through autograd, every gradient
 A rank needs only the state (C, n, m) the slices before it leave: O(DQK x DV) per head, not their
 keys and values. Per call:
 
-1. each rank runs its slice from an empty state and keeps the state it ends in (its contribution)
-   and the sum F of its log forget gates;
+1. each rank computes the state its slice leaves when entered with an empty state (its
+   contribution) and the sum F of its log forget gates. That state is one weighted product over the
+   slice, no pass of the recurrence: with a_t = log i_t + sum_{r>t} log f_r,
+       m_slice = max_t a_t,   C_slice = sum_t e^(a_t - m_slice) k_t v_t^T,   n_slice = sum_t e^(a_t - m_slice) k_t
+   (m_slice = 0 and e^(a_t) for the sigmoid input gate, whose log i_t = logsigmoid);
 2. one all-gather of those (small) contributions and F;
 3. each rank folds the contributions of the ranks before it onto the initial state (a scan over the
    ranks) — the mLSTM's state after a slice is affine in the state before it:
        m' = max(F + m, m_slice),  C' = e^(F + m - m') C + e^(m_slice - m') C_slice  (n alike)
    for the exponential input gate (m = 0 throughout and C' = e^(F + m) C + C_slice for sigmoid);
-4. each rank runs its slice again from that state (the kernels' initial-state path): its outputs.
+4. each rank runs its slice from that state (the kernels' initial-state path): its outputs.
 
 The all-gather is torch.distributed.nn's differentiable one, so the backward is autograd's: every
 rank must call backward (as with any collective). Works on the CPU (gloo, the reference) and on
@@ -31,9 +34,26 @@ from torch import Tensor
 from . import mlstm as _mlstm
 from . import torch as _ft
 
-# The stabiliser of an empty slice start: below any log input gate, so the slice's own m is the max
-# over its tokens alone (the API's zero state has m = 0, which would enter that max).
-_EMPTY_M = -1e30
+# Tokens per piece of the contribution's product (bounds its float32 temporaries).
+_PIECE = 8192
+
+
+def _contribution(k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, stabilised: bool, state: torch.dtype):
+    """The state (C, n, m) a slice leaves when entered with an empty state, and its log-forget sum F,
+    in the state dtype (see the module comment, step 1)."""
+    log_f = F.logsigmoid(fgate.to(state))
+    log_i = igate.to(state) if stabilised else F.logsigmoid(igate.to(state))
+    # sum_{r>t} log f_r, accumulated from the end so that the recent tokens' sums are the accurate ones
+    after = log_f.flip(-1).cumsum(-1).flip(-1) - log_f
+    a = log_i + after
+    m = a.amax(-1) if stabilised else torch.zeros_like(a[..., 0])
+    w = torch.exp(a - m[..., None])
+    C, n = 0, 0
+    for t0 in range(0, k.shape[-2], _PIECE):
+        kw = k[..., t0:t0 + _PIECE, :].to(state) * w[..., t0:t0 + _PIECE, None]
+        C = C + kw.transpose(-1, -2) @ v[..., t0:t0 + _PIECE, :].to(state)
+        n = n + kw.sum(-2)
+    return C, n, m, log_f.sum(-1)
 
 
 def _fold(C: Tensor, n: Tensor, m: Tensor, F_sum: Tensor, C_s: Tensor, n_s: Tensor, m_s: Tensor,
@@ -64,22 +84,20 @@ def mlstm(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, initial
     state = q.dtype if not q.is_cuda else torch.float32
     stabilised = input_gate == "exp"
 
-    def zero_state(m: float):  # C = 0, n = 0 and the given stabiliser
+    def zero_state():  # the API's zero state
         like = dict(dtype=state, device=q.device)
-        return [torch.zeros(B, NH, DQK, DV, **like), torch.zeros(B, NH, DQK, **like), torch.full((B, NH), m, **like)]
+        return [torch.zeros(B, NH, DQK, DV, **like), torch.zeros(B, NH, DQK, **like), torch.zeros(B, NH, **like)]
 
-    # 1. This slice's contribution: its run from an empty state, and its log-forget sum.
-    empty = _mlstm.State(*zero_state(_EMPTY_M if stabilised else 0.0))
-    own = _ft.mlstm(q, k, v, igate, fgate, empty, **options).last
-    F_sum = F.logsigmoid(fgate.to(state)).sum(-1)
+    # 1. This slice's contribution (the state it leaves from an empty state) and its log-forget sum.
+    own_C, own_n, own_m, F_sum = _contribution(k, v, igate, fgate, stabilised, state)
     # 2. Everyone's, in one differentiable all-gather (its backward sends each rank the gradient of its
     # contribution; a single collective, so every rank's backward meets it in the same order), with
     # rank 0's initial state riding along (zeros from the others).
     if initial is not None and rank == 0:
         start = [x.to(state) for x in initial]
     else:
-        start = zero_state(0.0)  # the API's zero state
-    pieces = [own.C, own.n, own.m, F_sum, *start]
+        start = zero_state()
+    pieces = [own_C, own_n, own_m, F_sum, *start]
     sizes = [x.numel() for x in pieces]
     with warnings.catch_warnings():  # torch >= 2.10 marks torch.distributed.nn's collectives deprecated
         warnings.simplefilter("ignore", FutureWarning)
