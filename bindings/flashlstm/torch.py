@@ -25,7 +25,8 @@ from . import mlstm as _mlstm
 from . import plstm as _plstm
 from . import slstm as _slstm
 
-__all__ = ["mlstm", "slstm", "plstm_dag", "plstm_grid", "MlstmOutput", "SlstmOutput"]
+__all__ = ["mlstm", "slstm", "plstm_dag", "plstm_grid", "MlstmOutput", "SlstmOutput", "grid_gates_p_mode",
+           "grid_gates_d_mode", "dag_gates_p_mode", "dag_gates_d_mode"]
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -340,3 +341,60 @@ def plstm_grid(q: Tensor, k: Tensor, v: Tensor, gates: Any, *, form: str = "recu
     if len(gates) != 9:
         raise ValueError(f"gates: expected the nine grid gates {_GRID}, got {len(gates)}")
     return _plstm_grid_forward(q, k, v, list(gates), form, chunk_size, qk_scale)
+
+
+# P-mode and D-mode gates ---------------------------------------------------------------------------
+# The parameterisations of flashlstm.plstm (raw pre-activations -> S, T, M, D) in torch operations:
+# differentiable by autograd and on any device, so a model trains its raw gates end to end (on GPU
+# tensors too). Same definitions and argument order as the numpy functions, which they equal.
+
+
+def grid_gates_p_mode(Sr: Tensor, Sd: Tensor, alpha: Tensor, gamma: Tensor, Ml: Tensor, Mu: Tensor,
+                      D: Tensor) -> "_plstm.GridGates":
+    """P-mode grid gates: into the right edge T^rl = T^ru = γα, into the down edge T^du = T^dl = γ(1-α)
+    with α = σ(alpha), γ = σ(gamma); S, M, D = σ(raw). Any shape (one orientation or four), all alike."""
+    right = torch.sigmoid(gamma) * torch.sigmoid(alpha)
+    down = torch.sigmoid(gamma) * torch.sigmoid(-alpha)
+    s = torch.sigmoid
+    return _plstm.GridGates(s(Sr), s(Sd), right, right, down, down, s(Ml), s(Mu), s(D))
+
+
+def grid_gates_d_mode(Sr: Tensor, Sd: Tensor, Trl: Tensor, Tru: Tensor, Tdu: Tensor, Ml: Tensor, Mu: Tensor,
+                      D: Tensor) -> "_plstm.GridGates":
+    """D-mode grid gates: T^rl, T^ru, T^du = tanh(raw), T^dl = 0 (a state turns from vertical to
+    horizontal at most once); S, M, D = σ(raw)."""
+    s = torch.sigmoid
+    return _plstm.GridGates(s(Sr), s(Sd), torch.tanh(Trl), torch.tanh(Tru), torch.tanh(Tdu), torch.zeros_like(Tdu),
+                            s(Ml), s(Mu), s(D))
+
+
+def dag_gates_p_mode(dag: _graph.Dag, S: Tensor, T: Tensor, gamma: Tensor, M: Tensor, D: Tensor) -> "_plstm.DagGates":
+    """P-mode DAG gates: T_{e'e} = σ(γ_{e'}) softmax over the arcs leaving the incoming edge e' of
+    T̃_{e'e}; S, M, D = σ(raw). S, M, gamma (B, NH, E), T (B, NH, A), D (B, NH, N); arcs in the order
+    of flashlstm.graph.line_graph(dag)."""
+    incoming = torch.as_tensor(_graph.line_graph(dag).arcs[:, 0], dtype=torch.long, device=T.device)
+    E = dag.num_edges
+    if T.shape[-1] != len(incoming):
+        raise ValueError(f"T: expected {len(incoming)} arcs in the last dimension, got {T.shape[-1]}")
+    index = incoming.expand(*T.shape[:-1], -1)
+    # Every arc leaves exactly one incoming edge, so the edge's id names its softmax group; the group
+    # maximum only keeps exp finite and carries no gradient.
+    top = torch.full((*T.shape[:-1], E), -torch.inf, dtype=T.dtype, device=T.device)
+    top = top.scatter_reduce(-1, index, T.detach(), "amax")
+    e = torch.exp(T - top.gather(-1, index))
+    total = torch.zeros_like(top).scatter_add(-1, index, e)
+    decay = torch.sigmoid(gamma).gather(-1, index)
+    s = torch.sigmoid
+    return _plstm.DagGates(s(S), decay * e / total.gather(-1, index), s(M), s(D))
+
+
+def dag_gates_d_mode(dag: _graph.Dag, S: Tensor, T: Tensor, M: Tensor, D: Tensor) -> "_plstm.DagGates":
+    """D-mode DAG gates: T = tanh(T̃) on the arcs flashlstm.graph.multitree_arcs keeps (the line graph
+    pruned to a multitree), 0 on the others; S, M, D = σ(raw)."""
+    line = _graph.line_graph(dag)
+    if T.shape[-1] != len(line.arcs):
+        raise ValueError(f"T: expected {len(line.arcs)} arcs in the last dimension, got {T.shape[-1]}")
+    kept = torch.zeros(T.shape[-1], dtype=torch.bool, device=T.device)
+    kept[torch.as_tensor(_graph.multitree_arcs(line), dtype=torch.long, device=T.device)] = True
+    s = torch.sigmoid
+    return _plstm.DagGates(s(S), torch.where(kept, torch.tanh(T), torch.zeros_like(T)), s(M), s(D))

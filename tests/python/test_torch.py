@@ -127,6 +127,72 @@ def test_plstm_grid_gradcheck_and_compile():
     torch.library.opcheck(torch.ops.flashlstm.plstm_grid_forward.default, (q, k, v, gates, "recurrent", 0, 0.0))
 
 
+def mode_raw(shape_of, names, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.randn(*shape_of(name), generator=g, dtype=torch.float64, requires_grad=True) for name in names}
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_grid_gate_modes_equal_the_numpy_ones_with_their_gradients(mode):
+    """flashlstm.torch's P-mode and D-mode grid gates equal flashlstm.plstm's (values to 1e-15, the
+    raw gradients to its *_backward functions to 1e-13), on four orientations' gates."""
+    names = ["Sr", "Sd", "alpha", "gamma", "Ml", "Mu", "D"] if mode == "P" else ["Sr", "Sd", "Trl", "Tru", "Tdu", "Ml", "Mu", "D"]
+    raw = mode_raw(lambda _: (4, 2, 3, 5, 4), names, seed=7)
+    make, make_np, back = ((ft.grid_gates_p_mode, plstm.grid_gates_p_mode, plstm.grid_gates_p_mode_backward) if mode == "P"
+                           else (ft.grid_gates_d_mode, plstm.grid_gates_d_mode, plstm.grid_gates_d_mode_backward))
+    gates = make(*raw.values())
+    numpy_raw = [x.detach().numpy() for x in raw.values()]
+    expected = [make_np(*(x[o] for x in numpy_raw)) for o in range(4)]  # the numpy functions take one orientation
+    upstream = [torch.randn(g.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(gates)]
+    sum(((g * u).sum() for g, u in zip(gates, upstream)), torch.zeros((), dtype=torch.float64)).backward()
+    for o in range(4):
+        for name, got, want in zip(plstm.GridGates._fields, gates, expected[o]):
+            assert rel(got[o].detach().numpy(), want) < 1e-15 or np.abs(want).max() == 0, name
+        want_grads = back(*(x[o] for x in numpy_raw), plstm.GridGates(*(u[o].numpy() for u in upstream)))
+        for name, x, want in zip(names, raw.values(), want_grads):
+            assert rel(x.grad[o].numpy(), want) < 1e-13, name
+
+
+@pytest.mark.parametrize("mode", ["P", "D"])
+def test_dag_gate_modes_equal_the_numpy_ones_with_their_gradients(mode):
+    """The same for the DAG gates on a random DAG with parallel edges, and a gradcheck; P-mode keeps
+    every incoming edge's transitions at L1 norm <= 1."""
+    dag = graph.random_dag(12, 1.8, seed=5)
+    E, A, N = dag.num_edges, graph.num_arcs(dag), dag.num_nodes
+    sizes = dict(S=E, T=A, gamma=E, M=E, D=N)
+    names = ["S", "T", "gamma", "M", "D"] if mode == "P" else ["S", "T", "M", "D"]
+    raw = mode_raw(lambda name: (2, 3, sizes[name]), names, seed=8)
+    make, make_np, back = ((ft.dag_gates_p_mode, plstm.dag_gates_p_mode, plstm.dag_gates_p_mode_backward) if mode == "P"
+                           else (ft.dag_gates_d_mode, plstm.dag_gates_d_mode, plstm.dag_gates_d_mode_backward))
+    gates = make(dag, *raw.values())
+    numpy_raw = [x.detach().numpy() for x in raw.values()]
+    for name, got, want in zip(plstm.DagGates._fields, gates, make_np(dag, *numpy_raw)):
+        assert rel(got.detach().numpy(), want) < 1e-15, name
+    upstream = [torch.randn(g.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(gates)]
+    sum((g * u).sum() for g, u in zip(gates, upstream)).backward()
+    for name, x, want in zip(names, raw.values(), back(dag, *numpy_raw, plstm.DagGates(*(u.numpy() for u in upstream)))):
+        assert rel(x.grad.numpy(), want) < 1e-13, name
+    if mode == "P":
+        assert plstm.max_transition_column_norm(dag, gates.T.detach().numpy()) <= 1 + 1e-15
+    small = {name: x.detach()[:1, :1].clone().requires_grad_() for name, x in raw.items()}
+    assert torch.autograd.gradcheck(lambda *a: tuple(make(dag, *a)), tuple(small.values()), eps=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match=f"T: expected {A} arcs"):
+        make(dag, *(x[..., :-1] if name == "T" else x for name, x in small.items()))
+
+
+@needs_gpu
+def test_gate_modes_on_gpu_tensors():
+    """The parameterisations are plain torch operations: on CUDA tensors they equal the CPU result."""
+    dag = graph.random_dag(9, 1.5, seed=2)
+    raw = mode_raw(lambda name: (1, 2, graph.num_arcs(dag) if name == "T" else dag.num_edges), ["S", "T", "gamma", "M"], 9)
+    raw["D"] = torch.randn(1, 2, dag.num_nodes, dtype=torch.float64)
+    for cpu, gpu in zip(ft.dag_gates_p_mode(dag, *raw.values()), ft.dag_gates_p_mode(dag, *(x.cuda() for x in raw.values()))):
+        assert gpu.is_cuda and rel(gpu.detach().cpu().numpy(), cpu.detach().numpy()) < 1e-12
+    grid = [torch.randn(4, 1, 2, 3, 3, dtype=torch.float64) for _ in range(8)]
+    for cpu, gpu in zip(ft.grid_gates_d_mode(*grid), ft.grid_gates_d_mode(*(x.cuda() for x in grid))):
+        assert gpu.is_cuda and rel(gpu.cpu().numpy(), cpu.numpy()) < 1e-12 or cpu.abs().max() == 0
+
+
 def test_cpu_only_ops_refuse_other_devices_and_dtypes():
     x, _ = mlstm_inputs(dtype=torch.bfloat16, state=False)
     with pytest.raises(ValueError, match="q: the CPU reference takes float32 or float64, got torch.bfloat16"):
