@@ -78,7 +78,9 @@ def mlstm(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, initial
     ignored); its gradient arrives on rank 0. Returns h of the slice and the state after it (on the last rank, the final state).
     Arguments otherwise as in flashlstm.torch.mlstm."""
     options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps)
-    B, NH, _, DQK = q.shape
+    B, NH, S, DQK = q.shape
+    if S == 0:
+        raise ValueError("q: this rank's slice is empty; every rank needs at least one token")
     DV = v.shape[-1]
     rank = dist.get_rank(group)
     state = q.dtype if not q.is_cuda else torch.float32

@@ -117,3 +117,11 @@ def test_context_parallel_cuda_kernels(input_gate, dtype, tmp_path):
     errors = {name: (rel(parallel[name], ref), rel(one[name], ref)) for name, ref in exact.items()}
     failed = {name: e for name, e in errors.items() if e[0] > 2 * e[1] + slack}
     assert not failed, f"(context-parallel error, one-process error): {failed}; all: {errors}"
+
+
+def test_an_empty_slice_is_refused_by_name():
+    from flashlstm import context_parallel as cp
+
+    x = {name: t[:, :, :0] for name, t in problem(4, 1).items() if name in INPUTS}
+    with pytest.raises(ValueError, match="q: this rank's slice is empty"):
+        cp.mlstm(x["q"], x["k"], x["v"], x["igate"], x["fgate"])
