@@ -29,6 +29,15 @@ def problem(S, seed, B=B, NH=NH, DQK=DQK, DV=DV):
 INPUTS, STATE = ("q", "k", "v", "igate", "fgate"), ("C0", "n0", "m0")
 
 
+def put(t, name, device, dtype):
+    """An input (`dtype`) or an initial-state tensor (float32 on a GPU, as the kernels keep states)."""
+    return t.to(device, dtype if name in INPUTS or device == "cpu" else torch.float32)
+
+
+def cpu(t):
+    return t.detach().to("cpu", torch.float64)
+
+
 def worker(rank, world, splits, input_gate, seed, folder, device="cpu", dtype=torch.float64, sizes=None):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     from flashlstm import context_parallel as cp
@@ -36,9 +45,8 @@ def worker(rank, world, splits, input_gate, seed, folder, device="cpu", dtype=to
     x = problem(sum(splits), seed, **(sizes or {}))
     t0 = sum(splits[:rank])
     part = slice(t0, t0 + splits[rank])
-    put = lambda t, kind: t.to(device, dtype if kind in INPUTS else torch.float32 if device != "cpu" else dtype)  # noqa: E731
-    mine = {name: put(x[name][:, :, part], name).requires_grad_() for name in INPUTS}
-    initial = tuple(put(x[name], name).requires_grad_() for name in STATE) if rank == 0 else None
+    mine = {name: put(x[name][:, :, part], name, device, dtype).requires_grad_() for name in INPUTS}
+    initial = tuple(put(x[name], name, device, dtype).requires_grad_() for name in STATE) if rank == 0 else None
     out = cp.mlstm(mine["q"], mine["k"], mine["v"], mine["igate"], mine["fgate"], initial, input_gate=input_gate,
                    chunk_size=4 if device == "cpu" else 64)
     last_rank = rank == world - 1
@@ -47,7 +55,6 @@ def worker(rank, world, splits, input_gate, seed, folder, device="cpu", dtype=to
         loss = loss + sum((getattr(out.last, name).double() * x["w_" + name].to(device)).sum()
                           for name in ("C", "n", "m"))
     loss.backward()
-    cpu = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
     result = {"h": cpu(out.h), **{"d" + name: cpu(t.grad) for name, t in mine.items()}}
     if last_rank:
         result.update({name: cpu(getattr(out.last, name)) for name in ("C", "n", "m")})
@@ -59,14 +66,12 @@ def worker(rank, world, splits, input_gate, seed, folder, device="cpu", dtype=to
 
 def single_process(splits, input_gate, seed, device="cpu", dtype=torch.float64, sizes=None, form="recurrent"):
     x = problem(sum(splits), seed, **(sizes or {}))
-    put = lambda t, kind: t.to(device, dtype if kind in INPUTS else torch.float32 if device != "cpu" else dtype)  # noqa: E731
-    leaves = {name: put(x[name], name).requires_grad_() for name in INPUTS + STATE}
+    leaves = {name: put(x[name], name, device, dtype).requires_grad_() for name in INPUTS + STATE}
     out = ft.mlstm(leaves["q"], leaves["k"], leaves["v"], leaves["igate"], leaves["fgate"],
                    (leaves["C0"], leaves["n0"], leaves["m0"]), form=form, input_gate=input_gate)
     loss = (out.h.double() * x["w_h"].to(device)).sum() + sum(
         (getattr(out.last, name).double() * x["w_" + name].to(device)).sum() for name in ("C", "n", "m"))
     loss.backward()
-    cpu = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
     result = {"h": cpu(out.h), **{name: cpu(getattr(out.last, name)) for name in ("C", "n", "m")}}
     result.update({"d" + name: cpu(t.grad) for name, t in leaves.items()})
     return result
