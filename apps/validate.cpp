@@ -46,6 +46,7 @@ int run_validate(const std::string& json_path, bool every_tensor) {
 #ifdef FLASHLSTM_HAVE_CUDA
   for (auto& r : validate_mlstm_cuda()) rows.push_back(std::move(r));
   for (auto& r : validate_slstm_cuda()) rows.push_back(std::move(r));
+  for (auto& r : validate_plstm_cuda()) rows.push_back(std::move(r));
 #endif
 
   fmt::print(kRow, "rec", "form", "variant", "dtype", "shape", "against", "worst", "error", "bound", "ratio",

@@ -31,6 +31,7 @@ std::vector<ValidationRow> validate_plstm();
 #ifdef FLASHLSTM_HAVE_CUDA
 std::vector<ValidationRow> validate_mlstm_cuda();  // empty without a visible GPU
 std::vector<ValidationRow> validate_slstm_cuda();  // empty without a visible GPU
+std::vector<ValidationRow> validate_plstm_cuda();  // empty without a visible GPU
 #endif
 
 void add_validate_command(CLI::App& app);

@@ -3,6 +3,7 @@
 // tensor held to its kernel bound (cuda/mlstm/check.hpp, cuda/slstm/check.hpp, docs/validation.md).
 #include "apps/validate.hpp"
 #include "cuda/mlstm/check.hpp"
+#include "cuda/plstm/check.hpp"
 #include "cuda/slstm/check.hpp"
 
 namespace flashlstm::apps {
@@ -46,6 +47,24 @@ std::vector<ValidationRow> validate_slstm_cuda() {
         auto c = k::check_sequence(shape, o, dtype, ++seed);
         rows.push_back({o.cell == flashlstm::slstm::Cell::lstm ? "LSTM" : "sLSTM", "fused", flashlstm::slstm::variant_name(o), std::string(to_string(dtype)) + " [cuda]",
                         shape.name(), "CPU float64", std::move(c.report)});
+      }
+  return rows;
+}
+
+std::vector<ValidationRow> validate_plstm_cuda() {
+  namespace k = flashlstm::cuda::plstm;
+  using flashlstm::plstm::GateMode;
+  using flashlstm::plstm::GridShape;
+  std::vector<ValidationRow> rows;
+  if (!flashlstm::cuda::device_available()) return rows;
+  std::uint64_t seed = 7700;
+  const GridShape shape{2, 3, 16, 16, 64, 64};
+  for (const int orientations : {1, 4})
+    for (const GateMode mode : {GateMode::raw, GateMode::p_mode, GateMode::d_mode})
+      for (DType dtype : {DType::bfloat16, DType::float32}) {
+        auto c = k::check_grid(shape, orientations, mode, dtype, ++seed);
+        rows.push_back({"pLSTM", orientations == 4 ? "grid x4" : "grid", to_string(mode),
+                        std::string(to_string(dtype)) + " [cuda]", shape.name(), "CPU float64", std::move(c.report)});
       }
   return rows;
 }

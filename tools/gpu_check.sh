@@ -28,7 +28,7 @@ compute-sanitizer --tool memcheck --error-exitcode 3 "$BIN/flashlstm_cuda_tests"
 stage memcheck $? "$(grep -E 'ERROR SUMMARY' "$OUT/memcheck.log" | tail -1)"
 
 # The sLSTM kernels share data between threads through shared memory at every step: the race checker.
-compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/flashlstm_cuda_tests" "[slstm][sanitize]" > "$OUT/racecheck.log" 2>&1
+compute-sanitizer --tool racecheck --error-exitcode 3 "$BIN/flashlstm_cuda_tests" "[slstm][sanitize],[plstm][sanitize]" > "$OUT/racecheck.log" 2>&1
 stage racecheck $? "$(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)"
 
 "$BIN/flashlstm" validate --json "$OUT/validate.json" > "$OUT/validate.txt" 2>&1

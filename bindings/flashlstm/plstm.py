@@ -22,11 +22,11 @@ can be trained on raw pre-activations.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from . import _core
+from . import _core, _device
 from .graph import Dag, line_graph, multitree_arcs
 
 _p = _core.plstm
@@ -199,12 +199,33 @@ def chain_gates(q, k, v, S, T, M, D):
 # 2-D ---------------------------------------------------------------------------------------------
 
 
-def grid_forward(q, k, v, gates: GridGates, *, form: str = "recurrent", chunk_size: int = 0,
-                 qk_scale: float = 0.0) -> np.ndarray:
+def _cuda_grid_forward(q, k, v, gates, orientations: int, form: Optional[str], qk_scale: float,
+                       stream: Optional[int]):
+    """The CUDA kernel on GPU arrays: h allocated in q's framework, on its stream."""
+    _device.require_cuda("plstm.grid_forward")
+    if form not in (None, "parallel"):
+        raise ValueError(f"form: the CUDA kernel implements 'parallel' (the gating built on chip a tile at a time); "
+                         f"got {form!r}")
+    s = _device.stream_of(q, stream)
+    h = _device.empty(q, tuple(q.shape[:4]) + (v.shape[-1],), "same", s)
+    _core.cuda.plstm.grid_forward(q, k, v, list(_grid_gates(gates)), h, orientations=orientations, qk_scale=qk_scale,
+                                  stream=s)
+    return _device.adopt(q, h)
+
+
+def grid_forward(q, k, v, gates: GridGates, *, form: Optional[str] = None, chunk_size: int = 0,
+                 qk_scale: float = 0.0, stream: Optional[int] = None) -> np.ndarray:
     """h (B, NH, X, Y, DV); sources in the top-left corner. form: "recurrent" (anti-diagonal
-    wavefront), "chunkwise" (square chunks of side chunk_size, a power of two; memory linear in the
-    grid) or "parallel" (one N x N gating)."""
-    return _p.grid_forward(q, k, v, _grid_gates(gates), form=form, chunk_size=chunk_size, qk_scale=qk_scale)
+    wavefront; the default on the CPU), "chunkwise" (square chunks of side chunk_size, a power of two;
+    memory linear in the grid) or "parallel" (one N x N gating).
+
+    GPU arrays (q, k, v float32 or bfloat16, gates float32; DLPack: torch, CuPy, JAX) run the CUDA
+    kernel: the parallel form with the gating built on chip a 64 x 64 tile at a time, so memory stays
+    linear in the grid (form None or "parallel"). ``stream``: the CUDA stream (default: the
+    framework's current one)."""
+    if _device.is_device_array(q):
+        return _cuda_grid_forward(q, k, v, gates, 1, form, qk_scale, stream)
+    return _p.grid_forward(q, k, v, _grid_gates(gates), form=form or "recurrent", chunk_size=chunk_size, qk_scale=qk_scale)
 
 
 def grid_backward(q, k, v, gates: GridGates, dh, *, chunk_size: int = 1, qk_scale: float = 0.0) -> GridGrad:
@@ -213,11 +234,14 @@ def grid_backward(q, k, v, gates: GridGates, dh, *, chunk_size: int = 1, qk_scal
     return GridGrad(dq, dk, dv, *dgates)
 
 
-def grid_forward_oriented(q, k, v, gates: GridGates, *, form: str = "recurrent", chunk_size: int = 0,
-                          qk_scale: float = 0.0) -> np.ndarray:
+def grid_forward_oriented(q, k, v, gates: GridGates, *, form: Optional[str] = None, chunk_size: int = 0,
+                          qk_scale: float = 0.0, stream: Optional[int] = None) -> np.ndarray:
     """Σ over the four orientations (sources in each corner) of the flipped grid_forward; each gate
-    (4, B, NH, X, Y), orientation o flipping x when o & 1 and y when o & 2."""
-    return _p.grid_forward_oriented(q, k, v, _grid_gates(gates), form=form, chunk_size=chunk_size,
+    (4, B, NH, X, Y), orientation o flipping x when o & 1 and y when o & 2. GPU arrays run the CUDA
+    kernel, as in grid_forward."""
+    if _device.is_device_array(q):
+        return _cuda_grid_forward(q, k, v, gates, 4, form, qk_scale, stream)
+    return _p.grid_forward_oriented(q, k, v, _grid_gates(gates), form=form or "recurrent", chunk_size=chunk_size,
                                     qk_scale=qk_scale)
 
 

@@ -223,6 +223,7 @@ void forward_sequence(const py::object& q, const py::object& k, const py::object
 }  // namespace
 
 void register_cuda_slstm(py::module_& cuda);  // cuda_slstm.cpp
+void register_cuda_plstm(py::module_& cuda);  // cuda_plstm.cpp
 
 void register_cuda(py::module_& parent) {
   auto m = parent.def_submodule("cuda", "CUDA entry points on DLPack arrays (torch, CuPy, JAX, DeviceArray).");
@@ -255,6 +256,7 @@ void register_cuda(py::module_& parent) {
         py::arg("fgate"), py::arg("state"), py::arg("h"), py::kw_only(), py::arg("chunk_size") = 64, ig, nz, ep, st,
         "Any length continuing `state` (updated in place).");
   register_cuda_slstm(m);
+  register_cuda_plstm(m);
 }
 
 }  // namespace flashlstm::bindings

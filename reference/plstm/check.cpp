@@ -222,6 +222,24 @@ OrientedGridProblem random_oriented_problem(const GridShape& s, double gate_boun
   return p;
 }
 
+OrientedGridProblem random_oriented_problem(const GridShape& s, GateMode mode, std::uint64_t seed) {
+  if (mode == GateMode::raw) return random_oriented_problem(s, 0.7, seed);
+  OrientedGridProblem p = random_oriented_problem(s, 1.0, seed);  // q, k, v; the gates are replaced
+  Rng rng(seed + 1);
+  const Shape<4> shape{s.B, s.NH, s.X, s.Y};
+  for (index_t o = 0; o < 4; ++o) {
+    std::array<xt::xtensor<double, 4>, 8> raw;
+    for (auto& x : raw) x = rng.normal<double>(shape);
+    const auto g = mode == GateMode::p_mode
+                       ? grid_gates_p_mode<double>(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6])
+                       : grid_gates_d_mode<double>(raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7]);
+    const std::array<const xt::xtensor<double, 4>*, 9> gates{&g.Sr, &g.Sd, &g.Trl, &g.Tru, &g.Tdu,
+                                                             &g.Tdl, &g.Ml, &g.Mu, &g.D};
+    for (std::size_t i = 0; i < gates.size(); ++i) xt::view(p.gates[i], o) = *gates[i];
+  }
+  return p;
+}
+
 xt::xtensor<double, 5> oriented_dag_oracle(const OrientedGridProblem& p) {
   const index_t B = p.q.shape(0), NH = p.q.shape(1), X = p.q.shape(2), Y = p.q.shape(3), DQK = p.q.shape(4),
                 DV = p.v.shape(4), N = X * Y;

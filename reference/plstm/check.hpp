@@ -126,6 +126,9 @@ struct OrientedGridProblem {
   OrientedGates<double> oriented_gates() const;
 };
 OrientedGridProblem random_oriented_problem(const GridShape& shape, double gate_bound, std::uint64_t seed);
+// Gates by `mode` for each orientation: raw ~ U(-0.7, 0.7); P-mode and D-mode from N(0, 1)
+// pre-activations through the mode's parameterisation (modes.hpp).
+OrientedGridProblem random_oriented_problem(const GridShape& shape, GateMode mode, std::uint64_t seed);
 
 // The sum over the four orientations computed independently of the grid code: for each orientation,
 // the DAG recurrent form on the grid graph whose edges point along that orientation (right and down

@@ -1,0 +1,52 @@
+// The host API of the CUDA pLSTM (cuda/plstm/plstm.hpp): argument checks with errors that name the
+// argument, then the launchers in grid.cu.
+#include "core/error.hpp"
+#include "cuda/arguments.hpp"
+#include "cuda/plstm/params.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+namespace flashlstm::cuda::plstm {
+
+using flashlstm::cuda::check_device_pointer;
+using flashlstm::cuda::usable;
+
+void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream) {
+  const GridDims& d = x.dims;
+  require(d.B >= 1 && d.NH >= 1, "q", "needs B >= 1 and NH >= 1, got B = {}, NH = {}", d.B, d.NH);
+  require(d.X >= 1 && d.Y >= 1, "q", "needs a grid of X >= 1 by Y >= 1 nodes, got {} x {}", d.X, d.Y);
+  require(d.DQK >= 1 && d.DQK <= 256, "DQK", "must be in [1, 256], got {}", d.DQK);
+  require(d.DV >= 1 && d.DV <= 65535 * 64, "DV", "must be in [1, 4194240], got {}", d.DV);
+  require(x.orientations == 1 || x.orientations == 4, "orientations", "must be 1 or 4, got {}", x.orientations);
+  require(x.dtype == DType::float32 || x.dtype == DType::bfloat16, "dtype", "must be float32 or bfloat16");
+  const std::int64_t N = d.X * d.Y, heads = d.B * d.NH;
+  require(N <= (std::int64_t{1} << 30), "q", "the grid has {} nodes; at most 2^30 are supported", N);
+  require((N + 63) / 64 * heads <= 2147483647, "q", "too many (batch, head) grids: {} x {} nodes", heads, N);
+  require(heads * N * std::max(d.DQK, d.DV) <= (std::int64_t{1} << 40), "q", "problem too large");
+  const int max_Y = detail::grid_max_Y(static_cast<int>(d.DQK), x.dtype);
+  require(d.Y <= max_Y, "Y", "must be at most {} for DQK = {} (the kernel keeps a column of path weights on chip), got {}",
+          max_Y, d.DQK, d.Y);
+  const std::size_t es = element_size(x.dtype);
+  check_device_pointer(x.q, "q", es);
+  check_device_pointer(x.k, "k", es);
+  check_device_pointer(x.v, "v", es);
+  check_device_pointer(h, "h", es);
+  const GridGates& g = x.gates;
+  const std::pair<const char*, const float*> gates[9] = {{"Sr", g.Sr},   {"Sd", g.Sd},   {"Trl", g.Trl},
+                                                         {"Tru", g.Tru}, {"Tdu", g.Tdu}, {"Tdl", g.Tdl},
+                                                         {"Ml", g.Ml},   {"Mu", g.Mu},   {"D", g.D}};
+  detail::GridParams p;
+  for (int i = 0; i < 9; ++i) {
+    check_device_pointer(gates[i].second, gates[i].first, 4);
+    p.gates[i] = gates[i].second;
+  }
+  p.B = static_cast<int>(d.B), p.NH = static_cast<int>(d.NH), p.X = static_cast<int>(d.X), p.Y = static_cast<int>(d.Y);
+  p.DQK = static_cast<int>(d.DQK), p.DV = static_cast<int>(d.DV), p.orientations = x.orientations;
+  p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(d.DQK)));
+  p.q = x.q, p.k = x.k, p.v = x.v, p.h = h;
+  detail::run_grid_forward(p, x.dtype, usable(stream));
+}
+
+}  // namespace flashlstm::cuda::plstm

@@ -1,0 +1,31 @@
+// The CUDA pLSTM kernels against the CPU reference (docs/validation.md): on the same random inputs
+// (q, k, v rounded to the kernel's dtype; gates float32), every output is compared with the float64
+// reference and held to
+//
+//   2 × (the baseline's error) + (the error of rounding the float64 result to the output type)
+//   + 4 float32 ulps.
+//
+// The baseline is the float32 CPU reference on the kernel's inputs (its recurrent and parallel forms;
+// the larger error counts). Outputs are poisoned with NaN before each launch, so an element the kernel
+// does not write fails.
+#pragma once
+
+#include "cuda/plstm/plstm.hpp"
+#include "reference/plstm/check.hpp"
+
+#include <string>
+
+namespace flashlstm::cuda::plstm {
+
+struct KernelCheck {
+  std::string name;      // "grid bfloat16 x4 P-mode B1 NH2 5x7 DQK8 DV6"
+  std::string baseline;  // what the bounds are computed from
+  check::Report report;  // every output with its error and bound
+};
+
+// grid_forward on a random problem with gates drawn by `mode`, for one orientation (orientation 0's
+// gates) or the sum over four.
+KernelCheck check_grid(const flashlstm::plstm::GridShape& shape, int orientations, flashlstm::plstm::GateMode mode,
+                       DType dtype, std::uint64_t seed);
+
+}  // namespace flashlstm::cuda::plstm

@@ -1,0 +1,236 @@
+// The pLSTM on 2-D grids on the GPU (cuda/plstm/plstm.hpp): per orientation the parallel form
+//
+//   h_t = s · Σ_n G(t, n) (q_t · k_n) v_n,   G(t, n) = Σ over the grid paths n → t of S · Π T · M
+//                                                     (+ D_t where n = t),
+//
+// with G built on chip a 64 x 64 tile at a time and never stored.
+//
+// One block (256 threads) per (batch·head, tile of 64 target nodes t, 64 columns of v). For each
+// orientation it walks the source nodes n in reverse topological order of that orientation (its x
+// descending, then its y descending), 64 at a time, and for each such source block:
+//
+//   1. two warps run the reverse dynamic programme: thread t carries, for its target t, the path
+//      weights from the right edge and from the down edge of the current source (x, y) to t,
+//          W^r(x, y) = [(x+1, y) = t] M^l_t + T^rl(x+1, y) W^r(x+1, y) + T^dl(x+1, y) W^d(x+1, y)
+//          W^d(x, y) = [(x, y+1) = t] M^u_t + T^du(x, y+1) W^d(x, y+1) + T^ru(x, y+1) W^r(x, y+1)
+//      (the edge to the right of (x, y) enters (x+1, y) from the left, the edge below enters (x, y+1)
+//      from the top). A node pushes its terms to the two nodes that read them, with its own gates:
+//      T^rl W^r + T^dl W^d into a column array for (x-1, y), T^du W^d + T^ru W^r into a register for
+//      (x, y-1), so a block needs only the gates of its own 64 sources. The thread writes
+//          G(t, n) = S^r(n) W^r(n) + S^d(n) W^d(n)  (+ D_t where n = t);
+//      meanwhile the other six warps load the block's k and v rows and stage the next block's gates;
+//   2. all eight warps: S = Q_tile K_block^T, P = s · S ∘ G, h_tile += P V_block (tiles.cuh: the
+//      tensor cores for bf16 with P as hi + lo bf16 terms, FMA for float32).
+//
+// Coordinates in the programme are the orientation's ("frame"): frame (xf, yf) is the node
+// (X-1-xf if o & 1 else xf, Y-1-yf if o & 2 else yf), where the orientation's gates are read.
+// A target's weights are zero outside its cone (sources up and left of it in the frame), so every
+// target of the tile runs the same loop; the loop starts at the frame column of the tile's last target.
+#include "cuda/device.cuh"
+#include "cuda/mlstm/tiles.cuh"
+#include "cuda/plstm/params.hpp"
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace flashlstm::cuda::plstm::detail {
+namespace {
+
+namespace tiles = flashlstm::cuda::mlstm::detail;
+using tiles::Acc;
+using tiles::kSplit;
+using tiles::kTC;
+using tiles::kThreads;
+using tiles::kTile;
+using tiles::kTR;
+using tiles::stride;
+using tiles::tile_col;
+using tiles::tile_row;
+
+enum Gate { kSr, kSd, kTrl, kTru, kTdu, kTdl, kMl, kMu, kD };
+
+constexpr int kPaths = 64;  // threads of the dynamic programme: one per target node of the tile
+constexpr int kLdG = kTile + 1;
+// The gates the programme reads at each source, staged per block of 64 sources (two buffers).
+enum Staged { kStSr, kStSd, kStTrl, kStTdl, kStTdu, kStTru, kStaged };
+
+__host__ __device__ int padded_dqk(int DQK) { return (DQK + 15) / 16 * 16; }
+__host__ __device__ std::size_t align16(std::size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// The shared memory of one block, in bytes from its start.
+struct Layout {
+  std::size_t Q, K, V, P, G, gates, col, bytes;
+  __host__ __device__ Layout(int DQK, int Y, std::size_t element) {
+    const std::size_t ldk = stride(padded_dqk(DQK)), ldv = stride(kTile);
+    Q = 0;
+    K = Q + align16(kTile * ldk * element);
+    V = K + align16(kTile * ldk * element);
+    P = V + align16(kTile * ldv * element);
+    G = P + align16((element == 4 ? 1 : 2) * kTile * ldv * element);
+    gates = G + align16(kPaths * kLdG * sizeof(float));
+    col = gates + align16(2 * kStaged * kTile * sizeof(float));
+    bytes = col + align16(std::size_t(Y) * kPaths * sizeof(float));
+  }
+};
+
+constexpr std::size_t kMaxShared = 227 * 1024;
+
+// Where frame position p (reverse raster of the frame: x descending, then y descending) lies.
+struct Frame {
+  int X, Y;
+  bool flip_x, flip_y;
+  __device__ int node(int xf, int yf) const { return (flip_x ? X - 1 - xf : xf) * Y + (flip_y ? Y - 1 - yf : yf); }
+  __device__ int xf_of(int p) const { return X - 1 - p / Y; }
+  __device__ int yf_of(int p) const { return Y - 1 - p % Y; }
+};
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) grid_forward_kernel(GridParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int N = p.X * p.Y, tiles_per_head = (N + kTile - 1) / kTile;
+  const int bh = blockIdx.x / tiles_per_head, n0 = (blockIdx.x % tiles_per_head) * kTile;
+  const int dv0 = blockIdx.y * kTile;
+  const int DQKp = padded_dqk(p.DQK), ldk = stride(DQKp), ldv = stride(kTile);
+  const Layout layout(p.DQK, p.Y, sizeof(T));
+  T* Q = reinterpret_cast<T*>(smem + layout.Q);
+  T* K = reinterpret_cast<T*>(smem + layout.K);
+  T* V = reinterpret_cast<T*>(smem + layout.V);
+  const tiles::Split<T> P = tiles::split_at(reinterpret_cast<T*>(smem + layout.P), kTile * ldv);
+  float* G = reinterpret_cast<float*>(smem + layout.G);
+  float* staged = reinterpret_cast<float*>(smem + layout.gates);  // [2][kStaged][kTile]
+  float* col = reinterpret_cast<float*>(smem + layout.col);       // [Y][kPaths]
+
+  const T* q = static_cast<const T*>(p.q) + std::int64_t(bh) * N * p.DQK;
+  const T* k = static_cast<const T*>(p.k) + std::int64_t(bh) * N * p.DQK;
+  const T* v = static_cast<const T*>(p.v) + std::int64_t(bh) * N * p.DV;
+  const int tid = threadIdx.x;
+
+  // The tile's queries, zero beyond N and DQK.
+  for (int e = tid; e < kTile * DQKp; e += kThreads) {
+    const int r = e / DQKp, c = e % DQKp;
+    Q[r * ldk + c] = n0 + r < N && c < p.DQK ? q[std::int64_t(n0 + r) * p.DQK + c] : from_float<T>(0.f);
+  }
+  Acc acc;
+  tiles::zero(acc);
+
+  const int t = tid, target = n0 + t;  // the dynamic programme's thread t (t < kPaths)
+  for (int o = 0; o < p.orientations; ++o) {
+    const Frame f{p.X, p.Y, (o & 1) != 0, (o & 2) != 0};
+    const std::int64_t base = (std::int64_t(o) * p.B * p.NH + bh) * N;
+    // The source at frame position pos (none beyond N).
+    auto source = [&](int pos) { return pos < N ? f.node(f.xf_of(pos), f.yf_of(pos)) : -1; };
+    // Stages the programme's gates of the 64 sources from position pb on, by threads [first, kThreads).
+    auto stage = [&](float* to, int pb, int first) {
+      constexpr Gate kOrder[kStaged] = {kSr, kSd, kTrl, kTdl, kTdu, kTru};
+      for (int e = tid - first; e < kStaged * kTile; e += kThreads - first) {
+        const int n = source(pb + e % kTile);
+        to[e] = n >= 0 ? __ldg(p.gates[kOrder[e / kTile]] + base + n) : 0.f;
+      }
+    };
+    // The frame position of the tile's targets: the loop starts at the column of the last one.
+    const int x_first = n0 / p.Y, x_last = (min(n0 + kTile, N) - 1) / p.Y;
+    const int xf_max = f.flip_x ? p.X - 1 - x_first : x_last;
+    const int p_first = (p.X - 1 - xf_max) * p.Y;
+    // Thread t's target in the frame (none beyond N), its marks and direct gate, and the running
+    // frame position of the programme.
+    int xt = -2, yt = -2, xf = xf_max, yf = p.Y - 1;
+    float Ml = 0.f, Mu = 0.f, Dt = 0.f;
+    float carry = 0.f;  // T^du W^d + T^ru W^r of the node below the current one in the frame
+    if (t < kPaths) {
+      if (target < N) {
+        xt = f.flip_x ? p.X - 1 - target / p.Y : target / p.Y;
+        yt = f.flip_y ? p.Y - 1 - target % p.Y : target % p.Y;
+        Ml = __ldg(p.gates[kMl] + base + target), Mu = __ldg(p.gates[kMu] + base + target);
+        Dt = __ldg(p.gates[kD] + base + target);
+      }
+      for (int y = 0; y < p.Y; ++y) col[y * kPaths + t] = 0.f;  // nothing right of the first column
+    }
+    stage(staged, p_first, 0);
+    __syncthreads();
+    int buffer = 0;
+    for (int pb = p_first; pb < N; pb += kTile, buffer ^= 1) {
+      if (t < kPaths) {
+        // 1. The reverse dynamic programme over the block's sources.
+        const float* g = staged + buffer * kStaged * kTile;
+#pragma unroll 4
+        for (int j = 0; j < kTile; ++j) {
+          float Gtn = 0.f;
+          if (pb + j < N) {
+            if (yf == p.Y - 1) carry = 0.f;  // a new column: nothing below its last node
+            const float wr = col[yf * kPaths + t] + (xf + 1 == xt && yf == yt ? Ml : 0.f);
+            const float wd = carry + (xf == xt && yf + 1 == yt ? Mu : 0.f);
+            col[yf * kPaths + t] = g[kStTrl * kTile + j] * wr + g[kStTdl * kTile + j] * wd;
+            carry = g[kStTdu * kTile + j] * wd + g[kStTru * kTile + j] * wr;
+            Gtn = g[kStSr * kTile + j] * wr + g[kStSd * kTile + j] * wd + (xf == xt && yf == yt ? Dt : 0.f);
+            if (--yf < 0) yf = p.Y - 1, --xf;
+          }
+          G[t * kLdG + j] = Gtn;
+        }
+      } else {
+        // Meanwhile: the block's keys and values (rows in source order, zero beyond N, DQK, DV), and
+        // the next block's gates.
+        for (int e = tid - kPaths; e < kTile * (DQKp + kTile); e += kThreads - kPaths) {
+          const int r = e / (DQKp + kTile), c = e % (DQKp + kTile), n = source(pb + r);
+          if (c < DQKp) K[r * ldk + c] = n >= 0 && c < p.DQK ? k[std::int64_t(n) * p.DQK + c] : from_float<T>(0.f);
+          else {
+            const int dv = dv0 + c - DQKp;
+            V[r * ldv + c - DQKp] = n >= 0 && dv < p.DV ? v[std::int64_t(n) * p.DV + dv] : from_float<T>(0.f);
+          }
+        }
+        if (pb + kTile < N) stage(staged + (buffer ^ 1) * kStaged * kTile, pb + kTile, kPaths);
+      }
+      __syncthreads();
+      // 2. P = s · (Q K^T) ∘ G, then h += P V.
+      Acc s;
+      tiles::zero(s);
+      for (int k0 = 0; k0 < DQKp; k0 += 16) tiles::gemm<true, false, 16>(s, Q + k0, ldk, K + k0, ldk);
+#pragma unroll
+      for (int i = 0; i < kTR; ++i)
+#pragma unroll
+        for (int j = 0; j < kTC; j += 2) {
+          const int r = tile_row(i), c = tile_col(j);
+          P.set_pair(r * ldv + c, true, p.scale * s[i][j] * G[r * kLdG + c], p.scale * s[i][j + 1] * G[r * kLdG + c + 1]);
+        }
+      __syncthreads();
+      tiles::gemm<true, true, kTile>(acc, P, ldv, V, ldv);
+      __syncthreads();
+    }
+  }
+  T* h = static_cast<T*>(p.h) + std::int64_t(bh) * N * p.DV;
+#pragma unroll
+  for (int i = 0; i < kTR; ++i)
+#pragma unroll
+    for (int j = 0; j < kTC; j += 2) {
+      const int r = tile_row(i), c = dv0 + tile_col(j);
+      if (n0 + r < N && c < p.DV) tiles::store_pair(h, std::int64_t(n0 + r) * p.DV + c, c + 1 < p.DV, acc[i][j], acc[i][j + 1]);
+    }
+}
+
+template <class T>
+void launch(const GridParams& p, cudaStream_t stream) {
+  const Layout layout(p.DQK, p.Y, sizeof(T));
+  check_cuda(cudaFuncSetAttribute(grid_forward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(layout.bytes)),
+             "pLSTM grid forward: shared memory");
+  const std::int64_t tiles_per_head = (std::int64_t(p.X) * p.Y + kTile - 1) / kTile;
+  const dim3 grid(static_cast<unsigned>(tiles_per_head * p.B * p.NH), static_cast<unsigned>((p.DV + kTile - 1) / kTile));
+  grid_forward_kernel<T><<<grid, kThreads, layout.bytes, stream>>>(p);
+  check_cuda(cudaGetLastError(), "pLSTM grid forward");
+}
+
+}  // namespace
+
+int grid_max_Y(int DQK, DType dtype) {
+  const std::size_t element = element_size(dtype);
+  const std::size_t fixed = Layout(DQK, 0, element).bytes;
+  return fixed >= kMaxShared ? 0 : static_cast<int>((kMaxShared - fixed) / (kPaths * sizeof(float)));
+}
+
+void run_grid_forward(const GridParams& p, DType dtype, cudaStream_t stream) {
+  if (dtype == DType::float32) launch<float>(p, stream);
+  else launch<__nv_bfloat16>(p, stream);
+}
+
+}  // namespace flashlstm::cuda::plstm::detail

@@ -1,0 +1,57 @@
+// The CUDA pLSTM kernels' host API. Same definition, argument names and layouts as the CPU reference
+// (reference/plstm/grid.hpp), with device pointers instead of views.
+//
+// 2-D grids (X x Y patches, node (x, y) at index x·Y + y):
+//
+//   q, k (B, NH, X, Y, DQK), v and h (B, NH, X, Y, DV)            of `dtype` (float32 or bfloat16)
+//   each of the nine gates Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D      float32,
+//     (B, NH, X, Y) for one orientation, (4, B, NH, X, Y) for the sum over the four orientations
+//     (orientation o flips x when o & 1 and y when o & 2; its gates are given unflipped).
+//
+// Row-major and contiguous. Any X, Y >= 1, DQK and DV from 1 to 256. The gating between two nodes
+// (the sum over the grid paths of S · Π T · M) is built on chip, a 64 x 64 tile at a time, and never
+// stored: memory is linear in the number of nodes.
+//
+// Every function checks its arguments and throws flashlstm::Error naming the one at fault. Work is
+// queued on `stream` (0 means cudaStreamPerThread).
+#pragma once
+
+#include "core/dtype.hpp"
+#include "core/plstm_options.hpp"
+#include "cuda/common.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace flashlstm::cuda::plstm {
+
+using flashlstm::DType;
+using flashlstm::cuda::device_available;
+using flashlstm::plstm::Options;
+
+struct GridDims {
+  std::int64_t B = 0, NH = 0, X = 0, Y = 0, DQK = 0, DV = 0;
+};
+
+struct GridGates {
+  const float *Sr = nullptr, *Sd = nullptr;                              // sources into the right / down edge
+  const float *Trl = nullptr, *Tru = nullptr, *Tdu = nullptr, *Tdl = nullptr;  // transitions
+  const float *Ml = nullptr, *Mu = nullptr;                              // marks of the left-in / top-in edge
+  const float* D = nullptr;                                              // direct
+};
+
+struct GridInputs {
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  GridGates gates;
+  GridDims dims;
+  int orientations = 1;  // 1: one orientation's gates (B, NH, X, Y); 4: the sum over (4, B, NH, X, Y)
+  DType dtype = DType::bfloat16;
+};
+
+// h (B, NH, X, Y, DV) of `dtype`: the pLSTM on each (batch, head) grid — with 4 orientations, the sum
+// of the four. Accumulates in float32; for bfloat16 inputs the gated scores are multiplied with v as
+// two bf16 terms (hi + lo), so only the inputs' and the output's rounding is bf16's.
+void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream);
+
+}  // namespace flashlstm::cuda::plstm

@@ -1,0 +1,106 @@
+"""The CUDA pLSTM grid kernel from Python: argument handling through DLPack without a GPU
+(FakeCudaArray), and — where a GPU is visible — torch CUDA tensors against the CPU reference, one and
+four orientations, float32 and bfloat16."""
+
+import numpy as np
+import pytest
+
+fl = pytest.importorskip("flashlstm")
+from flashlstm import _core, plstm  # noqa: E402
+
+from helpers import FakeCudaArray, rel, rng  # noqa: E402
+
+cuda = _core.cuda.plstm
+B, NH, X, Y, DQK, DV = 1, 2, 5, 3, 4, 6
+LAUNCH_FAILS = (RuntimeError, ValueError)  # no CUDA in the build / no device, or host memory refused
+
+
+def fake(orientations=1, dtype="float32", **override):
+    lead = (4,) if orientations == 4 else ()
+    a = dict(q=FakeCudaArray((B, NH, X, Y, DQK), dtype), k=FakeCudaArray((B, NH, X, Y, DQK), dtype),
+             v=FakeCudaArray((B, NH, X, Y, DV), dtype), h=FakeCudaArray((B, NH, X, Y, DV), dtype),
+             gates=[FakeCudaArray(lead + (B, NH, X, Y)) for _ in range(9)])
+    a.update(override)
+    return a
+
+
+def call(a, **kwargs):
+    cuda.grid_forward(a["q"], a["k"], a["v"], a["gates"], a["h"], **kwargs)
+
+
+def test_a_valid_call_gets_through_the_checks():
+    for orientations in (1, 4):
+        a = fake(orientations, "bfloat16")
+        with pytest.raises(LAUNCH_FAILS) as failure:
+            call(a, orientations=orientations, stream=5)
+        assert "CUDA" in str(failure.value) or "device" in str(failure.value), str(failure.value)
+        assert a["q"].streams == [5] and all(g.streams == [5] for g in a["gates"])
+
+
+def gate_list(**replace):
+    gates = [FakeCudaArray((B, NH, X, Y)) for _ in range(9)]
+    for i, x in replace.items():
+        gates[int(i[1:])] = x
+    return gates
+
+
+@pytest.mark.parametrize("override,kwargs,message", [
+    (dict(q=FakeCudaArray((B, NH, X * Y, DQK))), {}, r"q: expected shape \(B, NH, X, Y, DQK\), got 4 dimensions"),
+    (dict(k=FakeCudaArray((B, NH, X, Y, DQK), "bfloat16")), {}, "k: expected dtype float32, got bfloat16"),
+    (dict(v=FakeCudaArray((B, NH, X, Y + 1, DV))), {}, r"v: expected shape \(B, NH, X, Y, DV\)"),
+    (dict(h=FakeCudaArray((B, NH, X, Y, DV), read_only=True)), {}, "h: is read-only, but is an output"),
+    (dict(gates=gate_list(g5=FakeCudaArray((B, NH, X, Y), "bfloat16"))), {}, "Tdl: expected dtype float32"),
+    (dict(gates=gate_list()[:8]), {}, "gates: expected the nine gates"),
+    ({}, dict(orientations=4), r"Sr: expected shape \(4, B, NH, X, Y\)"),
+    ({}, dict(orientations=2), "orientations: must be 1 or 4, got 2"),
+])
+def test_bad_arguments_are_named(override, kwargs, message):
+    a = fake(**override)
+    with pytest.raises(ValueError, match=message):
+        call(a, **kwargs)
+
+
+def test_python_layer_routes_gpu_arrays_and_says_why_it_cannot_run():
+    if fl.built_with_cuda and fl.cuda_available():
+        pytest.skip("a GPU is visible: the kernel runs below")
+    a = fake()
+    message = "built without CUDA" if not fl.built_with_cuda else "no CUDA device"
+    with pytest.raises(RuntimeError, match=message):
+        plstm.grid_forward(a["q"], a["k"], a["v"], plstm.GridGates(*a["gates"]))
+
+
+# GPU ---------------------------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+GPU = fl.built_with_cuda and torch.cuda.is_available() and fl.cuda_available()
+needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA build and a GPU")
+
+
+def problem(orientations, X, Y, seed):
+    r = rng(seed)
+    lead = (4,) if orientations == 4 else ()
+    q, k = r.standard_normal((2, 3, 2, X, Y, 48))
+    v = r.standard_normal((2, 3, X, Y, 40))
+    gates = plstm.GridGates(*(r.uniform(-0.7, 0.7, lead + (2, 3, X, Y)) for _ in range(9)))
+    return q, k, v, gates
+
+
+@needs_gpu
+@pytest.mark.parametrize("orientations", [1, 4])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_grid_forward_matches_the_reference(orientations, dtype):
+    q, k, v, gates = problem(orientations, 11, 9, seed=orientations)
+    tdtype = getattr(torch, dtype)
+    dev = [torch.tensor(x, device="cuda").to(tdtype) for x in (q, k, v)]
+    # The reference on exactly the kernel's inputs (bf16-rounded q, k, v; float32 gates).
+    q, k, v = (x.double().cpu().numpy() for x in dev)
+    gates = plstm.GridGates(*(g.astype(np.float32).astype(np.float64) for g in gates))
+    dgates = plstm.GridGates(*(torch.tensor(g, device="cuda", dtype=torch.float32) for g in gates))
+    run = plstm.grid_forward_oriented if orientations == 4 else plstm.grid_forward
+    h = run(*dev, dgates)
+    assert isinstance(h, torch.Tensor) and h.is_cuda and h.dtype == tdtype
+    expected = run(q, k, v, gates)
+    # float32: float32-grade; bf16: the output's rounding (2^-9 relative) dominates.
+    assert rel(h.double().cpu().numpy(), expected) < (1e-5 if dtype == "float32" else 4e-3)
+    with pytest.raises(ValueError, match="form: the CUDA kernel implements 'parallel'"):
+        run(*dev, dgates, form="chunkwise")

@@ -1,0 +1,90 @@
+// The CUDA pLSTM kernels against the CPU reference (cuda/plstm/check.hpp states the criterion): 2-D
+// grids of odd sizes, one and four orientations, raw, P-mode and D-mode gates, both dtypes; argument
+// checks. Tagged [cuda]: without a visible GPU every case returns early with a warning, so CPU-only
+// builds pass.
+#include "cuda/plstm/check.hpp"
+#include "tests/check_catch.hpp"
+
+#include <cuda_runtime_api.h>
+
+using namespace flashlstm::cuda::plstm;
+using flashlstm::plstm::GateMode;
+using flashlstm::plstm::GridShape;
+
+namespace {
+
+bool have_gpu() {
+  if (device_available()) return true;
+  WARN("no CUDA device: skipped");
+  return false;
+}
+
+const DType kDtypes[] = {DType::float32, DType::bfloat16};
+
+void require_passes(const KernelCheck& c) {
+  INFO(c.name << " (baseline: " << c.baseline << ")");
+  CHECK_THAT(c.report, flashlstm::check::passes());
+}
+
+}  // namespace
+
+TEST_CASE("pLSTM grid forward: odd grids, one and four orientations, both dtypes", "[cuda][plstm]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 4100;
+  // (B, NH, X, Y, DQK, DV): a single node, grids smaller and larger than a 64-node tile, columns
+  // longer than a tile (Y > 64), head dims not multiples of 16 and v wider than one 64-column tile.
+  const GridShape shapes[] = {{1, 1, 1, 1, 8, 8},    {2, 1, 5, 7, 8, 6},     {1, 2, 9, 4, 20, 130},
+                              {1, 1, 33, 17, 64, 64}, {1, 1, 32, 32, 64, 64}, {1, 1, 3, 150, 16, 24}};
+  for (const auto& shape : shapes)
+    for (const int orientations : {1, 4})
+      for (const DType dtype : kDtypes) require_passes(check_grid(shape, orientations, GateMode::raw, dtype, ++seed));
+}
+
+TEST_CASE("pLSTM grid forward: P-mode and D-mode gates", "[cuda][plstm]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 4200;
+  for (const GateMode mode : {GateMode::p_mode, GateMode::d_mode})
+    for (const DType dtype : kDtypes) {
+      require_passes(check_grid({2, 3, 16, 16, 32, 32}, 4, mode, dtype, ++seed));
+      require_passes(check_grid({1, 2, 7, 13, 48, 40}, 1, mode, dtype, ++seed));
+    }
+}
+
+TEST_CASE("the pLSTM kernels' host API rejects bad arguments by name", "[cuda][plstm]") {
+  GridInputs x;
+  x.dims = {1, 1, 4, 4, 8, 8};
+  CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("q: "));
+  x.dims.DQK = 300;
+  CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("DQK: "));
+  x.dims.DQK = 8;
+  x.orientations = 2;
+  CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("orientations: "));
+  x.orientations = 4;
+  x.dims.Y = 100000;
+  CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("Y: "));
+  x.dims.Y = 4;
+  x.dims.X = 0;
+  CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("q: "));
+  x.dims.X = 4;
+  if (!have_gpu()) return;
+  void* buffer = nullptr;
+  REQUIRE(cudaMalloc(&buffer, 1 << 20) == cudaSuccess);
+  const float* f = static_cast<const float*>(buffer);
+  x.q = x.k = x.v = buffer;
+  x.gates = GridGates{f, f, f, f, f, f, f, f, f};
+  float host[16];
+  x.gates.Tdl = host;
+  CHECK_THROWS_WITH(grid_forward(x, buffer, {}, nullptr), Catch::StartsWith("Tdl: "));
+  x.gates.Tdl = f;
+  CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("h: "));
+  cudaFree(buffer);
+}
+
+// Small odd shapes for `compute-sanitizer` (tools/gpu_check.sh runs this case under memcheck and
+// racecheck): partial tiles of targets, sources and v columns.
+TEST_CASE("pLSTM: odd grids for the memory checker", "[cuda][plstm][sanitize]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 4300;
+  for (const DType dtype : kDtypes)
+    for (const int orientations : {1, 4}) require_passes(check_grid({1, 2, 5, 13, 12, 70}, orientations, GateMode::raw, dtype, ++seed));
+}
