@@ -2,7 +2,9 @@
 order — tiles of 64 target nodes, each orientation's sources in its reverse topological order in
 blocks of 64, the reverse dynamic programme in its push form with each node's own gates, a tile of
 the gating G at a time — equals the reference on odd grids, one and four orientations. The kernel's
-own tests compare the GPU with the reference; this one pins the algorithm on every machine."""
+own tests compare the GPU with the reference; this one pins the algorithm on every machine. The
+backward's algebra and its query-major schedule (what a backward kernel computes, in its order) are
+checked against the reference's exact backward the same way."""
 
 import numpy as np
 import pytest
@@ -142,3 +144,95 @@ def test_backward_decomposition_equals_the_reference():
     reference = plstm.grid_backward(q, k, v, plstm.GridGates(*gates), dh, chunk_size=1)
     for name, value in ours.items():
         assert rel(value.reshape(-1), getattr(reference, name).reshape(-1)) < 1e-13, name
+
+
+def query_major_backward(q, k, v, dh, g, o, K):
+    """The query-major pass of a grid backward for orientation o, target tiles of 64: pass A runs the
+    reverse programme with one channel per mark (dq, dM, dD from the dG tiles) and keeps the combined
+    push state entering every K-th column; pass B runs the forward programme of Z_t = Σ_n dG(t, n) A_n
+    column by column and, per segment of K columns, recomputes the reverse weights from the checkpoint
+    to pair them with Z at each node (dT, summed over the tiles). g: the nine (X, Y) gates."""
+    X, Y, DQK = q.shape
+    N, s = X * Y, DQK ** -0.5
+    fx, fy = o & 1, o & 2
+    node = lambda xf, yf: (X - 1 - xf if fx else xf) * Y + (Y - 1 - yf if fy else yf)
+    Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D = (a.reshape(N) for a in g)
+    Q, Kk, V, dH = q.reshape(N, -1), k.reshape(N, -1), v.reshape(N, -1), dh.reshape(N, -1)
+    dq = np.zeros_like(Q); dMl = np.zeros(N); dMu = np.zeros(N); dD = np.zeros(N)
+    dT = {name: np.zeros(N) for name in ("Trl", "Tru", "Tdu", "Tdl")}
+    for n0 in range(0, N, TILE):
+        tg = np.arange(n0, min(n0 + TILE, N)); T = len(tg)
+        xt = np.where(fx, X - 1 - tg // Y, tg // Y); yt = np.where(fy, Y - 1 - tg % Y, tg % Y)
+        xf_max = int(xt.max())
+        # ---- pass A: reverse programme, two channels (l, u), checkpoints of the combined push state
+        col = np.zeros((2, Y, T)); carry = np.zeros((2, T))
+        checkpoints = {}
+        dGs = {}
+        for pos in range((X - 1 - xf_max) * Y, N):
+            xf, yf = X - 1 - pos // Y, Y - 1 - pos % Y
+            n = node(xf, yf)
+            if yf == Y - 1:
+                carry[:] = 0
+                if xf % K == K - 1 or xf == xf_max:   # the push state entering column xf
+                    checkpoints[xf] = Ml[tg] * col[0] + Mu[tg] * col[1]
+            inj_l = ((xf + 1 == xt) & (yf == yt)).astype(float); inj_u = ((xf == xt) & (yf + 1 == yt)).astype(float)
+            wr = col[:, yf] + np.stack([inj_l, 0 * inj_l]); wd = carry + np.stack([0 * inj_u, inj_u])
+            col[:, yf] = Trl[n] * wr + Tdl[n] * wd
+            carry = Tdu[n] * wd + Tru[n] * wr
+            Gc = Sr[n] * wr + Sd[n] * wd                  # (2, T): G^(l), G^(u) at source n
+            diag = (xf == xt) & (yf == yt)
+            G = Ml[tg] * Gc[0] + Mu[tg] * Gc[1] + np.where(diag, D[tg], 0)
+            dPv = dH[tg] @ V[n]; Sc = Q[tg] @ Kk[n]       # the MMA tiles' column for source n
+            dG = s * Sc * dPv
+            dq[tg] += (s * G * dPv)[:, None] * Kk[n][None, :]
+            dMl[tg] += dG * Gc[0]; dMu[tg] += dG * Gc[1]; dD[tg] += np.where(diag, dG, 0)
+            dGs[n] = dG  # kept here; a kernel computes the dG tiles again in pass B
+        # ---- pass B: forward programme Z over the columns 0..xf_max, W recomputed per segment
+        zcol = np.zeros((Y, T)); zcarry = np.zeros(T)
+        for c0 in range(0, xf_max + 1, K):
+            c1 = min(c0 + K, xf_max + 1)
+            # recompute W (combined channel) for columns c1-1 .. c0 from the checkpoint entering column c1-1
+            wcol = checkpoints[c1 - 1].copy(); Wr = {}; Wd = {}
+            for xf in range(c1 - 1, c0 - 1, -1):
+                wcarry = np.zeros(T)
+                for yf in range(Y - 1, -1, -1):
+                    n = node(xf, yf)
+                    wr = wcol[yf] + np.where((xf + 1 == xt) & (yf == yt), Ml[tg], 0)
+                    wd = wcarry + np.where((xf == xt) & (yf + 1 == yt), Mu[tg], 0)
+                    Wr[n], Wd[n] = wr, wd
+                    wcol[yf] = Trl[n] * wr + Tdl[n] * wd
+                    wcarry = Tdu[n] * wd + Tru[n] * wr
+            # forward Z over the segment, pairing with W at each node
+            for xf in range(c0, c1):
+                zcarry = np.zeros(T)
+                for yf in range(Y):
+                    n = node(xf, yf)
+                    zl, zt = zcol[yf].copy(), zcarry          # Z on the left-in and top-in edges
+                    dG = dGs.get(n, np.zeros(T))              # zero outside every target's cone
+                    dT["Trl"][n] += (zl * Wr[n]).sum(); dT["Tru"][n] += (zt * Wr[n]).sum()
+                    dT["Tdu"][n] += (zt * Wd[n]).sum(); dT["Tdl"][n] += (zl * Wd[n]).sum()
+                    zcol[yf] = Trl[n] * zl + Tru[n] * zt + Sr[n] * dG
+                    zcarry = Tdu[n] * zt + Tdl[n] * zl + Sd[n] * dG
+    return dq, dMl, dMu, dD, dT
+
+
+
+@pytest.mark.parametrize("o", range(4))
+@pytest.mark.parametrize("grid", [(1, 1, 2), (4, 5, 2), (7, 3, 3), (9, 9, 4), (2, 70, 1)],
+                         ids=lambda g: f"{g[0]}x{g[1]} K{g[2]}")
+def test_backward_query_major_schedule_equals_the_reference(grid, o):
+    """dq, dM, dD and dT from the query-major schedule (checkpoints every K columns, the reverse weights
+    recomputed per segment) equal the reference's exact backward of orientation o (its flipped inputs)."""
+    X, Y, K = grid
+    r = rng(X * 7 + Y + o)
+    q, k = r.standard_normal((2, X, Y, 3))
+    v, dh = r.standard_normal((2, X, Y, 2))
+    g = [r.uniform(-0.7, 0.7, (X, Y)) for _ in range(9)]
+    dq, dMl, dMu, dD, dT = query_major_backward(q, k, v, dh, g, o, K)
+    flip = lambda a: np.flip(np.flip(a, 0) if o & 1 else a, 1) if o & 2 else (np.flip(a, 0) if o & 1 else a)  # noqa: E731
+    batch = lambda a: np.ascontiguousarray(flip(a))[None, None]  # noqa: E731
+    ref = plstm.grid_backward(batch(q), batch(k), batch(v), plstm.GridGates(*map(batch, g)), batch(dh), chunk_size=1)
+    back = lambda a: flip(a[0, 0]).reshape(X * Y, -1)  # noqa: E731
+    assert rel(dq, back(ref.dq)) < 1e-13
+    for name, value in dict(dMl=dMl, dMu=dMu, dD=dD, **{"d" + n: t for n, t in dT.items()}).items():
+        assert rel(value, back(getattr(ref, name))[:, 0]) < 1e-13, name
