@@ -59,6 +59,16 @@ py::tuple grid_gate_tuple(plstm::GridGateTensors<F>&& g) {
                         to_numpy(std::move(g.Ml)), to_numpy(std::move(g.Mu)), to_numpy(std::move(g.D)));
 }
 
+// (dq, dk, dv, (dSr, ..., dD)) of a GridGrad or an OrientedGridGrad.
+template <class Grad>
+py::tuple grid_grad_tuple(Grad&& g) {
+  return py::make_tuple(to_numpy(std::move(g.dq)), to_numpy(std::move(g.dk)), to_numpy(std::move(g.dv)),
+                        py::make_tuple(to_numpy(std::move(g.dSr)), to_numpy(std::move(g.dSd)), to_numpy(std::move(g.dTrl)),
+                                       to_numpy(std::move(g.dTru)), to_numpy(std::move(g.dTdu)),
+                                       to_numpy(std::move(g.dTdl)), to_numpy(std::move(g.dMl)),
+                                       to_numpy(std::move(g.dMu)), to_numpy(std::move(g.dD))));
+}
+
 template <class F, class Grad>
 py::tuple flat_grad(Grad&& g) {
   return py::make_tuple(to_numpy(std::move(g.dq)), to_numpy(std::move(g.dk)), to_numpy(std::move(g.dv)),
@@ -191,13 +201,7 @@ void register_grid(py::module_& m) {
         return dispatch_float("q", q, [&]<class F>() {
           const auto x = grid_inputs<F>(q, k, v, gates);
           const auto dhv = view<F, 5>("dh", dh);
-          auto g = nogil([&] { return plstm::grid_backward(x, dhv, chunk_size, options(qk_scale)); });
-          return py::make_tuple(to_numpy(std::move(g.dq)), to_numpy(std::move(g.dk)), to_numpy(std::move(g.dv)),
-                                py::make_tuple(to_numpy(std::move(g.dSr)), to_numpy(std::move(g.dSd)),
-                                               to_numpy(std::move(g.dTrl)), to_numpy(std::move(g.dTru)),
-                                               to_numpy(std::move(g.dTdu)), to_numpy(std::move(g.dTdl)),
-                                               to_numpy(std::move(g.dMl)), to_numpy(std::move(g.dMu)),
-                                               to_numpy(std::move(g.dD))));
+          return grid_grad_tuple(nogil([&] { return plstm::grid_backward(x, dhv, chunk_size, options(qk_scale)); }));
         });
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gates"), py::arg("dh"), py::kw_only(), py::arg("chunk_size") = 1,
@@ -216,6 +220,21 @@ void register_grid(py::module_& m) {
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gates"), py::kw_only(), py::arg("form") = "recurrent",
       py::arg("chunk_size") = 0, py::arg("qk_scale") = 0.0);
+  m.def(
+      "grid_backward_oriented",
+      [](const InputArray& q, const InputArray& k, const InputArray& v, const GateArrays& gates, const InputArray& dh,
+         index_t chunk_size, double qk_scale) {
+        return dispatch_float("q", q, [&]<class F>() {
+          const auto g = gate_views<F, 5>(gates);
+          const plstm::OrientedGates<F> og{g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]};
+          const auto qv = view<F, 5>("q", q), kv = view<F, 5>("k", k), vv = view<F, 5>("v", v);
+          const auto dhv = view<F, 5>("dh", dh);
+          return grid_grad_tuple(
+              nogil([&] { return plstm::grid_backward_oriented(qv, kv, vv, og, dhv, chunk_size, options(qk_scale)); }));
+        });
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gates"), py::arg("dh"), py::kw_only(), py::arg("chunk_size") = 1,
+      py::arg("qk_scale") = 0.0);
   m.def(
       "grid_gates_p_mode",
       [](const InputArray& Sr, const InputArray& Sd, const InputArray& alpha, const InputArray& gamma,

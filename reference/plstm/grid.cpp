@@ -14,7 +14,9 @@
 #include "reference/masked.hpp"
 #include "reference/plstm/detail.hpp"
 
+#include <array>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace flashlstm::plstm {
@@ -537,31 +539,65 @@ auto flipped(const E& t, int orientation) {
   return out;
 }
 
+// Orientation o's problem: the inputs and that orientation's gates, flipped by o.
+template <class F>
+struct Oriented {
+  xt::xtensor<F, 5> q, k, v;
+  std::array<xt::xtensor<F, 4>, 9> g;  // Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D
+  GridInputs<F> inputs() const { return {q, k, v, {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]}}; }
+};
+
+template <class F>
+Oriented<F> oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v, const OrientedGates<F>& gates, int o) {
+  require(!q.empty() && !v.empty(), "q", "is null");
+  const Shape<5> gate_shape{4, q.shape(0), q.shape(1), q.shape(2), q.shape(3)};
+  const std::array<std::pair<const char*, ConstView<F, 5>>, 9> named{
+      {{"Sr", gates.Sr}, {"Sd", gates.Sd}, {"Trl", gates.Trl}, {"Tru", gates.Tru}, {"Tdu", gates.Tdu},
+       {"Tdl", gates.Tdl}, {"Ml", gates.Ml}, {"Mu", gates.Mu}, {"D", gates.D}}};
+  Oriented<F> x{flipped(copy(q), o), flipped(copy(k), o), flipped(copy(v), o), {}};
+  for (std::size_t i = 0; i < named.size(); ++i) {
+    check_shape(named[i].first, named[i].second, gate_shape);
+    x.g[i] = flipped(xt::xtensor<F, 4>(xt::view(copy(named[i].second), o)), o);
+  }
+  return x;
+}
+
 }  // namespace
 
 template <class F>
 xt::xtensor<F, 5> grid_forward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
-                                        const OrientedGates<F>& gates, const GridForm& form, const Options& o) {
-  require(!q.empty() && !v.empty(), "q", "is null");
-  const Shape<5> gate_shape{4, q.shape(0), q.shape(1), q.shape(2), q.shape(3)};
-  for (const auto& [name, gate] : {std::pair{"Sr", gates.Sr}, {"Sd", gates.Sd}, {"Trl", gates.Trl},
-                                   {"Tru", gates.Tru}, {"Tdu", gates.Tdu}, {"Tdl", gates.Tdl}, {"Ml", gates.Ml},
-                                   {"Mu", gates.Mu}, {"D", gates.D}})
-    check_shape(name, gate, gate_shape);
-  const auto qt = copy(q), kt = copy(k), vt = copy(v);
-  xt::xtensor<F, 5> sum = zeros<F>(Shape<5>{q.shape(0), q.shape(1), q.shape(2), q.shape(3), v.shape(4)});
-  for (int o_ = 0; o_ < 4; ++o_) {
-    auto gate = [&](const ConstView<F, 5>& g) {
-      return flipped(xt::xtensor<F, 4>(xt::view(copy(g), o_)), o_);
-    };
-    const xt::xtensor<F, 4> Sr = gate(gates.Sr), Sd = gate(gates.Sd), Trl = gate(gates.Trl), Tru = gate(gates.Tru),
-                            Tdu = gate(gates.Tdu), Tdl = gate(gates.Tdl), Ml = gate(gates.Ml), Mu = gate(gates.Mu),
-                            D = gate(gates.D);
-    const auto qo = flipped(qt, o_), ko = flipped(kt, o_), vo = flipped(vt, o_);
-    const GridInputs<F> x{qo, ko, vo, {Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D}};
-    sum += flipped(grid_forward(x, form, o), o_);
+                                        const OrientedGates<F>& gates, const GridForm& form, const Options& options) {
+  xt::xtensor<F, 5> sum;
+  for (int o = 0; o < 4; ++o) {
+    const Oriented<F> x = oriented(q, k, v, gates, o);
+    const xt::xtensor<F, 5> h = flipped(grid_forward(x.inputs(), form, options), o);
+    if (o == 0) sum = h;
+    else sum += h;
   }
   return sum;
+}
+
+template <class F>
+OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
+                                           const OrientedGates<F>& gates, ConstView<F, 5> dh, index_t chunk_size,
+                                           const Options& options) {
+  check_shape("dh", dh, Shape<5>{q.shape(0), q.shape(1), q.shape(2), q.shape(3), v.shape(4)});
+  const Shape<5> gate_shape{4, q.shape(0), q.shape(1), q.shape(2), q.shape(3)};
+  OrientedGridGrad<F> out;
+  for (auto* g : {&out.dSr, &out.dSd, &out.dTrl, &out.dTru, &out.dTdu, &out.dTdl, &out.dMl, &out.dMu, &out.dD})
+    *g = zeros<F>(gate_shape);
+  for (int o = 0; o < 4; ++o) {
+    const Oriented<F> x = oriented(q, k, v, gates, o);
+    const xt::xtensor<F, 5> dh_o = flipped(copy(dh), o);
+    const GridGrad<F> g = grid_backward<F>(x.inputs(), dh_o, chunk_size, options);
+    if (o == 0) out.dq = flipped(g.dq, o), out.dk = flipped(g.dk, o), out.dv = flipped(g.dv, o);
+    else out.dq += flipped(g.dq, o), out.dk += flipped(g.dk, o), out.dv += flipped(g.dv, o);
+    const std::array<std::pair<xt::xtensor<F, 5>*, const xt::xtensor<F, 4>*>, 9> pairs{
+        {{&out.dSr, &g.dSr}, {&out.dSd, &g.dSd}, {&out.dTrl, &g.dTrl}, {&out.dTru, &g.dTru}, {&out.dTdu, &g.dTdu},
+         {&out.dTdl, &g.dTdl}, {&out.dMl, &g.dMl}, {&out.dMu, &g.dMu}, {&out.dD, &g.dD}}};
+    for (const auto& [to, from] : pairs) xt::view(*to, o) = flipped(*from, o);
+  }
+  return out;
 }
 
 #define FLASHLSTM_INSTANTIATE(F)                                                                           \
@@ -569,7 +605,10 @@ xt::xtensor<F, 5> grid_forward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, Co
   template DagGates<F> grid_dag_gates(const GridInputs<F>&);                                               \
   template GridGrad<F> grid_backward(const GridInputs<F>&, ConstView<F, 5>, index_t, const Options&);       \
   template xt::xtensor<F, 5> grid_forward_oriented(ConstView<F, 5>, ConstView<F, 5>, ConstView<F, 5>,     \
-                                                   const OrientedGates<F>&, const GridForm&, const Options&);
+                                                   const OrientedGates<F>&, const GridForm&, const Options&);  \
+  template OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5>, ConstView<F, 5>, ConstView<F, 5>,   \
+                                                      const OrientedGates<F>&, ConstView<F, 5>, index_t,   \
+                                                      const Options&);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

@@ -75,4 +75,16 @@ template <class F>
 xt::xtensor<F, 5> grid_forward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
                                         const OrientedGates<F>& gates, const GridForm& form, const Options& options);
 
+// Its exact gradients (each orientation through grid_backward with chunk size L on the flipped
+// inputs): dq, dk, dv summed over the orientations, each gate's gradient per orientation.
+template <class F>
+struct OrientedGridGrad {
+  xt::xtensor<F, 5> dq, dk, dv;
+  xt::xtensor<F, 5> dSr, dSd, dTrl, dTru, dTdu, dTdl, dMl, dMu, dD;  // (4, B, NH, X, Y)
+};
+template <class F>
+OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
+                                           const OrientedGates<F>& gates, ConstView<F, 5> dh, index_t chunk_size,
+                                           const Options& options);
+
 }  // namespace flashlstm::plstm

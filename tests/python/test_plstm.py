@@ -201,6 +201,19 @@ def test_grid_backward_matches_finite_differences(chunk_size):
     check_gradients(loss, dict(zip(names, (q, k, v, *gates))), dict(zip(names, g)))
 
 
+def test_grid_backward_oriented_matches_finite_differences():
+    q, k, v, gates, _ = grid_problem(X=3, Y=4, seed=9, orientations=True)
+    names = ["q", "k", "v", *plstm.GridGates._fields]
+    w = rng(10).standard_normal(v.shape)
+
+    def loss(x):
+        return np.sum(w * plstm.grid_forward_oriented(x["q"], x["k"], x["v"], [x[n] for n in plstm.GridGates._fields]))
+
+    g = plstm.grid_backward_oriented(q, k, v, gates, w, chunk_size=2)
+    assert g.dSr.shape == gates.Sr.shape
+    check_gradients(loss, dict(zip(names, (q, k, v, *gates))), dict(zip(names, g)))
+
+
 @pytest.mark.parametrize("mode", ["P", "D"])
 def test_grid_mode_backward_matches_finite_differences(mode):
     q, k, v, _, raw = grid_problem(X=3, Y=3, seed=7, mode=mode)
