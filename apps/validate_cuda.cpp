@@ -62,9 +62,13 @@ std::vector<ValidationRow> validate_plstm_cuda() {
   for (const int orientations : {1, 4})
     for (const GateMode mode : {GateMode::raw, GateMode::p_mode, GateMode::d_mode})
       for (DType dtype : {DType::bfloat16, DType::float32}) {
-        auto c = k::check_grid(shape, orientations, mode, dtype, ++seed);
-        rows.push_back({"pLSTM", orientations == 4 ? "grid x4" : "grid", to_string(mode),
-                        std::string(to_string(dtype)) + " [cuda]", shape.name(), "CPU float64", std::move(c.report)});
+        for (const bool backward : {false, true}) {
+          auto c = backward ? k::check_grid_backward(shape, orientations, mode, dtype, ++seed)
+                            : k::check_grid(shape, orientations, mode, dtype, ++seed);
+          rows.push_back({"pLSTM", std::string(orientations == 4 ? "grid x4" : "grid") + (backward ? " backward" : ""),
+                          to_string(mode), std::string(to_string(dtype)) + " [cuda]", shape.name(), "CPU float64",
+                          std::move(c.report)});
+        }
       }
   return rows;
 }

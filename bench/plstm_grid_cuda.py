@@ -1,7 +1,8 @@
-"""Times the CUDA pLSTM grid forward (flashlstm.plstm.grid_forward / grid_forward_oriented on torch
-CUDA tensors) at the vision shape: B images x NH heads, DQK = DV = 64, gates float32, one orientation
-and the sum over four, float32 and bf16 inputs. Median of --reps CUDA-event timings after warm-up,
-the peak memory torch saw, and a JSON record:
+"""Times the CUDA pLSTM grid forward and forward + backward (flashlstm.plstm.grid_forward /
+grid_forward_oriented, grid_backward / grid_backward_oriented on torch CUDA tensors) at the vision
+shape: B images x NH heads, DQK = DV = 64, gates float32, one orientation and the sum over four,
+float32 and bf16 inputs. Median of --reps CUDA-event timings after warm-up, the peak memory beyond
+inputs and outputs that torch saw, and a JSON record:
 
     PYTHONPATH=<build>/python python3 bench/plstm_grid_cuda.py --json out/plstm_grid.json
 """
@@ -13,7 +14,7 @@ import subprocess
 
 import torch
 
-from flashlstm import plstm
+from flashlstm import _core, plstm
 
 
 def timed(fn, reps):
@@ -30,13 +31,27 @@ def timed(fn, reps):
     return statistics.median(times)
 
 
+def kernel_times(fn):
+    """Prints the GPU time of each kernel in one call of fn (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:6]:
+        print(f"        {e.device_time_total / 1000:9.3f} ms  {e.key[:90]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--dims", type=int, default=64, help="DQK = DV")
-    parser.add_argument("--grids", default="16x16,32x32")
+    parser.add_argument("--grids", default="16x16,32x32,64x64")
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--profile", action="store_true", help="print the kernels' times of one fw + bw per row")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     rows = []
@@ -48,19 +63,34 @@ def main():
             gates = plstm.GridGates(*(torch.rand(lead + (args.batch, args.heads, X, Y), device="cuda", generator=g)
                                       * 0.5 for _ in range(9)))
             run = plstm.grid_forward_oriented if orientations == 4 else plstm.grid_forward
+            back = plstm.grid_backward_oriented if orientations == 4 else plstm.grid_backward
             for dtype in (torch.float32, torch.bfloat16):
-                q, k, v = (torch.randn(args.batch, args.heads, X, Y, args.dims, device="cuda", generator=g).to(dtype)
-                           for _ in range(3))
+                q, k, v, dh = (torch.randn(args.batch, args.heads, X, Y, args.dims, device="cuda", generator=g).to(dtype)
+                               for _ in range(4))
+                # Memory beyond the inputs and the outputs (h; dq, dk, dv and the gates' gradients).
+                outputs = sum(x.numel() * x.element_size() for x in (q, k, v, v)) + sum(
+                    x.numel() * 4 for x in gates)
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
-                ms = timed(lambda: run(q, k, v, gates), args.reps)
-                peak = torch.cuda.max_memory_allocated() - base
+
+                def fw_bw():
+                    run(q, k, v, gates)
+                    back(q, k, v, gates, dh)
+
+                fw = timed(lambda: run(q, k, v, gates), args.reps)
+                fw_bw_ms = timed(fw_bw, args.reps)
+                # The backward's scratch comes from the CUDA allocator, which torch does not see.
+                scratch = _core.cuda.plstm.grid_backward_scratch_bytes(args.batch, args.heads, X, Y, args.dims, args.dims,
+                                                                       orientations, str(dtype).split(".")[-1])
+                extra = torch.cuda.max_memory_allocated() - base - outputs + scratch
+                if args.profile:
+                    kernel_times(fw_bw)
                 row = dict(grid=f"{X}x{Y}", orientations=orientations, dtype=str(dtype).split(".")[-1],
-                           batch=args.batch, heads=args.heads, dqk=args.dims, dv=args.dims, fw_ms=ms,
-                           extra_memory_mib=peak / 2**20)
+                           batch=args.batch, heads=args.heads, dqk=args.dims, dv=args.dims, fw_ms=fw,
+                           fw_bw_ms=fw_bw_ms, extra_memory_mib=max(extra, 0) / 2**20)
                 rows.append(row)
-                print(f"{row['grid']:>6} x{orientations} {row['dtype']:>9}: fw {ms:8.3f} ms, "
-                      f"{row['extra_memory_mib']:.1f} MiB beyond the inputs", flush=True)
+                print(f"{row['grid']:>6} x{orientations} {row['dtype']:>9}: fw {fw:8.3f} ms, fw+bw {fw_bw_ms:8.3f} ms, "
+                      f"{row['extra_memory_mib']:.1f} MiB beyond inputs and outputs", flush=True)
     if args.json:
         revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         with open(args.json, "w") as f:

@@ -1,6 +1,6 @@
 // The CUDA pLSTM kernels against the CPU reference (cuda/plstm/check.hpp states the criterion): 2-D
-// grids of odd sizes, one and four orientations, raw, P-mode and D-mode gates, both dtypes; argument
-// checks. Tagged [cuda]: without a visible GPU every case returns early with a warning, so CPU-only
+// grids of odd sizes, forward and backward, one and four orientations, raw, P-mode and D-mode gates,
+// both dtypes; argument checks. Tagged [cuda]: without a visible GPU every case returns early with a warning, so CPU-only
 // builds pass.
 #include "cuda/plstm/check.hpp"
 #include "tests/check_catch.hpp"
@@ -50,6 +50,31 @@ TEST_CASE("pLSTM grid forward: P-mode and D-mode gates", "[cuda][plstm]") {
     }
 }
 
+TEST_CASE("pLSTM grid backward: odd grids, one and four orientations, both dtypes", "[cuda][plstm]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 4400;
+  // As the forward's (with a column of 100 nodes, which the backward holds in float32 too), plus a
+  // grid many times wider than the dT kernel's segment of on-chip columns (70 x 40: 3 columns), and
+  // 64 x 64, whose gates the dT kernel keeps on chip in bf16 but reads from global memory in float32.
+  const GridShape shapes[] = {{1, 1, 1, 1, 8, 8},     {2, 1, 5, 7, 8, 6},     {1, 2, 9, 4, 20, 130},
+                              {1, 1, 33, 17, 64, 64}, {1, 1, 32, 32, 64, 64}, {1, 1, 3, 100, 16, 24},
+                              {1, 1, 70, 40, 16, 16}, {1, 1, 64, 64, 64, 64}};
+  for (const auto& shape : shapes)
+    for (const int orientations : {1, 4})
+      for (const DType dtype : kDtypes)
+        require_passes(check_grid_backward(shape, orientations, GateMode::raw, dtype, ++seed));
+}
+
+TEST_CASE("pLSTM grid backward: P-mode and D-mode gates", "[cuda][plstm]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 4500;
+  for (const GateMode mode : {GateMode::p_mode, GateMode::d_mode})
+    for (const DType dtype : kDtypes) {
+      require_passes(check_grid_backward({2, 3, 16, 16, 32, 32}, 4, mode, dtype, ++seed));
+      require_passes(check_grid_backward({1, 2, 7, 13, 48, 40}, 1, mode, dtype, ++seed));
+    }
+}
+
 TEST_CASE("the pLSTM kernels' host API rejects bad arguments by name", "[cuda][plstm]") {
   GridInputs x;
   x.dims = {1, 1, 4, 4, 8, 8};
@@ -77,6 +102,18 @@ TEST_CASE("the pLSTM kernels' host API rejects bad arguments by name", "[cuda][p
   CHECK_THROWS_WITH(grid_forward(x, buffer, {}, nullptr), Catch::StartsWith("Tdl: "));
   x.gates.Tdl = f;
   CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("h: "));
+  float* g = static_cast<float*>(buffer);
+  GridGradients grad{buffer, buffer, buffer, g, g, g, g, g, g, g, g, g};
+  CHECK_THROWS_WITH(grid_backward(x, nullptr, grad, {}, nullptr), Catch::StartsWith("dh: "));
+  grad.dTru = host;
+  CHECK_THROWS_WITH(grid_backward(x, buffer, grad, {}, nullptr), Catch::StartsWith("dTru: "));
+  grad.dTru = g;
+  grad.dk = nullptr;
+  CHECK_THROWS_WITH(grid_backward(x, buffer, grad, {}, nullptr), Catch::StartsWith("dk: "));
+  x.dims.DQK = x.dims.DV = 256;
+  x.dims.Y = 200;
+  x.dtype = DType::float32;
+  CHECK_THROWS_WITH(grid_backward(x, buffer, grad, {}, nullptr), Catch::StartsWith("Y: "));
   cudaFree(buffer);
 }
 
@@ -86,5 +123,8 @@ TEST_CASE("pLSTM: odd grids for the memory checker", "[cuda][plstm][sanitize]") 
   if (!have_gpu()) return;
   std::uint64_t seed = 4300;
   for (const DType dtype : kDtypes)
-    for (const int orientations : {1, 4}) require_passes(check_grid({1, 2, 5, 13, 12, 70}, orientations, GateMode::raw, dtype, ++seed));
+    for (const int orientations : {1, 4}) {
+      require_passes(check_grid({1, 2, 5, 13, 12, 70}, orientations, GateMode::raw, dtype, ++seed));
+      require_passes(check_grid_backward({1, 2, 5, 13, 12, 70}, orientations, GateMode::raw, dtype, ++seed));
+    }
 }

@@ -228,8 +228,26 @@ def grid_forward(q, k, v, gates: GridGates, *, form: Optional[str] = None, chunk
     return _p.grid_forward(q, k, v, _grid_gates(gates), form=form or "recurrent", chunk_size=chunk_size, qk_scale=qk_scale)
 
 
-def grid_backward(q, k, v, gates: GridGates, dh, *, chunk_size: int = 1, qk_scale: float = 0.0) -> GridGrad:
-    """Exact gradients from dh (B, NH, X, Y, DV) through the chunkwise form (chunk_size a power of two)."""
+def _cuda_grid_backward(q, k, v, gates, dh, orientations: int, qk_scale: float, stream: Optional[int]) -> GridGrad:
+    """The CUDA backward on GPU arrays: the gradients allocated in q's framework, on its stream."""
+    _device.require_cuda("plstm.grid_backward")
+    gates = _grid_gates(gates)
+    s = _device.stream_of(q, stream)
+    dq, dk, dv = (_device.empty(q, x.shape, "same", s) for x in (q, k, v))
+    dgates = [_device.empty(q, g.shape, "float32", s) for g in gates]
+    _core.cuda.plstm.grid_backward(q, k, v, list(gates), dh, dq, dk, dv, dgates, orientations=orientations,
+                                   qk_scale=qk_scale, stream=s)
+    return GridGrad(*(_device.adopt(q, x) for x in (dq, dk, dv, *dgates)))
+
+
+def grid_backward(q, k, v, gates: GridGates, dh, *, chunk_size: int = 1, qk_scale: float = 0.0,
+                  stream: Optional[int] = None) -> GridGrad:
+    """Exact gradients from dh (B, NH, X, Y, DV) through the chunkwise form (chunk_size a power of two).
+
+    GPU arrays run the CUDA backward (chunk_size does not apply): dq, dk, dv in q's dtype, the gates'
+    gradients float32, each value written once (deterministic)."""
+    if _device.is_device_array(q):
+        return _cuda_grid_backward(q, k, v, gates, dh, 1, qk_scale, stream)
     dq, dk, dv, dgates = _p.grid_backward(q, k, v, _grid_gates(gates), dh, chunk_size=chunk_size, qk_scale=qk_scale)
     return GridGrad(dq, dk, dv, *dgates)
 
@@ -243,6 +261,18 @@ def grid_forward_oriented(q, k, v, gates: GridGates, *, form: Optional[str] = No
         return _cuda_grid_forward(q, k, v, gates, 4, form, qk_scale, stream)
     return _p.grid_forward_oriented(q, k, v, _grid_gates(gates), form=form or "recurrent", chunk_size=chunk_size,
                                     qk_scale=qk_scale)
+
+
+def grid_backward_oriented(q, k, v, gates: GridGates, dh, *, chunk_size: int = 1, qk_scale: float = 0.0,
+                           stream: Optional[int] = None) -> GridGrad:
+    """Exact gradients of grid_forward_oriented from dh (B, NH, X, Y, DV): dq, dk, dv summed over the
+    orientations, each gate's gradient (4, B, NH, X, Y), one slice per orientation. GPU arrays run
+    the CUDA backward, as in grid_backward."""
+    if _device.is_device_array(q):
+        return _cuda_grid_backward(q, k, v, gates, dh, 4, qk_scale, stream)
+    dq, dk, dv, dgates = _p.grid_backward_oriented(q, k, v, _grid_gates(gates), dh, chunk_size=chunk_size,
+                                                   qk_scale=qk_scale)
+    return GridGrad(dq, dk, dv, *dgates)
 
 
 def grid_dag(X: int, Y: int) -> Dag:

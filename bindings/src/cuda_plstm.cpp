@@ -11,6 +11,7 @@
 #endif
 
 #include <array>
+#include <string>
 
 namespace flashlstm::bindings {
 namespace {
@@ -20,46 +21,113 @@ using dlpack::to_dl;
 
 constexpr std::array<const char*, 9> kGateNames{"Sr", "Sd", "Trl", "Tru", "Tdu", "Tdl", "Ml", "Mu", "D"};
 
+// The inputs of a grid kernel, taken and checked: q, k, v (B, NH, X, Y, D) of one dtype on one device,
+// the nine gates float32, (B, NH, X, Y) each for one orientation or (4, B, NH, X, Y) for four.
+struct GridArrays {
+  std::int64_t B = 0, NH = 0, X = 0, Y = 0, DQK = 0, DV = 0;
+  DType dtype = DType::float32;
+  int device = 0, orientations = 1;
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  std::array<const float*, 9> gates{};
+
+  GridArrays(dlpack::CallArrays& arrays, const py::object& q_, const py::object& k_, const py::object& v_,
+             const py::sequence& gates_, int orientations_)
+      : orientations(orientations_) {
+    require(orientations == 1 || orientations == 4, "orientations", "must be 1 or 4, got {}", orientations);
+    const auto& qa = arrays.take(q_, "q");
+    require(qa.tensor().ndim == 5, "q", "expected shape (B, NH, X, Y, DQK), got {} dimensions", qa.tensor().ndim);
+    const std::int64_t* s = qa.tensor().shape;
+    B = s[0], NH = s[1], X = s[2], Y = s[3], DQK = s[4];
+    if (qa.dtype() == to_dl(DType::bfloat16)) dtype = DType::bfloat16;
+    else require(qa.dtype() == to_dl(DType::float32), "q", "expected dtype float32 or bfloat16, got {}",
+                 dlpack::dtype_name(qa.dtype()));
+    device = qa.device();
+    qa.require({B, NH, X, Y, DQK}, "(B, NH, X, Y, DQK)", to_dl(dtype), device, false);
+    const auto& ka = arrays.take(k_, "k");
+    ka.require({B, NH, X, Y, DQK}, "(B, NH, X, Y, DQK)", to_dl(dtype), device, false);
+    const auto& va = arrays.take(v_, "v");
+    require(va.tensor().ndim == 5, "v", "expected shape (B, NH, X, Y, DV), got {} dimensions", va.tensor().ndim);
+    DV = va.tensor().shape[4];
+    va.require({B, NH, X, Y, DV}, "(B, NH, X, Y, DV)", to_dl(dtype), device, false);
+    q = qa.data(), k = ka.data(), v = va.data();
+    require(py::len(gates_) == kGateNames.size(), "gates",
+            "expected the nine gates (Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D), got {}", py::len(gates_));
+    for (std::size_t i = 0; i < gates.size(); ++i) gates[i] = static_cast<const float*>(gate(arrays, gates_[i], kGateNames[i], false));
+  }
+  // A gate-shaped float32 array (a gate, or a gate's gradient when `writable`).
+  void* gate(dlpack::CallArrays& arrays, const py::handle& a, const char* name, bool writable) const {
+    const auto& g = arrays.take(a, name);
+    if (orientations == 4) g.require({4, B, NH, X, Y}, "(4, B, NH, X, Y)", to_dl(DType::float32), device, writable);
+    else g.require({B, NH, X, Y}, "(B, NH, X, Y)", to_dl(DType::float32), device, writable);
+    return g.data();
+  }
+  // A node array (B, NH, X, Y, D) of the inputs' dtype.
+  void* nodes(dlpack::CallArrays& arrays, const py::object& a, const char* name, std::int64_t D, const char* shape,
+              bool writable) const {
+    const auto& x = arrays.take(a, name);
+    x.require({B, NH, X, Y, D}, shape, to_dl(dtype), device, writable);
+    return x.data();
+  }
+#ifdef FLASHLSTM_HAVE_CUDA
+  flashlstm::cuda::plstm::GridInputs inputs() const {
+    const auto& g = gates;
+    return {q, k, v, {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]}, {B, NH, X, Y, DQK, DV}, orientations, dtype};
+  }
+#endif
+};
+
 // h (B, NH, X, Y, DV) of q's dtype: one orientation's gates (B, NH, X, Y) each, or the sum over four
 // orientations with gates (4, B, NH, X, Y).
 void grid_forward(const py::object& q, const py::object& k, const py::object& v, const py::sequence& gates,
                   const py::object& h, int orientations, double qk_scale, std::optional<std::int64_t> stream) {
-  require(orientations == 1 || orientations == 4, "orientations", "must be 1 or 4, got {}", orientations);
   dlpack::CallArrays arrays(stream);
-  const auto& qa = arrays.take(q, "q");
-  require(qa.tensor().ndim == 5, "q", "expected shape (B, NH, X, Y, DQK), got {} dimensions", qa.tensor().ndim);
-  const std::int64_t* s = qa.tensor().shape;
-  const std::int64_t B = s[0], NH = s[1], X = s[2], Y = s[3], DQK = s[4];
-  DType dtype = DType::float32;
-  if (qa.dtype() == to_dl(DType::bfloat16)) dtype = DType::bfloat16;
-  else require(qa.dtype() == to_dl(DType::float32), "q", "expected dtype float32 or bfloat16, got {}",
-               dlpack::dtype_name(qa.dtype()));
-  const int device = qa.device();
-  qa.require({B, NH, X, Y, DQK}, "(B, NH, X, Y, DQK)", to_dl(dtype), device, false);
-  const auto& ka = arrays.take(k, "k");
-  ka.require({B, NH, X, Y, DQK}, "(B, NH, X, Y, DQK)", to_dl(dtype), device, false);
-  const auto& va = arrays.take(v, "v");
-  require(va.tensor().ndim == 5, "v", "expected shape (B, NH, X, Y, DV), got {} dimensions", va.tensor().ndim);
-  const std::int64_t DV = va.tensor().shape[4];
-  va.require({B, NH, X, Y, DV}, "(B, NH, X, Y, DV)", to_dl(dtype), device, false);
-  const auto& ha = arrays.take(h, "h");
-  ha.require({B, NH, X, Y, DV}, "(B, NH, X, Y, DV)", to_dl(dtype), device, true);
-  require(py::len(gates) == kGateNames.size(), "gates", "expected the nine gates (Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D), got {}",
-          py::len(gates));
-  std::array<const float*, 9> g{};
-  for (std::size_t i = 0; i < g.size(); ++i) {
-    const auto& a = arrays.take(gates[i], kGateNames[i]);
-    if (orientations == 4) a.require({4, B, NH, X, Y}, "(4, B, NH, X, Y)", to_dl(DType::float32), device, false);
-    else a.require({B, NH, X, Y}, "(B, NH, X, Y)", to_dl(DType::float32), device, false);
-    g[i] = static_cast<const float*>(a.data());
+  const GridArrays x(arrays, q, k, v, gates, orientations);
+  void* hp = x.nodes(arrays, h, "h", x.DV, "(B, NH, X, Y, DV)", true);
+#ifdef FLASHLSTM_HAVE_CUDA
+  namespace kernels = flashlstm::cuda::plstm;
+  run_on(x.device, [&] { kernels::grid_forward(x.inputs(), hp, {.qk_scale = qk_scale}, kernel_stream(arrays.stream())); });
+#else
+  (void)hp, (void)qk_scale;
+  dlpack::no_cuda();
+#endif
+}
+
+// Its gradients from dh: dq, dk, dv like q, k, v; dgates, the nine gates' gradients, like the gates.
+void grid_backward(const py::object& q, const py::object& k, const py::object& v, const py::sequence& gates,
+                   const py::object& dh, const py::object& dq, const py::object& dk, const py::object& dv,
+                   const py::sequence& dgates, int orientations, double qk_scale, std::optional<std::int64_t> stream) {
+  dlpack::CallArrays arrays(stream);
+  const GridArrays x(arrays, q, k, v, gates, orientations);
+  const void* dhp = x.nodes(arrays, dh, "dh", x.DV, "(B, NH, X, Y, DV)", false);
+  void* dqp = x.nodes(arrays, dq, "dq", x.DQK, "(B, NH, X, Y, DQK)", true);
+  void* dkp = x.nodes(arrays, dk, "dk", x.DQK, "(B, NH, X, Y, DQK)", true);
+  void* dvp = x.nodes(arrays, dv, "dv", x.DV, "(B, NH, X, Y, DV)", true);
+  require(py::len(dgates) == kGateNames.size(), "dgates", "expected the nine gates' gradients, got {}", py::len(dgates));
+  std::array<float*, 9> d{};
+  for (std::size_t i = 0; i < d.size(); ++i) {
+    const std::string name = std::string("d") + kGateNames[i];
+    d[i] = static_cast<float*>(x.gate(arrays, dgates[i], name.c_str(), true));
   }
 #ifdef FLASHLSTM_HAVE_CUDA
   namespace kernels = flashlstm::cuda::plstm;
-  const kernels::GridInputs x{qa.data(), ka.data(), va.data(), {g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]},
-                              {B, NH, X, Y, DQK, DV}, orientations, dtype};
-  run_on(device, [&] { kernels::grid_forward(x, ha.data(), {.qk_scale = qk_scale}, kernel_stream(arrays.stream())); });
+  const kernels::GridGradients grad{dqp, dkp, dvp, d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8]};
+  run_on(x.device, [&] {
+    kernels::grid_backward(x.inputs(), dhp, grad, {.qk_scale = qk_scale}, kernel_stream(arrays.stream()));
+  });
 #else
-  (void)qk_scale;
+  (void)dhp, (void)dqp, (void)dkp, (void)dvp, (void)qk_scale;
+  dlpack::no_cuda();
+#endif
+}
+
+std::int64_t grid_backward_scratch_bytes(std::int64_t B, std::int64_t NH, std::int64_t X, std::int64_t Y,
+                                         std::int64_t DQK, std::int64_t DV, int orientations, const std::string& dtype) {
+  require(dtype == "float32" || dtype == "bfloat16", "dtype", "must be 'float32' or 'bfloat16', got '{}'", dtype);
+#ifdef FLASHLSTM_HAVE_CUDA
+  return flashlstm::cuda::plstm::grid_backward_scratch_bytes(
+      {B, NH, X, Y, DQK, DV}, orientations, dtype == "float32" ? DType::float32 : DType::bfloat16);
+#else
+  (void)B, (void)NH, (void)X, (void)Y, (void)DQK, (void)DV, (void)orientations;
   dlpack::no_cuda();
 #endif
 }
@@ -71,6 +139,13 @@ void register_cuda_plstm(py::module_& cuda) {
   k.def("grid_forward", &grid_forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gates"), py::arg("h"),
         py::kw_only(), py::arg("orientations") = 1, py::arg("qk_scale") = 0.0, py::arg("stream") = py::none(),
         "Writes h; gates (B, NH, X, Y) each for one orientation, (4, B, NH, X, Y) for the sum over four.");
+  k.def("grid_backward", &grid_backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("gates"), py::arg("dh"),
+        py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dgates"), py::kw_only(), py::arg("orientations") = 1,
+        py::arg("qk_scale") = 0.0, py::arg("stream") = py::none(),
+        "Writes dq, dk, dv and the nine gates' gradients dgates (shaped as the gates).");
+  k.def("grid_backward_scratch_bytes", &grid_backward_scratch_bytes, py::arg("B"), py::arg("NH"), py::arg("X"),
+        py::arg("Y"), py::arg("DQK"), py::arg("DV"), py::arg("orientations"), py::arg("dtype"),
+        "The scratch memory grid_backward takes (from the CUDA stream-ordered allocator) for these sizes, in bytes.");
 }
 
 }  // namespace flashlstm::bindings

@@ -13,7 +13,10 @@ namespace flashlstm::cuda::plstm {
 using flashlstm::cuda::check_device_pointer;
 using flashlstm::cuda::usable;
 
-void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream) {
+namespace {
+
+// The sizes, checked, and the parameter block without pointers (forward and backward).
+detail::GridParams checked_params(const GridInputs& x, const Options& options) {
   const GridDims& d = x.dims;
   require(d.B >= 1 && d.NH >= 1, "q", "needs B >= 1 and NH >= 1, got B = {}, NH = {}", d.B, d.NH);
   require(d.X >= 1 && d.Y >= 1, "q", "needs a grid of X >= 1 by Y >= 1 nodes, got {} x {}", d.X, d.Y);
@@ -25,28 +28,85 @@ void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStre
   require(N <= (std::int64_t{1} << 30), "q", "the grid has {} nodes; at most 2^30 are supported", N);
   require((N + 63) / 64 * heads <= 2147483647, "q", "too many (batch, head) grids: {} x {} nodes", heads, N);
   require(heads * N * std::max(d.DQK, d.DV) <= (std::int64_t{1} << 40), "q", "problem too large");
-  const int max_Y = detail::grid_max_Y(static_cast<int>(d.DQK), x.dtype);
-  require(d.Y <= max_Y, "Y", "must be at most {} for DQK = {} (the kernel keeps a column of path weights on chip), got {}",
-          max_Y, d.DQK, d.Y);
+  detail::GridParams p;
+  p.B = static_cast<int>(d.B), p.NH = static_cast<int>(d.NH), p.X = static_cast<int>(d.X), p.Y = static_cast<int>(d.Y);
+  p.DQK = static_cast<int>(d.DQK), p.DV = static_cast<int>(d.DV), p.orientations = x.orientations;
+  p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(d.DQK)));
+  return p;
+}
+
+// The input pointers, checked, into p.
+void take_inputs(const GridInputs& x, detail::GridParams& p) {
   const std::size_t es = element_size(x.dtype);
   check_device_pointer(x.q, "q", es);
   check_device_pointer(x.k, "k", es);
   check_device_pointer(x.v, "v", es);
-  check_device_pointer(h, "h", es);
   const GridGates& g = x.gates;
   const std::pair<const char*, const float*> gates[9] = {{"Sr", g.Sr},   {"Sd", g.Sd},   {"Trl", g.Trl},
                                                          {"Tru", g.Tru}, {"Tdu", g.Tdu}, {"Tdl", g.Tdl},
                                                          {"Ml", g.Ml},   {"Mu", g.Mu},   {"D", g.D}};
-  detail::GridParams p;
   for (int i = 0; i < 9; ++i) {
     check_device_pointer(gates[i].second, gates[i].first, 4);
     p.gates[i] = gates[i].second;
   }
-  p.B = static_cast<int>(d.B), p.NH = static_cast<int>(d.NH), p.X = static_cast<int>(d.X), p.Y = static_cast<int>(d.Y);
-  p.DQK = static_cast<int>(d.DQK), p.DV = static_cast<int>(d.DV), p.orientations = x.orientations;
-  p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(d.DQK)));
-  p.q = x.q, p.k = x.k, p.v = x.v, p.h = h;
+  p.q = x.q, p.k = x.k, p.v = x.v;
+}
+
+}  // namespace
+
+void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream) {
+  detail::GridParams p = checked_params(x, options);
+  const int max_Y = detail::grid_max_Y(p.DQK, x.dtype);
+  require(p.Y <= max_Y, "Y", "must be at most {} for DQK = {} (the kernel keeps a column of path weights on chip), got {}",
+          max_Y, p.DQK, p.Y);
+  take_inputs(x, p);
+  check_device_pointer(h, "h", element_size(x.dtype));
+  p.h = h;
   detail::run_grid_forward(p, x.dtype, usable(stream));
+}
+
+void grid_backward(const GridInputs& x, const void* dh, const GridGradients& grad, const Options& options,
+                   cudaStream_t stream) {
+  detail::GridBackwardParams p;
+  static_cast<detail::GridParams&>(p) = checked_params(x, options);
+  const detail::GridBackwardPlan plan = detail::plan_grid_backward(p.DQK, p.DV, p.X, p.Y, x.dtype);
+  require(plan.fits, "Y",
+          "is too large for the backward's on-chip path weights with DQK = {}, DV = {} in {} (got Y = {}); "
+          "transpose the grid or use bfloat16",
+          p.DQK, p.DV, to_string(x.dtype), p.Y);
+  take_inputs(x, p);
+  const std::size_t es = element_size(x.dtype);
+  check_device_pointer(dh, "dh", es);
+  check_device_pointer(grad.dq, "dq", es);
+  check_device_pointer(grad.dk, "dk", es);
+  check_device_pointer(grad.dv, "dv", es);
+  const std::pair<const char*, float*> dgates[9] = {{"dSr", grad.dSr},   {"dSd", grad.dSd}, {"dTrl", grad.dTrl},
+                                                    {"dTru", grad.dTru}, {"dTdu", grad.dTdu}, {"dTdl", grad.dTdl},
+                                                    {"dMl", grad.dMl},   {"dMu", grad.dMu}, {"dD", grad.dD}};
+  for (int i = 0; i < 9; ++i) {
+    check_device_pointer(dgates[i].second, dgates[i].first, 4);
+    p.dgates[i] = dgates[i].second;
+  }
+  p.dh = dh, p.dq = grad.dq, p.dk = grad.dk, p.dv = grad.dv;
+  p.segment = plan.segment;
+  p.gates_on_chip = plan.gates_on_chip;
+  p.scratch_per_block = plan.scratch_per_block;
+  const cudaStream_t s = usable(stream);
+  const auto bytes = static_cast<std::size_t>(grid_backward_scratch_bytes(x.dims, x.orientations, x.dtype));
+  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&p.scratch), bytes, s), "pLSTM grid backward: scratch allocation");
+  try {
+    detail::run_grid_backward(p, x.dtype, s);
+  } catch (...) {
+    cudaFreeAsync(p.scratch, s);
+    throw;
+  }
+  check_cuda(cudaFreeAsync(p.scratch, s), "pLSTM grid backward: scratch release");
+}
+
+std::int64_t grid_backward_scratch_bytes(const GridDims& d, int orientations, DType dtype) {
+  const detail::GridBackwardPlan plan = detail::plan_grid_backward(static_cast<int>(d.DQK), static_cast<int>(d.DV),
+                                                                   static_cast<int>(d.X), static_cast<int>(d.Y), dtype);
+  return d.B * d.NH * orientations * plan.scratch_per_block * static_cast<std::int64_t>(sizeof(float));
 }
 
 }  // namespace flashlstm::cuda::plstm

@@ -43,6 +43,68 @@ std::array<xt::xtensor<F, 5>, 9> cast_gates(const std::array<xt::xtensor<double,
   return c;
 }
 
+// The reference's gradients of one orientation (orientation 0's gates) or of the sum over four, with
+// the gate gradients as (orientations, B, NH, X, Y): dq, dk, dv, dSr, ..., dD.
+template <class F>
+std::vector<xt::xtensor<F, 5>> reference_grads(const xt::xtensor<F, 5>& q, const xt::xtensor<F, 5>& k,
+                                               const xt::xtensor<F, 5>& v, const std::array<xt::xtensor<F, 5>, 9>& gates,
+                                               const xt::xtensor<F, 5>& dh, int orientations, index_t chunk_size) {
+  if (orientations == 4) {
+    auto g = ref::grid_backward_oriented<F>(q, k, v, gate_views(gates), dh, chunk_size, {});
+    return {g.dq, g.dk, g.dv, g.dSr, g.dSd, g.dTrl, g.dTru, g.dTdu, g.dTdl, g.dMl, g.dMu, g.dD};
+  }
+  std::array<xt::xtensor<F, 4>, 9> g0;
+  for (std::size_t i = 0; i < g0.size(); ++i) g0[i] = xt::view(gates[i], 0);
+  const ref::GridInputs<F> x{q, k, v, {g0[0], g0[1], g0[2], g0[3], g0[4], g0[5], g0[6], g0[7], g0[8]}};
+  const auto g = ref::grid_backward<F>(x, dh, chunk_size, {});
+  std::vector<xt::xtensor<F, 5>> out{g.dq, g.dk, g.dv};
+  for (const auto* d : {&g.dSr, &g.dSd, &g.dTrl, &g.dTru, &g.dTdu, &g.dTdl, &g.dMl, &g.dMu, &g.dD})
+    out.push_back(xt::expand_dims(*d, 0));
+  return out;
+}
+
+const std::array<const char*, 12> kGradNames{"dq", "dk", "dv", "dSr", "dSd", "dTrl", "dTru", "dTdu", "dTdl", "dMl", "dMu", "dD"};
+
+template <class F>
+std::vector<check::Named<F>> named_grads(const std::vector<xt::xtensor<F, 5>>& g) {
+  std::vector<check::Named<F>> out;
+  for (std::size_t i = 0; i < g.size(); ++i) out.push_back(check::named(kGradNames[i], g[i]));
+  return out;
+}
+
+// The kernel's inputs on the device.
+struct DeviceProblem {
+  std::unique_ptr<DeviceBuffer> q, k, v;
+  std::array<std::unique_ptr<DeviceBuffer>, 9> gates;
+  GridInputs inputs;
+  DeviceProblem(const ref::OrientedGridProblem& p, const ref::GridShape& shape, int orientations, DType dtype)
+      : q(upload(p.q, dtype)), k(upload(p.k, dtype)), v(upload(p.v, dtype)) {
+    for (std::size_t i = 0; i < gates.size(); ++i) gates[i] = upload(p.gates[i], DType::float32);
+    const auto at = [&](int i) { return gates[i]->get<float>(); };
+    inputs = GridInputs{q->get(), k->get(), v->get(),
+                        GridGates{at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8)},
+                        GridDims{shape.B, shape.NH, shape.X, shape.Y, shape.DQK, shape.DV}, orientations, dtype};
+  }
+};
+
+// The problem exactly as the kernel sees it: q, k, v rounded to dtype, gates to float32.
+ref::OrientedGridProblem kernel_problem(const ref::GridShape& shape, ref::GateMode mode, DType dtype, std::uint64_t seed) {
+  ref::OrientedGridProblem p = ref::random_oriented_problem(shape, mode, seed);
+  p.q = check::round_to(p.q, dtype), p.k = check::round_to(p.k, dtype), p.v = check::round_to(p.v, dtype);
+  for (auto& g : p.gates) g = check::round_to_float(g);
+  return p;
+}
+
+// Runs f(stream) on a stream of its own and waits for it.
+template <class F>
+void on_stream(const char* what, F f) {
+  cudaStream_t stream = nullptr;
+  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  f(stream);
+  check_cuda(cudaStreamSynchronize(stream), what);
+  check_cuda(cudaStreamDestroy(stream), "stream");
+}
+
 }  // namespace
 
 KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateMode mode, DType dtype,
@@ -50,10 +112,7 @@ KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateM
   KernelCheck c;
   c.name = fmt::format("grid {} x{} {} {}", to_string(dtype), orientations, to_string(mode), shape.name());
   c.baseline = "float32 reference (recurrent, parallel)";
-  // The inputs exactly as the kernel sees them.
-  ref::OrientedGridProblem p = ref::random_oriented_problem(shape, mode, seed);
-  p.q = check::round_to(p.q, dtype), p.k = check::round_to(p.k, dtype), p.v = check::round_to(p.v, dtype);
-  for (auto& g : p.gates) g = check::round_to_float(g);
+  const ref::OrientedGridProblem p = kernel_problem(shape, mode, dtype, seed);
   const double scale = check::rms(p.q, p.k, p.v);
 
   const auto oracle = reference_h(p.q, p.k, p.v, p.gates, orientations, {ref::GridForm::recurrent});
@@ -66,25 +125,58 @@ KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateM
     runs.push_back({check::named("h", kept.back())});
   }
 
-  const auto q = upload(p.q, dtype), k = upload(p.k, dtype), v = upload(p.v, dtype);
-  std::array<std::unique_ptr<DeviceBuffer>, 9> gates;
-  for (std::size_t i = 0; i < gates.size(); ++i) gates[i] = upload(p.gates[i], DType::float32);
-  const auto at = [&](int i) { return gates[i]->get<float>(); };
-  const GridInputs x{q->get(), k->get(), v->get(),
-                     GridGates{at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7), at(8)},
-                     GridDims{shape.B, shape.NH, shape.X, shape.Y, shape.DQK, shape.DV}, orientations, dtype};
+  const DeviceProblem device(p, shape, orientations, dtype);
   const auto h = poisoned(oracle.size() * element_size(dtype));
-  cudaStream_t stream = nullptr;
-  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-  grid_forward(x, h->get(), {}, stream);
-  check_cuda(cudaStreamSynchronize(stream), "pLSTM grid forward");
-  check_cuda(cudaStreamDestroy(stream), "stream");
+  on_stream("pLSTM grid forward", [&](cudaStream_t stream) { grid_forward(device.inputs, h->get(), {}, stream); });
   const auto kernel = download(*h, shape_of(oracle), dtype);
 
   const std::map<std::string, DType> dtypes{{"h", dtype}};
   const std::vector<check::Named<double>> oracle_tensors{check::named("h", oracle)};
   const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
   c.report = check::kernel_compare({check::named("h", kernel)}, oracle_tensors, baseline, dtypes, scale);
+  return c;
+}
+
+KernelCheck check_grid_backward(const ref::GridShape& shape, int orientations, ref::GateMode mode, DType dtype,
+                                std::uint64_t seed) {
+  KernelCheck c;
+  c.name = fmt::format("grid backward {} x{} {} {}", to_string(dtype), orientations, to_string(mode), shape.name());
+  c.baseline = "float32 reference (chunk sizes 1, 2)";
+  const ref::OrientedGridProblem p = kernel_problem(shape, mode, dtype, seed);
+  const xt::xtensor<double, 5> dh = kernel_problem(shape, mode, dtype, seed + 1).v;  // N(0, 1), v's shape
+  const double scale = check::rms(p.q, p.k, p.v, dh);
+
+  const auto oracle = reference_grads(p.q, p.k, p.v, p.gates, dh, orientations, 1);
+  const auto q32 = cast_tensor<float>(p.q), k32 = cast_tensor<float>(p.k), v32 = cast_tensor<float>(p.v);
+  const auto dh32 = cast_tensor<float>(dh);
+  const auto gates32 = cast_gates<float>(p.gates);
+  std::vector<std::vector<xt::xtensor<float, 5>>> kept;
+  std::vector<std::vector<check::Named<float>>> runs;
+  for (const index_t chunk : {1, 2}) {
+    kept.push_back(reference_grads(q32, k32, v32, gates32, dh32, orientations, chunk));
+    runs.push_back(named_grads(kept.back()));
+  }
+
+  const DeviceProblem device(p, shape, orientations, dtype);
+  const auto dh_device = upload(dh, dtype);
+  std::vector<std::unique_ptr<DeviceBuffer>> out;
+  for (std::size_t i = 0; i < oracle.size(); ++i)
+    out.push_back(poisoned(oracle[i].size() * (i < 3 ? element_size(dtype) : sizeof(float))));
+  const auto f = [&](int i) { return out[i]->get<float>(); };
+  const GridGradients grad{out[0]->get(), out[1]->get(), out[2]->get(), f(3), f(4), f(5), f(6), f(7), f(8), f(9), f(10), f(11)};
+  on_stream("pLSTM grid backward",
+            [&](cudaStream_t stream) { grid_backward(device.inputs, dh_device->get(), grad, {}, stream); });
+
+  std::vector<xt::xtensor<double, 5>> kernel;
+  std::map<std::string, DType> dtypes;
+  for (std::size_t i = 0; i < oracle.size(); ++i) {
+    const DType t = i < 3 ? dtype : DType::float32;
+    kernel.push_back(download(*out[i], shape_of(oracle[i]), t));
+    dtypes[kGradNames[i]] = t;
+  }
+  const auto oracle_tensors = named_grads(oracle);
+  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
+  c.report = check::kernel_compare(named_grads(kernel), oracle_tensors, baseline, dtypes, scale);
   return c;
 }
 

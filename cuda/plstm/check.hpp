@@ -28,4 +28,10 @@ struct KernelCheck {
 KernelCheck check_grid(const flashlstm::plstm::GridShape& shape, int orientations, flashlstm::plstm::GateMode mode,
                        DType dtype, std::uint64_t seed);
 
+// grid_backward on the same kind of problem with dh ~ N(0, 1): dq, dk, dv and the nine gate gradients
+// (per orientation) against the reference's exact backward (float64 oracle; float32 baseline with
+// chunk sizes 1 and 2).
+KernelCheck check_grid_backward(const flashlstm::plstm::GridShape& shape, int orientations,
+                                flashlstm::plstm::GateMode mode, DType dtype, std::uint64_t seed);
+
 }  // namespace flashlstm::cuda::plstm

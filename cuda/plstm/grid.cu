@@ -18,7 +18,8 @@
 //      T^rl W^r + T^dl W^d into a column array for (x-1, y), T^du W^d + T^ru W^r into a register for
 //      (x, y-1), so a block needs only the gates of its own 64 sources. The thread writes
 //          G(t, n) = S^r(n) W^r(n) + S^d(n) W^d(n)  (+ D_t where n = t);
-//      meanwhile the other six warps load the block's k and v rows and stage the next block's gates;
+//      meanwhile the other six warps copy the block's k and v rows (cp.async) and stage the next
+//      block's gates;
 //   2. all eight warps: S = Q_tile K_block^T, P = s · S ∘ G, h_tile += P V_block (tiles.cuh: the
 //      tensor cores for bf16 with P as hi + lo bf16 terms, FMA for float32).
 //
@@ -26,9 +27,7 @@
 // (X-1-xf if o & 1 else xf, Y-1-yf if o & 2 else yf), where the orientation's gates are read.
 // A target's weights are zero outside its cone (sources up and left of it in the frame), so every
 // target of the tile runs the same loop; the loop starts at the frame column of the tile's last target.
-#include "cuda/device.cuh"
-#include "cuda/mlstm/tiles.cuh"
-#include "cuda/plstm/params.hpp"
+#include "cuda/plstm/grid.cuh"
 
 #include <cuda_bf16.h>
 
@@ -38,7 +37,8 @@
 namespace flashlstm::cuda::plstm::detail {
 namespace {
 
-namespace tiles = flashlstm::cuda::mlstm::detail;
+using flashlstm::cuda::cp_async_commit;
+using flashlstm::cuda::cp_async_wait;
 using tiles::Acc;
 using tiles::kSplit;
 using tiles::kTC;
@@ -49,15 +49,8 @@ using tiles::stride;
 using tiles::tile_col;
 using tiles::tile_row;
 
-enum Gate { kSr, kSd, kTrl, kTru, kTdu, kTdl, kMl, kMu, kD };
-
-constexpr int kPaths = 64;  // threads of the dynamic programme: one per target node of the tile
-constexpr int kLdG = kTile + 1;
 // The gates the programme reads at each source, staged per block of 64 sources (two buffers).
 enum Staged { kStSr, kStSd, kStTrl, kStTdl, kStTdu, kStTru, kStaged };
-
-__host__ __device__ int padded_dqk(int DQK) { return (DQK + 15) / 16 * 16; }
-__host__ __device__ std::size_t align16(std::size_t bytes) { return (bytes + 15) / 16 * 16; }
 
 // The shared memory of one block, in bytes from its start.
 struct Layout {
@@ -73,17 +66,6 @@ struct Layout {
     col = gates + align16(2 * kStaged * kTile * sizeof(float));
     bytes = col + align16(std::size_t(Y) * kPaths * sizeof(float));
   }
-};
-
-constexpr std::size_t kMaxShared = 227 * 1024;
-
-// Where frame position p (reverse raster of the frame: x descending, then y descending) lies.
-struct Frame {
-  int X, Y;
-  bool flip_x, flip_y;
-  __device__ int node(int xf, int yf) const { return (flip_x ? X - 1 - xf : xf) * Y + (flip_y ? Y - 1 - yf : yf); }
-  __device__ int xf_of(int p) const { return X - 1 - p / Y; }
-  __device__ int yf_of(int p) const { return Y - 1 - p % Y; }
 };
 
 template <class T>
@@ -107,20 +89,23 @@ __global__ void __launch_bounds__(kThreads) grid_forward_kernel(GridParams p) {
   const T* v = static_cast<const T*>(p.v) + std::int64_t(bh) * N * p.DV;
   const int tid = threadIdx.x;
 
-  // The tile's queries, zero beyond N and DQK.
-  for (int e = tid; e < kTile * DQKp; e += kThreads) {
-    const int r = e / DQKp, c = e % DQKp;
-    Q[r * ldk + c] = n0 + r < N && c < p.DQK ? q[std::int64_t(n0 + r) * p.DQK + c] : from_float<T>(0.f);
-  }
+  // The tile's queries; k and v blocks are copied over the zeroed tiles (zero beyond N, DQK and DV).
+  zero_tile(Q, kTile * ldk);
+  zero_tile(K, kTile * ldk);
+  zero_tile(V, kTile * ldv);
+  __syncthreads();
+  copy_rows(Q, ldk, q, p.DQK, 0, DQKp, [&](int r) { return n0 + r < N ? n0 + r : -1; }, 0);
+  cp_async_commit();
+  cp_async_wait<0>();
   Acc acc;
   tiles::zero(acc);
 
   const int t = tid, target = n0 + t;  // the dynamic programme's thread t (t < kPaths)
   for (int o = 0; o < p.orientations; ++o) {
-    const Frame f{p.X, p.Y, (o & 1) != 0, (o & 2) != 0};
+    const Frame f(p, o);
     const std::int64_t base = (std::int64_t(o) * p.B * p.NH + bh) * N;
     // The source at frame position pos (none beyond N).
-    auto source = [&](int pos) { return pos < N ? f.node(f.xf_of(pos), f.yf_of(pos)) : -1; };
+    auto source = [&](int pos) { return pos < N ? f.node(p.X - 1 - pos / p.Y, p.Y - 1 - pos % p.Y) : -1; };
     // Stages the programme's gates of the 64 sources from position pb on, by threads [first, kThreads).
     auto stage = [&](float* to, int pb, int first) {
       constexpr Gate kOrder[kStaged] = {kSr, kSd, kTrl, kTdl, kTdu, kTru};
@@ -130,8 +115,7 @@ __global__ void __launch_bounds__(kThreads) grid_forward_kernel(GridParams p) {
       }
     };
     // The frame position of the tile's targets: the loop starts at the column of the last one.
-    const int x_first = n0 / p.Y, x_last = (min(n0 + kTile, N) - 1) / p.Y;
-    const int xf_max = f.flip_x ? p.X - 1 - x_first : x_last;
+    const int xf_max = f.xf_max(n0, min(n0 + kTile, N));
     const int p_first = (p.X - 1 - xf_max) * p.Y;
     // Thread t's target in the frame (none beyond N), its marks and direct gate, and the running
     // frame position of the programme.
@@ -140,8 +124,7 @@ __global__ void __launch_bounds__(kThreads) grid_forward_kernel(GridParams p) {
     float carry = 0.f;  // T^du W^d + T^ru W^r of the node below the current one in the frame
     if (t < kPaths) {
       if (target < N) {
-        xt = f.flip_x ? p.X - 1 - target / p.Y : target / p.Y;
-        yt = f.flip_y ? p.Y - 1 - target % p.Y : target % p.Y;
+        xt = f.xf_of_node(target), yt = f.yf_of_node(target);
         Ml = __ldg(p.gates[kMl] + base + target), Mu = __ldg(p.gates[kMu] + base + target);
         Dt = __ldg(p.gates[kD] + base + target);
       }
@@ -169,17 +152,13 @@ __global__ void __launch_bounds__(kThreads) grid_forward_kernel(GridParams p) {
           G[t * kLdG + j] = Gtn;
         }
       } else {
-        // Meanwhile: the block's keys and values (rows in source order, zero beyond N, DQK, DV), and
-        // the next block's gates.
-        for (int e = tid - kPaths; e < kTile * (DQKp + kTile); e += kThreads - kPaths) {
-          const int r = e / (DQKp + kTile), c = e % (DQKp + kTile), n = source(pb + r);
-          if (c < DQKp) K[r * ldk + c] = n >= 0 && c < p.DQK ? k[std::int64_t(n) * p.DQK + c] : from_float<T>(0.f);
-          else {
-            const int dv = dv0 + c - DQKp;
-            V[r * ldv + c - DQKp] = n >= 0 && dv < p.DV ? v[std::int64_t(n) * p.DV + dv] : from_float<T>(0.f);
-          }
-        }
+        // Meanwhile: the block's keys and values (rows in source order), and the next block's gates.
+        const auto block_source = [&](int r) { return source(pb + r); };
+        copy_rows(K, ldk, k, p.DQK, 0, DQKp, block_source, kPaths);
+        copy_rows(V, ldv, v, p.DV, dv0, kTile, block_source, kPaths);
+        cp_async_commit();
         if (pb + kTile < N) stage(staged + (buffer ^ 1) * kStaged * kTile, pb + kTile, kPaths);
+        cp_async_wait<0>();
       }
       __syncthreads();
       // 2. P = s · (Q K^T) ∘ G, then h += P V.

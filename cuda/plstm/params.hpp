@@ -4,6 +4,8 @@
 
 #include "cuda/plstm/plstm.hpp"
 
+#include <cstdint>
+
 namespace flashlstm::cuda::plstm::detail {
 
 struct GridParams {
@@ -13,6 +15,27 @@ struct GridParams {
   const float* gates[9] = {};  // Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D
   void* h = nullptr;
 };
+
+struct GridBackwardParams : GridParams {
+  const void* dh = nullptr;
+  void *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float* dgates[9] = {};  // dSr, ..., dD, laid out as the gates
+  int segment = 1;        // columns of reverse weights the dT kernel keeps on chip
+  bool gates_on_chip = false;  // the dT kernel copies the gates it reads into shared memory
+  float* scratch = nullptr;  // the dT kernel's checkpoints: scratch_per_block floats per (batch·head, orientation)
+  std::int64_t scratch_per_block = 0;
+};
+
+// What the backward needs for these sizes: whether its blocks fit in shared memory, the dT kernel's
+// segment and scratch.
+struct GridBackwardPlan {
+  bool fits = false;
+  int segment = 0;
+  bool gates_on_chip = false;
+  std::int64_t scratch_per_block = 0;
+};
+GridBackwardPlan plan_grid_backward(int DQK, int DV, int X, int Y, DType dtype);
+void run_grid_backward(const GridBackwardParams& p, DType dtype, cudaStream_t stream);
 
 // The largest Y the forward kernel's shared memory holds for this DQK and dtype.
 int grid_max_Y(int DQK, DType dtype);

@@ -13,7 +13,8 @@
 // stored: memory is linear in the number of nodes.
 //
 // Every function checks its arguments and throws flashlstm::Error naming the one at fault. Work is
-// queued on `stream` (0 means cudaStreamPerThread).
+// queued on `stream` (0 means cudaStreamPerThread); scratch memory comes from the stream-ordered
+// allocator (cudaMallocAsync) and is released on the same stream.
 #pragma once
 
 #include "core/dtype.hpp"
@@ -53,5 +54,24 @@ struct GridInputs {
 // of the four. Accumulates in float32; for bfloat16 inputs the gated scores are multiplied with v as
 // two bf16 terms (hi + lo), so only the inputs' and the output's rounding is bf16's.
 void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream);
+
+// The gradients of grid_forward: dq, dk, dv like q, k, v (with 4 orientations summed over them), and
+// each gate's gradient like the gate (per orientation).
+struct GridGradients {
+  void *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float *dSr = nullptr, *dSd = nullptr;
+  float *dTrl = nullptr, *dTru = nullptr, *dTdu = nullptr, *dTdl = nullptr;
+  float *dMl = nullptr, *dMu = nullptr;
+  float* dD = nullptr;
+};
+
+// The exact backward of grid_forward from dh (B, NH, X, Y, DV) of `dtype`: every output is written
+// (no accumulation into it). Deterministic: each value has one writer. Memory beyond the arguments:
+// the transition kernel keeps the reverse programme's state every few columns,
+// B·NH·orientations·ceil(X / segment)·Y·64 floats (segment: the columns of weights that fit on chip).
+void grid_backward(const GridInputs& x, const void* dh, const GridGradients& grad, const Options& options,
+                   cudaStream_t stream);
+// The scratch memory grid_backward takes for these sizes, in bytes.
+std::int64_t grid_backward_scratch_bytes(const GridDims& dims, int orientations, DType dtype);
 
 }  // namespace flashlstm::cuda::plstm

@@ -60,6 +60,30 @@ def test_bad_arguments_are_named(override, kwargs, message):
         call(a, **kwargs)
 
 
+def test_backward_arguments_are_named():
+    a = fake(4)
+    grads = dict(dh=FakeCudaArray((B, NH, X, Y, DV)), dq=FakeCudaArray((B, NH, X, Y, DQK)),
+                 dk=FakeCudaArray((B, NH, X, Y, DQK)), dv=FakeCudaArray((B, NH, X, Y, DV)),
+                 dgates=[FakeCudaArray((4, B, NH, X, Y)) for _ in range(9)])
+
+    def backward(**override):
+        g = {**grads, **override}
+        cuda.grid_backward(a["q"], a["k"], a["v"], a["gates"], g["dh"], g["dq"], g["dk"], g["dv"], g["dgates"],
+                           orientations=4)
+
+    with pytest.raises(ValueError, match=r"dk: expected shape \(B, NH, X, Y, DQK\)"):
+        backward(dk=FakeCudaArray((B, NH, X, Y, DV)))
+    with pytest.raises(ValueError, match="dh: expected dtype float32, got bfloat16"):
+        backward(dh=FakeCudaArray((B, NH, X, Y, DV), "bfloat16"))
+    with pytest.raises(ValueError, match="dTdu: is read-only, but is an output"):
+        backward(dgates=[FakeCudaArray((4, B, NH, X, Y), read_only=(i == 4)) for i in range(9)])
+    with pytest.raises(ValueError, match="dgates: expected the nine"):
+        backward(dgates=grads["dgates"][:3])
+    with pytest.raises(LAUNCH_FAILS) as failure:
+        backward()
+    assert "CUDA" in str(failure.value) or "device" in str(failure.value), str(failure.value)
+
+
 def test_python_layer_routes_gpu_arrays_and_says_why_it_cannot_run():
     if fl.built_with_cuda and fl.cuda_available():
         pytest.skip("a GPU is visible: the kernel runs below")
@@ -79,7 +103,7 @@ needs_gpu = pytest.mark.skipif(not GPU, reason="needs a CUDA build and a GPU")
 def problem(orientations, X, Y, seed):
     r = rng(seed)
     lead = (4,) if orientations == 4 else ()
-    q, k = r.standard_normal((2, 3, 2, X, Y, 48))
+    q, k = r.standard_normal((2, 2, 3, X, Y, 48))
     v = r.standard_normal((2, 3, X, Y, 40))
     gates = plstm.GridGates(*(r.uniform(-0.7, 0.7, lead + (2, 3, X, Y)) for _ in range(9)))
     return q, k, v, gates
@@ -104,3 +128,24 @@ def test_cuda_grid_forward_matches_the_reference(orientations, dtype):
     assert rel(h.double().cpu().numpy(), expected) < (1e-5 if dtype == "float32" else 4e-3)
     with pytest.raises(ValueError, match="form: the CUDA kernel implements 'parallel'"):
         run(*dev, dgates, form="chunkwise")
+
+
+@needs_gpu
+@pytest.mark.parametrize("orientations", [1, 4])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_grid_backward_matches_the_reference(orientations, dtype):
+    q, k, v, gates = problem(orientations, 9, 10, seed=10 + orientations)
+    dh = rng(20).standard_normal(v.shape)
+    tdtype = getattr(torch, dtype)
+    dev = [torch.tensor(x, device="cuda").to(tdtype) for x in (q, k, v, dh)]
+    q, k, v, dh = (x.double().cpu().numpy() for x in dev)
+    gates = plstm.GridGates(*(g.astype(np.float32).astype(np.float64) for g in gates))
+    dgates = plstm.GridGates(*(torch.tensor(g, device="cuda", dtype=torch.float32) for g in gates))
+    run = plstm.grid_backward_oriented if orientations == 4 else plstm.grid_backward
+    got = run(*dev[:3], dgates, dev[3])
+    expected = run(q, k, v, gates, dh)
+    for name, a, b in zip(plstm.GridGrad._fields, got, expected):
+        assert a.is_cuda and a.shape == b.shape, name
+        # float32: float32-grade; bf16 inputs: dq, dk, dv rounded to bf16 (2^-9), the gate gradients
+        # accumulated in float32 from bf16-exact inputs.
+        assert rel(a.double().cpu().numpy(), b) < (1e-4 if dtype == "float32" else 5e-3), name
