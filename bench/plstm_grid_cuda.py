@@ -1,8 +1,8 @@
 """Times the CUDA pLSTM grid forward and forward + backward (flashlstm.plstm.grid_forward /
 grid_forward_oriented, grid_backward / grid_backward_oriented on torch CUDA tensors) at the vision
 shape: B images x NH heads, DQK = DV = 64, gates float32, one orientation and the sum over four,
-float32 and bf16 inputs. Median of --reps CUDA-event timings after warm-up, the peak memory beyond
-inputs and outputs that torch saw, and a JSON record:
+float32 and bf16 inputs. Median of --reps CUDA-event timings after warm-up, the memory beyond inputs
+and outputs (the backward's scratch, and what torch saw), and a JSON record:
 
     PYTHONPATH=<build>/python python3 bench/plstm_grid_cuda.py --json out/plstm_grid.json
 """
@@ -53,6 +53,7 @@ def main():
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--profile", action="store_true", help="print the kernels' times of one fw + bw per row")
     parser.add_argument("--json", default="")
+    parser.add_argument("--revision", default="", help="the revision to record (default: git's HEAD here)")
     args = parser.parse_args()
     rows = []
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -67,9 +68,6 @@ def main():
             for dtype in (torch.float32, torch.bfloat16):
                 q, k, v, dh = (torch.randn(args.batch, args.heads, X, Y, args.dims, device="cuda", generator=g).to(dtype)
                                for _ in range(4))
-                # Memory beyond the inputs and the outputs (h; dq, dk, dv and the gates' gradients).
-                outputs = sum(x.numel() * x.element_size() for x in (q, k, v, v)) + sum(
-                    x.numel() * 4 for x in gates)
                 torch.cuda.reset_peak_memory_stats()
                 base = torch.cuda.memory_allocated()
 
@@ -79,20 +77,26 @@ def main():
 
                 fw = timed(lambda: run(q, k, v, gates), args.reps)
                 fw_bw_ms = timed(fw_bw, args.reps)
-                # The backward's scratch comes from the CUDA allocator, which torch does not see.
+                # Memory beyond the inputs and the outputs: what torch saw beyond the largest output set
+                # alive at once (h in the forward; dq, dk, dv and the gates' gradients in the backward),
+                # and the backward's scratch, which comes from the CUDA allocator that torch does not see.
+                h_bytes = v.numel() * v.element_size()
+                grad_bytes = sum(x.numel() * x.element_size() for x in (q, k, v)) + sum(x.numel() * 4 for x in gates)
+                torch_extra = max(torch.cuda.max_memory_allocated() - base - max(h_bytes, grad_bytes), 0)
                 scratch = _core.cuda.plstm.grid_backward_scratch_bytes(args.batch, args.heads, X, Y, args.dims, args.dims,
                                                                        orientations, str(dtype).split(".")[-1])
-                extra = torch.cuda.max_memory_allocated() - base - outputs + scratch
                 if args.profile:
                     kernel_times(fw_bw)
                 row = dict(grid=f"{X}x{Y}", orientations=orientations, dtype=str(dtype).split(".")[-1],
                            batch=args.batch, heads=args.heads, dqk=args.dims, dv=args.dims, fw_ms=fw,
-                           fw_bw_ms=fw_bw_ms, extra_memory_mib=max(extra, 0) / 2**20)
+                           fw_bw_ms=fw_bw_ms, scratch_mib=scratch / 2**20, torch_extra_mib=torch_extra / 2**20)
                 rows.append(row)
                 print(f"{row['grid']:>6} x{orientations} {row['dtype']:>9}: fw {fw:8.3f} ms, fw+bw {fw_bw_ms:8.3f} ms, "
-                      f"{row['extra_memory_mib']:.1f} MiB beyond inputs and outputs", flush=True)
+                      f"beyond inputs and outputs: scratch {row['scratch_mib']:.1f} MiB, other {row['torch_extra_mib']:.1f} MiB",
+                      flush=True)
     if args.json:
-        revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        revision = args.revision or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                   text=True).stdout.strip()
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "revision": revision,
                        "rows": rows}, f, indent=1)
