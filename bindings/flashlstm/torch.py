@@ -293,54 +293,69 @@ _GRID = ("Sr", "Sd", "Trl", "Tru", "Tdu", "Tdl", "Ml", "Mu", "D")
 
 @torch.library.custom_op("flashlstm::plstm_grid_forward", mutates_args=())
 def _plstm_grid_forward(q: Tensor, k: Tensor, v: Tensor, gates: list[Tensor], form: str, chunk_size: int,
-                        qk_scale: float) -> Tensor:
+                        qk_scale: float, orientations: int) -> Tensor:
+    if q.is_cuda:
+        run = _plstm.grid_forward_oriented if orientations == 4 else _plstm.grid_forward
+        return run(_dev(q), _dev(k), _dev(v), _plstm.GridGates(*(_dev(t) for t in gates)), form=form or None,
+                   qk_scale=qk_scale)
+    run = _plstm.grid_forward_oriented if orientations == 4 else _plstm.grid_forward
     g = [_np(name, t) for name, t in zip(_GRID, gates)]
-    return _t(_plstm.grid_forward(_np("q", q), _np("k", k), _np("v", v), g, form=form, chunk_size=chunk_size,
-                                  qk_scale=qk_scale))
+    return _t(run(_np("q", q), _np("k", k), _np("v", v), g, form=form or "recurrent", chunk_size=chunk_size,
+                  qk_scale=qk_scale))
 
 
 @_plstm_grid_forward.register_fake
-def _(q, k, v, gates, form, chunk_size, qk_scale):
+def _(q, k, v, gates, form, chunk_size, qk_scale, orientations):
     return v.new_empty(v.shape)
 
 
 @torch.library.custom_op("flashlstm::plstm_grid_backward", mutates_args=())
 def _plstm_grid_backward(q: Tensor, k: Tensor, v: Tensor, gates: list[Tensor], dh: Tensor, chunk_size: int,
-                         qk_scale: float) -> list[Tensor]:
+                         qk_scale: float, orientations: int) -> list[Tensor]:
+    run = _plstm.grid_backward_oriented if orientations == 4 else _plstm.grid_backward
+    if q.is_cuda:
+        return list(run(_dev(q), _dev(k), _dev(v), _plstm.GridGates(*(_dev(t) for t in gates)), _dev(dh),
+                        qk_scale=qk_scale))
     g = [_np(name, t) for name, t in zip(_GRID, gates)]
-    grad = _plstm.grid_backward(_np("q", q), _np("k", k), _np("v", v), g, _np("dh", dh), chunk_size=chunk_size,
-                                qk_scale=qk_scale)
+    grad = run(_np("q", q), _np("k", k), _np("v", v), g, _np("dh", dh), chunk_size=chunk_size, qk_scale=qk_scale)
     return [_t(x) for x in grad]
 
 
 @_plstm_grid_backward.register_fake
-def _(q, k, v, gates, dh, chunk_size, qk_scale):
+def _(q, k, v, gates, dh, chunk_size, qk_scale, orientations):
     return [torch.empty_like(x) for x in (q, k, v, *gates)]
 
 
 def _plstm_grid_setup(ctx, inputs, output):
-    q, k, v, gates, form, chunk_size, qk_scale = inputs
+    q, k, v, gates, form, chunk_size, qk_scale, orientations = inputs
     ctx.save_for_backward(q, k, v, *gates)
-    # The backward runs chunkwise: the forward's chunk size where it has one, else 1 (exact for any).
-    ctx.options = (chunk_size if form == "chunkwise" else 1, qk_scale)
+    # The CPU backward runs chunkwise: the forward's chunk size where it has one, else 1 (exact for any).
+    ctx.options = (chunk_size if form == "chunkwise" else 1, qk_scale, orientations)
 
 
 def _plstm_grid_grad(ctx, dh):
     q, k, v, *gates = ctx.saved_tensors
     dq, dk, dv, *dgates = _plstm_grid_backward(q, k, v, gates, dh.contiguous(), *ctx.options)
-    return dq, dk, dv, dgates, None, None, None
+    return dq, dk, dv, dgates, None, None, None, None
 
 
 _plstm_grid_forward.register_autograd(_plstm_grid_grad, setup_context=_plstm_grid_setup)
 
 
-def plstm_grid(q: Tensor, k: Tensor, v: Tensor, gates: Any, *, form: str = "recurrent", chunk_size: int = 0,
-               qk_scale: float = 0.0) -> Tensor:
-    """2-D pLSTM (CPU tensors): h (B, NH, X, Y, DV), differentiable in q, k, v and the nine gates
-    (a flashlstm.plstm.GridGates of tensors; layouts of flashlstm.plstm.grid_forward)."""
+def plstm_grid(q: Tensor, k: Tensor, v: Tensor, gates: Any, *, form: Optional[str] = None, chunk_size: int = 0,
+               qk_scale: float = 0.0, orientations: int = 1) -> Tensor:
+    """2-D pLSTM: h (B, NH, X, Y, DV), differentiable in q, k, v and the nine gates (a
+    flashlstm.plstm.GridGates of tensors; layouts of flashlstm.plstm.grid_forward). orientations=4:
+    the sum over the four orientations, gates (4, B, NH, X, Y) each (grid_forward_oriented).
+
+    CPU tensors (float32 or float64) run the reference (form: "recurrent" by default, "chunkwise",
+    "parallel"); CUDA tensors (q, k, v float32 or bfloat16, gates float32) the CUDA kernels, forward
+    and backward (form None or "parallel")."""
     if len(gates) != 9:
         raise ValueError(f"gates: expected the nine grid gates {_GRID}, got {len(gates)}")
-    return _plstm_grid_forward(q, k, v, list(gates), form, chunk_size, qk_scale)
+    if orientations not in (1, 4):
+        raise ValueError(f"orientations: must be 1 or 4, got {orientations}")
+    return _plstm_grid_forward(q, k, v, list(gates), form or "", chunk_size, qk_scale, orientations)
 
 
 # P-mode and D-mode gates ---------------------------------------------------------------------------

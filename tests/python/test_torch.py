@@ -124,7 +124,26 @@ def test_plstm_grid_gradcheck_and_compile():
     assert torch.autograd.gradcheck(f, (q, k, v, *gates), eps=1e-6, atol=1e-7)
     compiled = torch.compile(lambda *a: f(*a).sum(), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v, *gates), f(q, k, v, *gates).sum())
-    torch.library.opcheck(torch.ops.flashlstm.plstm_grid_forward.default, (q, k, v, gates, "recurrent", 0, 0.0))
+    torch.library.opcheck(torch.ops.flashlstm.plstm_grid_forward.default, (q, k, v, gates, "recurrent", 0, 0.0, 1))
+
+
+def test_plstm_grid_four_orientations_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    B, NH, X, Y, DQK = 1, 1, 3, 2, 2
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    q, k, v = t(B, NH, X, Y, DQK), t(B, NH, X, Y, DQK), t(B, NH, X, Y, DQK)
+    gates = [t(4, B, NH, X, Y) for _ in range(9)]
+
+    def f(q, k, v, *gates):
+        return ft.plstm_grid(q, k, v, gates, orientations=4)
+
+    assert torch.autograd.gradcheck(f, (q, k, v, *gates), eps=1e-6, atol=1e-7)
+    expected = plstm.grid_forward_oriented(*(x.detach().numpy() for x in (q, k, v)),
+                                           plstm.GridGates(*(x.detach().numpy() for x in gates)))
+    assert rel(f(q, k, v, *gates).detach().numpy(), expected) < 1e-12
+    with pytest.raises(ValueError, match="orientations: must be 1 or 4, got 2"):
+        ft.plstm_grid(q, k, v, gates, orientations=2)
+    torch.library.opcheck(torch.ops.flashlstm.plstm_grid_forward.default, (q, k, v, gates, "", 0, 0.0, 4))
 
 
 def mode_raw(shape_of, names, seed):
@@ -178,6 +197,31 @@ def test_dag_gate_modes_equal_the_numpy_ones_with_their_gradients(mode):
     assert torch.autograd.gradcheck(lambda *a: tuple(make(dag, *a)), tuple(small.values()), eps=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match=f"T: expected {A} arcs"):
         make(dag, *(x[..., :-1] if name == "T" else x for name, x in small.items()))
+
+
+@needs_gpu
+@pytest.mark.parametrize("orientations", [1, 4])
+def test_plstm_grid_on_gpu_tensors_runs_the_kernels(orientations):
+    """CUDA tensors run the CUDA kernels through the op: h and every gradient equal the CPU op's in
+    float64 to float32 accuracy; torch.compile traces it."""
+    g = torch.Generator().manual_seed(5)
+    B, NH, X, Y, D = 2, 2, 5, 6, 16
+    lead = (4,) if orientations == 4 else ()
+    cpu = [torch.randn(B, NH, X, Y, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    cpu += [torch.rand(*lead, B, NH, X, Y, generator=g, dtype=torch.float64) * 0.6 for _ in range(9)]
+    cpu = [x.float().double().requires_grad_() for x in cpu]
+    gpu = [x.detach().float().cuda().requires_grad_() for x in cpu]
+    w = torch.randn(B, NH, X, Y, D, generator=g, dtype=torch.float64)
+    h_cpu = ft.plstm_grid(*cpu[:3], cpu[3:], orientations=orientations)
+    h_gpu = ft.plstm_grid(*gpu[:3], gpu[3:], orientations=orientations)
+    assert h_gpu.is_cuda and rel(h_gpu.detach().double().cpu().numpy(), h_cpu.detach().numpy()) < 1e-5
+    (h_cpu * w).sum().backward()
+    (h_gpu * w.float().cuda()).sum().backward()
+    for a, b in zip(gpu, cpu):
+        assert rel(a.grad.double().cpu().numpy(), b.grad.numpy()) < 1e-4
+    compiled = torch.compile(lambda *a: ft.plstm_grid(*a[:3], a[3:], orientations=orientations), fullgraph=True,
+                             backend="aot_eager")
+    torch.testing.assert_close(compiled(*gpu), h_gpu)
 
 
 @needs_gpu
