@@ -75,6 +75,19 @@ TEST_CASE("pLSTM grid backward: P-mode and D-mode gates", "[cuda][plstm]") {
     }
 }
 
+TEST_CASE("pLSTM sequences on the GPU (the chain as an S x 1 grid): forward and backward", "[cuda][plstm]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 4600;
+  using flashlstm::plstm::SequenceShape;
+  // A single token, sequences shorter and longer than a tile, head dims not multiples of 16.
+  const SequenceShape shapes[] = {{1, 1, 1, 8, 8}, {2, 1, 7, 8, 6}, {1, 2, 64, 32, 32}, {2, 2, 65, 20, 70}, {1, 3, 300, 64, 64}};
+  for (const auto& shape : shapes)
+    for (const DType dtype : kDtypes) {
+      require_passes(check_sequence(shape, dtype, ++seed));
+      require_passes(check_sequence_backward(shape, dtype, ++seed));
+    }
+}
+
 TEST_CASE("the pLSTM kernels' host API rejects bad arguments by name", "[cuda][plstm]") {
   GridInputs x;
   x.dims = {1, 1, 4, 4, 8, 8};
@@ -114,6 +127,14 @@ TEST_CASE("the pLSTM kernels' host API rejects bad arguments by name", "[cuda][p
   x.dims.Y = 200;
   x.dtype = DType::float32;
   CHECK_THROWS_WITH(grid_backward(x, buffer, grad, {}, nullptr), Catch::StartsWith("Y: "));
+  SequenceInputs sx{buffer, buffer, buffer, f, f, host, f, SequenceDims{1, 1, 16, 8, 8}, DType::float32};
+  CHECK_THROWS_WITH(sequence_forward(sx, buffer, {}, nullptr), Catch::StartsWith("M: "));
+  sx.M = f;
+  sx.dims.S = 0;
+  CHECK_THROWS_WITH(sequence_forward(sx, buffer, {}, nullptr), Catch::StartsWith("q: "));
+  sx.dims.S = 16;
+  CHECK_THROWS_WITH(sequence_backward(sx, buffer, SequenceGradients{buffer, buffer, buffer, g, nullptr, g, g}, {}, nullptr),
+                    Catch::StartsWith("dT: "));
   cudaFree(buffer);
 }
 

@@ -173,16 +173,37 @@ def dag_gates_d_mode_backward(dag: Dag, S, T, M, D, grad):
 # 1-D ---------------------------------------------------------------------------------------------
 
 
-def sequence_forward(q, k, v, S, T, M, D, *, form: str = "recurrent", chunk_size: int = 0,
-                     qk_scale: float = 0.0) -> np.ndarray:
-    """h (B, NH, S, DV) on the chain t -> t+1. form: "recurrent", "parallel" or "chunkwise" (any
-    chunk_size >= 1; each chunk's aggregates by pairwise-doubling merges)."""
-    return _p.sequence_forward(q, k, v, S, T, M, D, form=form, chunk_size=chunk_size, qk_scale=qk_scale)
+def sequence_forward(q, k, v, S, T, M, D, *, form: Optional[str] = None, chunk_size: int = 0,
+                     qk_scale: float = 0.0, stream: Optional[int] = None) -> np.ndarray:
+    """h (B, NH, S, DV) on the chain t -> t+1. form: "recurrent" (the CPU default), "parallel" or
+    "chunkwise" (any chunk_size >= 1; each chunk's aggregates by pairwise-doubling merges).
+
+    GPU arrays (q, k, v float32 or bfloat16, gates float32) run the CUDA grid kernel on the S x 1 grid
+    of the chain: the parallel form with the gating built on chip (form None or "parallel"; the work
+    grows with S^2, the memory linearly)."""
+    if _device.is_device_array(q):
+        _device.require_cuda("plstm.sequence_forward")
+        if form not in (None, "parallel"):
+            raise ValueError(f"form: on the GPU the sequence runs the parallel form; got {form!r}")
+        s = _device.stream_of(q, stream)
+        h = _device.empty(q, tuple(q.shape[:3]) + (v.shape[-1],), "same", s)
+        _core.cuda.plstm.sequence_forward(q, k, v, S, T, M, D, h, qk_scale=qk_scale, stream=s)
+        return _device.adopt(q, h)
+    return _p.sequence_forward(q, k, v, S, T, M, D, form=form or "recurrent", chunk_size=chunk_size, qk_scale=qk_scale)
 
 
-def sequence_backward(q, k, v, S, T, M, D, dh, *, chunk_size: int = 1, qk_scale: float = 0.0) -> DagGrad:
+def sequence_backward(q, k, v, S, T, M, D, dh, *, chunk_size: int = 1, qk_scale: float = 0.0,
+                      stream: Optional[int] = None) -> DagGrad:
     """Exact gradients from dh (B, NH, S, DV) through the chunkwise form with chunk_size (1: token by
-    token, >= S: the parallel form)."""
+    token, >= S: the parallel form). GPU arrays run the CUDA backward of the S x 1 grid (chunk_size
+    does not apply): dq, dk, dv in q's dtype, dS, dT, dM, dD float32."""
+    if _device.is_device_array(q):
+        _device.require_cuda("plstm.sequence_backward")
+        s = _device.stream_of(q, stream)
+        dq, dk, dv = (_device.empty(q, x.shape, "same", s) for x in (q, k, v))
+        dgates = [_device.empty(q, g.shape, "float32", s) for g in (S, T, M, D)]
+        _core.cuda.plstm.sequence_backward(q, k, v, S, T, M, D, dh, dq, dk, dv, *dgates, qk_scale=qk_scale, stream=s)
+        return DagGrad(*(_device.adopt(q, x) for x in (dq, dk, dv, *dgates)))
     return DagGrad(*_p.sequence_backward(q, k, v, S, T, M, D, dh, chunk_size=chunk_size, qk_scale=qk_scale))
 
 

@@ -12,6 +12,7 @@
 
 #include <array>
 #include <string>
+#include <utility>
 
 namespace flashlstm::bindings {
 namespace {
@@ -120,6 +121,96 @@ void grid_backward(const py::object& q, const py::object& k, const py::object& v
 #endif
 }
 
+// A 1-D problem's inputs, taken and checked: q, k (B, NH, S, DQK), v (B, NH, S, DV) of one dtype, the
+// gates S, T, M, D (B, NH, S) float32.
+struct SequenceArrays {
+  std::int64_t B = 0, NH = 0, S = 0, DQK = 0, DV = 0;
+  DType dtype = DType::float32;
+  int device = 0;
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  std::array<const float*, 4> gates{};
+
+  SequenceArrays(dlpack::CallArrays& arrays, const py::object& q_, const py::object& k_, const py::object& v_,
+                 const py::object& S_, const py::object& T_, const py::object& M_, const py::object& D_) {
+    const auto& qa = arrays.take(q_, "q");
+    require(qa.tensor().ndim == 4, "q", "expected shape (B, NH, S, DQK), got {} dimensions", qa.tensor().ndim);
+    const std::int64_t* s = qa.tensor().shape;
+    B = s[0], NH = s[1], S = s[2], DQK = s[3];
+    if (qa.dtype() == to_dl(DType::bfloat16)) dtype = DType::bfloat16;
+    else require(qa.dtype() == to_dl(DType::float32), "q", "expected dtype float32 or bfloat16, got {}",
+                 dlpack::dtype_name(qa.dtype()));
+    device = qa.device();
+    qa.require({B, NH, S, DQK}, "(B, NH, S, DQK)", to_dl(dtype), device, false);
+    const auto& ka = arrays.take(k_, "k");
+    ka.require({B, NH, S, DQK}, "(B, NH, S, DQK)", to_dl(dtype), device, false);
+    const auto& va = arrays.take(v_, "v");
+    require(va.tensor().ndim == 4, "v", "expected shape (B, NH, S, DV), got {} dimensions", va.tensor().ndim);
+    DV = va.tensor().shape[3];
+    va.require({B, NH, S, DV}, "(B, NH, S, DV)", to_dl(dtype), device, false);
+    q = qa.data(), k = ka.data(), v = va.data();
+    const std::array<std::pair<const py::object*, const char*>, 4> named{{{&S_, "S"}, {&T_, "T"}, {&M_, "M"}, {&D_, "D"}}};
+    for (std::size_t i = 0; i < 4; ++i) gates[i] = static_cast<const float*>(gate(arrays, *named[i].first, named[i].second, false));
+  }
+  void* gate(dlpack::CallArrays& arrays, const py::object& a, const char* name, bool writable) const {
+    const auto& g = arrays.take(a, name);
+    g.require({B, NH, S}, "(B, NH, S)", to_dl(DType::float32), device, writable);
+    return g.data();
+  }
+  void* nodes(dlpack::CallArrays& arrays, const py::object& a, const char* name, std::int64_t D, const char* shape,
+              bool writable) const {
+    const auto& x = arrays.take(a, name);
+    x.require({B, NH, S, D}, shape, to_dl(dtype), device, writable);
+    return x.data();
+  }
+#ifdef FLASHLSTM_HAVE_CUDA
+  flashlstm::cuda::plstm::SequenceInputs inputs() const {
+    return {q, k, v, gates[0], gates[1], gates[2], gates[3], {B, NH, S, DQK, DV}, dtype};
+  }
+#endif
+};
+
+void sequence_forward(const py::object& q, const py::object& k, const py::object& v, const py::object& S,
+                      const py::object& T, const py::object& M, const py::object& D, const py::object& h,
+                      double qk_scale, std::optional<std::int64_t> stream) {
+  dlpack::CallArrays arrays(stream);
+  const SequenceArrays x(arrays, q, k, v, S, T, M, D);
+  void* hp = x.nodes(arrays, h, "h", x.DV, "(B, NH, S, DV)", true);
+#ifdef FLASHLSTM_HAVE_CUDA
+  namespace kernels = flashlstm::cuda::plstm;
+  run_on(x.device, [&] { kernels::sequence_forward(x.inputs(), hp, {.qk_scale = qk_scale}, kernel_stream(arrays.stream())); });
+#else
+  (void)hp, (void)qk_scale;
+  dlpack::no_cuda();
+#endif
+}
+
+void sequence_backward(const py::object& q, const py::object& k, const py::object& v, const py::object& S,
+                       const py::object& T, const py::object& M, const py::object& D, const py::object& dh,
+                       const py::object& dq, const py::object& dk, const py::object& dv, const py::object& dS,
+                       const py::object& dT, const py::object& dM, const py::object& dD, double qk_scale,
+                       std::optional<std::int64_t> stream) {
+  dlpack::CallArrays arrays(stream);
+  const SequenceArrays x(arrays, q, k, v, S, T, M, D);
+  const void* dhp = x.nodes(arrays, dh, "dh", x.DV, "(B, NH, S, DV)", false);
+  void* dqp = x.nodes(arrays, dq, "dq", x.DQK, "(B, NH, S, DQK)", true);
+  void* dkp = x.nodes(arrays, dk, "dk", x.DQK, "(B, NH, S, DQK)", true);
+  void* dvp = x.nodes(arrays, dv, "dv", x.DV, "(B, NH, S, DV)", true);
+  auto* dSp = static_cast<float*>(x.gate(arrays, dS, "dS", true));
+  auto* dTp = static_cast<float*>(x.gate(arrays, dT, "dT", true));
+  auto* dMp = static_cast<float*>(x.gate(arrays, dM, "dM", true));
+  auto* dDp = static_cast<float*>(x.gate(arrays, dD, "dD", true));
+#ifdef FLASHLSTM_HAVE_CUDA
+  namespace kernels = flashlstm::cuda::plstm;
+  const kernels::SequenceGradients grad{dqp, dkp, dvp, dSp, dTp, dMp, dDp};
+  run_on(x.device, [&] {
+    kernels::sequence_backward(x.inputs(), dhp, grad, {.qk_scale = qk_scale}, kernel_stream(arrays.stream()));
+  });
+#else
+  (void)dhp, (void)dqp, (void)dkp, (void)dvp, (void)dSp, (void)dTp, (void)dMp, (void)dDp, (void)qk_scale;
+  dlpack::no_cuda();
+#endif
+}
+
 std::int64_t grid_backward_scratch_bytes(std::int64_t B, std::int64_t NH, std::int64_t X, std::int64_t Y,
                                          std::int64_t DQK, std::int64_t DV, int orientations, const std::string& dtype) {
   require(dtype == "float32" || dtype == "bfloat16", "dtype", "must be 'float32' or 'bfloat16', got '{}'", dtype);
@@ -143,6 +234,13 @@ void register_cuda_plstm(py::module_& cuda) {
         py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dgates"), py::kw_only(), py::arg("orientations") = 1,
         py::arg("qk_scale") = 0.0, py::arg("stream") = py::none(),
         "Writes dq, dk, dv and the nine gates' gradients dgates (shaped as the gates).");
+  k.def("sequence_forward", &sequence_forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"), py::arg("T"),
+        py::arg("M"), py::arg("D"), py::arg("h"), py::kw_only(), py::arg("qk_scale") = 0.0,
+        py::arg("stream") = py::none(), "Writes h (B, NH, S, DV): the chain computed as an S x 1 grid.");
+  k.def("sequence_backward", &sequence_backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"), py::arg("T"),
+        py::arg("M"), py::arg("D"), py::arg("dh"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dS"),
+        py::arg("dT"), py::arg("dM"), py::arg("dD"), py::kw_only(), py::arg("qk_scale") = 0.0,
+        py::arg("stream") = py::none(), "Writes dq, dk, dv, dS, dT, dM, dD.");
   k.def("grid_backward_scratch_bytes", &grid_backward_scratch_bytes, py::arg("B"), py::arg("NH"), py::arg("X"),
         py::arg("Y"), py::arg("DQK"), py::arg("DV"), py::arg("orientations"), py::arg("dtype"),
         "The scratch memory grid_backward takes (from the CUDA stream-ordered allocator) for these sizes, in bytes.");

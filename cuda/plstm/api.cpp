@@ -103,6 +103,65 @@ void grid_backward(const GridInputs& x, const void* dh, const GridGradients& gra
   check_cuda(cudaFreeAsync(p.scratch, s), "pLSTM grid backward: scratch release");
 }
 
+namespace {
+
+// A sequence problem as the S x 1 grid of its chain, with zero vertical gates (and, for the backward,
+// somewhere to write their gradients) in one stream-ordered allocation of `count` gate arrays.
+class ChainAsGrid {
+ public:
+  ChainAsGrid(const SequenceInputs& x, int count, cudaStream_t stream) : stream_(stream) {
+    const SequenceDims& d = x.dims;
+    require(d.B >= 1 && d.NH >= 1 && d.S >= 1, "q", "needs B, NH, S >= 1, got B = {}, NH = {}, S = {}", d.B, d.NH, d.S);
+    const std::size_t es = element_size(x.dtype);
+    check_device_pointer(x.q, "q", es);
+    check_device_pointer(x.k, "k", es);
+    check_device_pointer(x.v, "v", es);
+    check_device_pointer(x.S, "S", 4);
+    check_device_pointer(x.T, "T", 4);
+    check_device_pointer(x.M, "M", 4);
+    check_device_pointer(x.D, "D", 4);
+    size_ = d.B * d.NH * d.S;
+    const std::size_t bytes = static_cast<std::size_t>(size_) * count * sizeof(float);
+    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&buffer_), bytes, stream), "pLSTM sequence: allocation");
+    check_cuda(cudaMemsetAsync(buffer_, 0, bytes, stream), "pLSTM sequence: zero gates");
+    const float* z = buffer_;
+    inputs = GridInputs{x.q, x.k, x.v, GridGates{x.S, z, x.T, z, z, z, x.M, z, x.D},
+                        GridDims{d.B, d.NH, d.S, 1, d.DQK, d.DV}, 1, x.dtype};
+  }
+  ~ChainAsGrid() { cudaFreeAsync(buffer_, stream_); }
+  ChainAsGrid(const ChainAsGrid&) = delete;
+  ChainAsGrid& operator=(const ChainAsGrid&) = delete;
+  float* gate(int i) const { return buffer_ + i * size_; }  // i = 0: the zero gates
+
+  GridInputs inputs;
+
+ private:
+  cudaStream_t stream_;
+  float* buffer_ = nullptr;
+  std::int64_t size_ = 0;
+};
+
+}  // namespace
+
+void sequence_forward(const SequenceInputs& x, void* h, const Options& options, cudaStream_t stream) {
+  const cudaStream_t s = usable(stream);
+  const ChainAsGrid chain(x, 1, s);
+  grid_forward(chain.inputs, h, options, s);
+}
+
+void sequence_backward(const SequenceInputs& x, const void* dh, const SequenceGradients& grad, const Options& options,
+                       cudaStream_t stream) {
+  const cudaStream_t s = usable(stream);
+  const ChainAsGrid chain(x, 6, s);  // the zero gates, then the five vertical gates' gradients (discarded)
+  check_device_pointer(grad.dS, "dS", 4);
+  check_device_pointer(grad.dT, "dT", 4);
+  check_device_pointer(grad.dM, "dM", 4);
+  check_device_pointer(grad.dD, "dD", 4);
+  const GridGradients g{grad.dq, grad.dk, grad.dv, grad.dS, chain.gate(1), grad.dT, chain.gate(2),
+                        chain.gate(3), chain.gate(4), grad.dM, chain.gate(5), grad.dD};
+  grid_backward(chain.inputs, dh, g, options, s);
+}
+
 std::int64_t grid_backward_scratch_bytes(const GridDims& d, int orientations, DType dtype) {
   const detail::GridBackwardPlan plan = detail::plan_grid_backward(static_cast<int>(d.DQK), static_cast<int>(d.DV),
                                                                    static_cast<int>(d.X), static_cast<int>(d.Y), dtype);

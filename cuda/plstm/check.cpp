@@ -105,7 +105,90 @@ void on_stream(const char* what, F f) {
   check_cuda(cudaStreamDestroy(stream), "stream");
 }
 
+// A 1-D problem exactly as the kernels see it, and on the device.
+struct SequenceCase {
+  ref::SequenceProblem<double> p;
+  std::unique_ptr<DeviceBuffer> q, k, v, dh, S, T, M, D;
+  SequenceInputs inputs;
+  SequenceCase(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) : p(ref::random_problem(shape, seed)) {
+    p.q = check::round_to(p.q, dtype), p.k = check::round_to(p.k, dtype), p.v = check::round_to(p.v, dtype);
+    p.dh = check::round_to(p.dh, dtype);
+    p.S = check::round_to_float(p.S), p.T = check::round_to_float(p.T), p.M = check::round_to_float(p.M);
+    p.D = check::round_to_float(p.D);
+    q = upload(p.q, dtype), k = upload(p.k, dtype), v = upload(p.v, dtype), dh = upload(p.dh, dtype);
+    S = upload(p.S, DType::float32), T = upload(p.T, DType::float32), M = upload(p.M, DType::float32);
+    D = upload(p.D, DType::float32);
+    inputs = SequenceInputs{q->get(), k->get(), v->get(), S->get<float>(), T->get<float>(), M->get<float>(),
+                            D->get<float>(), SequenceDims{shape.B, shape.NH, shape.S, shape.DQK, shape.DV}, dtype};
+  }
+};
+
 }  // namespace
+
+KernelCheck check_sequence(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) {
+  KernelCheck c;
+  c.name = fmt::format("sequence {} {}", to_string(dtype), shape.name());
+  c.baseline = "float32 reference (recurrent, parallel)";
+  const SequenceCase x(shape, dtype, seed);
+  const double scale = x.p.scale();
+  const auto oracle = ref::sequence_forward<double>(x.p.inputs(), {ref::SequenceForm::recurrent}, {});
+  const auto p32 = x.p.cast<float>();
+  std::vector<xt::xtensor<float, 4>> kept;
+  std::vector<std::vector<check::Named<float>>> runs;
+  for (const auto kind : {ref::SequenceForm::recurrent, ref::SequenceForm::parallel}) {
+    kept.push_back(ref::sequence_forward<float>(p32.inputs(), {kind}, {}));
+    runs.push_back({check::named("h", kept.back())});
+  }
+  const auto h = poisoned(oracle.size() * element_size(dtype));
+  on_stream("pLSTM sequence forward", [&](cudaStream_t stream) { sequence_forward(x.inputs, h->get(), {}, stream); });
+  const auto kernel = download(*h, shape_of(oracle), dtype);
+  const std::map<std::string, DType> dtypes{{"h", dtype}};
+  const std::vector<check::Named<double>> oracle_tensors{check::named("h", oracle)};
+  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
+  c.report = check::kernel_compare({check::named("h", kernel)}, oracle_tensors, baseline, dtypes, scale);
+  return c;
+}
+
+KernelCheck check_sequence_backward(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) {
+  KernelCheck c;
+  c.name = fmt::format("sequence backward {} {}", to_string(dtype), shape.name());
+  c.baseline = "float32 reference (chunk sizes 1, 4)";
+  const SequenceCase x(shape, dtype, seed);
+  const double scale = x.p.scale();
+  const auto oracle = ref::sequence_backward<double>(x.p.inputs(), x.p.dh, 1, {});
+  const auto p32 = x.p.cast<float>();
+  std::vector<ref::SequenceGrad<float>> kept;
+  std::vector<std::vector<check::Named<float>>> runs;
+  for (const index_t chunk : {1, 4}) {
+    kept.push_back(ref::sequence_backward<float>(p32.inputs(), p32.dh, chunk, {}));
+    runs.push_back(ref::tensors(kept.back()));
+  }
+  const auto oracle_tensors = ref::tensors(oracle);
+  std::vector<std::unique_ptr<DeviceBuffer>> out;
+  std::map<std::string, DType> dtypes;
+  for (std::size_t i = 0; i < oracle_tensors.size(); ++i) {
+    const DType t = i < 3 ? dtype : DType::float32;
+    out.push_back(poisoned(static_cast<std::size_t>(oracle_tensors[i].size) * element_size(t)));
+    dtypes[oracle_tensors[i].name] = t;
+  }
+  const auto f = [&](int i) { return out[i]->get<float>(); };
+  const SequenceGradients grad{out[0]->get(), out[1]->get(), out[2]->get(), f(3), f(4), f(5), f(6)};
+  on_stream("pLSTM sequence backward",
+            [&](cudaStream_t stream) { sequence_backward(x.inputs, x.dh->get(), grad, {}, stream); });
+  const Shape<4> node1{shape.B, shape.NH, shape.S, shape.DQK}, node2{shape.B, shape.NH, shape.S, shape.DV};
+  const Shape<3> gate{shape.B, shape.NH, shape.S};
+  std::vector<xt::xtensor<double, 4>> nodes{download(*out[0], node1, dtype), download(*out[1], node1, dtype),
+                                            download(*out[2], node2, dtype)};
+  std::vector<xt::xtensor<double, 3>> gates;
+  for (int i = 3; i < 7; ++i) gates.push_back(download(*out[i], gate, DType::float32));
+  std::vector<check::Named<double>> kernel{check::named("dq", nodes[0]), check::named("dk", nodes[1]),
+                                           check::named("dv", nodes[2])};
+  const char* gate_names[] = {"dS", "dT", "dM", "dD"};
+  for (int i = 0; i < 4; ++i) kernel.push_back(check::named(gate_names[i], gates[i]));
+  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
+  c.report = check::kernel_compare(kernel, oracle_tensors, baseline, dtypes, scale);
+  return c;
+}
 
 KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateMode mode, DType dtype,
                        std::uint64_t seed) {

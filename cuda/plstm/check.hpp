@@ -34,4 +34,10 @@ KernelCheck check_grid(const flashlstm::plstm::GridShape& shape, int orientation
 KernelCheck check_grid_backward(const flashlstm::plstm::GridShape& shape, int orientations,
                                 flashlstm::plstm::GateMode mode, DType dtype, std::uint64_t seed);
 
+// sequence_forward and sequence_backward (with dh) on a random 1-D problem (raw gates ~ U(-1, 1):
+// transitions of either sign), against the reference's recurrent form and exact backward (float32
+// baselines: the recurrent and parallel forms; the backward with chunk sizes 1 and 4).
+KernelCheck check_sequence(const flashlstm::plstm::SequenceShape& shape, DType dtype, std::uint64_t seed);
+KernelCheck check_sequence_backward(const flashlstm::plstm::SequenceShape& shape, DType dtype, std::uint64_t seed);
+
 }  // namespace flashlstm::cuda::plstm

@@ -71,6 +71,30 @@ struct GridGradients {
 // B·NH·orientations·ceil(X / segment)·Y·64 floats (segment: the columns of weights that fit on chip).
 void grid_backward(const GridInputs& x, const void* dh, const GridGradients& grad, const Options& options,
                    cudaStream_t stream);
+// 1-D sequences (the chain t -> t+1; reference/plstm/sequence.hpp):
+//
+//   q, k (B, NH, S, DQK), v and h (B, NH, S, DV) of `dtype`; the gates S, T, M, D (B, NH, S) float32.
+//
+// Computed as the S x 1 grid whose right edges are the chain's (S^r = S, T^rl = T, M^l = M, the
+// vertical gates zero) by the grid kernels: the parallel form with the gating built on chip, so the
+// work grows with S^2 / 2 (no chunkwise form on the GPU yet) and the memory linearly.
+struct SequenceDims {
+  std::int64_t B = 0, NH = 0, S = 0, DQK = 0, DV = 0;
+};
+struct SequenceInputs {
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  const float *S = nullptr, *T = nullptr, *M = nullptr, *D = nullptr;
+  SequenceDims dims;
+  DType dtype = DType::bfloat16;
+};
+struct SequenceGradients {
+  void *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float *dS = nullptr, *dT = nullptr, *dM = nullptr, *dD = nullptr;
+};
+void sequence_forward(const SequenceInputs& x, void* h, const Options& options, cudaStream_t stream);
+void sequence_backward(const SequenceInputs& x, const void* dh, const SequenceGradients& grad, const Options& options,
+                       cudaStream_t stream);
+
 // The scratch memory grid_backward takes for these sizes, in bytes.
 std::int64_t grid_backward_scratch_bytes(const GridDims& dims, int orientations, DType dtype);
 

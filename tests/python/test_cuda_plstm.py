@@ -1,6 +1,6 @@
-"""The CUDA pLSTM grid kernel from Python: argument handling through DLPack without a GPU
-(FakeCudaArray), and — where a GPU is visible — torch CUDA tensors against the CPU reference, one and
-four orientations, float32 and bfloat16."""
+"""The CUDA pLSTM grid kernels from Python: argument handling through DLPack without a GPU
+(FakeCudaArray), and — where a GPU is visible — torch CUDA tensors against the CPU reference, forward
+and backward, one and four orientations, sequences (the S x 1 grid), float32 and bfloat16."""
 
 import numpy as np
 import pytest
@@ -84,6 +84,30 @@ def test_backward_arguments_are_named():
     assert "CUDA" in str(failure.value) or "device" in str(failure.value), str(failure.value)
 
 
+def test_sequence_arguments_are_named():
+    S = 7
+    x = dict(q=FakeCudaArray((B, NH, S, DQK)), k=FakeCudaArray((B, NH, S, DQK)), v=FakeCudaArray((B, NH, S, DV)),
+             S=FakeCudaArray((B, NH, S)), T=FakeCudaArray((B, NH, S)), M=FakeCudaArray((B, NH, S)),
+             D=FakeCudaArray((B, NH, S)), h=FakeCudaArray((B, NH, S, DV)))
+
+    def forward(**override):
+        a = {**x, **override}
+        cuda.sequence_forward(a["q"], a["k"], a["v"], a["S"], a["T"], a["M"], a["D"], a["h"])
+
+    with pytest.raises(ValueError, match=r"T: expected shape \(B, NH, S\)"):
+        forward(T=FakeCudaArray((B, NH, S + 1)))
+    with pytest.raises(ValueError, match="M: expected dtype float32, got bfloat16"):
+        forward(M=FakeCudaArray((B, NH, S), "bfloat16"))
+    with pytest.raises(ValueError, match="h: is read-only, but is an output"):
+        forward(h=FakeCudaArray((B, NH, S, DV), read_only=True))
+    with pytest.raises(LAUNCH_FAILS):
+        forward()
+    with pytest.raises(ValueError, match="dD: is read-only, but is an output"):
+        g = [FakeCudaArray((B, NH, S, d)) for d in (DV, DQK, DQK, DV)]
+        cuda.sequence_backward(x["q"], x["k"], x["v"], x["S"], x["T"], x["M"], x["D"], *g,
+                               *[FakeCudaArray((B, NH, S), read_only=(i == 3)) for i in range(4)])
+
+
 def test_python_layer_routes_gpu_arrays_and_says_why_it_cannot_run():
     if fl.built_with_cuda and fl.cuda_available():
         pytest.skip("a GPU is visible: the kernel runs below")
@@ -148,4 +172,25 @@ def test_cuda_grid_backward_matches_the_reference(orientations, dtype):
         assert a.is_cuda and a.shape == b.shape, name
         # float32: float32-grade; bf16 inputs: dq, dk, dv rounded to bf16 (2^-9), the gate gradients
         # accumulated in float32 from bf16-exact inputs.
+        assert rel(a.double().cpu().numpy(), b) < (1e-4 if dtype == "float32" else 5e-3), name
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_sequence_matches_the_reference(dtype):
+    r = rng(30)
+    q, k = r.standard_normal((2, 2, 3, 150, 24))
+    v, dh = r.standard_normal((2, 2, 3, 150, 40))
+    gates = [r.uniform(-1, 1, (2, 3, 150)) for _ in range(4)]
+    tdtype = getattr(torch, dtype)
+    dev = [torch.tensor(x, device="cuda").to(tdtype) for x in (q, k, v, dh)]
+    q, k, v, dh = (x.double().cpu().numpy() for x in dev)
+    gates = [g.astype(np.float32).astype(np.float64) for g in gates]
+    dgates = [torch.tensor(g, device="cuda", dtype=torch.float32) for g in gates]
+    # As for the grid: float32-grade; bf16 inputs: dq, dk, dv (and h) rounded to bf16.
+    h = plstm.sequence_forward(*dev[:3], *dgates)
+    expected = plstm.sequence_forward(q, k, v, *gates)
+    assert h.is_cuda and rel(h.double().cpu().numpy(), expected) < (1e-5 if dtype == "float32" else 4e-3)
+    got = plstm.sequence_backward(*dev[:3], *dgates, dev[3])
+    for name, a, b in zip(plstm.DagGrad._fields, got, plstm.sequence_backward(q, k, v, *gates, dh)):
         assert rel(a.double().cpu().numpy(), b) < (1e-4 if dtype == "float32" else 5e-3), name

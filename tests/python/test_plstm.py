@@ -125,6 +125,24 @@ def sequence_problem(S=13, B=2, NH=2, DQK=4, DV=3, seed=0):
     return x + [1 / (1 + np.exp(-r.standard_normal((B, NH, S)))) for _ in range(4)]
 
 
+def test_a_sequence_is_the_grid_of_one_column():
+    """The chain is the S x 1 grid with S^r = S, T^rl = T, M^l = M and zero vertical gates (how the GPU
+    runs sequences): h and the gates' gradients agree with the sequence reference."""
+    x = sequence_problem(seed=3)
+    q, k, v, S, T, M, D = x
+    grid = lambda a: a[:, :, :, None]  # noqa: E731
+    zero = np.zeros_like(grid(S))
+    gates = plstm.GridGates(grid(S), zero, grid(T), zero, zero, zero, grid(M), zero, grid(D))
+    h = plstm.grid_forward(grid(q), grid(k), grid(v), gates)
+    assert rel(h[:, :, :, 0], plstm.sequence_forward(*x)) < 1e-13
+    dh = rng(4).standard_normal(v.shape)
+    g = plstm.grid_backward(grid(q), grid(k), grid(v), gates, grid(dh))
+    ref = plstm.sequence_backward(*x, dh)
+    for ours, theirs in [(g.dq, ref.dq), (g.dk, ref.dk), (g.dv, ref.dv), (g.dSr, ref.dS), (g.dTrl, ref.dT),
+                         (g.dMl, ref.dM), (g.dD, ref.dD)]:
+        assert rel(ours[:, :, :, 0], theirs) < 1e-12
+
+
 @pytest.mark.parametrize("form,chunk_size", [("recurrent", 0), ("parallel", 0), ("chunkwise", 1),
                                              ("chunkwise", 3), ("chunkwise", 8)])
 def test_sequence_forms_equal_the_dag_on_the_chain(form, chunk_size):
