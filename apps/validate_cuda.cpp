@@ -70,6 +70,13 @@ std::vector<ValidationRow> validate_plstm_cuda() {
                           std::move(c.report)});
         }
       }
+  const flashlstm::plstm::SequenceShape sequence{2, 3, 256, 64, 64};
+  for (DType dtype : {DType::bfloat16, DType::float32})
+    for (const bool backward : {false, true}) {
+      auto c = backward ? k::check_sequence_backward(sequence, dtype, ++seed) : k::check_sequence(sequence, dtype, ++seed);
+      rows.push_back({"pLSTM", backward ? "sequence backward" : "sequence", "raw", std::string(to_string(dtype)) + " [cuda]",
+                      sequence.name(), "CPU float64", std::move(c.report)});
+    }
   return rows;
 }
 
