@@ -105,6 +105,47 @@ void on_stream(const char* what, F f) {
   check_cuda(cudaStreamDestroy(stream), "stream");
 }
 
+// The kernel's h (written by launch(h, stream) into a poisoned buffer shaped like the oracle's)
+// against the oracle, bounded by the float32 baseline runs.
+template <std::size_t N, class Launch>
+check::Report compare_h(const xt::xtensor<double, N>& oracle, const std::vector<std::vector<check::Named<float>>>& runs,
+                        DType dtype, double scale, const char* what, Launch launch) {
+  const auto h = poisoned(oracle.size() * element_size(dtype));
+  on_stream(what, [&](cudaStream_t stream) { launch(h->get(), stream); });
+  const auto kernel = download(*h, shape_of(oracle), dtype);
+  const std::map<std::string, DType> dtypes{{"h", dtype}};
+  const std::vector<check::Named<double>> oracle_tensors{check::named("h", oracle)};
+  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
+  return check::kernel_compare({check::named("h", kernel)}, oracle_tensors, baseline, dtypes, scale);
+}
+
+// The kernel's gradients of a sequence or a DAG (dq, dk, dv of dtype; dS, dT, dM, dD float32; written
+// by launch(outputs, stream) into poisoned buffers shaped like the oracle's) against the oracle,
+// bounded by the float32 baseline runs.
+template <class Grad, class Launch>
+check::Report compare_grads(const Grad& oracle, const std::vector<std::vector<check::Named<float>>>& runs, DType dtype,
+                            double scale, const char* what, Launch launch) {
+  const auto oracle_tensors = ref::tensors(oracle);
+  std::vector<std::unique_ptr<DeviceBuffer>> out;
+  std::map<std::string, DType> dtypes;
+  for (std::size_t i = 0; i < oracle_tensors.size(); ++i) {
+    const DType t = i < 3 ? dtype : DType::float32;
+    out.push_back(poisoned(static_cast<std::size_t>(oracle_tensors[i].size) * element_size(t)));
+    dtypes[oracle_tensors[i].name] = t;
+  }
+  on_stream(what, [&](cudaStream_t stream) { launch(out, stream); });
+  Grad kernel;
+  kernel.dq = download(*out[0], shape_of(oracle.dq), dtype);
+  kernel.dk = download(*out[1], shape_of(oracle.dk), dtype);
+  kernel.dv = download(*out[2], shape_of(oracle.dv), dtype);
+  kernel.dS = download(*out[3], shape_of(oracle.dS), DType::float32);
+  kernel.dT = download(*out[4], shape_of(oracle.dT), DType::float32);
+  kernel.dM = download(*out[5], shape_of(oracle.dM), DType::float32);
+  kernel.dD = download(*out[6], shape_of(oracle.dD), DType::float32);
+  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
+  return check::kernel_compare(ref::tensors(kernel), oracle_tensors, baseline, dtypes, scale);
+}
+
 // A 1-D problem exactly as the kernels see it, and on the device.
 struct SequenceCase {
   ref::SequenceProblem<double> p;
@@ -139,13 +180,8 @@ KernelCheck check_sequence(const ref::SequenceShape& shape, DType dtype, std::ui
     kept.push_back(ref::sequence_forward<float>(p32.inputs(), {kind}, {}));
     runs.push_back({check::named("h", kept.back())});
   }
-  const auto h = poisoned(oracle.size() * element_size(dtype));
-  on_stream("pLSTM sequence forward", [&](cudaStream_t stream) { sequence_forward(x.inputs, h->get(), {}, stream); });
-  const auto kernel = download(*h, shape_of(oracle), dtype);
-  const std::map<std::string, DType> dtypes{{"h", dtype}};
-  const std::vector<check::Named<double>> oracle_tensors{check::named("h", oracle)};
-  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
-  c.report = check::kernel_compare({check::named("h", kernel)}, oracle_tensors, baseline, dtypes, scale);
+  c.report = compare_h(oracle, runs, dtype, scale, "pLSTM sequence forward",
+                       [&](void* h, cudaStream_t stream) { sequence_forward(x.inputs, h, {}, stream); });
   return c;
 }
 
@@ -163,30 +199,11 @@ KernelCheck check_sequence_backward(const ref::SequenceShape& shape, DType dtype
     kept.push_back(ref::sequence_backward<float>(p32.inputs(), p32.dh, chunk, {}));
     runs.push_back(ref::tensors(kept.back()));
   }
-  const auto oracle_tensors = ref::tensors(oracle);
-  std::vector<std::unique_ptr<DeviceBuffer>> out;
-  std::map<std::string, DType> dtypes;
-  for (std::size_t i = 0; i < oracle_tensors.size(); ++i) {
-    const DType t = i < 3 ? dtype : DType::float32;
-    out.push_back(poisoned(static_cast<std::size_t>(oracle_tensors[i].size) * element_size(t)));
-    dtypes[oracle_tensors[i].name] = t;
-  }
-  const auto f = [&](int i) { return out[i]->get<float>(); };
-  const SequenceGradients grad{out[0]->get(), out[1]->get(), out[2]->get(), f(3), f(4), f(5), f(6)};
-  on_stream("pLSTM sequence backward",
-            [&](cudaStream_t stream) { sequence_backward(x.inputs, x.dh->get(), grad, {}, stream); });
-  const Shape<4> node1{shape.B, shape.NH, shape.S, shape.DQK}, node2{shape.B, shape.NH, shape.S, shape.DV};
-  const Shape<3> gate{shape.B, shape.NH, shape.S};
-  std::vector<xt::xtensor<double, 4>> nodes{download(*out[0], node1, dtype), download(*out[1], node1, dtype),
-                                            download(*out[2], node2, dtype)};
-  std::vector<xt::xtensor<double, 3>> gates;
-  for (int i = 3; i < 7; ++i) gates.push_back(download(*out[i], gate, DType::float32));
-  std::vector<check::Named<double>> kernel{check::named("dq", nodes[0]), check::named("dk", nodes[1]),
-                                           check::named("dv", nodes[2])};
-  const char* gate_names[] = {"dS", "dT", "dM", "dD"};
-  for (int i = 0; i < 4; ++i) kernel.push_back(check::named(gate_names[i], gates[i]));
-  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
-  c.report = check::kernel_compare(kernel, oracle_tensors, baseline, dtypes, scale);
+  c.report = compare_grads(oracle, runs, dtype, scale, "pLSTM sequence backward", [&](const auto& out, cudaStream_t stream) {
+    const auto f = [&](int i) { return out[i]->template get<float>(); };
+    const SequenceGradients grad{out[0]->get(), out[1]->get(), out[2]->get(), f(3), f(4), f(5), f(6)};
+    sequence_backward(x.inputs, x.dh->get(), grad, {}, stream);
+  });
   return c;
 }
 
@@ -209,14 +226,8 @@ KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateM
   }
 
   const DeviceProblem device(p, shape, orientations, dtype);
-  const auto h = poisoned(oracle.size() * element_size(dtype));
-  on_stream("pLSTM grid forward", [&](cudaStream_t stream) { grid_forward(device.inputs, h->get(), {}, stream); });
-  const auto kernel = download(*h, shape_of(oracle), dtype);
-
-  const std::map<std::string, DType> dtypes{{"h", dtype}};
-  const std::vector<check::Named<double>> oracle_tensors{check::named("h", oracle)};
-  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
-  c.report = check::kernel_compare({check::named("h", kernel)}, oracle_tensors, baseline, dtypes, scale);
+  c.report = compare_h(oracle, runs, dtype, scale, "pLSTM grid forward",
+                       [&](void* h, cudaStream_t stream) { grid_forward(device.inputs, h, {}, stream); });
   return c;
 }
 

@@ -37,18 +37,6 @@
 namespace flashlstm::cuda::plstm::detail {
 namespace {
 
-using flashlstm::cuda::cp_async_commit;
-using flashlstm::cuda::cp_async_wait;
-using tiles::Acc;
-using tiles::kSplit;
-using tiles::kTC;
-using tiles::kThreads;
-using tiles::kTile;
-using tiles::kTR;
-using tiles::stride;
-using tiles::tile_col;
-using tiles::tile_row;
-
 // The gates the programme reads at each source, staged per block of 64 sources (two buffers).
 enum Staged { kStSr, kStSd, kStTrl, kStTdl, kStTdu, kStTru, kStaged };
 

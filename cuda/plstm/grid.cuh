@@ -12,6 +12,17 @@
 namespace flashlstm::cuda::plstm::detail {
 
 namespace tiles = flashlstm::cuda::mlstm::detail;
+using flashlstm::cuda::cp_async_commit;
+using flashlstm::cuda::cp_async_wait;
+using tiles::Acc;
+using tiles::kSplit;
+using tiles::kTC;
+using tiles::kThreads;
+using tiles::kTile;
+using tiles::kTR;
+using tiles::stride;
+using tiles::tile_col;
+using tiles::tile_row;
 
 enum Gate { kSr, kSd, kTrl, kTru, kTdu, kTdl, kMl, kMu, kD };
 

@@ -34,18 +34,6 @@
 namespace flashlstm::cuda::plstm::detail {
 namespace {
 
-using flashlstm::cuda::cp_async_commit;
-using flashlstm::cuda::cp_async_wait;
-using tiles::Acc;
-using tiles::kSplit;
-using tiles::kTC;
-using tiles::kThreads;
-using tiles::kTile;
-using tiles::kTR;
-using tiles::stride;
-using tiles::tile_col;
-using tiles::tile_row;
-
 __host__ __device__ inline int round64(int d) { return (d + 63) / 64 * 64; }
 
 // Operand tiles of 64 rows and `width` columns (zero-padded to a multiple of 64), for the products.
