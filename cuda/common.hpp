@@ -1,5 +1,6 @@
 // What every part of the CUDA code shares on the host: the error check of a CUDA runtime call, a
-// scoped switch of the current device, an owning device buffer, and whether a device is visible.
+// scoped switch of the current device, an owning device buffer, stream-ordered scratch memory, and
+// whether a device is visible.
 // Plain C++ over the CUDA runtime API (no fmt, no xtensor, no Boost), so that the .cu files, the host
 // API, the kernel checks, the benchmarks and the Python bindings all include this one header.
 #pragma once
@@ -9,8 +10,10 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace flashlstm::cuda {
 
@@ -70,6 +73,39 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
   std::size_t bytes_;
   int device_;
+};
+
+// Scratch memory from the stream-ordered allocator (cudaMallocAsync), carved into typed arrays:
+// add() each array's pointer and count, then allocate() once; freed on the same stream when the
+// Scratch goes (also when an exception leaves the scope).
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
+  ~Scratch() {
+    if (base_) cudaFreeAsync(base_, stream_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <class U>
+  void add(U*& ptr, std::int64_t count) {
+    slots_.push_back({reinterpret_cast<void**>(&ptr), bytes_});
+    bytes_ += (count * static_cast<std::int64_t>(sizeof(U)) + 255) / 256 * 256;
+  }
+  void allocate() {
+    check_cuda(cudaMallocAsync(&base_, static_cast<std::size_t>(bytes_), stream_), "scratch allocation");
+    for (auto& [ptr, offset] : slots_) *ptr = static_cast<char*>(base_) + offset;
+  }
+  std::int64_t bytes() const { return bytes_; }
+
+ private:
+  struct Slot {
+    void** ptr;
+    std::int64_t offset;
+  };
+  cudaStream_t stream_;
+  std::vector<Slot> slots_;
+  std::int64_t bytes_ = 0;
+  void* base_ = nullptr;
 };
 
 // Whether a CUDA device is visible to this process (for skipping GPU tests and validate rows).

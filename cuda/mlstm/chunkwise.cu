@@ -933,34 +933,6 @@ __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
 // ---------------------------------------------------------------------------------------------
 // Launchers.
 
-// Scratch memory from the stream-ordered allocator, carved into typed arrays; freed on the stream.
-class Scratch {
- public:
-  explicit Scratch(cudaStream_t stream) : stream_(stream) {}
-  ~Scratch() {
-    if (base_) cudaFreeAsync(base_, stream_);
-  }
-  template <class U>
-  void add(U*& ptr, std::int64_t count) {
-    offsets_.push_back({reinterpret_cast<void**>(&ptr), bytes_});
-    bytes_ += (count * static_cast<std::int64_t>(sizeof(U)) + 255) / 256 * 256;
-  }
-  void allocate() {
-    check_cuda(cudaMallocAsync(&base_, static_cast<std::size_t>(bytes_), stream_), "scratch allocation");
-    for (auto& [ptr, offset] : offsets_) *ptr = static_cast<char*>(base_) + offset;
-  }
-
- private:
-  struct Slot {
-    void** ptr;
-    std::int64_t offset;
-  };
-  cudaStream_t stream_;
-  std::vector<Slot> offsets_;
-  std::int64_t bytes_ = 0;
-  void* base_ = nullptr;
-};
-
 void add_forward_scratch(Scratch& s, Params& p) {
   const std::int64_t tokens = static_cast<std::int64_t>(p.BH) * p.S, states = static_cast<std::int64_t>(p.BH) * (p.nc + 1);
   s.add(p.b, tokens);

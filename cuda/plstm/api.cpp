@@ -92,15 +92,10 @@ void grid_backward(const GridInputs& x, const void* dh, const GridGradients& gra
   p.gates_on_chip = plan.gates_on_chip;
   p.scratch_per_block = plan.scratch_per_block;
   const cudaStream_t s = usable(stream);
-  const auto bytes = static_cast<std::size_t>(grid_backward_scratch_bytes(x.dims, x.orientations, x.dtype));
-  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&p.scratch), bytes, s), "pLSTM grid backward: scratch allocation");
-  try {
-    detail::run_grid_backward(p, x.dtype, s);
-  } catch (...) {
-    cudaFreeAsync(p.scratch, s);
-    throw;
-  }
-  check_cuda(cudaFreeAsync(p.scratch, s), "pLSTM grid backward: scratch release");
+  Scratch scratch(s);
+  scratch.add(p.scratch, std::int64_t{p.B} * p.NH * p.orientations * plan.scratch_per_block);
+  scratch.allocate();
+  detail::run_grid_backward(p, x.dtype, s);
 }
 
 namespace {
@@ -109,7 +104,7 @@ namespace {
 // somewhere to write their gradients) in one stream-ordered allocation of `count` gate arrays.
 class ChainAsGrid {
  public:
-  ChainAsGrid(const SequenceInputs& x, int count, cudaStream_t stream) : stream_(stream) {
+  ChainAsGrid(const SequenceInputs& x, int count, cudaStream_t stream) : scratch_(stream) {
     const SequenceDims& d = x.dims;
     require(d.B >= 1 && d.NH >= 1 && d.S >= 1, "q", "needs B, NH, S >= 1, got B = {}, NH = {}, S = {}", d.B, d.NH, d.S);
     const std::size_t es = element_size(x.dtype);
@@ -121,22 +116,19 @@ class ChainAsGrid {
     check_device_pointer(x.M, "M", 4);
     check_device_pointer(x.D, "D", 4);
     size_ = d.B * d.NH * d.S;
-    const std::size_t bytes = static_cast<std::size_t>(size_) * count * sizeof(float);
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&buffer_), bytes, stream), "pLSTM sequence: allocation");
-    check_cuda(cudaMemsetAsync(buffer_, 0, bytes, stream), "pLSTM sequence: zero gates");
+    scratch_.add(buffer_, size_ * count);
+    scratch_.allocate();
+    check_cuda(cudaMemsetAsync(buffer_, 0, static_cast<std::size_t>(scratch_.bytes()), stream), "pLSTM sequence: zero gates");
     const float* z = buffer_;
     inputs = GridInputs{x.q, x.k, x.v, GridGates{x.S, z, x.T, z, z, z, x.M, z, x.D},
                         GridDims{d.B, d.NH, d.S, 1, d.DQK, d.DV}, 1, x.dtype};
   }
-  ~ChainAsGrid() { cudaFreeAsync(buffer_, stream_); }
-  ChainAsGrid(const ChainAsGrid&) = delete;
-  ChainAsGrid& operator=(const ChainAsGrid&) = delete;
   float* gate(int i) const { return buffer_ + i * size_; }  // i = 0: the zero gates
 
   GridInputs inputs;
 
  private:
-  cudaStream_t stream_;
+  Scratch scratch_;
   float* buffer_ = nullptr;
   std::int64_t size_ = 0;
 };
