@@ -77,6 +77,15 @@ std::vector<ValidationRow> validate_plstm_cuda() {
       rows.push_back({"pLSTM", backward ? "sequence backward" : "sequence", "raw", std::string(to_string(dtype)) + " [cuda]",
                       sequence.name(), "CPU float64", std::move(c.report)});
     }
+  const flashlstm::graph::Dag dag = flashlstm::graph::random_dag(200, 1.8, 5);
+  const flashlstm::plstm::DagShape dag_shape{2, 3, 32, 32};
+  for (DType dtype : {DType::bfloat16, DType::float32})
+    for (const bool backward : {false, true}) {
+      auto c = backward ? k::check_dag_backward(dag, dag_shape, GateMode::p_mode, dtype, ++seed)
+                        : k::check_dag(dag, dag_shape, GateMode::p_mode, dtype, ++seed);
+      rows.push_back({"pLSTM", backward ? "dag backward" : "dag", "P-mode", std::string(to_string(dtype)) + " [cuda]",
+                      dag_shape.name(dag), "CPU float64", std::move(c.report)});
+    }
   return rows;
 }
 

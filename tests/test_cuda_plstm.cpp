@@ -3,9 +3,14 @@
 // both dtypes; argument checks. Tagged [cuda]: without a visible GPU every case returns early with a warning, so CPU-only
 // builds pass.
 #include "cuda/plstm/check.hpp"
+#include "reference/plstm/grid.hpp"
+#include "reference/plstm/sequence.hpp"
 #include "tests/check_catch.hpp"
 
 #include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <vector>
 
 using namespace flashlstm::cuda::plstm;
 using flashlstm::plstm::GateMode;
@@ -88,7 +93,45 @@ TEST_CASE("pLSTM sequences on the GPU (the chain as an S x 1 grid): forward and 
     }
 }
 
+TEST_CASE("pLSTM DAG kernels: random DAGs, parallel edges, chains, grids, a 100,000-node DAG", "[cuda][plstm][dag]") {
+  if (!have_gpu()) return;
+  std::uint64_t seed = 4700;
+  using flashlstm::plstm::DagShape;
+  namespace graph = flashlstm::graph;
+  // Parallel edges (0 -> 1 twice), a node without in-edges besides the source, in/out degree 3.
+  const graph::Dag parallel(5, {{0, 1}, {0, 1}, {1, 2}, {1, 3}, {2, 3}, {0, 3}, {3, 4}, {1, 4}, {2, 4}});
+  const graph::Dag small = graph::random_dag(40, 1.8, 11);
+  const graph::Dag chain = flashlstm::plstm::chain(70);
+  const graph::Dag grid = flashlstm::plstm::grid_dag(9, 7);
+  for (const graph::Dag* dag : {&parallel, &small, &chain, &grid})
+    for (const DType dtype : kDtypes)
+      for (const GateMode mode : {GateMode::raw, GateMode::p_mode}) {
+        const DagShape shape{2, 2, 20, 40};
+        require_passes(check_dag(*dag, shape, mode, dtype, ++seed));
+        require_passes(check_dag_backward(*dag, shape, mode, dtype, ++seed));
+      }
+  const graph::Dag large = graph::random_dag(100000, 2.0, 12, 1000);
+  require_passes(check_dag(large, DagShape{1, 1, 16, 16}, GateMode::p_mode, DType::float32, ++seed));
+  require_passes(check_dag_backward(large, DagShape{1, 1, 16, 16}, GateMode::p_mode, DType::float32, ++seed));
+}
+
 TEST_CASE("the pLSTM kernels' host API rejects bad arguments by name", "[cuda][plstm]") {
+  {  // A DAG's arrays, checked before anything is uploaded: a chain 0 -> 1 -> 2 with one bad entry each.
+    std::vector<std::int32_t> in_offsets{0, 0, 1, 2}, in_edges{0, 1}, out_offsets{0, 1, 2, 2}, out_edges{0, 1};
+    std::vector<std::int32_t> level_offsets{0, 1, 2, 3}, level_nodes{0, 1, 2};
+    const auto graph = [&] {
+      return DagGraph{in_offsets.data(), in_edges.data(), out_offsets.data(), out_edges.data(), level_offsets.data(),
+                      level_nodes.data(), 3, 2, 3};
+    };
+    in_edges[1] = 7;
+    CHECK_THROWS_WITH(DagPlan(graph()), Catch::StartsWith("in_edges: "));
+    in_edges[1] = 1;
+    out_offsets[2] = 0;
+    CHECK_THROWS_WITH(DagPlan(graph()), Catch::StartsWith("out_offsets: "));
+    out_offsets[2] = 2;
+    level_nodes[2] = -1;
+    CHECK_THROWS_WITH(DagPlan(graph()), Catch::StartsWith("level_nodes: "));
+  }
   GridInputs x;
   x.dims = {1, 1, 4, 4, 8, 8};
   CHECK_THROWS_WITH(grid_forward(x, nullptr, {}, nullptr), Catch::StartsWith("q: "));

@@ -87,14 +87,35 @@ def _grid_gates(gates: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
 # DAG ---------------------------------------------------------------------------------------------
 
 
-def dag_forward(dag: Dag, q, k, v, S, T, M, D, *, form: str = "recurrent", qk_scale: float = 0.0) -> np.ndarray:
-    """h (B, NH, N, DV). form: "recurrent" (topological order, the oracle), "levels" (OpenMP over each
-    level of the level schedule) or "parallel" (node-to-node gating G, then an attention-like readout)."""
-    return _p.dag_forward(dag, q, k, v, S, T, M, D, form=form, qk_scale=qk_scale)
+def dag_forward(dag: Dag, q, k, v, S, T, M, D, *, form: Optional[str] = None, qk_scale: float = 0.0,
+                stream: Optional[int] = None) -> np.ndarray:
+    """h (B, NH, N, DV). form: "recurrent" (topological order, the oracle; the CPU default), "levels"
+    (OpenMP over each level of the level schedule) or "parallel" (node-to-node gating G, then an
+    attention-like readout).
+
+    GPU arrays (q, k, v float32 or bfloat16, gates float32) run the CUDA kernel: the recurrent form
+    level by level, a warp per (batch·head, node) (form None or "levels")."""
+    if _device.is_device_array(q):
+        _device.require_cuda("plstm.dag_forward")
+        if form not in (None, "levels"):
+            raise ValueError(f"form: the CUDA kernel runs the levels form; got {form!r}")
+        s = _device.stream_of(q, stream)
+        h = _device.empty(q, tuple(q.shape[:3]) + (v.shape[-1],), "same", s)
+        _core.cuda.plstm.dag_forward(dag, q, k, v, S, T, M, D, h, qk_scale=qk_scale, stream=s)
+        return _device.adopt(q, h)
+    return _p.dag_forward(dag, q, k, v, S, T, M, D, form=form or "recurrent", qk_scale=qk_scale)
 
 
-def dag_backward(dag: Dag, q, k, v, S, T, M, D, dh, *, qk_scale: float = 0.0) -> DagGrad:
-    """Exact gradients of every input from dh (B, NH, N, DV)."""
+def dag_backward(dag: Dag, q, k, v, S, T, M, D, dh, *, qk_scale: float = 0.0, stream: Optional[int] = None) -> DagGrad:
+    """Exact gradients of every input from dh (B, NH, N, DV). GPU arrays run the CUDA backward (the
+    forward again for the edge states, then the levels in reverse; deterministic)."""
+    if _device.is_device_array(q):
+        _device.require_cuda("plstm.dag_backward")
+        s = _device.stream_of(q, stream)
+        dq, dk, dv = (_device.empty(q, x.shape, "same", s) for x in (q, k, v))
+        dgates = [_device.empty(q, g.shape, "float32", s) for g in (S, T, M, D)]
+        _core.cuda.plstm.dag_backward(dag, q, k, v, S, T, M, D, dh, dq, dk, dv, *dgates, qk_scale=qk_scale, stream=s)
+        return DagGrad(*(_device.adopt(q, x) for x in (dq, dk, dv, *dgates)))
     return DagGrad(*_p.dag_backward(dag, q, k, v, S, T, M, D, dh, qk_scale=qk_scale))
 
 

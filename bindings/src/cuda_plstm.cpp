@@ -5,6 +5,7 @@
 #include "bindings/src/arrays.hpp"
 #include "bindings/src/cuda_launch.hpp"
 #include "bindings/src/dlpack.hpp"
+#include "graph/graph.hpp"
 
 #ifdef FLASHLSTM_HAVE_CUDA
 #include "cuda/plstm/plstm.hpp"
@@ -211,6 +212,110 @@ void sequence_backward(const py::object& q, const py::object& k, const py::objec
 #endif
 }
 
+// A DAG problem's inputs, taken and checked against the graph: q, k (B, NH, N, DQK), v (B, NH, N, DV)
+// of one dtype; S, M (B, NH, E), T (B, NH, A), D (B, NH, N) float32. The graph is flattened here.
+struct DagArrays {
+  graph::Flat flat;
+  std::int64_t B = 0, NH = 0, N = 0, E = 0, A = 0, DQK = 0, DV = 0;
+  DType dtype = DType::float32;
+  int device = 0;
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  std::array<const float*, 4> gates{};
+
+  DagArrays(dlpack::CallArrays& arrays, const graph::Dag& dag, const py::object& q_, const py::object& k_,
+            const py::object& v_, const py::object& S_, const py::object& T_, const py::object& M_, const py::object& D_)
+      : flat(graph::flatten(dag)), N(dag.num_nodes()), E(dag.num_edges()), A(static_cast<std::int64_t>(flat.arc_from.size())) {
+    const auto& qa = arrays.take(q_, "q");
+    require(qa.tensor().ndim == 4, "q", "expected shape (B, NH, N, DQK), got {} dimensions", qa.tensor().ndim);
+    const std::int64_t* s = qa.tensor().shape;
+    B = s[0], NH = s[1], DQK = s[3];
+    if (qa.dtype() == to_dl(DType::bfloat16)) dtype = DType::bfloat16;
+    else require(qa.dtype() == to_dl(DType::float32), "q", "expected dtype float32 or bfloat16, got {}",
+                 dlpack::dtype_name(qa.dtype()));
+    device = qa.device();
+    qa.require({B, NH, N, DQK}, "(B, NH, N, DQK)", to_dl(dtype), device, false);
+    const auto& ka = arrays.take(k_, "k");
+    ka.require({B, NH, N, DQK}, "(B, NH, N, DQK)", to_dl(dtype), device, false);
+    const auto& va = arrays.take(v_, "v");
+    require(va.tensor().ndim == 4, "v", "expected shape (B, NH, N, DV), got {} dimensions", va.tensor().ndim);
+    DV = va.tensor().shape[3];
+    va.require({B, NH, N, DV}, "(B, NH, N, DV)", to_dl(dtype), device, false);
+    q = qa.data(), k = ka.data(), v = va.data();
+    gates[0] = static_cast<const float*>(gate(arrays, S_, "S", E, "(B, NH, E)", false));
+    gates[1] = static_cast<const float*>(gate(arrays, T_, "T", A, "(B, NH, A)", false));
+    gates[2] = static_cast<const float*>(gate(arrays, M_, "M", E, "(B, NH, E)", false));
+    gates[3] = static_cast<const float*>(gate(arrays, D_, "D", N, "(B, NH, N)", false));
+  }
+  void* gate(dlpack::CallArrays& arrays, const py::object& a, const char* name, std::int64_t count, const char* shape,
+             bool writable) const {
+    const auto& g = arrays.take(a, name);
+    g.require({B, NH, count}, shape, to_dl(DType::float32), device, writable);
+    return g.data();
+  }
+  void* nodes(dlpack::CallArrays& arrays, const py::object& a, const char* name, std::int64_t D, const char* shape,
+              bool writable) const {
+    const auto& x = arrays.take(a, name);
+    x.require({B, NH, N, D}, shape, to_dl(dtype), device, writable);
+    return x.data();
+  }
+#ifdef FLASHLSTM_HAVE_CUDA
+  flashlstm::cuda::plstm::DagGraph graph() const {
+    return {flat.in_offsets.data(), flat.in_edges.data(), flat.out_offsets.data(), flat.out_edges.data(),
+            flat.level_offsets.data(), flat.level_nodes.data(), N, E,
+            static_cast<std::int64_t>(flat.level_offsets.size()) - 1};
+  }
+  flashlstm::cuda::plstm::DagInputs inputs() const {
+    return {q, k, v, gates[0], gates[1], gates[2], gates[3], B, NH, DQK, DV, dtype};
+  }
+#endif
+};
+
+void dag_forward(const graph::Dag& dag, const py::object& q, const py::object& k, const py::object& v,
+                 const py::object& S, const py::object& T, const py::object& M, const py::object& D, const py::object& h,
+                 double qk_scale, std::optional<std::int64_t> stream) {
+  dlpack::CallArrays arrays(stream);
+  const DagArrays x(arrays, dag, q, k, v, S, T, M, D);
+  void* hp = x.nodes(arrays, h, "h", x.DV, "(B, NH, N, DV)", true);
+#ifdef FLASHLSTM_HAVE_CUDA
+  namespace kernels = flashlstm::cuda::plstm;
+  run_on(x.device, [&] {
+    const kernels::DagPlan plan(x.graph());
+    kernels::dag_forward(plan, x.inputs(), hp, {.qk_scale = qk_scale}, kernel_stream(arrays.stream()));
+  });
+#else
+  (void)hp, (void)qk_scale;
+  dlpack::no_cuda();
+#endif
+}
+
+void dag_backward(const graph::Dag& dag, const py::object& q, const py::object& k, const py::object& v,
+                  const py::object& S, const py::object& T, const py::object& M, const py::object& D,
+                  const py::object& dh, const py::object& dq, const py::object& dk, const py::object& dv,
+                  const py::object& dS, const py::object& dT, const py::object& dM, const py::object& dD,
+                  double qk_scale, std::optional<std::int64_t> stream) {
+  dlpack::CallArrays arrays(stream);
+  const DagArrays x(arrays, dag, q, k, v, S, T, M, D);
+  const void* dhp = x.nodes(arrays, dh, "dh", x.DV, "(B, NH, N, DV)", false);
+  void* dqp = x.nodes(arrays, dq, "dq", x.DQK, "(B, NH, N, DQK)", true);
+  void* dkp = x.nodes(arrays, dk, "dk", x.DQK, "(B, NH, N, DQK)", true);
+  void* dvp = x.nodes(arrays, dv, "dv", x.DV, "(B, NH, N, DV)", true);
+  auto* dSp = static_cast<float*>(x.gate(arrays, dS, "dS", x.E, "(B, NH, E)", true));
+  auto* dTp = static_cast<float*>(x.gate(arrays, dT, "dT", x.A, "(B, NH, A)", true));
+  auto* dMp = static_cast<float*>(x.gate(arrays, dM, "dM", x.E, "(B, NH, E)", true));
+  auto* dDp = static_cast<float*>(x.gate(arrays, dD, "dD", x.N, "(B, NH, N)", true));
+#ifdef FLASHLSTM_HAVE_CUDA
+  namespace kernels = flashlstm::cuda::plstm;
+  run_on(x.device, [&] {
+    const kernels::DagPlan plan(x.graph());
+    kernels::dag_backward(plan, x.inputs(), dhp, {dqp, dkp, dvp, dSp, dTp, dMp, dDp}, {.qk_scale = qk_scale},
+                          kernel_stream(arrays.stream()));
+  });
+#else
+  (void)dhp, (void)dqp, (void)dkp, (void)dvp, (void)dSp, (void)dTp, (void)dMp, (void)dDp, (void)qk_scale;
+  dlpack::no_cuda();
+#endif
+}
+
 std::int64_t grid_backward_scratch_bytes(std::int64_t B, std::int64_t NH, std::int64_t X, std::int64_t Y,
                                          std::int64_t DQK, std::int64_t DV, int orientations, const std::string& dtype) {
   require(dtype == "float32" || dtype == "bfloat16", "dtype", "must be 'float32' or 'bfloat16', got '{}'", dtype);
@@ -240,6 +345,13 @@ void register_cuda_plstm(py::module_& cuda) {
   k.def("sequence_backward", &sequence_backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"), py::arg("T"),
         py::arg("M"), py::arg("D"), py::arg("dh"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dS"),
         py::arg("dT"), py::arg("dM"), py::arg("dD"), py::kw_only(), py::arg("qk_scale") = 0.0,
+        py::arg("stream") = py::none(), "Writes dq, dk, dv, dS, dT, dM, dD.");
+  k.def("dag_forward", &dag_forward, py::arg("dag"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"),
+        py::arg("T"), py::arg("M"), py::arg("D"), py::arg("h"), py::kw_only(), py::arg("qk_scale") = 0.0,
+        py::arg("stream") = py::none(), "Writes h (B, NH, N, DV): the recurrent form, level by level.");
+  k.def("dag_backward", &dag_backward, py::arg("dag"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"),
+        py::arg("T"), py::arg("M"), py::arg("D"), py::arg("dh"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
+        py::arg("dS"), py::arg("dT"), py::arg("dM"), py::arg("dD"), py::kw_only(), py::arg("qk_scale") = 0.0,
         py::arg("stream") = py::none(), "Writes dq, dk, dv, dS, dT, dM, dD.");
   k.def("grid_backward_scratch_bytes", &grid_backward_scratch_bytes, py::arg("B"), py::arg("NH"), py::arg("X"),
         py::arg("Y"), py::arg("DQK"), py::arg("DV"), py::arg("orientations"), py::arg("dtype"),

@@ -4,9 +4,11 @@
 #include "cuda/arguments.hpp"
 #include "cuda/plstm/params.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 namespace flashlstm::cuda::plstm {
 
@@ -152,6 +154,149 @@ void sequence_backward(const SequenceInputs& x, const void* dh, const SequenceGr
   const GridGradients g{grad.dq, grad.dk, grad.dv, grad.dS, chain.gate(1), grad.dT, chain.gate(2),
                         chain.gate(3), chain.gate(4), grad.dM, chain.gate(5), grad.dD};
   grid_backward(chain.inputs, dh, g, options, s);
+}
+
+namespace {
+
+// Checks a CSR (offsets of length rows + 1 over `items` entries, each item in [0, bound)) and names it.
+void check_csr(const char* offsets_name, const std::int32_t* offsets, const char* items_name, const std::int32_t* items,
+               std::int64_t rows, std::int64_t count, std::int64_t bound) {
+  require(offsets != nullptr, offsets_name, "is null");
+  require(count == 0 || items != nullptr, items_name, "is null");
+  require(offsets[0] == 0 && offsets[rows] == count, offsets_name, "must run from 0 to {}, got {} .. {}", count, offsets[0],
+          offsets[rows]);
+  for (std::int64_t r = 0; r < rows; ++r)
+    require(offsets[r] <= offsets[r + 1], offsets_name, "must not decrease (entry {})", r);
+  for (std::int64_t i = 0; i < count; ++i)
+    require(items[i] >= 0 && items[i] < bound, items_name, "entry {} is {}, outside [0, {})", i, items[i], bound);
+}
+
+std::int32_t* upload_int32(const std::vector<std::int32_t>& host) {
+  std::int32_t* device = nullptr;
+  check_cuda(cudaMalloc(reinterpret_cast<void**>(&device), std::max<std::size_t>(host.size(), 1) * sizeof(std::int32_t)),
+             "DagPlan: allocation");
+  if (!host.empty())
+    check_cuda(cudaMemcpy(device, host.data(), host.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice),
+               "DagPlan: upload");
+  return device;
+}
+
+}  // namespace
+
+DagPlan::DagPlan(const DagGraph& g) : N_(g.N), E_(g.E) {
+  require(g.N >= 1 && g.N <= 2147483647, "N", "must be in [1, 2^31), got {}", g.N);
+  require(g.E >= 0 && g.E <= 2147483647, "E", "must be in [0, 2^31), got {}", g.E);
+  require(g.levels >= 1 && g.levels <= g.N, "levels", "must be in [1, N], got {}", g.levels);
+  check_csr("in_offsets", g.in_offsets, "in_edges", g.in_edges, g.N, g.E, g.E);
+  check_csr("out_offsets", g.out_offsets, "out_edges", g.out_edges, g.N, g.E, g.E);
+  check_csr("level_offsets", g.level_offsets, "level_nodes", g.level_nodes, g.levels, g.N, g.N);
+  std::vector<std::int32_t> arc_offsets(static_cast<std::size_t>(g.N));
+  for (std::int64_t n = 0; n < g.N; ++n) {
+    require(A_ + std::int64_t(g.in_offsets[n + 1] - g.in_offsets[n]) * (g.out_offsets[n + 1] - g.out_offsets[n]) <
+                2147483647,
+            "in_offsets", "the line graph has more than 2^31 arcs");
+    arc_offsets[static_cast<std::size_t>(n)] = static_cast<std::int32_t>(A_);
+    A_ += std::int64_t(g.in_offsets[n + 1] - g.in_offsets[n]) * (g.out_offsets[n + 1] - g.out_offsets[n]);
+  }
+  level_offsets_.assign(g.level_offsets, g.level_offsets + g.levels + 1);
+  const auto vec = [](const std::int32_t* a, std::int64_t size) { return std::vector<std::int32_t>(a, a + size); };
+  try {
+    device_[0] = upload_int32(vec(g.in_offsets, g.N + 1));
+    device_[1] = upload_int32(vec(g.in_edges, g.E));
+    device_[2] = upload_int32(vec(g.out_offsets, g.N + 1));
+    device_[3] = upload_int32(vec(g.out_edges, g.E));
+    device_[4] = upload_int32(vec(g.level_nodes, g.N));
+    device_[5] = upload_int32(arc_offsets);
+  } catch (...) {
+    for (auto* d : device_) cudaFree(d);
+    throw;
+  }
+}
+
+DagPlan::~DagPlan() {
+  for (auto* d : device_) cudaFree(d);
+}
+
+namespace {
+
+// The checks and the parameter block of the DAG kernels; `scratch` floats of edge states per
+// problem (E·DQK·DV each) from the stream-ordered allocator, freed by the destructor.
+class DagCall {
+ public:
+  DagCall(const DagPlan& g, const DagInputs& x, const Options& options, int state_buffers, cudaStream_t stream)
+      : stream_(stream) {
+    require(x.B >= 1 && x.NH >= 1, "q", "needs B >= 1 and NH >= 1, got B = {}, NH = {}", x.B, x.NH);
+    require(x.DQK >= 1 && x.DQK <= 1024, "DQK", "must be in [1, 1024], got {}", x.DQK);
+    require(x.DV >= 1 && x.DV <= 1024, "DV", "must be in [1, 1024], got {}", x.DV);
+    require(x.dtype == DType::float32 || x.dtype == DType::bfloat16, "dtype", "must be float32 or bfloat16");
+    const std::size_t es = element_size(x.dtype);
+    check_device_pointer(x.q, "q", es);
+    check_device_pointer(x.k, "k", es);
+    check_device_pointer(x.v, "v", es);
+    check_device_pointer(x.S, "S", 4);
+    check_device_pointer(x.T, "T", 4);
+    check_device_pointer(x.M, "M", 4);
+    check_device_pointer(x.D, "D", 4);
+    p.B = static_cast<int>(x.B), p.NH = static_cast<int>(x.NH), p.N = static_cast<int>(g.N()), p.E = static_cast<int>(g.E());
+    p.A = g.A(), p.DQK = static_cast<int>(x.DQK), p.DV = static_cast<int>(x.DV), p.levels = static_cast<int>(g.levels());
+    p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(x.DQK)));
+    p.in_offsets = g.device(0), p.in_edges = g.device(1), p.out_offsets = g.device(2), p.out_edges = g.device(3);
+    p.level_nodes = g.device(4), p.arc_offsets = g.device(5), p.host_level_offsets = g.level_offsets().data();
+    p.q = x.q, p.k = x.k, p.v = x.v, p.S = x.S, p.T = x.T, p.M = x.M, p.D = x.D;
+    const double bytes = double(x.B) * x.NH * g.E() * x.DQK * x.DV * sizeof(float) * state_buffers;
+    std::size_t free = 0, total = 0;
+    check_cuda(cudaMemGetInfo(&free, &total), "pLSTM DAG: memory");
+    require(bytes <= double(free), "q", "the edge states need {:.2f} GiB, more than the {:.2f} GiB free on the device",
+            bytes / (1 << 30), double(free) / (1 << 30));
+    if (bytes > 0) {
+      check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&scratch_), static_cast<std::size_t>(bytes), stream),
+                 "pLSTM DAG: edge states");
+      p.states = scratch_;
+      if (state_buffers == 2) p.dstates = scratch_ + std::int64_t(x.B) * x.NH * g.E() * x.DQK * x.DV;
+    }
+  }
+  ~DagCall() {
+    if (scratch_) cudaFreeAsync(scratch_, stream_);
+  }
+  DagCall(const DagCall&) = delete;
+  DagCall& operator=(const DagCall&) = delete;
+
+  detail::DagParams p;
+
+ private:
+  cudaStream_t stream_;
+  float* scratch_ = nullptr;
+};
+
+}  // namespace
+
+void dag_forward(const DagPlan& graph, const DagInputs& x, void* h, const Options& options, cudaStream_t stream) {
+  const cudaStream_t s = usable(stream);
+  check_device_pointer(h, "h", element_size(x.dtype));
+  DagCall call(graph, x, options, 1, s);
+  call.p.h = h;
+  detail::run_dag_forward(call.p, x.dtype, s);
+}
+
+void dag_backward(const DagPlan& graph, const DagInputs& x, const void* dh, const DagGradients& grad,
+                  const Options& options, cudaStream_t stream) {
+  const cudaStream_t s = usable(stream);
+  const std::size_t es = element_size(x.dtype);
+  check_device_pointer(dh, "dh", es);
+  check_device_pointer(grad.dq, "dq", es);
+  check_device_pointer(grad.dk, "dk", es);
+  check_device_pointer(grad.dv, "dv", es);
+  check_device_pointer(grad.dS, "dS", 4);
+  check_device_pointer(grad.dT, "dT", 4);
+  check_device_pointer(grad.dM, "dM", 4);
+  check_device_pointer(grad.dD, "dD", 4);
+  DagCall call(graph, x, options, 2, s);
+  // The forward again, for every edge's state (without h).
+  call.p.h = nullptr;
+  call.p.dh = dh, call.p.dq = grad.dq, call.p.dk = grad.dk, call.p.dv = grad.dv;
+  call.p.dS = grad.dS, call.p.dT = grad.dT, call.p.dM = grad.dM, call.p.dD = grad.dD;
+  detail::run_dag_forward(call.p, x.dtype, s);
+  detail::run_dag_backward(call.p, x.dtype, s);
 }
 
 std::int64_t grid_backward_scratch_bytes(const GridDims& d, int orientations, DType dtype) {

@@ -207,6 +207,99 @@ KernelCheck check_sequence_backward(const ref::SequenceShape& shape, DType dtype
   return c;
 }
 
+namespace {
+
+// A DAG problem exactly as the kernels see it, its graph uploaded, and its inputs on the device.
+struct DagCase {
+  ref::DagProblem<double> p;
+  graph::Flat flat;
+  std::unique_ptr<DagPlan> plan;
+  std::unique_ptr<DeviceBuffer> q, k, v, dh, S, T, M, D;
+  DagInputs inputs;
+  DagCase(const graph::Dag& dag, const ref::DagShape& shape, ref::GateMode mode, DType dtype, std::uint64_t seed)
+      : p(ref::random_problem(dag, shape, mode, seed)), flat(graph::flatten(dag)) {
+    p.q = check::round_to(p.q, dtype), p.k = check::round_to(p.k, dtype), p.v = check::round_to(p.v, dtype);
+    p.dh = check::round_to(p.dh, dtype);
+    p.S = check::round_to_float(p.S), p.T = check::round_to_float(p.T), p.M = check::round_to_float(p.M);
+    p.D = check::round_to_float(p.D);
+    plan = std::make_unique<DagPlan>(DagGraph{flat.in_offsets.data(), flat.in_edges.data(), flat.out_offsets.data(),
+                                              flat.out_edges.data(), flat.level_offsets.data(), flat.level_nodes.data(),
+                                              dag.num_nodes(), dag.num_edges(),
+                                              static_cast<std::int64_t>(flat.level_offsets.size()) - 1});
+    q = upload(p.q, dtype), k = upload(p.k, dtype), v = upload(p.v, dtype), dh = upload(p.dh, dtype);
+    S = upload(p.S, DType::float32), T = upload(p.T, DType::float32), M = upload(p.M, DType::float32);
+    D = upload(p.D, DType::float32);
+    inputs = DagInputs{q->get(), k->get(), v->get(), S->get<float>(), T->get<float>(), M->get<float>(),
+                       D->get<float>(), shape.B, shape.NH, shape.DQK, shape.DV, dtype};
+  }
+};
+
+}  // namespace
+
+KernelCheck check_dag(const graph::Dag& dag, const ref::DagShape& shape, ref::GateMode mode, DType dtype,
+                      std::uint64_t seed) {
+  KernelCheck c;
+  c.name = fmt::format("dag {} {} {}", to_string(dtype), to_string(mode), shape.name(dag));
+  c.baseline = "float32 reference (recurrent, levels)";
+  const DagCase x(dag, shape, mode, dtype, seed);
+  const double scale = x.p.scale();
+  const auto oracle = ref::dag_forward<double>(dag, x.p.inputs(), ref::DagForm::recurrent, {});
+  const auto p32 = x.p.cast<float>();
+  std::vector<xt::xtensor<float, 4>> kept;
+  std::vector<std::vector<check::Named<float>>> runs;
+  for (const auto form : {ref::DagForm::recurrent, ref::DagForm::levels}) {
+    kept.push_back(ref::dag_forward<float>(dag, p32.inputs(), form, {}));
+    runs.push_back({check::named("h", kept.back())});
+  }
+  const auto h = poisoned(oracle.size() * element_size(dtype));
+  on_stream("pLSTM DAG forward", [&](cudaStream_t stream) { dag_forward(*x.plan, x.inputs, h->get(), {}, stream); });
+  const auto kernel = download(*h, shape_of(oracle), dtype);
+  const std::map<std::string, DType> dtypes{{"h", dtype}};
+  const std::vector<check::Named<double>> oracle_tensors{check::named("h", oracle)};
+  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
+  c.report = check::kernel_compare({check::named("h", kernel)}, oracle_tensors, baseline, dtypes, scale);
+  return c;
+}
+
+KernelCheck check_dag_backward(const graph::Dag& dag, const ref::DagShape& shape, ref::GateMode mode, DType dtype,
+                               std::uint64_t seed) {
+  KernelCheck c;
+  c.name = fmt::format("dag backward {} {} {}", to_string(dtype), to_string(mode), shape.name(dag));
+  c.baseline = "float32 reference (recurrent backward)";
+  const DagCase x(dag, shape, mode, dtype, seed);
+  const double scale = x.p.scale();
+  const auto oracle = ref::dag_backward<double>(dag, x.p.inputs(), x.p.dh, {});
+  const auto p32 = x.p.cast<float>();
+  const auto g32 = ref::dag_backward<float>(dag, p32.inputs(), p32.dh, {});
+  const std::vector<std::vector<check::Named<float>>> runs{ref::tensors(g32)};
+  const auto oracle_tensors = ref::tensors(oracle);
+  std::vector<std::unique_ptr<DeviceBuffer>> out;
+  std::map<std::string, DType> dtypes;
+  for (std::size_t i = 0; i < oracle_tensors.size(); ++i) {
+    const DType t = i < 3 ? dtype : DType::float32;
+    out.push_back(poisoned(static_cast<std::size_t>(oracle_tensors[i].size) * element_size(t)));
+    dtypes[oracle_tensors[i].name] = t;
+  }
+  const auto f = [&](int i) { return out[i]->get<float>(); };
+  const DagGradients grad{out[0]->get(), out[1]->get(), out[2]->get(), f(3), f(4), f(5), f(6)};
+  on_stream("pLSTM DAG backward",
+            [&](cudaStream_t stream) { dag_backward(*x.plan, x.inputs, x.dh->get(), grad, {}, stream); });
+  std::vector<xt::xtensor<double, 4>> nodes{download(*out[0], shape_of(oracle.dq), dtype),
+                                            download(*out[1], shape_of(oracle.dk), dtype),
+                                            download(*out[2], shape_of(oracle.dv), dtype)};
+  std::vector<xt::xtensor<double, 3>> gates{download(*out[3], shape_of(oracle.dS), DType::float32),
+                                            download(*out[4], shape_of(oracle.dT), DType::float32),
+                                            download(*out[5], shape_of(oracle.dM), DType::float32),
+                                            download(*out[6], shape_of(oracle.dD), DType::float32)};
+  std::vector<check::Named<double>> kernel{check::named("dq", nodes[0]), check::named("dk", nodes[1]),
+                                           check::named("dv", nodes[2])};
+  const char* gate_names[] = {"dS", "dT", "dM", "dD"};
+  for (int i = 0; i < 4; ++i) kernel.push_back(check::named(gate_names[i], gates[i]));
+  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
+  c.report = check::kernel_compare(kernel, oracle_tensors, baseline, dtypes, scale);
+  return c;
+}
+
 KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateMode mode, DType dtype,
                        std::uint64_t seed) {
   KernelCheck c;

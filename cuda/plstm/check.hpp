@@ -40,4 +40,11 @@ KernelCheck check_grid_backward(const flashlstm::plstm::GridShape& shape, int or
 KernelCheck check_sequence(const flashlstm::plstm::SequenceShape& shape, DType dtype, std::uint64_t seed);
 KernelCheck check_sequence_backward(const flashlstm::plstm::SequenceShape& shape, DType dtype, std::uint64_t seed);
 
+// dag_forward and dag_backward on a random problem on `dag` (gates by `mode`), against the reference's
+// recurrent form and exact backward (float32 baselines: the recurrent and levels forms; the backward).
+KernelCheck check_dag(const graph::Dag& dag, const flashlstm::plstm::DagShape& shape, flashlstm::plstm::GateMode mode,
+                      DType dtype, std::uint64_t seed);
+KernelCheck check_dag_backward(const graph::Dag& dag, const flashlstm::plstm::DagShape& shape,
+                               flashlstm::plstm::GateMode mode, DType dtype, std::uint64_t seed);
+
 }  // namespace flashlstm::cuda::plstm

@@ -24,6 +24,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace flashlstm::cuda::plstm {
 
@@ -94,6 +95,59 @@ struct SequenceGradients {
 void sequence_forward(const SequenceInputs& x, void* h, const Options& options, cudaStream_t stream);
 void sequence_backward(const SequenceInputs& x, const void* dh, const SequenceGradients& grad, const Options& options,
                        cudaStream_t stream);
+
+// DAGs (reference/plstm/plstm.hpp's layouts, B x NH problems on one graph):
+//
+//   q, k (B, NH, N, DQK), v and h (B, NH, N, DV) of `dtype`; S, M (B, NH, E) per edge, T (B, NH, A)
+//   per line-graph arc (graph::line_graph's numbering: by node, then in-edge, then out-edge),
+//   D (B, NH, N): float32.
+//
+// The graph travels as graph::flatten()'s index arrays, checked and uploaded once into a DagPlan.
+// The kernels run the recurrent form level by level (a warp per (batch·head, node) of a level, one
+// launch per level); the backward runs the forward again to get every edge's state, then the levels
+// in reverse, each value written by one warp (deterministic). Memory: the forward keeps
+// B·NH·E·DQK·DV floats of edge states (scratch, released before returning); the backward twice that.
+struct DagGraph {  // host arrays, as graph::Flat holds them
+  const std::int32_t *in_offsets = nullptr, *in_edges = nullptr;    // node -> in-edge CSR (N + 1, E)
+  const std::int32_t *out_offsets = nullptr, *out_edges = nullptr;  // node -> out-edge CSR (N + 1, E)
+  const std::int32_t *level_offsets = nullptr, *level_nodes = nullptr;  // level schedule (levels + 1, N)
+  std::int64_t N = 0, E = 0, levels = 0;
+};
+
+class DagPlan {
+ public:
+  explicit DagPlan(const DagGraph& graph);  // checks the arrays (naming the one at fault) and uploads them
+  ~DagPlan();
+  DagPlan(const DagPlan&) = delete;
+  DagPlan& operator=(const DagPlan&) = delete;
+  std::int64_t N() const { return N_; }
+  std::int64_t E() const { return E_; }
+  std::int64_t A() const { return A_; }  // line-graph arcs: Σ_n in-degree · out-degree
+  std::int64_t levels() const { return static_cast<std::int64_t>(level_offsets_.size()) - 1; }
+
+  // Device arrays: in/out CSR, level nodes, per-node arc offsets; host level offsets.
+  const std::int32_t* device(int which) const { return device_[which]; }
+  const std::vector<std::int32_t>& level_offsets() const { return level_offsets_; }
+
+ private:
+  std::int64_t N_ = 0, E_ = 0, A_ = 0;
+  std::int32_t* device_[6] = {};  // in_offsets, in_edges, out_offsets, out_edges, level_nodes, arc_offsets
+  std::vector<std::int32_t> level_offsets_;
+};
+
+struct DagInputs {
+  const void *q = nullptr, *k = nullptr, *v = nullptr;
+  const float *S = nullptr, *T = nullptr, *M = nullptr, *D = nullptr;
+  std::int64_t B = 0, NH = 0, DQK = 0, DV = 0;
+  DType dtype = DType::bfloat16;
+};
+struct DagGradients {
+  void *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float *dS = nullptr, *dT = nullptr, *dM = nullptr, *dD = nullptr;
+};
+void dag_forward(const DagPlan& graph, const DagInputs& x, void* h, const Options& options, cudaStream_t stream);
+void dag_backward(const DagPlan& graph, const DagInputs& x, const void* dh, const DagGradients& grad,
+                  const Options& options, cudaStream_t stream);
 
 // The scratch memory grid_backward takes for these sizes, in bytes.
 std::int64_t grid_backward_scratch_bytes(const GridDims& dims, int orientations, DType dtype);

@@ -1,6 +1,6 @@
 """The CUDA pLSTM grid kernels from Python: argument handling through DLPack without a GPU
 (FakeCudaArray), and — where a GPU is visible — torch CUDA tensors against the CPU reference, forward
-and backward, one and four orientations, sequences (the S x 1 grid), float32 and bfloat16."""
+and backward, one and four orientations, sequences (the S x 1 grid), DAGs, float32 and bfloat16."""
 
 import numpy as np
 import pytest
@@ -108,6 +108,28 @@ def test_sequence_arguments_are_named():
                                *[FakeCudaArray((B, NH, S), read_only=(i == 3)) for i in range(4)])
 
 
+def test_dag_arguments_are_named():
+    from flashlstm import graph
+    dag = graph.Dag(4, [(0, 1), (0, 1), (1, 2), (1, 3)])
+    N, E, A = 4, 4, graph.num_arcs(dag)
+    x = dict(q=FakeCudaArray((B, NH, N, DQK)), k=FakeCudaArray((B, NH, N, DQK)), v=FakeCudaArray((B, NH, N, DV)),
+             S=FakeCudaArray((B, NH, E)), T=FakeCudaArray((B, NH, A)), M=FakeCudaArray((B, NH, E)),
+             D=FakeCudaArray((B, NH, N)), h=FakeCudaArray((B, NH, N, DV)))
+
+    def forward(**override):
+        a = {**x, **override}
+        cuda.dag_forward(dag, a["q"], a["k"], a["v"], a["S"], a["T"], a["M"], a["D"], a["h"])
+
+    with pytest.raises(ValueError, match=r"q: expected shape \(B, NH, N, DQK\)"):
+        forward(q=FakeCudaArray((B, NH, N + 1, DQK)))
+    with pytest.raises(ValueError, match=r"T: expected shape \(B, NH, A\)"):
+        forward(T=FakeCudaArray((B, NH, A + 1)))
+    with pytest.raises(ValueError, match="D: expected dtype float32, got bfloat16"):
+        forward(D=FakeCudaArray((B, NH, N), "bfloat16"))
+    with pytest.raises(LAUNCH_FAILS):
+        forward()
+
+
 def test_python_layer_routes_gpu_arrays_and_says_why_it_cannot_run():
     if fl.built_with_cuda and fl.cuda_available():
         pytest.skip("a GPU is visible: the kernel runs below")
@@ -193,4 +215,27 @@ def test_cuda_sequence_matches_the_reference(dtype):
     assert h.is_cuda and rel(h.double().cpu().numpy(), expected) < (1e-5 if dtype == "float32" else 4e-3)
     got = plstm.sequence_backward(*dev[:3], *dgates, dev[3])
     for name, a, b in zip(plstm.DagGrad._fields, got, plstm.sequence_backward(q, k, v, *gates, dh)):
+        assert rel(a.double().cpu().numpy(), b) < (1e-4 if dtype == "float32" else 5e-3), name
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_dag_matches_the_reference(dtype):
+    from flashlstm import graph
+    dag = graph.random_dag(60, 1.7, seed=3)
+    N, E, A = dag.num_nodes, dag.num_edges, graph.num_arcs(dag)
+    r = rng(40)
+    q, k = r.standard_normal((2, 2, 3, N, 24))
+    v, dh = r.standard_normal((2, 2, 3, N, 20))
+    gates = [r.uniform(-0.8, 0.8, (2, 3, n)) for n in (E, A, E, N)]
+    tdtype = getattr(torch, dtype)
+    dev = [torch.tensor(x, device="cuda").to(tdtype) for x in (q, k, v, dh)]
+    q, k, v, dh = (x.double().cpu().numpy() for x in dev)
+    gates = [g.astype(np.float32).astype(np.float64) for g in gates]
+    dgates = [torch.tensor(g, device="cuda", dtype=torch.float32) for g in gates]
+    h = plstm.dag_forward(dag, *dev[:3], *dgates)
+    expected = plstm.dag_forward(dag, q, k, v, *gates)
+    assert h.is_cuda and rel(h.double().cpu().numpy(), expected) < (1e-5 if dtype == "float32" else 4e-3)
+    got = plstm.dag_backward(dag, *dev[:3], *dgates, dev[3])
+    for name, a, b in zip(plstm.DagGrad._fields, got, plstm.dag_backward(dag, q, k, v, *gates, dh)):
         assert rel(a.double().cpu().numpy(), b) < (1e-4 if dtype == "float32" else 5e-3), name
