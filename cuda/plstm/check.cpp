@@ -251,13 +251,8 @@ KernelCheck check_dag(const graph::Dag& dag, const ref::DagShape& shape, ref::Ga
     kept.push_back(ref::dag_forward<float>(dag, p32.inputs(), form, {}));
     runs.push_back({check::named("h", kept.back())});
   }
-  const auto h = poisoned(oracle.size() * element_size(dtype));
-  on_stream("pLSTM DAG forward", [&](cudaStream_t stream) { dag_forward(*x.plan, x.inputs, h->get(), {}, stream); });
-  const auto kernel = download(*h, shape_of(oracle), dtype);
-  const std::map<std::string, DType> dtypes{{"h", dtype}};
-  const std::vector<check::Named<double>> oracle_tensors{check::named("h", oracle)};
-  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
-  c.report = check::kernel_compare({check::named("h", kernel)}, oracle_tensors, baseline, dtypes, scale);
+  c.report = compare_h(oracle, runs, dtype, scale, "pLSTM DAG forward",
+                       [&](void* h, cudaStream_t stream) { dag_forward(*x.plan, x.inputs, h, {}, stream); });
   return c;
 }
 
@@ -272,31 +267,11 @@ KernelCheck check_dag_backward(const graph::Dag& dag, const ref::DagShape& shape
   const auto p32 = x.p.cast<float>();
   const auto g32 = ref::dag_backward<float>(dag, p32.inputs(), p32.dh, {});
   const std::vector<std::vector<check::Named<float>>> runs{ref::tensors(g32)};
-  const auto oracle_tensors = ref::tensors(oracle);
-  std::vector<std::unique_ptr<DeviceBuffer>> out;
-  std::map<std::string, DType> dtypes;
-  for (std::size_t i = 0; i < oracle_tensors.size(); ++i) {
-    const DType t = i < 3 ? dtype : DType::float32;
-    out.push_back(poisoned(static_cast<std::size_t>(oracle_tensors[i].size) * element_size(t)));
-    dtypes[oracle_tensors[i].name] = t;
-  }
-  const auto f = [&](int i) { return out[i]->get<float>(); };
-  const DagGradients grad{out[0]->get(), out[1]->get(), out[2]->get(), f(3), f(4), f(5), f(6)};
-  on_stream("pLSTM DAG backward",
-            [&](cudaStream_t stream) { dag_backward(*x.plan, x.inputs, x.dh->get(), grad, {}, stream); });
-  std::vector<xt::xtensor<double, 4>> nodes{download(*out[0], shape_of(oracle.dq), dtype),
-                                            download(*out[1], shape_of(oracle.dk), dtype),
-                                            download(*out[2], shape_of(oracle.dv), dtype)};
-  std::vector<xt::xtensor<double, 3>> gates{download(*out[3], shape_of(oracle.dS), DType::float32),
-                                            download(*out[4], shape_of(oracle.dT), DType::float32),
-                                            download(*out[5], shape_of(oracle.dM), DType::float32),
-                                            download(*out[6], shape_of(oracle.dD), DType::float32)};
-  std::vector<check::Named<double>> kernel{check::named("dq", nodes[0]), check::named("dk", nodes[1]),
-                                           check::named("dv", nodes[2])};
-  const char* gate_names[] = {"dS", "dT", "dM", "dD"};
-  for (int i = 0; i < 4; ++i) kernel.push_back(check::named(gate_names[i], gates[i]));
-  const auto baseline = check::baseline_errors(runs, oracle_tensors, dtypes, scale);
-  c.report = check::kernel_compare(kernel, oracle_tensors, baseline, dtypes, scale);
+  c.report = compare_grads(oracle, runs, dtype, scale, "pLSTM DAG backward", [&](const auto& out, cudaStream_t stream) {
+    const auto f = [&](int i) { return out[i]->template get<float>(); };
+    const DagGradients grad{out[0]->get(), out[1]->get(), out[2]->get(), f(3), f(4), f(5), f(6)};
+    dag_backward(*x.plan, x.inputs, x.dh->get(), grad, {}, stream);
+  });
   return c;
 }
 
