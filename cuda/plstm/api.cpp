@@ -219,12 +219,12 @@ DagPlan::~DagPlan() {
 
 namespace {
 
-// The checks and the parameter block of the DAG kernels; `scratch` floats of edge states per
-// problem (E·DQK·DV each) from the stream-ordered allocator, freed by the destructor.
+// The checks and the parameter block of the DAG kernels, with `state_buffers` arrays of edge states
+// (B·NH·E·DQK·DV floats each) from the stream-ordered allocator.
 class DagCall {
  public:
   DagCall(const DagPlan& g, const DagInputs& x, const Options& options, int state_buffers, cudaStream_t stream)
-      : stream_(stream) {
+      : scratch_(stream) {
     require(x.B >= 1 && x.NH >= 1, "q", "needs B >= 1 and NH >= 1, got B = {}, NH = {}", x.B, x.NH);
     require(x.DQK >= 1 && x.DQK <= 1024, "DQK", "must be in [1, 1024], got {}", x.DQK);
     require(x.DV >= 1 && x.DV <= 1024, "DV", "must be in [1, 1024], got {}", x.DV);
@@ -248,24 +248,18 @@ class DagCall {
     check_cuda(cudaMemGetInfo(&free, &total), "pLSTM DAG: memory");
     require(bytes <= double(free), "q", "the edge states need {:.2f} GiB, more than the {:.2f} GiB free on the device",
             bytes / (1 << 30), double(free) / (1 << 30));
-    if (bytes > 0) {
-      check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&scratch_), static_cast<std::size_t>(bytes), stream),
-                 "pLSTM DAG: edge states");
-      p.states = scratch_;
-      if (state_buffers == 2) p.dstates = scratch_ + std::int64_t(x.B) * x.NH * g.E() * x.DQK * x.DV;
+    const std::int64_t states = std::int64_t(x.B) * x.NH * g.E() * x.DQK * x.DV;
+    if (states > 0) {
+      scratch_.add(p.states, states);
+      if (state_buffers == 2) scratch_.add(p.dstates, states);
+      scratch_.allocate();
     }
   }
-  ~DagCall() {
-    if (scratch_) cudaFreeAsync(scratch_, stream_);
-  }
-  DagCall(const DagCall&) = delete;
-  DagCall& operator=(const DagCall&) = delete;
 
   detail::DagParams p;
 
  private:
-  cudaStream_t stream_;
-  float* scratch_ = nullptr;
+  Scratch scratch_;
 };
 
 }  // namespace
