@@ -57,7 +57,7 @@ struct Layout {
 };
 
 template <class T>
-__global__ void __launch_bounds__(kThreads) grid_forward_kernel(GridParams p) {
+__global__ void __launch_bounds__(kThreads, 3) grid_forward_kernel(GridParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int N = p.X * p.Y, tiles_per_head = (N + kTile - 1) / kTile;
   const int bh = blockIdx.x / tiles_per_head, n0 = (blockIdx.x % tiles_per_head) * kTile;
@@ -123,21 +123,37 @@ __global__ void __launch_bounds__(kThreads) grid_forward_kernel(GridParams p) {
     int buffer = 0;
     for (int pb = p_first; pb < N; pb += kTile, buffer ^= 1) {
       if (t < kPaths) {
-        // 1. The reverse dynamic programme over the block's sources.
+        // 1. The reverse dynamic programme over the block's sources, four at a time: their gates
+        //    (and, where a column has at least four nodes, their column entries) are read before
+        //    any of the four writes, so that the shared-memory loads overlap instead of waiting
+        //    for each other. Positions beyond N have zero gates and write zero into G.
         const float* g = staged + buffer * kStaged * kTile;
-#pragma unroll 4
-        for (int j = 0; j < kTile; ++j) {
-          float Gtn = 0.f;
-          if (pb + j < N) {
-            if (yf == p.Y - 1) carry = 0.f;  // a new column: nothing below its last node
-            const float wr = col[yf * kPaths + t] + (xf + 1 == xt && yf == yt ? Ml : 0.f);
-            const float wd = carry + (xf == xt && yf + 1 == yt ? Mu : 0.f);
-            col[yf * kPaths + t] = g[kStTrl * kTile + j] * wr + g[kStTdl * kTile + j] * wd;
-            carry = g[kStTdu * kTile + j] * wd + g[kStTru * kTile + j] * wr;
-            Gtn = g[kStSr * kTile + j] * wr + g[kStSd * kTile + j] * wd + (xf == xt && yf == yt ? Dt : 0.f);
+        for (int j0 = 0; j0 < kTile; j0 += 4) {
+          int xs[4], ys[4];
+          float gs[4][kStaged], cl[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            xs[i] = xf, ys[i] = yf;
             if (--yf < 0) yf = p.Y - 1, --xf;
+#pragma unroll
+            for (int k = 0; k < kStaged; ++k) gs[i][k] = g[k * kTile + j0 + i];
           }
-          G[t * kLdG + j] = Gtn;
+          if (p.Y >= 4) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) cl[i] = col[ys[i] * kPaths + t];
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int x = xs[i], y = ys[i];
+            if (y == p.Y - 1) carry = 0.f;  // a new column: nothing below its last node
+            const float c = p.Y >= 4 ? cl[i] : col[y * kPaths + t];
+            const float wr = c + (x + 1 == xt && y == yt ? Ml : 0.f);
+            const float wd = carry + (x == xt && y + 1 == yt ? Mu : 0.f);
+            col[y * kPaths + t] = gs[i][kStTrl] * wr + gs[i][kStTdl] * wd;
+            carry = gs[i][kStTdu] * wd + gs[i][kStTru] * wr;
+            const float Gtn = gs[i][kStSr] * wr + gs[i][kStSd] * wd + (x == xt && y == yt ? Dt : 0.f);
+            G[t * kLdG + j0 + i] = pb + j0 + i < N ? Gtn : 0.f;
+          }
         }
       } else {
         // Meanwhile: the block's keys and values (rows in source order), and the next block's gates.

@@ -158,48 +158,69 @@ __global__ void __launch_bounds__(kThreads) grid_nodes_kernel(GridBackwardParams
     int buffer = 0;
     for (int pb = p_first; pb < N; pb += kTile, buffer ^= 1) {
       if (r < kPaths) {
-        // 1. The dynamic programme over the block's walked nodes: the two channels at each.
+        // 1. The dynamic programme over the block's walked nodes: the two channels at each, four
+        //    nodes at a time, their gates (and column entries, for columns of at least four nodes)
+        //    read before any of the four writes (as in the forward). Positions beyond N have zero
+        //    gates and write zero into Gc.
         const float* g = staged + buffer * 6 * kTile;
         float* col0 = col;
         float* col1 = col + p.Y * kPaths;
         int d = -1;
-#pragma unroll 4
-        for (int j = 0; j < kTile; ++j) {
-          float G0 = 0.f, G1 = 0.f;
-          if (pb + j < N) {
+        for (int j0 = 0; j0 < kTile; j0 += 4) {
+          int xs[4], ys[4];
+          float gs[4][6], c0s[4], c1s[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            xs[i] = xf, ys[i] = yf;
             if constexpr (R == kQueries) {
-              // Walked source n: the weights from its right / down edge to the row's target, per mark.
-              if (yf == p.Y - 1) carry0 = carry1 = 0.f;
-              const bool left = xf + 1 == xr && yf == yr, top = xf == xr && yf + 1 == yr;
-              const float wr0 = col0[yf * kPaths + r] + (left ? 1.f : 0.f), wr1 = col1[yf * kPaths + r];
-              const float wd0 = carry0, wd1 = carry1 + (top ? 1.f : 0.f);
-              // g: S^r, S^d, T^rl, T^dl, T^du, T^ru of n
-              col0[yf * kPaths + r] = g[2 * kTile + j] * wr0 + g[3 * kTile + j] * wd0;
-              col1[yf * kPaths + r] = g[2 * kTile + j] * wr1 + g[3 * kTile + j] * wd1;
-              carry0 = g[4 * kTile + j] * wd0 + g[5 * kTile + j] * wr0;
-              carry1 = g[4 * kTile + j] * wd1 + g[5 * kTile + j] * wr1;
-              G0 = g[j] * wr0 + g[kTile + j] * wd0;
-              G1 = g[j] * wr1 + g[kTile + j] * wd1;
-              if (xf == xr && yf == yr) d = j;
               if (--yf < 0) yf = p.Y - 1, --xf;
             } else {
-              // Walked target m: the weights of the row's source on m's left / top in-edge, per source gate.
-              if (yf == 0) carry0 = carry1 = 0.f;
-              const float L0 = col0[yf * kPaths + r], L1 = col1[yf * kPaths + r], U0 = carry0, U1 = carry1;
-              const bool here = xf == xr && yf == yr;
-              // g: M^l, M^u, T^rl, T^ru, T^du, T^dl of m
-              G0 = g[j] * L0 + g[kTile + j] * U0;
-              G1 = g[j] * L1 + g[kTile + j] * U1;
-              col0[yf * kPaths + r] = g[2 * kTile + j] * L0 + g[3 * kTile + j] * U0 + (here ? 1.f : 0.f);
-              col1[yf * kPaths + r] = g[2 * kTile + j] * L1 + g[3 * kTile + j] * U1;
-              carry0 = g[4 * kTile + j] * U0 + g[5 * kTile + j] * L0;
-              carry1 = g[4 * kTile + j] * U1 + g[5 * kTile + j] * L1 + (here ? 1.f : 0.f);
-              if (here) d = j;
               if (++yf == p.Y) yf = 0, ++xf;
             }
+#pragma unroll
+            for (int k = 0; k < 6; ++k) gs[i][k] = g[k * kTile + j0 + i];
           }
-          Gc[r * kLdG + j] = G0;
-          Gc[(kPaths + r) * kLdG + j] = G1;
+          if (p.Y >= 4) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) c0s[i] = col0[ys[i] * kPaths + r], c1s[i] = col1[ys[i] * kPaths + r];
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int x = xs[i], y = ys[i], j = j0 + i;
+            const float c0 = p.Y >= 4 ? c0s[i] : col0[y * kPaths + r];
+            const float c1 = p.Y >= 4 ? c1s[i] : col1[y * kPaths + r];
+            float G0, G1;
+            if constexpr (R == kQueries) {
+              // Walked source n: the weights from its right / down edge to the row's target, per mark.
+              // gs: S^r, S^d, T^rl, T^dl, T^du, T^ru of n
+              if (y == p.Y - 1) carry0 = carry1 = 0.f;
+              const bool left = x + 1 == xr && y == yr, top = x == xr && y + 1 == yr;
+              const float wr0 = c0 + (left ? 1.f : 0.f), wr1 = c1;
+              const float wd0 = carry0, wd1 = carry1 + (top ? 1.f : 0.f);
+              col0[y * kPaths + r] = gs[i][2] * wr0 + gs[i][3] * wd0;
+              col1[y * kPaths + r] = gs[i][2] * wr1 + gs[i][3] * wd1;
+              carry0 = gs[i][4] * wd0 + gs[i][5] * wr0;
+              carry1 = gs[i][4] * wd1 + gs[i][5] * wr1;
+              G0 = gs[i][0] * wr0 + gs[i][1] * wd0;
+              G1 = gs[i][0] * wr1 + gs[i][1] * wd1;
+            } else {
+              // Walked target m: the weights of the row's source on m's left / top in-edge, per source
+              // gate. gs: M^l, M^u, T^rl, T^ru, T^du, T^dl of m
+              if (y == 0) carry0 = carry1 = 0.f;
+              const float L0 = c0, L1 = c1, U0 = carry0, U1 = carry1;
+              const bool here = x == xr && y == yr;
+              G0 = gs[i][0] * L0 + gs[i][1] * U0;
+              G1 = gs[i][0] * L1 + gs[i][1] * U1;
+              col0[y * kPaths + r] = gs[i][2] * L0 + gs[i][3] * U0 + (here ? 1.f : 0.f);
+              col1[y * kPaths + r] = gs[i][2] * L1 + gs[i][3] * U1;
+              carry0 = gs[i][4] * U0 + gs[i][5] * L0;
+              carry1 = gs[i][4] * U1 + gs[i][5] * L1 + (here ? 1.f : 0.f);
+            }
+            const bool live = pb + j < N;
+            if (live && x == xr && y == yr) d = j;
+            Gc[r * kLdG + j] = live ? G0 : 0.f;
+            Gc[(kPaths + r) * kLdG + j] = live ? G1 : 0.f;
+          }
         }
         diag[r] = d;
       } else {
@@ -386,26 +407,56 @@ __global__ void __launch_bounds__(kThreads) grid_transitions_kernel(GridBackward
       xt = f.xf_of_node(n0 + t), yt = f.yf_of_node(n0 + t);
       Ml = __ldg(p.gates[kMl] + base + n0 + t), Mu = __ldg(p.gates[kMu] + base + n0 + t);
     }
-    // One step of the reverse programme at frame (x, y) of node n: the weights (wr, wd) from n's
-    // right / down out-edge to the thread's target, marks included; pushes into col and carry.
-    auto reverse_step = [&](int x, int y, float& carry, float& wr, float& wd) {
-      const int n = f.node(x, y);
-      if (y == p.Y - 1) carry = 0.f;
-      wr = col[y * kPaths + t] + (x + 1 == xt && y == yt ? Ml : 0.f);
-      wd = carry + (x == xt && y + 1 == yt ? Mu : 0.f);
-      col[y * kPaths + t] = gate(kTgTrl, n) * wr + gate(kTgTdl, n) * wd;
-      carry = gate(kTgTdu, n) * wd + gate(kTgTru, n) * wr;
+    // The reverse programme over columns x_hi down to x_lo (y descending in each), from the state in
+    // col: at each node (x, y) the weights (wr, wd) from its right / down out-edge to the thread's
+    // target, marks included; pushes into col and a carry. Four nodes at a time, their gates (and
+    // column entries, for columns of at least four nodes) read before any of the four writes.
+    // column(x) runs before column x's first node, step(x, y, wr, wd) after each node.
+    auto reverse_walk = [&](int x_hi, int x_lo, auto column, auto step) {
+      const int count = (x_hi - x_lo + 1) * p.Y;
+      int x = x_hi, y = p.Y - 1;
+      float carry = 0.f;
+      for (int j0 = 0; j0 < count; j0 += 4) {
+        int xs[4], ys[4];
+        float gs[4][4], cl[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          xs[i] = x, ys[i] = y;
+          if (--y < 0) y = p.Y - 1, --x;
+          const int n = j0 + i < count ? f.node(xs[i], ys[i]) : 0;
+          gs[i][0] = gate(kTgTrl, n), gs[i][1] = gate(kTgTdl, n), gs[i][2] = gate(kTgTdu, n), gs[i][3] = gate(kTgTru, n);
+        }
+        if (p.Y >= 4) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) cl[i] = col[ys[i] * kPaths + t];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if (j0 + i >= count) break;
+          const int xi = xs[i], yi = ys[i];
+          if (yi == p.Y - 1) {
+            carry = 0.f;
+            column(xi);
+          }
+          const float wr = (p.Y >= 4 ? cl[i] : col[yi * kPaths + t]) + (xi + 1 == xt && yi == yt ? Ml : 0.f);
+          const float wd = carry + (xi == xt && yi + 1 == yt ? Mu : 0.f);
+          col[yi * kPaths + t] = gs[i][0] * wr + gs[i][1] * wd;
+          carry = gs[i][2] * wd + gs[i][3] * wr;
+          step(xi, yi, wr, wd);
+        }
+      }
     };
     // 1. The reverse programme from the tile's last column down to column 0, keeping the state that
     //    enters column x wherever a segment [x - K + 1, x] begins its recomputation.
     if (t < kPaths) {
       for (int y = 0; y < p.Y; ++y) col[y * kPaths + t] = 0.f;
-      float carry = 0.f, wr, wd;
-      for (int x = xf_max; x >= 0; --x) {
-        if (x % K == K - 1 || x == xf_max)
-          for (int y = 0; y < p.Y; ++y) checkpoints[(std::int64_t(x / K) * p.Y + y) * kPaths + t] = col[y * kPaths + t];
-        for (int y = p.Y - 1; y >= 0; --y) reverse_step(x, y, carry, wr, wd);
-      }
+      reverse_walk(
+          xf_max, 0,
+          [&](int x) {
+            if (x % K == K - 1 || x == xf_max)
+              for (int y = 0; y < p.Y; ++y) checkpoints[(std::int64_t(x / K) * p.Y + y) * kPaths + t] = col[y * kPaths + t];
+          },
+          [](int, int, float, float) {});
       for (int y = 0; y < p.Y; ++y) zcol[y * kPaths + t] = 0.f;
     }
     // 2. Per segment of K columns, left to right: W again from the checkpoint, then Z forward over it.
@@ -415,14 +466,11 @@ __global__ void __launch_bounds__(kThreads) grid_transitions_kernel(GridBackward
       __syncthreads();  // the previous segment's W is consumed
       if (t < kPaths) {
         for (int y = 0; y < p.Y; ++y) col[y * kPaths + t] = checkpoints[(std::int64_t((s1 - 1) / K) * p.Y + y) * kPaths + t];
-        float carry = 0.f, wr, wd;
-        for (int x = s1 - 1; x >= s0; --x)
-          for (int y = p.Y - 1; y >= 0; --y) {
-            reverse_step(x, y, carry, wr, wd);
-            const int i = (x - s0) * p.Y + y;
-            W[i * kLdG + t] = wr;
-            W[(segment_nodes + i) * kLdG + t] = wd;
-          }
+        reverse_walk(s1 - 1, s0, [](int) {}, [&](int x, int y, float wr, float wd) {
+          const int i = (x - s0) * p.Y + y;
+          W[i * kLdG + t] = wr;
+          W[(segment_nodes + i) * kLdG + t] = wd;
+        });
       }
       for (int pb = s0 * p.Y; pb < s1 * p.Y; pb += kTile) {
         const int count = min(kTile, s1 * p.Y - pb);
@@ -444,16 +492,37 @@ __global__ void __launch_bounds__(kThreads) grid_transitions_kernel(GridBackward
 #pragma unroll
           for (int j = 0; j < kTC; ++j) dGs[tile_row(i) * kLdG + tile_col(j)] = p.scale * S[i][j] * E[i][j];
         __syncthreads();
-        // Z forward over the block: its values on each node's in-edges, then the pushes.
+        // Z forward over the block: its values on each node's in-edges, then the pushes; four nodes
+        // at a time, reads first (as in the reverse walk).
         if (t < kPaths) {
-          for (int j = 0; j < count; ++j) {
-            const int x = (pb + j) / p.Y, y = (pb + j) % p.Y, n = f.node(x, y);
-            if (y == 0) zcarry = 0.f;
-            const float zl = zcol[y * kPaths + t], zt = zcarry, dG = dGs[t * kLdG + j];
-            Z[j * kLdG + t] = zl;
-            Z[(kTile + j) * kLdG + t] = zt;
-            zcol[y * kPaths + t] = gate(kTgTrl, n) * zl + gate(kTgTru, n) * zt + gate(kTgSr, n) * dG;
-            zcarry = gate(kTgTdu, n) * zt + gate(kTgTdl, n) * zl + gate(kTgSd, n) * dG;
+          int x = pb / p.Y, y = pb % p.Y;
+          for (int j0 = 0; j0 < count; j0 += 4) {
+            int xs[4], ys[4];
+            float gs[4][6], zc[4], dg[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              xs[i] = x, ys[i] = y;
+              if (++y == p.Y) y = 0, ++x;
+              const int n = j0 + i < count ? f.node(xs[i], ys[i]) : 0;
+              gs[i][0] = gate(kTgTrl, n), gs[i][1] = gate(kTgTru, n), gs[i][2] = gate(kTgSr, n);
+              gs[i][3] = gate(kTgTdu, n), gs[i][4] = gate(kTgTdl, n), gs[i][5] = gate(kTgSd, n);
+              dg[i] = dGs[t * kLdG + min(j0 + i, kTile - 1)];
+            }
+            if (p.Y >= 4) {
+#pragma unroll
+              for (int i = 0; i < 4; ++i) zc[i] = zcol[ys[i] * kPaths + t];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int j = j0 + i;
+              if (j >= count) break;
+              if (ys[i] == 0) zcarry = 0.f;
+              const float zl = p.Y >= 4 ? zc[i] : zcol[ys[i] * kPaths + t], zt = zcarry;
+              Z[j * kLdG + t] = zl;
+              Z[(kTile + j) * kLdG + t] = zt;
+              zcol[ys[i] * kPaths + t] = gs[i][0] * zl + gs[i][1] * zt + gs[i][2] * dg[i];
+              zcarry = gs[i][3] * zt + gs[i][4] * zl + gs[i][5] * dg[i];
+            }
           }
         }
         __syncthreads();
