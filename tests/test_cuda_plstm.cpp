@@ -80,12 +80,15 @@ TEST_CASE("pLSTM grid backward: P-mode and D-mode gates", "[cuda][plstm]") {
     }
 }
 
-TEST_CASE("pLSTM sequences on the GPU (the chain as an S x 1 grid): forward and backward", "[cuda][plstm]") {
+TEST_CASE("pLSTM sequences on the GPU (chunkwise): forward and backward", "[cuda][plstm][sequence]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 4600;
   using flashlstm::plstm::SequenceShape;
-  // A single token, sequences shorter and longer than a tile, head dims not multiples of 16.
-  const SequenceShape shapes[] = {{1, 1, 1, 8, 8}, {2, 1, 7, 8, 6}, {1, 2, 64, 32, 32}, {2, 2, 65, 20, 70}, {1, 3, 300, 64, 64}};
+  // A single token, sequences shorter and longer than a chunk of 64, head dims not multiples of 16,
+  // head dims over several 64-wide pieces (DQK 130, DV 200), a long sequence of many chunks. The
+  // transitions include 0, 1, -1 and 1e-35 (check.cpp's SequenceCase).
+  const SequenceShape shapes[] = {{1, 1, 1, 8, 8},     {2, 1, 7, 8, 6},       {1, 2, 64, 32, 32},   {2, 2, 65, 20, 70},
+                                  {1, 3, 300, 64, 64}, {1, 1, 129, 130, 200}, {2, 2, 2000, 64, 64}};
   for (const auto& shape : shapes)
     for (const DType dtype : kDtypes) {
       require_passes(check_sequence(shape, dtype, ++seed));
@@ -182,13 +185,17 @@ TEST_CASE("the pLSTM kernels' host API rejects bad arguments by name", "[cuda][p
 }
 
 // Small odd shapes for `compute-sanitizer` (tools/gpu_check.sh runs this case under memcheck and
-// racecheck): partial tiles of targets, sources and v columns.
-TEST_CASE("pLSTM: odd grids for the memory checker", "[cuda][plstm][sanitize]") {
+// racecheck): partial tiles of targets, sources and v columns; a sequence of three chunks, the last
+// partial, with head dims over two pieces.
+TEST_CASE("pLSTM: odd grids and sequences for the memory checker", "[cuda][plstm][sanitize]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 4300;
-  for (const DType dtype : kDtypes)
+  for (const DType dtype : kDtypes) {
     for (const int orientations : {1, 4}) {
       require_passes(check_grid({1, 2, 5, 13, 12, 70}, orientations, GateMode::raw, dtype, ++seed));
       require_passes(check_grid_backward({1, 2, 5, 13, 12, 70}, orientations, GateMode::raw, dtype, ++seed));
     }
+    require_passes(check_sequence({1, 2, 150, 70, 66}, dtype, ++seed));
+    require_passes(check_sequence_backward({1, 2, 150, 70, 66}, dtype, ++seed));
+  }
 }

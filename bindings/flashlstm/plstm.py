@@ -199,13 +199,14 @@ def sequence_forward(q, k, v, S, T, M, D, *, form: Optional[str] = None, chunk_s
     """h (B, NH, S, DV) on the chain t -> t+1. form: "recurrent" (the CPU default), "parallel" or
     "chunkwise" (any chunk_size >= 1; each chunk's aggregates by pairwise-doubling merges).
 
-    GPU arrays (q, k, v float32 or bfloat16, gates float32) run the CUDA grid kernel on the S x 1 grid
-    of the chain: the parallel form with the gating built on chip (form None or "parallel"; the work
-    grows with S^2, the memory linearly)."""
+    GPU arrays (q, k, v float32 or bfloat16, gates float32) run the CUDA kernels: the chunkwise form
+    with chunks of 64 tokens (form None or "chunkwise"; chunk_size 0 or 64), work and memory linear in
+    S."""
     if _device.is_device_array(q):
         _device.require_cuda("plstm.sequence_forward")
-        if form not in (None, "parallel"):
-            raise ValueError(f"form: on the GPU the sequence runs the parallel form; got {form!r}")
+        if form not in (None, "chunkwise") or chunk_size not in (0, 64):
+            raise ValueError(f"form: on the GPU the sequence runs the chunkwise form with chunks of 64; got form={form!r}, "
+                             f"chunk_size={chunk_size}")
         s = _device.stream_of(q, stream)
         h = _device.empty(q, tuple(q.shape[:3]) + (v.shape[-1],), "same", s)
         _core.cuda.plstm.sequence_forward(q, k, v, S, T, M, D, h, qk_scale=qk_scale, stream=s)
@@ -216,7 +217,7 @@ def sequence_forward(q, k, v, S, T, M, D, *, form: Optional[str] = None, chunk_s
 def sequence_backward(q, k, v, S, T, M, D, dh, *, chunk_size: int = 1, qk_scale: float = 0.0,
                       stream: Optional[int] = None) -> DagGrad:
     """Exact gradients from dh (B, NH, S, DV) through the chunkwise form with chunk_size (1: token by
-    token, >= S: the parallel form). GPU arrays run the CUDA backward of the S x 1 grid (chunk_size
+    token, >= S: the parallel form). GPU arrays run the CUDA chunkwise backward (chunks of 64; chunk_size
     does not apply): dq, dk, dv in q's dtype, dS, dT, dM, dD float32."""
     if _device.is_device_array(q):
         _device.require_cuda("plstm.sequence_backward")

@@ -8,7 +8,7 @@ tensors through the CUDA kernels (mLSTM: float32 or bfloat16, float32 states, th
 the current stream. Gradients are the library's exact backward, registered as ops too
 ("flashlstm::mlstm_backward", ...), so a compiled graph contains both directions.
 
-    from flashlstm.torch import mlstm, plstm_dag, plstm_grid, slstm
+    from flashlstm.torch import mlstm, plstm_dag, plstm_grid, plstm_sequence, slstm
     h, (C, n, m) = mlstm(q, k, v, igate, fgate, chunk_size=64)
 """
 
@@ -25,7 +25,7 @@ from . import mlstm as _mlstm
 from . import plstm as _plstm
 from . import slstm as _slstm
 
-__all__ = ["mlstm", "slstm", "plstm_dag", "plstm_grid", "MlstmOutput", "SlstmOutput", "grid_gates_p_mode",
+__all__ = ["mlstm", "slstm", "plstm_dag", "plstm_grid", "plstm_sequence", "MlstmOutput", "SlstmOutput", "grid_gates_p_mode",
            "grid_gates_d_mode", "dag_gates_p_mode", "dag_gates_d_mode"]
 
 
@@ -243,6 +243,10 @@ def _dag(num_nodes: int, edges: Tensor) -> _graph.Dag:
 @torch.library.custom_op("flashlstm::plstm_dag_forward", mutates_args=())
 def _plstm_dag_forward(edges: Tensor, num_nodes: int, q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor,
                        M: Tensor, D: Tensor, form: str, qk_scale: float) -> Tensor:
+    if q.is_cuda:  # the recurrent form level by level
+        if form not in ("recurrent", "levels"):
+            raise ValueError(f"form: CUDA tensors run the recurrent form level by level; got {form!r}")
+        return _plstm.dag_forward(_dag(num_nodes, edges), *(_dev(t) for t in (q, k, v, S, T, M, D)), qk_scale=qk_scale)
     x = [_np(name, t) for name, t in zip("qkvSTMD", (q, k, v, S, T, M, D))]
     return _t(_plstm.dag_forward(_dag(num_nodes, edges), *x, form=form, qk_scale=qk_scale))
 
@@ -256,6 +260,9 @@ def _(edges, num_nodes, q, k, v, S, T, M, D, form, qk_scale):
 def _plstm_dag_backward(edges: Tensor, num_nodes: int, q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor,
                         M: Tensor, D: Tensor, dh: Tensor, qk_scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor,
                                                                                      Tensor, Tensor, Tensor]:
+    if q.is_cuda:
+        return tuple(_plstm.dag_backward(_dag(num_nodes, edges), *(_dev(t) for t in (q, k, v, S, T, M, D, dh)),
+                                         qk_scale=qk_scale))
     x = [_np(name, t) for name, t in zip(("q", "k", "v", "S", "T", "M", "D", "dh"), (q, k, v, S, T, M, D, dh))]
     return tuple(_t(g) for g in _plstm.dag_backward(_dag(num_nodes, edges), *x, qk_scale=qk_scale))
 
@@ -282,10 +289,66 @@ _plstm_dag_forward.register_autograd(_plstm_dag_grad, setup_context=_plstm_dag_s
 
 def plstm_dag(dag: _graph.Dag, q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor, *,
               form: str = "recurrent", qk_scale: float = 0.0) -> Tensor:
-    """pLSTM on a DAG (CPU tensors): h (B, NH, N, DV), differentiable in q, k, v and the gates
-    (flashlstm.plstm.dag_forward's layouts)."""
+    """pLSTM on a DAG: h (B, NH, N, DV), differentiable in q, k, v and the gates
+    (flashlstm.plstm.dag_forward's layouts). CPU tensors (float32 or float64) run the reference in
+    `form`; CUDA tensors (q, k, v float32 or bfloat16, gates float32) the CUDA kernels, forward and
+    backward (the recurrent form level by level)."""
     edges = torch.from_numpy(dag.edges)
     return _plstm_dag_forward(edges, dag.num_nodes, q, k, v, S, T, M, D, form, qk_scale)
+
+
+@torch.library.custom_op("flashlstm::plstm_sequence_forward", mutates_args=())
+def _plstm_sequence_forward(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor, form: str,
+                            chunk_size: int, qk_scale: float) -> Tensor:
+    if q.is_cuda:
+        return _plstm.sequence_forward(*(_dev(t) for t in (q, k, v, S, T, M, D)), form=form or None,
+                                       chunk_size=chunk_size, qk_scale=qk_scale)
+    x = [_np(name, t) for name, t in zip("qkvSTMD", (q, k, v, S, T, M, D))]
+    return _t(_plstm.sequence_forward(*x, form=form or None, chunk_size=chunk_size, qk_scale=qk_scale))
+
+
+@_plstm_sequence_forward.register_fake
+def _(q, k, v, S, T, M, D, form, chunk_size, qk_scale):
+    return v.new_empty(v.shape)
+
+
+@torch.library.custom_op("flashlstm::plstm_sequence_backward", mutates_args=())
+def _plstm_sequence_backward(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor, dh: Tensor,
+                             chunk_size: int, qk_scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                        Tensor]:
+    if q.is_cuda:
+        return tuple(_plstm.sequence_backward(*(_dev(t) for t in (q, k, v, S, T, M, D, dh)), qk_scale=qk_scale))
+    x = [_np(name, t) for name, t in zip(("q", "k", "v", "S", "T", "M", "D", "dh"), (q, k, v, S, T, M, D, dh))]
+    return tuple(_t(g) for g in _plstm.sequence_backward(*x, chunk_size=chunk_size, qk_scale=qk_scale))
+
+
+@_plstm_sequence_backward.register_fake
+def _(q, k, v, S, T, M, D, dh, chunk_size, qk_scale):
+    return tuple(torch.empty_like(x) for x in (q, k, v, S, T, M, D))
+
+
+def _plstm_sequence_setup(ctx, inputs, output):
+    *tensors, form, chunk_size, qk_scale = inputs
+    ctx.save_for_backward(*tensors)
+    # The CPU backward runs chunkwise: the forward's chunk size where it has one, else 1 (exact for any).
+    ctx.options = (chunk_size if form == "chunkwise" and chunk_size > 0 else 1, qk_scale)
+
+
+def _plstm_sequence_grad(ctx, dh):
+    grads = _plstm_sequence_backward(*ctx.saved_tensors, dh.contiguous(), *ctx.options)
+    return *grads, None, None, None
+
+
+_plstm_sequence_forward.register_autograd(_plstm_sequence_grad, setup_context=_plstm_sequence_setup)
+
+
+def plstm_sequence(q: Tensor, k: Tensor, v: Tensor, S: Tensor, T: Tensor, M: Tensor, D: Tensor, *,
+                   form: Optional[str] = None, chunk_size: int = 0, qk_scale: float = 0.0) -> Tensor:
+    """1-D pLSTM: h (B, NH, S, DV), differentiable in q, k, v and the gates S, T, M, D (B, NH, S)
+    (flashlstm.plstm.sequence_forward's layouts). CPU tensors (float32 or float64) run the reference
+    (form "recurrent" by default, "parallel", "chunkwise" with chunk_size); CUDA tensors (q, k, v
+    float32 or bfloat16, gates float32) the CUDA chunkwise kernels (chunks of 64), forward and backward."""
+    return _plstm_sequence_forward(q, k, v, S, T, M, D, form or "", chunk_size, qk_scale)
 
 
 _GRID = ("Sr", "Sd", "Trl", "Tru", "Tdu", "Tdl", "Ml", "Mu", "D")

@@ -102,58 +102,63 @@ void grid_backward(const GridInputs& x, const void* dh, const GridGradients& gra
 
 namespace {
 
-// A sequence problem as the S x 1 grid of its chain, with zero vertical gates (and, for the backward,
-// somewhere to write their gradients) in one stream-ordered allocation of `count` gate arrays.
-class ChainAsGrid {
- public:
-  ChainAsGrid(const SequenceInputs& x, int count, cudaStream_t stream) : scratch_(stream) {
-    const SequenceDims& d = x.dims;
-    require(d.B >= 1 && d.NH >= 1 && d.S >= 1, "q", "needs B, NH, S >= 1, got B = {}, NH = {}, S = {}", d.B, d.NH, d.S);
-    const std::size_t es = element_size(x.dtype);
-    check_device_pointer(x.q, "q", es);
-    check_device_pointer(x.k, "k", es);
-    check_device_pointer(x.v, "v", es);
-    check_device_pointer(x.S, "S", 4);
-    check_device_pointer(x.T, "T", 4);
-    check_device_pointer(x.M, "M", 4);
-    check_device_pointer(x.D, "D", 4);
-    size_ = d.B * d.NH * d.S;
-    scratch_.add(buffer_, size_ * count);
-    scratch_.allocate();
-    check_cuda(cudaMemsetAsync(buffer_, 0, static_cast<std::size_t>(scratch_.bytes()), stream), "pLSTM sequence: zero gates");
-    const float* z = buffer_;
-    inputs = GridInputs{x.q, x.k, x.v, GridGates{x.S, z, x.T, z, z, z, x.M, z, x.D},
-                        GridDims{d.B, d.NH, d.S, 1, d.DQK, d.DV}, 1, x.dtype};
-  }
-  float* gate(int i) const { return buffer_ + i * size_; }  // i = 0: the zero gates
-
-  GridInputs inputs;
-
- private:
-  Scratch scratch_;
-  float* buffer_ = nullptr;
-  std::int64_t size_ = 0;
-};
+// The sizes and input pointers of a sequence problem, checked, and its parameter block.
+detail::SequenceParams checked_params(const SequenceInputs& x, const Options& options) {
+  const SequenceDims& d = x.dims;
+  require(d.B >= 1 && d.NH >= 1 && d.S >= 1, "q", "needs B, NH, S >= 1, got B = {}, NH = {}, S = {}", d.B, d.NH, d.S);
+  require(d.DQK >= 1 && d.DQK <= 4096, "DQK", "must be in [1, 4096], got {}", d.DQK);
+  require(d.DV >= 1 && d.DV <= 4096, "DV", "must be in [1, 4096], got {}", d.DV);
+  require(d.S <= 2147483647 - 63, "S", "must be below 2^31 - 63, got {}", d.S);
+  require(d.B * d.NH <= 65535, "q", "at most 65535 (batch, head) sequences per call, got B·NH = {}", d.B * d.NH);
+  require(x.dtype == DType::float32 || x.dtype == DType::bfloat16, "dtype", "must be float32 or bfloat16");
+  const std::size_t es = element_size(x.dtype);
+  check_device_pointer(x.q, "q", es);
+  check_device_pointer(x.k, "k", es);
+  check_device_pointer(x.v, "v", es);
+  check_device_pointer(x.S, "S", 4);
+  check_device_pointer(x.T, "T", 4);
+  check_device_pointer(x.M, "M", 4);
+  check_device_pointer(x.D, "D", 4);
+  detail::SequenceParams p;
+  p.dims = d;
+  p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(d.DQK)));
+  p.q = x.q, p.k = x.k, p.v = x.v, p.S = x.S, p.T = x.T, p.M = x.M, p.D = x.D;
+  return p;
+}
 
 }  // namespace
 
 void sequence_forward(const SequenceInputs& x, void* h, const Options& options, cudaStream_t stream) {
+  detail::SequenceParams p = checked_params(x, options);
+  check_device_pointer(h, "h", element_size(x.dtype));
+  p.h = h;
   const cudaStream_t s = usable(stream);
-  const ChainAsGrid chain(x, 1, s);
-  grid_forward(chain.inputs, h, options, s);
+  Scratch scratch(s);
+  scratch.add(p.states, detail::sequence_state_floats(x.dims));
+  scratch.allocate();
+  detail::run_sequence_forward(p, x.dtype, s);
 }
 
 void sequence_backward(const SequenceInputs& x, const void* dh, const SequenceGradients& grad, const Options& options,
                        cudaStream_t stream) {
-  const cudaStream_t s = usable(stream);
-  const ChainAsGrid chain(x, 6, s);  // the zero gates, then the five vertical gates' gradients (discarded)
+  detail::SequenceParams p = checked_params(x, options);
+  const std::size_t es = element_size(x.dtype);
+  check_device_pointer(dh, "dh", es);
+  check_device_pointer(grad.dq, "dq", es);
+  check_device_pointer(grad.dk, "dk", es);
+  check_device_pointer(grad.dv, "dv", es);
   check_device_pointer(grad.dS, "dS", 4);
   check_device_pointer(grad.dT, "dT", 4);
   check_device_pointer(grad.dM, "dM", 4);
   check_device_pointer(grad.dD, "dD", 4);
-  const GridGradients g{grad.dq, grad.dk, grad.dv, grad.dS, chain.gate(1), grad.dT, chain.gate(2),
-                        chain.gate(3), chain.gate(4), grad.dM, chain.gate(5), grad.dD};
-  grid_backward(chain.inputs, dh, g, options, s);
+  p.dh = dh, p.dq = grad.dq, p.dk = grad.dk, p.dv = grad.dv;
+  p.dS = grad.dS, p.dT = grad.dT, p.dM = grad.dM, p.dD = grad.dD;
+  const cudaStream_t s = usable(stream);
+  Scratch scratch(s);
+  scratch.add(p.states, detail::sequence_state_floats(x.dims));
+  scratch.add(p.dstates, detail::sequence_state_floats(x.dims));
+  scratch.allocate();
+  detail::run_sequence_backward(p, x.dtype, s);
 }
 
 namespace {

@@ -152,6 +152,13 @@ struct SequenceCase {
   std::unique_ptr<DeviceBuffer> q, k, v, dh, S, T, M, D;
   SequenceInputs inputs;
   SequenceCase(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) : p(ref::random_problem(shape, seed)) {
+    // Transitions the chunk products must get exactly: 0, 1, -1, and one too small to divide by.
+    for (std::size_t t = 0; t < p.T.size(); ++t) {
+      if (t % 7 == 3) p.T.flat(t) = 0.0;
+      if (t % 11 == 5) p.T.flat(t) = 1.0;
+      if (t % 13 == 6) p.T.flat(t) = -1.0;
+      if (t % 17 == 8) p.T.flat(t) = 1e-35;
+    }
     p.q = check::round_to(p.q, dtype), p.k = check::round_to(p.k, dtype), p.v = check::round_to(p.v, dtype);
     p.dh = check::round_to(p.dh, dtype);
     p.S = check::round_to_float(p.S), p.T = check::round_to_float(p.T), p.M = check::round_to_float(p.M);
@@ -169,15 +176,16 @@ struct SequenceCase {
 KernelCheck check_sequence(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("sequence {} {}", to_string(dtype), shape.name());
-  c.baseline = "float32 reference (recurrent, parallel)";
+  c.baseline = "float32 reference (recurrent; chunkwise L = 64 in the kernel's prefix order)";
   const SequenceCase x(shape, dtype, seed);
   const double scale = x.p.scale();
   const auto oracle = ref::sequence_forward<double>(x.p.inputs(), {ref::SequenceForm::recurrent}, {});
   const auto p32 = x.p.cast<float>();
   std::vector<xt::xtensor<float, 4>> kept;
   std::vector<std::vector<check::Named<float>>> runs;
-  for (const auto kind : {ref::SequenceForm::recurrent, ref::SequenceForm::parallel}) {
-    kept.push_back(ref::sequence_forward<float>(p32.inputs(), {kind}, {}));
+  for (const ref::SequenceForm form : {ref::SequenceForm{ref::SequenceForm::recurrent},
+                                       ref::SequenceForm{ref::SequenceForm::chunkwise, 64, ref::Aggregates::prefix}}) {
+    kept.push_back(ref::sequence_forward<float>(p32.inputs(), form, {}));
     runs.push_back({check::named("h", kept.back())});
   }
   c.report = compare_h(oracle, runs, dtype, scale, "pLSTM sequence forward",
@@ -188,15 +196,15 @@ KernelCheck check_sequence(const ref::SequenceShape& shape, DType dtype, std::ui
 KernelCheck check_sequence_backward(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("sequence backward {} {}", to_string(dtype), shape.name());
-  c.baseline = "float32 reference (chunk sizes 1, 4)";
+  c.baseline = "float32 reference (chunk sizes 1; 64 in the kernel's prefix order)";
   const SequenceCase x(shape, dtype, seed);
   const double scale = x.p.scale();
   const auto oracle = ref::sequence_backward<double>(x.p.inputs(), x.p.dh, 1, {});
   const auto p32 = x.p.cast<float>();
   std::vector<ref::SequenceGrad<float>> kept;
   std::vector<std::vector<check::Named<float>>> runs;
-  for (const index_t chunk : {1, 4}) {
-    kept.push_back(ref::sequence_backward<float>(p32.inputs(), p32.dh, chunk, {}));
+  for (const index_t chunk : {1, 64}) {
+    kept.push_back(ref::sequence_backward<float>(p32.inputs(), p32.dh, chunk, {}, ref::Aggregates::prefix));
     runs.push_back(ref::tensors(kept.back()));
   }
   c.report = compare_grads(oracle, runs, dtype, scale, "pLSTM sequence backward", [&](const auto& out, cudaStream_t stream) {

@@ -55,6 +55,22 @@ struct DagParams {
 void run_dag_forward(const DagParams& p, DType dtype, cudaStream_t stream);
 void run_dag_backward(const DagParams& p, DType dtype, cudaStream_t stream);
 
+// 1-D sequences, chunkwise (sequence.cu).
+struct SequenceParams {
+  SequenceDims dims;
+  float scale = 0.f;
+  const void *q = nullptr, *k = nullptr, *v = nullptr, *dh = nullptr;
+  const float *S = nullptr, *T = nullptr, *M = nullptr, *D = nullptr;
+  void* h = nullptr;
+  float* states = nullptr;   // (B·NH, chunks, DQK, DV): the state entering each chunk of 64 tokens
+  float* dstates = nullptr;  // the same shape: the gradient of the state leaving each chunk
+  void *dq = nullptr, *dk = nullptr, *dv = nullptr;
+  float *dS = nullptr, *dT = nullptr, *dM = nullptr, *dD = nullptr;
+};
+std::int64_t sequence_state_floats(const SequenceDims& dims);  // the floats of `states` (and of `dstates`)
+void run_sequence_forward(const SequenceParams& p, DType dtype, cudaStream_t stream);
+void run_sequence_backward(const SequenceParams& p, DType dtype, cudaStream_t stream);
+
 // The largest Y the forward kernel's shared memory holds for this DQK and dtype.
 int grid_max_Y(int DQK, DType dtype);
 void run_grid_forward(const GridParams& p, DType dtype, cudaStream_t stream);

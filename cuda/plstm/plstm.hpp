@@ -76,9 +76,9 @@ void grid_backward(const GridInputs& x, const void* dh, const GridGradients& gra
 //
 //   q, k (B, NH, S, DQK), v and h (B, NH, S, DV) of `dtype`; the gates S, T, M, D (B, NH, S) float32.
 //
-// Computed as the S x 1 grid whose right edges are the chain's (S^r = S, T^rl = T, M^l = M, the
-// vertical gates zero) by the grid kernels: the parallel form with the gating built on chip, so the
-// work grows with S^2 / 2 (no chunkwise form on the GPU yet) and the memory linearly.
+// The chunkwise form with chunks of 64 tokens (sequence.cu): work and memory linear in S. Any S >= 1,
+// DQK and DV from 1 to 4096, B·NH <= 65535. Scratch: the state entering each chunk,
+// B·NH·ceil(S/64)·DQK·DV floats (the backward twice that).
 struct SequenceDims {
   std::int64_t B = 0, NH = 0, S = 0, DQK = 0, DV = 0;
 };

@@ -1,6 +1,6 @@
 """The CUDA pLSTM grid kernels from Python: argument handling through DLPack without a GPU
 (FakeCudaArray), and — where a GPU is visible — torch CUDA tensors against the CPU reference, forward
-and backward, one and four orientations, sequences (the S x 1 grid), DAGs, float32 and bfloat16."""
+and backward, one and four orientations, sequences (chunkwise), DAGs, float32 and bfloat16."""
 
 import numpy as np
 import pytest

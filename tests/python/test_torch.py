@@ -111,6 +111,21 @@ def test_plstm_dag_gradcheck_and_opcheck():
     torch.library.opcheck(torch.ops.flashlstm.plstm_dag_forward.default, (edges, 5, *args, "levels", 0.0))
 
 
+def test_plstm_sequence_gradcheck_compile_and_opcheck():
+    g = torch.Generator().manual_seed(4)
+    B, NH, S, DQK, DV = 1, 2, 7, 3, 2
+    t = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)  # noqa: E731
+    args = (t(B, NH, S, DQK), t(B, NH, S, DQK), t(B, NH, S, DV), t(B, NH, S), t(B, NH, S), t(B, NH, S), t(B, NH, S))
+    assert torch.autograd.gradcheck(ft.plstm_sequence, args, eps=1e-6, atol=1e-7)
+    chunked = lambda *a: ft.plstm_sequence(*a, form="chunkwise", chunk_size=3)  # noqa: E731
+    assert torch.autograd.gradcheck(chunked, args, eps=1e-6, atol=1e-7)
+    h = plstm.sequence_forward(*(a.detach().numpy() for a in args))
+    assert rel(ft.plstm_sequence(*args, form="parallel").detach().numpy(), h) < 1e-12
+    compiled = torch.compile(lambda *a: chunked(*a).sum(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), chunked(*args).sum())
+    torch.library.opcheck(torch.ops.flashlstm.plstm_sequence_forward.default, (*args, "chunkwise", 3, 0.0))
+
+
 def test_plstm_grid_gradcheck_and_compile():
     g = torch.Generator().manual_seed(3)
     B, NH, X, Y, DQK = 1, 1, 3, 2, 2
@@ -199,29 +214,46 @@ def test_dag_gate_modes_equal_the_numpy_ones_with_their_gradients(mode):
         make(dag, *(x[..., :-1] if name == "T" else x for name, x in small.items()))
 
 
-@needs_gpu
-@pytest.mark.parametrize("orientations", [1, 4])
-def test_plstm_grid_on_gpu_tensors_runs_the_kernels(orientations):
-    """CUDA tensors run the CUDA kernels through the op: h and every gradient equal the CPU op's in
-    float64 to float32 accuracy; torch.compile traces it."""
-    g = torch.Generator().manual_seed(5)
-    B, NH, X, Y, D = 2, 2, 5, 6, 16
-    lead = (4,) if orientations == 4 else ()
-    cpu = [torch.randn(B, NH, X, Y, D, generator=g, dtype=torch.float64) for _ in range(3)]
-    cpu += [torch.rand(*lead, B, NH, X, Y, generator=g, dtype=torch.float64) * 0.6 for _ in range(9)]
+def gpu_op_matches_cpu(op, cpu, shape_of_h):
+    """Runs op on float64 CPU tensors and on the same values as float32 CUDA tensors: h and every
+    gradient agree to float32 accuracy; torch.compile traces the CUDA op."""
+    g = torch.Generator().manual_seed(7)
     cpu = [x.float().double().requires_grad_() for x in cpu]
     gpu = [x.detach().float().cuda().requires_grad_() for x in cpu]
-    w = torch.randn(B, NH, X, Y, D, generator=g, dtype=torch.float64)
-    h_cpu = ft.plstm_grid(*cpu[:3], cpu[3:], orientations=orientations)
-    h_gpu = ft.plstm_grid(*gpu[:3], gpu[3:], orientations=orientations)
+    w = torch.randn(*shape_of_h, generator=g, dtype=torch.float64)
+    h_cpu, h_gpu = op(*cpu), op(*gpu)
     assert h_gpu.is_cuda and rel(h_gpu.detach().double().cpu().numpy(), h_cpu.detach().numpy()) < 1e-5
     (h_cpu * w).sum().backward()
     (h_gpu * w.float().cuda()).sum().backward()
     for a, b in zip(gpu, cpu):
         assert rel(a.grad.double().cpu().numpy(), b.grad.numpy()) < 1e-4
-    compiled = torch.compile(lambda *a: ft.plstm_grid(*a[:3], a[3:], orientations=orientations), fullgraph=True,
-                             backend="aot_eager")
+    compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(*gpu), h_gpu)
+
+
+@needs_gpu
+@pytest.mark.parametrize("orientations", [1, 4])
+def test_plstm_grid_on_gpu_tensors_runs_the_kernels(orientations):
+    g = torch.Generator().manual_seed(5)
+    B, NH, X, Y, D = 2, 2, 5, 6, 16
+    lead = (4,) if orientations == 4 else ()
+    cpu = [torch.randn(B, NH, X, Y, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    cpu += [torch.rand(*lead, B, NH, X, Y, generator=g, dtype=torch.float64) * 0.6 for _ in range(9)]
+    gpu_op_matches_cpu(lambda *a: ft.plstm_grid(*a[:3], a[3:], orientations=orientations), cpu, (B, NH, X, Y, D))
+
+
+@needs_gpu
+def test_plstm_sequence_and_dag_on_gpu_tensors_run_the_kernels():
+    g = torch.Generator().manual_seed(6)
+    B, NH, S, D = 2, 2, 150, 16
+    seq = [torch.randn(B, NH, S, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    seq += [torch.rand(B, NH, S, generator=g, dtype=torch.float64) * 2 - 1 for _ in range(4)]
+    gpu_op_matches_cpu(ft.plstm_sequence, seq, (B, NH, S, D))
+    dag = graph.random_dag(40, 1.8, seed=4)
+    N, E, A = dag.num_nodes, dag.num_edges, graph.num_arcs(dag)
+    x = [torch.randn(B, NH, N, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    x += [torch.rand(B, NH, n, generator=g, dtype=torch.float64) * 1.2 - 0.6 for n in (E, A, E, N)]
+    gpu_op_matches_cpu(lambda *a: ft.plstm_dag(dag, *a), x, (B, NH, N, D))
 
 
 @needs_gpu

@@ -1,0 +1,59 @@
+"""Times the CUDA pLSTM sequence kernels (flashlstm.plstm.sequence_forward / sequence_backward on torch
+CUDA tensors: the chunkwise form, chunks of 64): forward and forward + backward at a language-model
+shape, gates float32 with transitions in (-1, 1), float32 and bf16 inputs. Median of --reps CUDA-event
+timings after warm-up, the scratch memory (the chunk states), and a JSON record:
+
+    PYTHONPATH=<build>/python python3 bench/plstm_sequence_cuda.py --json out/plstm_sequence.json
+"""
+
+import argparse
+import json
+import subprocess
+
+import torch
+
+from flashlstm import plstm
+from plstm_grid_cuda import timed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--lengths", default="1024,8192")
+    parser.add_argument("--dims", default="64,128", help="DQK = DV, one row each")
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--json", default="")
+    parser.add_argument("--revision", default="", help="the revision to record (default: git's HEAD here)")
+    args = parser.parse_args()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows = []
+    for S in map(int, args.lengths.split(",")):
+        for D in map(int, args.dims.split(",")):
+            shape = (args.batch, args.heads, S)
+            gates = [torch.rand(shape, device="cuda", generator=g) * 2 - 1 for _ in range(4)]
+            for dtype in (torch.float32, torch.bfloat16):
+                q, k, v, dh = (torch.randn(shape + (D,), device="cuda", generator=g).to(dtype) for _ in range(4))
+
+                def fw_bw():
+                    plstm.sequence_forward(q, k, v, *gates)
+                    plstm.sequence_backward(q, k, v, *gates, dh)
+
+                fw = timed(lambda: plstm.sequence_forward(q, k, v, *gates), args.reps)
+                fw_bw_ms = timed(fw_bw, args.reps)
+                states = args.batch * args.heads * ((S + 63) // 64) * D * D * 4
+                row = dict(batch=args.batch, heads=args.heads, S=S, dqk=D, dv=D, dtype=str(dtype).split(".")[-1],
+                           fw_ms=fw, fw_bw_ms=fw_bw_ms, scratch_fw_mib=states / 2**20, scratch_bw_mib=2 * states / 2**20)
+                rows.append(row)
+                print(f"B{args.batch} NH{args.heads} S{S:>6} D{D:>4} {row['dtype']:>9}: fw {fw:8.3f} ms, "
+                      f"fw+bw {fw_bw_ms:8.3f} ms, scratch {row['scratch_bw_mib']:.0f} MiB", flush=True)
+    if args.json:
+        revision = args.revision or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                   text=True).stdout.strip()
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "revision": revision,
+                       "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
