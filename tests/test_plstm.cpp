@@ -317,6 +317,37 @@ TEST_CASE("in float32 the kernel-order aggregates err no more than the pairwise 
   }
 }
 
+TEST_CASE("the 1-D chunkwise form with bf16 operands is a plain bf16 computation", "[plstm]") {
+  // Inputs already bf16, so exact operands reproduce the oracle to float32 accuracy; bf16 operands
+  // round the computed ones (P, states, dH, dA, ...) and err at bf16's 2^-9 scale, never beyond it.
+  auto p = random_problem(SequenceShape{1, 2, 100, 16, 12}, 91);
+  for (auto* x : {&p.q, &p.k, &p.v, &p.dh}) *x = round_to_bf16(*x);
+  const auto pf = p.cast<float>();
+  const auto oracle = sequence_forward(p.inputs(), {SequenceForm::recurrent}, {});
+  const auto oracle_backward = sequence_backward<double>(p.inputs(), p.dh, 1, {});
+  const auto oracle_grad = tensors(oracle_backward);
+  const auto err = [&](const float* a, const double* b, index_t n) { return check::error(a, b, n, p.scale()); };
+  for (const Operands operands : {Operands::exact, Operands::bf16}) {
+    INFO((operands == Operands::bf16 ? "bf16 operands" : "exact operands"));
+    const SequenceForm form{SequenceForm::chunkwise, 32, Aggregates::prefix, operands};
+    const auto h = sequence_forward(pf.inputs(), form, {});
+    const double e = err(h.data(), oracle.data(), oracle.size());
+    const auto backward = sequence_backward<float>(pf.inputs(), pf.dh, 32, {}, Aggregates::prefix, operands);
+    const auto grad = tensors(backward);
+    if (operands == Operands::exact) {
+      CHECK(e < 1e-6);
+      for (std::size_t i = 0; i < grad.size(); ++i) CHECK(err(grad[i].data, oracle_grad[i].data, grad[i].size) < 1e-6);
+    } else {
+      CHECK(e > 1e-4);
+      CHECK(e < 1e-2);
+      for (std::size_t i = 0; i < grad.size(); ++i) {
+        INFO(grad[i].name);
+        CHECK(err(grad[i].data, oracle_grad[i].data, grad[i].size) < 1e-2);
+      }
+    }
+  }
+}
+
 TEST_CASE("the 1-D chunkwise backward matches finite differences at every chunk size", "[plstm][gradients]") {
   const auto p = random_problem(SequenceShape{1, 2, 13, 4, 3}, 21);
   for (index_t L : {1, 3, 4, 8, 13}) {

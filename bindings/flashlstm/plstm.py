@@ -22,6 +22,7 @@ can be trained on raw pre-activations.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -86,6 +87,19 @@ def _grid_gates(gates: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
 
 # DAG ---------------------------------------------------------------------------------------------
 
+_dag_plans: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _dag_plan(dag: Dag, like):
+    """The CUDA kernels' form of `dag` (flattened, uploaded by the first launch) on like's device, made
+    once per (Dag object, device) and kept while the Dag lives."""
+    device = int(like.__dlpack_device__()[1])
+    plans = _dag_plans.setdefault(dag, {})
+    if device not in plans:
+        plans[device] = _core.cuda.plstm.DagPlan(dag, device)
+    return plans[device]
+
+
 
 def dag_forward(dag: Dag, q, k, v, S, T, M, D, *, form: Optional[str] = None, qk_scale: float = 0.0,
                 stream: Optional[int] = None) -> np.ndarray:
@@ -94,14 +108,15 @@ def dag_forward(dag: Dag, q, k, v, S, T, M, D, *, form: Optional[str] = None, qk
     attention-like readout).
 
     GPU arrays (q, k, v float32 or bfloat16, gates float32) run the CUDA kernel: the recurrent form
-    level by level, a warp per (batch·head, node) (form None or "levels")."""
+    level by level, a warp per (batch·head, node) (form None or "levels"). The graph is flattened and
+    uploaded once per Dag object and device, and reused while the Dag lives."""
     if _device.is_device_array(q):
         _device.require_cuda("plstm.dag_forward")
         if form not in (None, "levels"):
             raise ValueError(f"form: the CUDA kernel runs the levels form; got {form!r}")
         s = _device.stream_of(q, stream)
         h = _device.empty(q, tuple(q.shape[:3]) + (v.shape[-1],), "same", s)
-        _core.cuda.plstm.dag_forward(dag, q, k, v, S, T, M, D, h, qk_scale=qk_scale, stream=s)
+        _core.cuda.plstm.dag_forward(_dag_plan(dag, q), q, k, v, S, T, M, D, h, qk_scale=qk_scale, stream=s)
         return _device.adopt(q, h)
     return _p.dag_forward(dag, q, k, v, S, T, M, D, form=form or "recurrent", qk_scale=qk_scale)
 
@@ -114,7 +129,8 @@ def dag_backward(dag: Dag, q, k, v, S, T, M, D, dh, *, qk_scale: float = 0.0, st
         s = _device.stream_of(q, stream)
         dq, dk, dv = (_device.empty(q, x.shape, "same", s) for x in (q, k, v))
         dgates = [_device.empty(q, g.shape, "float32", s) for g in (S, T, M, D)]
-        _core.cuda.plstm.dag_backward(dag, q, k, v, S, T, M, D, dh, dq, dk, dv, *dgates, qk_scale=qk_scale, stream=s)
+        _core.cuda.plstm.dag_backward(_dag_plan(dag, q), q, k, v, S, T, M, D, dh, dq, dk, dv, *dgates, qk_scale=qk_scale,
+                                      stream=s)
         return DagGrad(*(_device.adopt(q, x) for x in (dq, dk, dv, *dgates)))
     return DagGrad(*_p.dag_backward(dag, q, k, v, S, T, M, D, dh, qk_scale=qk_scale))
 

@@ -12,6 +12,7 @@
 #endif
 
 #include <array>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -212,19 +213,42 @@ void sequence_backward(const py::object& q, const py::object& k, const py::objec
 #endif
 }
 
-// A DAG problem's inputs, taken and checked against the graph: q, k (B, NH, N, DQK), v (B, NH, N, DV)
-// of one dtype; S, M (B, NH, E), T (B, NH, A), D (B, NH, N) float32. The graph is flattened here.
-struct DagArrays {
+// A graph flattened (graph::flatten) for one device, uploaded there by the first launch: made once
+// per (graph, device) and reused by every call (flashlstm.plstm caches it), so that a call on a large
+// graph pays neither the flattening nor the upload again.
+struct DagPlan {
   graph::Flat flat;
+  std::int64_t N = 0, E = 0, A = 0;
+  int device = 0;
+  DagPlan(const graph::Dag& dag, int device_)
+      : flat(graph::flatten(dag)), N(dag.num_nodes()), E(dag.num_edges()),
+        A(static_cast<std::int64_t>(flat.arc_from.size())), device(device_) {}
+#ifdef FLASHLSTM_HAVE_CUDA
+  // The graph's arrays on the device (call on it).
+  const flashlstm::cuda::plstm::DagPlan& uploaded() const {
+    if (!on_device)
+      on_device = std::make_unique<flashlstm::cuda::plstm::DagPlan>(flashlstm::cuda::plstm::DagGraph{
+          flat.in_offsets.data(), flat.in_edges.data(), flat.out_offsets.data(), flat.out_edges.data(),
+          flat.level_offsets.data(), flat.level_nodes.data(), N, E,
+          static_cast<std::int64_t>(flat.level_offsets.size()) - 1});
+    return *on_device;
+  }
+  mutable std::unique_ptr<flashlstm::cuda::plstm::DagPlan> on_device;
+#endif
+};
+
+// A DAG problem's inputs, taken and checked against the plan's graph: q, k (B, NH, N, DQK), v (B, NH,
+// N, DV) of one dtype on the plan's device; S, M (B, NH, E), T (B, NH, A), D (B, NH, N) float32.
+struct DagArrays {
   std::int64_t B = 0, NH = 0, N = 0, E = 0, A = 0, DQK = 0, DV = 0;
   DType dtype = DType::float32;
   int device = 0;
   const void *q = nullptr, *k = nullptr, *v = nullptr;
   std::array<const float*, 4> gates{};
 
-  DagArrays(dlpack::CallArrays& arrays, const graph::Dag& dag, const py::object& q_, const py::object& k_,
+  DagArrays(dlpack::CallArrays& arrays, const DagPlan& plan, const py::object& q_, const py::object& k_,
             const py::object& v_, const py::object& S_, const py::object& T_, const py::object& M_, const py::object& D_)
-      : flat(graph::flatten(dag)), N(dag.num_nodes()), E(dag.num_edges()), A(static_cast<std::int64_t>(flat.arc_from.size())) {
+      : N(plan.N), E(plan.E), A(plan.A) {
     const auto& qa = arrays.take(q_, "q");
     require(qa.tensor().ndim == 4, "q", "expected shape (B, NH, N, DQK), got {} dimensions", qa.tensor().ndim);
     const std::int64_t* s = qa.tensor().shape;
@@ -233,6 +257,7 @@ struct DagArrays {
     else require(qa.dtype() == to_dl(DType::float32), "q", "expected dtype float32 or bfloat16, got {}",
                  dlpack::dtype_name(qa.dtype()));
     device = qa.device();
+    require(device == plan.device, "q", "is on device {}, the DagPlan's graph on device {}", device, plan.device);
     qa.require({B, NH, N, DQK}, "(B, NH, N, DQK)", to_dl(dtype), device, false);
     const auto& ka = arrays.take(k_, "k");
     ka.require({B, NH, N, DQK}, "(B, NH, N, DQK)", to_dl(dtype), device, false);
@@ -259,28 +284,22 @@ struct DagArrays {
     return x.data();
   }
 #ifdef FLASHLSTM_HAVE_CUDA
-  flashlstm::cuda::plstm::DagGraph graph() const {
-    return {flat.in_offsets.data(), flat.in_edges.data(), flat.out_offsets.data(), flat.out_edges.data(),
-            flat.level_offsets.data(), flat.level_nodes.data(), N, E,
-            static_cast<std::int64_t>(flat.level_offsets.size()) - 1};
-  }
   flashlstm::cuda::plstm::DagInputs inputs() const {
     return {q, k, v, gates[0], gates[1], gates[2], gates[3], B, NH, DQK, DV, dtype};
   }
 #endif
 };
 
-void dag_forward(const graph::Dag& dag, const py::object& q, const py::object& k, const py::object& v,
+void dag_forward(const DagPlan& plan, const py::object& q, const py::object& k, const py::object& v,
                  const py::object& S, const py::object& T, const py::object& M, const py::object& D, const py::object& h,
                  double qk_scale, std::optional<std::int64_t> stream) {
   dlpack::CallArrays arrays(stream);
-  const DagArrays x(arrays, dag, q, k, v, S, T, M, D);
+  const DagArrays x(arrays, plan, q, k, v, S, T, M, D);
   void* hp = x.nodes(arrays, h, "h", x.DV, "(B, NH, N, DV)", true);
 #ifdef FLASHLSTM_HAVE_CUDA
   namespace kernels = flashlstm::cuda::plstm;
   run_on(x.device, [&] {
-    const kernels::DagPlan plan(x.graph());
-    kernels::dag_forward(plan, x.inputs(), hp, {.qk_scale = qk_scale}, kernel_stream(arrays.stream()));
+    kernels::dag_forward(plan.uploaded(), x.inputs(), hp, {.qk_scale = qk_scale}, kernel_stream(arrays.stream()));
   });
 #else
   (void)hp, (void)qk_scale;
@@ -288,13 +307,13 @@ void dag_forward(const graph::Dag& dag, const py::object& q, const py::object& k
 #endif
 }
 
-void dag_backward(const graph::Dag& dag, const py::object& q, const py::object& k, const py::object& v,
+void dag_backward(const DagPlan& plan, const py::object& q, const py::object& k, const py::object& v,
                   const py::object& S, const py::object& T, const py::object& M, const py::object& D,
                   const py::object& dh, const py::object& dq, const py::object& dk, const py::object& dv,
                   const py::object& dS, const py::object& dT, const py::object& dM, const py::object& dD,
                   double qk_scale, std::optional<std::int64_t> stream) {
   dlpack::CallArrays arrays(stream);
-  const DagArrays x(arrays, dag, q, k, v, S, T, M, D);
+  const DagArrays x(arrays, plan, q, k, v, S, T, M, D);
   const void* dhp = x.nodes(arrays, dh, "dh", x.DV, "(B, NH, N, DV)", false);
   void* dqp = x.nodes(arrays, dq, "dq", x.DQK, "(B, NH, N, DQK)", true);
   void* dkp = x.nodes(arrays, dk, "dk", x.DQK, "(B, NH, N, DQK)", true);
@@ -306,8 +325,7 @@ void dag_backward(const graph::Dag& dag, const py::object& q, const py::object& 
 #ifdef FLASHLSTM_HAVE_CUDA
   namespace kernels = flashlstm::cuda::plstm;
   run_on(x.device, [&] {
-    const kernels::DagPlan plan(x.graph());
-    kernels::dag_backward(plan, x.inputs(), dhp, {dqp, dkp, dvp, dSp, dTp, dMp, dDp}, {.qk_scale = qk_scale},
+    kernels::dag_backward(plan.uploaded(), x.inputs(), dhp, {dqp, dkp, dvp, dSp, dTp, dMp, dDp}, {.qk_scale = qk_scale},
                           kernel_stream(arrays.stream()));
   });
 #else
@@ -341,15 +359,18 @@ void register_cuda_plstm(py::module_& cuda) {
         "Writes dq, dk, dv and the nine gates' gradients dgates (shaped as the gates).");
   k.def("sequence_forward", &sequence_forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"), py::arg("T"),
         py::arg("M"), py::arg("D"), py::arg("h"), py::kw_only(), py::arg("qk_scale") = 0.0,
-        py::arg("stream") = py::none(), "Writes h (B, NH, S, DV): the chain computed as an S x 1 grid.");
+        py::arg("stream") = py::none(), "Writes h (B, NH, S, DV): the chunkwise form, chunks of 64.");
   k.def("sequence_backward", &sequence_backward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"), py::arg("T"),
         py::arg("M"), py::arg("D"), py::arg("dh"), py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("dS"),
         py::arg("dT"), py::arg("dM"), py::arg("dD"), py::kw_only(), py::arg("qk_scale") = 0.0,
         py::arg("stream") = py::none(), "Writes dq, dk, dv, dS, dT, dM, dD.");
-  k.def("dag_forward", &dag_forward, py::arg("dag"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"),
+  py::class_<DagPlan>(k, "DagPlan", "A graph flattened for dag_forward/dag_backward on one CUDA device (uploaded once).")
+      .def(py::init<const graph::Dag&, int>(), py::arg("dag"), py::arg("device"), py::call_guard<py::gil_scoped_release>())
+      .def_readonly("device", &DagPlan::device);
+  k.def("dag_forward", &dag_forward, py::arg("plan"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"),
         py::arg("T"), py::arg("M"), py::arg("D"), py::arg("h"), py::kw_only(), py::arg("qk_scale") = 0.0,
         py::arg("stream") = py::none(), "Writes h (B, NH, N, DV): the recurrent form, level by level.");
-  k.def("dag_backward", &dag_backward, py::arg("dag"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"),
+  k.def("dag_backward", &dag_backward, py::arg("plan"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("S"),
         py::arg("T"), py::arg("M"), py::arg("D"), py::arg("dh"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
         py::arg("dS"), py::arg("dT"), py::arg("dM"), py::arg("dD"), py::kw_only(), py::arg("qk_scale") = 0.0,
         py::arg("stream") = py::none(), "Writes dq, dk, dv, dS, dT, dM, dD.");

@@ -176,15 +176,17 @@ struct SequenceCase {
 KernelCheck check_sequence(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("sequence {} {}", to_string(dtype), shape.name());
-  c.baseline = "float32 reference (recurrent; chunkwise L = 64 in the kernel's prefix order)";
+  // The kernel's form in float32 (in plain bf16 arithmetic for bf16: the flash-attention criterion).
+  const Operands operands = dtype == DType::bfloat16 ? Operands::bf16 : Operands::exact;
+  const ref::SequenceForm kernel_form{ref::SequenceForm::chunkwise, 64, ref::Aggregates::prefix, operands};
+  c.baseline = fmt::format("float32 reference (recurrent; {})", kernel_form.name());
   const SequenceCase x(shape, dtype, seed);
   const double scale = x.p.scale();
   const auto oracle = ref::sequence_forward<double>(x.p.inputs(), {ref::SequenceForm::recurrent}, {});
   const auto p32 = x.p.cast<float>();
   std::vector<xt::xtensor<float, 4>> kept;
   std::vector<std::vector<check::Named<float>>> runs;
-  for (const ref::SequenceForm form : {ref::SequenceForm{ref::SequenceForm::recurrent},
-                                       ref::SequenceForm{ref::SequenceForm::chunkwise, 64, ref::Aggregates::prefix}}) {
+  for (const ref::SequenceForm& form : {ref::SequenceForm{ref::SequenceForm::recurrent}, kernel_form}) {
     kept.push_back(ref::sequence_forward<float>(p32.inputs(), form, {}));
     runs.push_back({check::named("h", kept.back())});
   }
@@ -196,7 +198,9 @@ KernelCheck check_sequence(const ref::SequenceShape& shape, DType dtype, std::ui
 KernelCheck check_sequence_backward(const ref::SequenceShape& shape, DType dtype, std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("sequence backward {} {}", to_string(dtype), shape.name());
-  c.baseline = "float32 reference (chunk sizes 1; 64 in the kernel's prefix order)";
+  const Operands operands = dtype == DType::bfloat16 ? Operands::bf16 : Operands::exact;
+  c.baseline = fmt::format("float32 reference (chunk size 1; 64 in the kernel's prefix order{})",
+                           operands == Operands::bf16 ? " with bf16 operands" : "");
   const SequenceCase x(shape, dtype, seed);
   const double scale = x.p.scale();
   const auto oracle = ref::sequence_backward<double>(x.p.inputs(), x.p.dh, 1, {});
@@ -204,7 +208,8 @@ KernelCheck check_sequence_backward(const ref::SequenceShape& shape, DType dtype
   std::vector<ref::SequenceGrad<float>> kept;
   std::vector<std::vector<check::Named<float>>> runs;
   for (const index_t chunk : {1, 64}) {
-    kept.push_back(ref::sequence_backward<float>(p32.inputs(), p32.dh, chunk, {}, ref::Aggregates::prefix));
+    kept.push_back(ref::sequence_backward<float>(p32.inputs(), p32.dh, chunk, {}, ref::Aggregates::prefix,
+                                                 chunk == 1 ? Operands::exact : operands));
     runs.push_back(ref::tensors(kept.back()));
   }
   c.report = compare_grads(oracle, runs, dtype, scale, "pLSTM sequence backward", [&](const auto& out, cudaStream_t stream) {

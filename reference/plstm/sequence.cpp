@@ -251,45 +251,49 @@ Mat<F> with_direct(Mat<F> P, const F* D, const Mat<F>& A) {
 }
 
 // One chunk [t0, t0 + len) entered with state C (updated to the state after the chunk); h points at
-// token t0's output.
+// token t0's output. Every operand of a matrix product goes through op() (Operands).
 template <class F>
-void chunk(const Head<F>& x, const Dims& d, index_t t0, index_t len, Mat<F>& C, F* h, Aggregates aggregates) {
+void chunk(const Head<F>& x, const Dims& d, index_t t0, index_t len, Mat<F>& C, F* h, Aggregates aggregates,
+           Operands operands) {
+  const auto op = [&](const auto& m) { return operand(m, operands); };
   const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len, aggregates);
   const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
-  const Mat<F> A = Q * K.transpose();
+  const Mat<F> A = op(Q) * op(K).transpose();
   const Mat<F> P = masked(with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A), causal);
-  Eigen::Map<Mat<F>>(h, len, d.DV) = x.scale * (masked_product(P, V, causal) + blk.mark.asDiagonal() * (Q * C));
+  Eigen::Map<Mat<F>>(h, len, d.DV) =
+      x.scale * (masked_product(op(P), op(V), causal) + blk.mark.asDiagonal() * (op(Q) * op(C)));
   C *= blk.transition;
-  C.noalias() += K.transpose() * (blk.source.asDiagonal() * V);
+  C.noalias() += op(blk.source.asDiagonal() * K).transpose() * op(V);
 }
 
 // Reverse of chunk(): `dC` holds the gradient of the state after the chunk on entry and of the state
 // before it on exit; C is the state before the chunk.
 template <class F>
 void chunk_backward(const Head<F>& x, const Dims& d, index_t t0, index_t len, const Mat<F>& C, const F* dh, Mat<F>& dC,
-                    SequenceGrad<F>& g, index_t bh, Aggregates aggregates) {
+                    SequenceGrad<F>& g, index_t bh, Aggregates aggregates, Operands operands) {
+  const auto op = [&](const auto& m) { return operand(m, operands); };
   const Block<F> blk = chunk_block(x.S, x.T, x.M, t0, t0 + len, aggregates);
   const ConstMatMap<F> Q(x.q + t0 * d.DQK, len, d.DQK), K(x.k + t0 * d.DQK, len, d.DQK), V(x.v + t0 * d.DV, len, d.DV);
   const Mat<F> dH = x.scale * ConstMatMap<F>(dh + t0 * d.DV, len, d.DV);
-  const Mat<F> A = Q * K.transpose();
+  const Mat<F> A = op(Q) * op(K).transpose();
   const Mat<F> P = masked(with_direct<F>(blk.G.cwiseProduct(A), x.D + t0, A), causal);
-  const Mat<F> QC = Q * C;
+  const Mat<F> QC = op(Q) * op(C);
   // h = s (P V + diag(mark) Q C),  C_after = transition C + K^T diag(source) V
-  const Mat<F> dP = masked(dH * V.transpose(), causal);
+  const Mat<F> dP = masked(op(dH) * op(V).transpose(), causal);
   Mat<F> dA = dP.cwiseProduct(blk.G);
   dA.diagonal() += dP.diagonal().cwiseProduct(Eigen::Map<const Vec<F>>(x.D + t0, len));
-  const Mat<F> K_dC = K * dC;  // (len, DV)
+  const Mat<F> K_dC = op(K) * op(dC);  // (len, DV)
   Block<F> dblk{(dC.array() * C.array()).sum(), K_dC.cwiseProduct(V).rowwise().sum(),
                 dH.cwiseProduct(QC).rowwise().sum(), masked(dP.cwiseProduct(A), causal)};
   const index_t off = bh * d.S + t0;
   Eigen::Map<Mat<F>>(g.dq.data() + off * d.DQK, len, d.DQK) =
-      masked_product(dA, K, causal) + blk.mark.asDiagonal() * (dH * C.transpose());
+      masked_product(op(dA), op(K), causal) + blk.mark.asDiagonal() * (op(dH) * op(C).transpose());
   Eigen::Map<Mat<F>>(g.dk.data() + off * d.DQK, len, d.DQK) =
-      masked_product(dA.transpose(), Q, anticausal) + blk.source.asDiagonal() * (V * dC.transpose());
+      masked_product(op(dA).transpose(), op(Q), anticausal) + blk.source.asDiagonal() * (op(V) * op(dC).transpose());
   Eigen::Map<Mat<F>>(g.dv.data() + off * d.DV, len, d.DV) =
-      masked_product(P.transpose(), dH, anticausal) + blk.source.asDiagonal() * K_dC;
+      masked_product(op(P).transpose(), op(dH), anticausal) + blk.source.asDiagonal() * K_dC;
   Eigen::Map<Vec<F>>(g.dD.data() + off, len) = dP.diagonal().cwiseProduct(A.diagonal());
-  dC = blk.transition * dC + Q.transpose() * (blk.mark.asDiagonal() * dH);
+  dC = blk.transition * dC + op(blk.mark.asDiagonal() * Q).transpose() * op(dH);
   chunk_block_backward(x.S, x.T, x.M, t0, t0 + len, dblk, g.dS.data() + bh * d.S, g.dT.data() + bh * d.S,
                        g.dM.data() + bh * d.S, aggregates);
 }
@@ -298,7 +302,7 @@ void chunk_backward(const Head<F>& x, const Dims& d, index_t t0, index_t len, co
 
 template <class F>
 SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh, index_t chunk_size, const Options& o,
-                                  Aggregates aggregates) {
+                                  Aggregates aggregates, Operands operands) {
   const Dims d = check_inputs(x);
   check_shape("dh", dh, {d.B, d.NH, d.S, d.DV});
   require(chunk_size >= 1, "chunk_size", "expected >= 1, got {}", chunk_size);
@@ -314,12 +318,13 @@ SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh
     std::vector<F> scratch(L * d.DV);
     for (index_t t0 = 0; t0 + L < d.S; t0 += L) {
       entering.push_back(entering.back());
-      chunk(head, d, t0, L, entering.back(), scratch.data(), aggregates);
+      chunk(head, d, t0, L, entering.back(), scratch.data(), aggregates, operands);
     }
     Mat<F> dC = Mat<F>::Zero(d.DQK, d.DV);
     for (index_t c = static_cast<index_t>(entering.size()) - 1; c >= 0; --c) {
       const index_t t0 = c * L;
-      chunk_backward(head, d, t0, std::min(L, d.S - t0), entering[c], dh.data() + bh * d.S * d.DV, dC, g, bh, aggregates);
+      chunk_backward(head, d, t0, std::min(L, d.S - t0), entering[c], dh.data() + bh * d.S * d.DV, dC, g, bh, aggregates,
+                     operands);
     }
   });
   return g;
@@ -330,7 +335,8 @@ std::string SequenceForm::name() const {
     case recurrent: return "recurrent";
     case parallel: return "parallel";
     case chunkwise:
-      return fmt::format("chunkwise(L={}{})", chunk_size, aggregates == Aggregates::prefix ? ", prefix" : "");
+      return fmt::format("chunkwise(L={}{}{})", chunk_size, aggregates == Aggregates::prefix ? ", prefix" : "",
+                         operands == Operands::bf16 ? ", bf16 operands" : "");
   }
   return "?";
 }
@@ -353,7 +359,8 @@ xt::xtensor<F, 4> sequence_forward(const SequenceInputs<F>& x, const SequenceFor
     } else {
       const index_t L = form.kind == SequenceForm::parallel ? d.S : form.chunk_size;
       Mat<F> C = Mat<F>::Zero(d.DQK, d.DV);
-      for (index_t t0 = 0; t0 < d.S; t0 += L) chunk(head, d, t0, std::min(L, d.S - t0), C, out + t0 * d.DV, form.aggregates);
+      for (index_t t0 = 0; t0 < d.S; t0 += L)
+        chunk(head, d, t0, std::min(L, d.S - t0), C, out + t0 * d.DV, form.aggregates, form.operands);
     }
   });
   return h;
@@ -384,7 +391,7 @@ ChainGates<F> chain_gates(const SequenceInputs<F>& x) {
   template xt::xtensor<F, 4> sequence_forward(const SequenceInputs<F>&, const SequenceForm&, const Options&); \
   template ChainGates<F> chain_gates(const SequenceInputs<F>&);                                              \
   template SequenceGrad<F> sequence_backward(const SequenceInputs<F>&, ConstView<F, 4>, index_t, const Options&, \
-                                             Aggregates);
+                                             Aggregates, Operands);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

@@ -14,6 +14,7 @@
 // M_0 act on the initial state, which is zero here.
 #pragma once
 
+#include "core/bf16.hpp"
 #include "core/view.hpp"
 #include "reference/plstm/plstm.hpp"
 
@@ -36,6 +37,9 @@ struct SequenceForm {
   enum Kind { recurrent, parallel, chunkwise } kind = recurrent;
   index_t chunk_size = 0;  // chunkwise only
   Aggregates aggregates = Aggregates::pairwise;  // chunkwise only
+  // The matrix products' operands (core/bf16.hpp), parallel and chunkwise: Operands::bf16 rounds each
+  // to bfloat16 — a plain bf16 computation, the baseline of the bf16 kernels.
+  Operands operands = Operands::exact;
   std::string name() const;
 };
 
@@ -54,7 +58,8 @@ struct SequenceGrad {
 // the gradient is taken back through the pairwise-doubling merges to the gates.
 template <class F>
 SequenceGrad<F> sequence_backward(const SequenceInputs<F>& x, ConstView<F, 4> dh, index_t chunk_size,
-                                  const Options& options, Aggregates aggregates = Aggregates::pairwise);
+                                  const Options& options, Aggregates aggregates = Aggregates::pairwise,
+                                  Operands operands = Operands::exact);
 
 // The same problem as a DAG (the chain) and its gate tensors in DAG layout, for cross-checks.
 graph::Dag chain(index_t S);

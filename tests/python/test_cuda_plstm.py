@@ -118,7 +118,8 @@ def test_dag_arguments_are_named():
 
     def forward(**override):
         a = {**x, **override}
-        cuda.dag_forward(dag, a["q"], a["k"], a["v"], a["S"], a["T"], a["M"], a["D"], a["h"])
+        cuda.dag_forward(cuda.DagPlan(dag, a.pop("device", 0)), a["q"], a["k"], a["v"], a["S"], a["T"], a["M"], a["D"],
+                         a["h"])
 
     with pytest.raises(ValueError, match=r"q: expected shape \(B, NH, N, DQK\)"):
         forward(q=FakeCudaArray((B, NH, N + 1, DQK)))
@@ -126,6 +127,8 @@ def test_dag_arguments_are_named():
         forward(T=FakeCudaArray((B, NH, A + 1)))
     with pytest.raises(ValueError, match="D: expected dtype float32, got bfloat16"):
         forward(D=FakeCudaArray((B, NH, N), "bfloat16"))
+    with pytest.raises(ValueError, match="q: is on device 0, the DagPlan's graph on device 1"):
+        forward(device=1)
     with pytest.raises(LAUNCH_FAILS):
         forward()
 
