@@ -3,6 +3,7 @@
 // both dtypes; argument checks. Tagged [cuda]: without a visible GPU every case returns early with a warning, so CPU-only
 // builds pass.
 #include "cuda/plstm/check.hpp"
+#include "datasets/molecules/molecules.hpp"
 #include "reference/plstm/grid.hpp"
 #include "reference/plstm/sequence.hpp"
 #include "tests/check_catch.hpp"
@@ -96,7 +97,7 @@ TEST_CASE("pLSTM sequences on the GPU (chunkwise): forward and backward", "[cuda
     }
 }
 
-TEST_CASE("pLSTM DAG kernels: random DAGs, parallel edges, chains, grids, a 100,000-node DAG", "[cuda][plstm][dag]") {
+TEST_CASE("pLSTM DAG kernels: random DAGs, parallel edges, chains, grids, molecules, a 100,000-node DAG", "[cuda][plstm][dag]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 4700;
   using flashlstm::plstm::DagShape;
@@ -113,6 +114,18 @@ TEST_CASE("pLSTM DAG kernels: random DAGs, parallel edges, chains, grids, a 100,
         require_passes(check_dag(*dag, shape, mode, dtype, ++seed));
         require_passes(check_dag_backward(*dag, shape, mode, dtype, ++seed));
       }
+  // 40 generated molecules as one DAG: their bonds oriented breadth-first, molecule by molecule.
+  std::vector<graph::Edge> bonds;
+  flashlstm::index_t atoms = 0;
+  for (const auto& m : flashlstm::datasets::molecules::generate({}, 0, 40, 1)) {
+    for (const auto& b : m.bonds) bonds.push_back({atoms + b.a, atoms + b.b});
+    atoms += static_cast<flashlstm::index_t>(m.atoms.size());
+  }
+  const graph::Dag molecules = graph::dagify(atoms, bonds, {graph::NodeOrder::bfs});
+  for (const DType dtype : kDtypes) {
+    require_passes(check_dag(molecules, DagShape{2, 2, 24, 16}, GateMode::p_mode, dtype, ++seed));
+    require_passes(check_dag_backward(molecules, DagShape{2, 2, 24, 16}, GateMode::p_mode, dtype, ++seed));
+  }
   const graph::Dag large = graph::random_dag(100000, 2.0, 12, 1000);
   require_passes(check_dag(large, DagShape{1, 1, 16, 16}, GateMode::p_mode, DType::float32, ++seed));
   require_passes(check_dag_backward(large, DagShape{1, 1, 16, 16}, GateMode::p_mode, DType::float32, ++seed));
