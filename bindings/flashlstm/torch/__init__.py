@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import graph as _graph
-from . import mlstm as _mlstm
-from . import plstm as _plstm
-from . import slstm as _slstm
+from .. import graph as _graph
+from .. import mlstm as _mlstm
+from .. import plstm as _plstm
+from .. import slstm as _slstm
 
 __all__ = ["mlstm", "slstm", "plstm_dag", "plstm_grid", "plstm_sequence", "MlstmOutput", "SlstmOutput", "grid_gates_p_mode",
            "grid_gates_d_mode", "dag_gates_p_mode", "dag_gates_d_mode"]
