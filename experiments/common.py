@@ -4,6 +4,7 @@ table) and the learning-curve plot."""
 import json
 import math
 import os
+import subprocess
 import time
 
 import torch
@@ -43,11 +44,14 @@ def plot_curves(results, metrics, path):
 
 
 def save(out, args, results, table, metrics, started):
-    """results.json (arguments, device, torch, wall time, every run), curves.png and table.md in `out`."""
+    """results.json (arguments, revision, device, torch, wall time, every run), curves.png and table.md
+    in `out`."""
     os.makedirs(out, exist_ok=True)
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     with open(os.path.join(out, "results.json"), "w") as f:
         device = torch.cuda.get_device_name() if str(args.device).startswith("cuda") else "cpu"
-        json.dump(dict(arguments=vars(args), device=device, torch=torch.__version__,
+        json.dump(dict(arguments=vars(args), revision=revision, device=device, torch=torch.__version__,
                        seconds=time.perf_counter() - started, results=results), f, indent=1)
     plot_curves(results, metrics, os.path.join(out, "curves.png"))
     with open(os.path.join(out, "table.md"), "w") as f:
