@@ -9,8 +9,6 @@ hold, the largest difference from the reference, and a JSON record:
 """
 
 import argparse
-import json
-import subprocess
 import time
 
 import numpy as np
@@ -18,7 +16,7 @@ import torch
 
 from flashlstm import graph, plstm
 from flashlstm.datasets import molecules
-from plstm_grid_cuda import timed
+from plstm_grid_cuda import record, timed
 
 
 def molecule_batch(count):
@@ -85,11 +83,7 @@ def main():
               f"fw+bw {fw_bw_ms:8.3f} ms; CPU reference fw {cpu_fw_s * 1e3:.1f} ms ({cpu_fw_s * 1e3 / fw:.0f}x){cpu_bw}; "
               f"edge states {row['edge_state_mib']:.0f} MiB; max |h - ref| / max |ref| {err:.1e}", flush=True)
     if args.json:
-        revision = args.revision or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                   text=True).stdout.strip()
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "revision": revision,
-                       "rows": rows}, f, indent=1)
+        record(args.json, args.revision, rows)
 
 
 if __name__ == "__main__":

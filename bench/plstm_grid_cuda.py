@@ -31,6 +31,15 @@ def timed(fn, reps):
     return statistics.median(times)
 
 
+def record(path, revision, rows):
+    """The JSON record of a run: device, torch, revision (default: git's HEAD here) and the rows."""
+    revision = revision or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                          text=True).stdout.strip()
+    with open(path, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "revision": revision,
+                   "rows": rows}, f, indent=1)
+
+
 def kernel_times(fn):
     """Prints the GPU time of each kernel in one call of fn (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -95,11 +104,7 @@ def main():
                       f"beyond inputs and outputs: scratch {row['scratch_mib']:.1f} MiB, other {row['torch_extra_mib']:.1f} MiB",
                       flush=True)
     if args.json:
-        revision = args.revision or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                   text=True).stdout.strip()
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "revision": revision,
-                       "rows": rows}, f, indent=1)
+        record(args.json, args.revision, rows)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,11 @@ timings after warm-up, the scratch memory (the chunk states), and a JSON record:
 """
 
 import argparse
-import json
-import subprocess
 
 import torch
 
 from flashlstm import plstm
-from plstm_grid_cuda import timed
+from plstm_grid_cuda import record, timed
 
 
 def main():
@@ -48,11 +46,7 @@ def main():
                 print(f"B{args.batch} NH{args.heads} S{S:>6} D{D:>4} {row['dtype']:>9}: fw {fw:8.3f} ms, "
                       f"fw+bw {fw_bw_ms:8.3f} ms, scratch {row['scratch_bw_mib']:.0f} MiB", flush=True)
     if args.json:
-        revision = args.revision or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                   text=True).stdout.strip()
-        with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "revision": revision,
-                       "rows": rows}, f, indent=1)
+        record(args.json, args.revision, rows)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,21 @@ using flashlstm::cuda::usable;
 
 namespace {
 
+// The dtype and the input pointers of a sequence or DAG call: q, k, v of `dtype`, the gates S, T, M, D
+// float32.
+template <class Inputs>
+void check_input_pointers(const Inputs& x) {
+  require(x.dtype == DType::float32 || x.dtype == DType::bfloat16, "dtype", "must be float32 or bfloat16");
+  const std::size_t es = element_size(x.dtype);
+  check_device_pointer(x.q, "q", es);
+  check_device_pointer(x.k, "k", es);
+  check_device_pointer(x.v, "v", es);
+  check_device_pointer(x.S, "S", 4);
+  check_device_pointer(x.T, "T", 4);
+  check_device_pointer(x.M, "M", 4);
+  check_device_pointer(x.D, "D", 4);
+}
+
 // The sizes, checked, and the parameter block without pointers (forward and backward).
 detail::GridParams checked_params(const GridInputs& x, const Options& options) {
   const GridDims& d = x.dims;
@@ -110,15 +125,7 @@ detail::SequenceParams checked_params(const SequenceInputs& x, const Options& op
   require(d.DV >= 1 && d.DV <= 4096, "DV", "must be in [1, 4096], got {}", d.DV);
   require(d.S <= 2147483647 - 63, "S", "must be below 2^31 - 63, got {}", d.S);
   require(d.B * d.NH <= 65535, "q", "at most 65535 (batch, head) sequences per call, got B·NH = {}", d.B * d.NH);
-  require(x.dtype == DType::float32 || x.dtype == DType::bfloat16, "dtype", "must be float32 or bfloat16");
-  const std::size_t es = element_size(x.dtype);
-  check_device_pointer(x.q, "q", es);
-  check_device_pointer(x.k, "k", es);
-  check_device_pointer(x.v, "v", es);
-  check_device_pointer(x.S, "S", 4);
-  check_device_pointer(x.T, "T", 4);
-  check_device_pointer(x.M, "M", 4);
-  check_device_pointer(x.D, "D", 4);
+  check_input_pointers(x);
   detail::SequenceParams p;
   p.dims = d;
   p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(d.DQK)));
@@ -233,15 +240,7 @@ class DagCall {
     require(x.B >= 1 && x.NH >= 1, "q", "needs B >= 1 and NH >= 1, got B = {}, NH = {}", x.B, x.NH);
     require(x.DQK >= 1 && x.DQK <= 1024, "DQK", "must be in [1, 1024], got {}", x.DQK);
     require(x.DV >= 1 && x.DV <= 1024, "DV", "must be in [1, 1024], got {}", x.DV);
-    require(x.dtype == DType::float32 || x.dtype == DType::bfloat16, "dtype", "must be float32 or bfloat16");
-    const std::size_t es = element_size(x.dtype);
-    check_device_pointer(x.q, "q", es);
-    check_device_pointer(x.k, "k", es);
-    check_device_pointer(x.v, "v", es);
-    check_device_pointer(x.S, "S", 4);
-    check_device_pointer(x.T, "T", 4);
-    check_device_pointer(x.M, "M", 4);
-    check_device_pointer(x.D, "D", 4);
+    check_input_pointers(x);
     p.B = static_cast<int>(x.B), p.NH = static_cast<int>(x.NH), p.N = static_cast<int>(g.N()), p.E = static_cast<int>(g.E());
     p.A = g.A(), p.DQK = static_cast<int>(x.DQK), p.DV = static_cast<int>(x.DV), p.levels = static_cast<int>(g.levels());
     p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(x.DQK)));
