@@ -86,6 +86,10 @@ def test_graph_layer_batches_and_caches():
     torch.testing.assert_close(joined, torch.cat([layer(xa, a), layer(xb, b)]))
     layer(torch.cat([xa, xb]), torch.cat([a, b + 3]))
     assert len(layer._graphs) == 3
+    layer.max_cached_graphs = 2
+    layer(xa, a + 0 * a)  # already cached: nothing dropped
+    layer(xa[:2], a[:1])  # a new graph: the oldest is dropped
+    assert len(layer._graphs) == 2
     # Reversed edges make another DAG, so another result.
     backwards = copy.deepcopy(layer)
     backwards.reverse, backwards._graphs = True, {}

@@ -217,7 +217,8 @@ class pLSTMGraph(nn.Module):
     """A pLSTM layer on graphs: node features x (N, dim) of a batch of graphs joined into one (node ids
     offset graph by graph) with undirected edges (E, 2). Each edge points from its lower node id to its
     higher one (reverse=True: the other way), which makes the graph a DAG; that DAG, its line graph and
-    its kernel arrays are built once per distinct edge array and cached.
+    its kernel arrays are built once per distinct edge array and cached (up to `max_cached_graphs`, the
+    oldest dropped first; keep a batch's molecules together across epochs to reuse them).
 
     Gates (zero weights at first): the source of an edge from its two end nodes, its mark likewise,
     the transition of a line-graph arc (in-edge -> node -> out-edge) from the in-edge's source, the node
@@ -242,6 +243,7 @@ class pLSTMGraph(nn.Module):
         self.norm = HeadNorm(heads, dim // heads)
         self.out = nn.Linear(dim, dim, bias=False)
         self._graphs: dict = {}
+        self.max_cached_graphs = 4096  # distinct edge arrays kept prepared (oldest dropped first)
 
     def __getstate__(self):
         return {**self.__dict__, "_graphs": {}}  # copies and pickles rebuild the cache (DAGs do not pickle)
@@ -250,6 +252,8 @@ class pLSTMGraph(nn.Module):
         """The DAG of an edge array and the index tensors the gates need, built once per edge array."""
         key = (num_nodes, edges.device, edges.detach().cpu().numpy().tobytes())
         if key not in self._graphs:
+            while self._graphs and len(self._graphs) >= self.max_cached_graphs:
+                del self._graphs[next(iter(self._graphs))]  # the oldest
             e = edges.detach().cpu().numpy()
             directed = e.copy()
             directed[:, 0], directed[:, 1] = e.min(axis=1), e.max(axis=1)
