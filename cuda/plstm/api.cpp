@@ -32,6 +32,20 @@ void check_input_pointers(const Inputs& x) {
   check_device_pointer(x.D, "D", 4);
 }
 
+// dh and the gradients of a sequence or DAG backward: dh, dq, dk, dv of `dtype`, dS, dT, dM, dD float32.
+template <class Gradients>
+void check_gradient_pointers(const void* dh, const Gradients& grad, DType dtype) {
+  const std::size_t es = element_size(dtype);
+  check_device_pointer(dh, "dh", es);
+  check_device_pointer(grad.dq, "dq", es);
+  check_device_pointer(grad.dk, "dk", es);
+  check_device_pointer(grad.dv, "dv", es);
+  check_device_pointer(grad.dS, "dS", 4);
+  check_device_pointer(grad.dT, "dT", 4);
+  check_device_pointer(grad.dM, "dM", 4);
+  check_device_pointer(grad.dD, "dD", 4);
+}
+
 // The sizes, checked, and the parameter block without pointers (forward and backward).
 detail::GridParams checked_params(const GridInputs& x, const Options& options) {
   const GridDims& d = x.dims;
@@ -149,15 +163,7 @@ void sequence_forward(const SequenceInputs& x, void* h, const Options& options, 
 void sequence_backward(const SequenceInputs& x, const void* dh, const SequenceGradients& grad, const Options& options,
                        cudaStream_t stream) {
   detail::SequenceParams p = checked_params(x, options);
-  const std::size_t es = element_size(x.dtype);
-  check_device_pointer(dh, "dh", es);
-  check_device_pointer(grad.dq, "dq", es);
-  check_device_pointer(grad.dk, "dk", es);
-  check_device_pointer(grad.dv, "dv", es);
-  check_device_pointer(grad.dS, "dS", 4);
-  check_device_pointer(grad.dT, "dT", 4);
-  check_device_pointer(grad.dM, "dM", 4);
-  check_device_pointer(grad.dD, "dD", 4);
+  check_gradient_pointers(dh, grad, x.dtype);
   p.dh = dh, p.dq = grad.dq, p.dk = grad.dk, p.dv = grad.dv;
   p.dS = grad.dS, p.dT = grad.dT, p.dM = grad.dM, p.dD = grad.dD;
   const cudaStream_t s = usable(stream);
@@ -279,15 +285,7 @@ void dag_forward(const DagPlan& graph, const DagInputs& x, void* h, const Option
 void dag_backward(const DagPlan& graph, const DagInputs& x, const void* dh, const DagGradients& grad,
                   const Options& options, cudaStream_t stream) {
   const cudaStream_t s = usable(stream);
-  const std::size_t es = element_size(x.dtype);
-  check_device_pointer(dh, "dh", es);
-  check_device_pointer(grad.dq, "dq", es);
-  check_device_pointer(grad.dk, "dk", es);
-  check_device_pointer(grad.dv, "dv", es);
-  check_device_pointer(grad.dS, "dS", 4);
-  check_device_pointer(grad.dT, "dT", 4);
-  check_device_pointer(grad.dM, "dM", 4);
-  check_device_pointer(grad.dD, "dD", 4);
+  check_gradient_pointers(dh, grad, x.dtype);
   DagCall call(graph, x, options, 2, s);
   // The forward again, for every edge's state (without h).
   call.p.h = nullptr;
