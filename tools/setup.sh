@@ -27,12 +27,13 @@ fi
 # scikit-build-core build the module (FLASHLSTM_PYTHON, `pip install .`); numpy and pytest test it,
 # RDKit checks the generated molecules, networkx converts graphs, nbclient/ipykernel/matplotlib run
 # the notebooks, torch tests flashlstm.torch's ops on the CPU (PyPI's build, with its CUDA libraries:
-# about 3 GB, a minute to install; the library itself does not need torch). PIP_BREAK_SYSTEM_PACKAGES
+# about 3 GB, a minute to install; the library itself does not need torch), torch_geometric reads the
+# generated TU dataset files back (pure Python). PIP_BREAK_SYSTEM_PACKAGES
 # lets pip install into Debian's own python3 too.
 python_packages=("pybind11>=2.12" scikit-build-core numpy pytest rdkit networkx nbclient nbformat ipykernel matplotlib
-  torch)
+  torch torch_geometric)
 if ! python3 - 2>/dev/null <<'PY'
-import importlib.metadata as m, pytest, numpy, rdkit, networkx, nbclient, nbformat, ipykernel, matplotlib, scikit_build_core, torch
+import importlib.metadata as m, pytest, numpy, rdkit, networkx, nbclient, nbformat, ipykernel, matplotlib, scikit_build_core, torch, torch_geometric
 assert tuple(int(x) for x in m.version("pybind11").split(".")[:2]) >= (2, 12)
 PY
 then

@@ -13,13 +13,16 @@ Models, of about the same size: an atom encoder (one-hot element, aromatic flag,
 - GIN: blocks x + MLP((1 + eps) x + sum of the neighbours' x) (plain torch, no torch_geometric).
 The molecules of a mini-batch are joined into one graph (atom ids offset molecule by molecule);
 mini-batches keep their molecules across epochs (their order is shuffled), so each pLSTM layer
-prepares a batch's graph once.
+prepares a batch's graph once. With --tu-dataset the molecules are written as TU dataset files and
+read back through torch_geometric's TUDataset (as a user with TU data would load it); the atom
+features are then the TU node labels only.
 """
 
 import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -44,16 +47,36 @@ def featurize(m):
     return x
 
 
-def batches(mols, size, device):
-    """Fixed mini-batches: (atom features, bonds with offset ids, graph id per atom, labels)."""
+def graphs(mols):
+    """Per molecule: (atom features, bonds (E, 2), label)."""
+    return [(featurize(m), m.edges, m.label) for m in mols]
+
+
+def graphs_from_tu(mols, root, name):
+    """The same molecules written in the TU dataset format and read back through torch_geometric's
+    TUDataset: atom features are its one-hot node labels (the element only: the TU files carry no
+    aromatic flag or hydrogens), bonds its edge_index (each bond once)."""
+    from torch_geometric.datasets import TUDataset
+    molecules.write_tu(root, name, mols)
     out = []
-    for i in range(0, len(mols), size):
-        part = mols[i:i + size]
-        offsets = np.cumsum([0] + [m.num_atoms for m in part])
-        x = torch.from_numpy(np.concatenate([featurize(m) for m in part]))
-        edges = torch.from_numpy(np.concatenate([m.edges + o for m, o in zip(part, offsets)]).astype(np.int64))
-        graph = torch.repeat_interleave(torch.arange(len(part)), torch.tensor([m.num_atoms for m in part]))
-        y = torch.tensor([m.label for m in part])
+    for d in TUDataset(root=root, name=name):
+        e = d.edge_index.t().numpy()
+        out.append((d.x.numpy().astype(np.float32), e[e[:, 0] < e[:, 1]], int(d.y)))
+    return out
+
+
+def batches(items, size, device):
+    """Fixed mini-batches of (features, bonds, label) items: (atom features, bonds with offset ids,
+    graph id per atom, labels)."""
+    out = []
+    for i in range(0, len(items), size):
+        part = items[i:i + size]
+        atoms = [len(x) for x, _, _ in part]
+        offsets = np.cumsum([0] + atoms)
+        x = torch.from_numpy(np.concatenate([x for x, _, _ in part]))
+        edges = torch.from_numpy(np.concatenate([e + o for (_, e, _), o in zip(part, offsets)]).astype(np.int64))
+        graph = torch.repeat_interleave(torch.arange(len(part)), torch.tensor(atoms))
+        y = torch.tensor([label for _, _, label in part])
         out.append(tuple(t.to(device) for t in (x, edges, graph, y)))
     return out
 
@@ -144,10 +167,15 @@ def run(args):
     for task in args.tasks:
         params = molecules.make_params(task=task, seed=args.data_seed)
         mols = molecules.generate(params, 0, args.molecules)
-        split = int(0.8 * len(mols))
-        train_data = batches(mols[:split], args.batch, device)
-        test_data = batches(mols[split:], args.batch, device)
-        features = len(molecules.ELEMENTS) + 2
+        if args.tu_dataset:
+            with tempfile.TemporaryDirectory() as root:
+                data = graphs_from_tu(mols, root, f"FLASHLSTM_{task.upper()}")
+        else:
+            data = graphs(mols)
+        split = int(0.8 * len(data))
+        train_data = batches(data[:split], args.batch, device)
+        test_data = batches(data[split:], args.batch, device)
+        features = data[0][0].shape[1]
         for seed in range(args.seeds):
             for name in ("pLSTM", "GIN"):
                 torch.manual_seed(seed)
@@ -186,6 +214,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--data-seed", type=int, default=42)
+    parser.add_argument("--tu-dataset", action="store_true",
+                        help="read the molecules back through torch_geometric's TUDataset from TU files (needs torch_geometric)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="", help="a folder for results.json, curves.png and table.md")
     args = parser.parse_args(argv)
