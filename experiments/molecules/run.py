@@ -161,7 +161,8 @@ def train(model, train_data, test_data, epochs, lr, seed):
     return curve
 
 
-def run(args):
+def run(args, progress=None):
+    """Every (task, seed, model) run; progress(results) after each one."""
     device = torch.device(args.device)
     results = []
     for task in args.tasks:
@@ -184,6 +185,8 @@ def run(args):
                 curve = train(model, train_data, test_data, args.epochs, args.lr, seed)
                 results.append(dict(task=task, model=name, seed=seed, parameters=sum(p.numel() for p in model.parameters()),
                                     curve=curve, test_accuracy=curve[-1]["test_accuracy"]))
+                if progress:
+                    progress(results)
                 print(f"{task:>13} {name:>5} seed {seed}: test accuracy {curve[-1]['test_accuracy']:.3f}, "
                       f"loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}, "
                       f"{statistics.fmean(c['seconds'] for c in curve):.1f} s/epoch", flush=True)
@@ -195,6 +198,8 @@ def table(results):
     for task in dict.fromkeys(r["task"] for r in results):
         for name in ("pLSTM", "GIN"):
             rows = [r for r in results if r["task"] == task and r["model"] == name]
+            if not rows:
+                continue
             acc = [r["test_accuracy"] for r in rows]
             spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
             sec = statistics.fmean(c["seconds"] for r in rows for c in r["curve"])
@@ -220,11 +225,9 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="a folder for results.json, curves.png and table.md")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    results = run(args)
-    text = table(results)
-    if args.out:
-        save(args.out, args, results, text, ["test_accuracy", "loss"], start)
-    print(text)
+    write = lambda results: save(args.out, args, results, table(results), ["test_accuracy", "loss"], start)  # noqa: E731
+    results = run(args, write if args.out else None)  # the results folder grows run by run
+    print(table(results))
     return results
 
 
