@@ -173,9 +173,9 @@ def table(results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-images", type=int, default=20000, help="the first N of the train split")
+    parser.add_argument("--train-images", type=int, default=100000, help="the first N of the train split")
     parser.add_argument("--test-images", type=int, default=2048, help="the first N of test and of test_ext")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", nargs="+", default=["pLSTM", "ViT"], choices=["pLSTM", "ViT"])
     parser.add_argument("--dim", type=int, default=192, help="ViT-T: 192")
