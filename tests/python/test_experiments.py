@@ -86,27 +86,27 @@ def test_arrow_pointing_experiment_runs_and_repeats(tmp_path):
 
 def test_vision_models_train():
     """Every parameter of both models gets a finite gradient that is not zero (the pLSTM's gate weights,
-    zero at first, included), and the ViT fits a batch it trains on. (The pLSTM's mixing starts nearly
-    closed — sources and marks σ(-4) — so in 40 steps it does not fit a batch whose labels depend on
-    how two objects lie to each other; a bag of patches does not either.)"""
+    zero at first, included), and each model fits a batch it trains on (images standardised as the
+    script does; both sit on a plateau near ln 2 for the first 30 to 50 steps)."""
     import torch
     from flashlstm.datasets import arrows
     run = load("experiments/arrow_pointing/run.py")
     images, labels = arrows.generate(arrows.make_params("train"), 0, 16)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    y = torch.from_numpy(labels.astype("int64"))
+    (x, y), = run.batches(torch.from_numpy(images), torch.from_numpy(labels.astype("int64")), 16, torch.device("cpu"),
+                          pixels=run.pixel_statistics(torch.from_numpy(images)))
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
     for kind in ("pLSTM", "ViT"):
         torch.manual_seed(0)
         model = run.Model(kind, 1, 16, 2, 2)
         torch.nn.functional.cross_entropy(model(x), y).backward()
         for name, p in model.named_parameters():
             assert torch.isfinite(p.grad).all() and p.grad.abs().max() > 0, (kind, name)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(40):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0], losses
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        losses = []
+        for _ in range(80):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        assert sum(losses[-10:]) / 10 < 0.6 * losses[0], (kind, losses)
