@@ -17,8 +17,11 @@ top neighbour's bottom border. The gating between chunks is then three small mat
     G[B, A] = Mb_B X_A[B] Sb_A      (B ≠ A, B right of and below A),      G[A, A] = Gb_A,
 
 and h_B = s Σ_A ((Q_B K_Aᵀ) ∘ G[B, A]) V_A, summed over the four orientations (each in its own
-frame: the grid flipped). This test checks that this equals the reference on odd grids, chunk sides
-2, 4 and 8, one and four orientations, with transitions of exactly 0, 1 and -1 among random ones."""
+frame: the grid flipped). The backward takes dG = s (q_t·k_n)(dh_t·v_n) back through the block
+products (to dMb, dSb and dX), the chunk-level programme (dX to dTb and to the neighbours' borders)
+and each chunk's programme (to the nine gates). Checked against the reference, forward and gate
+gradients, on odd grids, chunk sides 2, 4 and 8, one and four orientations, with transitions of
+exactly 0, 1 and -1 among random ones."""
 
 import numpy as np
 import pytest
@@ -31,10 +34,10 @@ from helpers import rel, rng  # noqa: E402
 Sr, Sd, Trl, Tru, Tdu, Tdl, Ml, Mu, D = range(9)
 
 
-def chunk_maps(g, L):
-    """Tb, Sb, Mb, Gb of one chunk from its gates g (9, L, L). Coefficient vectors run over
-    [left in-borders (L, by row y), top in-borders (L, by column x), nodes (L², x-major)]; out-borders
-    are [right (by y), bottom (by x)]."""
+def chunk_programme(g, L):
+    """The dynamic programme over one chunk's nodes (gates g (9, L, L)): per node the coefficient
+    vectors of its right and down out-edge states and of its output's marks, over [left in-borders
+    (L, by row y), top in-borders (L, by column x), nodes (L², x-major)]."""
     width = 2 * L + L * L
     unit = np.eye(width)
     right, down = np.zeros((L, L, width)), np.zeros((L, L, width))
@@ -47,77 +50,207 @@ def chunk_maps(g, L):
             right[x, y] = g[Trl, x, y] * left_in + g[Tru, x, y] * top_in + g[Sr, x, y] * unit[n]
             down[x, y] = g[Tdu, x, y] * top_in + g[Tdl, x, y] * left_in + g[Sd, x, y] * unit[n]
             mark[x * L + y] = g[Ml, x, y] * left_in + g[Mu, x, y] * top_in + g[D, x, y] * unit[n]
+    return right, down, mark
+
+
+def chunk_maps(g, L):
+    """Tb, Sb, Mb, Gb of one chunk; out-borders are [right (by y), bottom (by x)]."""
+    right, down, mark = chunk_programme(g, L)
     out = np.concatenate([right[L - 1, :], down[:, L - 1]])  # (2L, width)
     return out[:, :2 * L], out[:, 2 * L:], mark[:, :2 * L], mark[:, 2 * L:]
 
 
-def chunked_gating(gates, L):
-    """The N x N gating G[target, source] of one orientation (gates (9, X, Y), X and Y multiples of L)
-    assembled from chunk maps, a (target chunk, source chunk) block at a time."""
+def chunk_maps_backward(g, L, d_out, d_mark):
+    """The gates' gradients (9, L, L) from the gradients of [Tb | Sb] (2L x width) and [Mb | Gb]
+    (L² x width): the programme run backwards, node by node in reverse order."""
+    right, down, _ = chunk_programme(g, L)
+    width = 2 * L + L * L
+    unit = np.eye(width)
+    d_right, d_down = np.zeros((L, L, width)), np.zeros((L, L, width))
+    d_right[L - 1, :] += d_out[:L]
+    d_down[:, L - 1] += d_out[L:]
+    dg = np.zeros_like(g)
+    for x in reversed(range(L)):
+        for y in reversed(range(L)):
+            n = 2 * L + x * L + y
+            left_in = right[x - 1, y] if x > 0 else unit[y]
+            top_in = down[x, y - 1] if y > 0 else unit[L + x]
+            dr, dd, dm = d_right[x, y], d_down[x, y], d_mark[x * L + y]
+            dg[Trl, x, y], dg[Tru, x, y], dg[Sr, x, y] = dr @ left_in, dr @ top_in, dr[n]
+            dg[Tdu, x, y], dg[Tdl, x, y], dg[Sd, x, y] = dd @ top_in, dd @ left_in, dd[n]
+            dg[Ml, x, y], dg[Mu, x, y], dg[D, x, y] = dm @ left_in, dm @ top_in, dm[n]
+            if x > 0:
+                d_right[x - 1, y] += g[Trl, x, y] * dr + g[Tdl, x, y] * dd + g[Ml, x, y] * dm
+            if y > 0:
+                d_down[x, y - 1] += g[Tru, x, y] * dr + g[Tdu, x, y] * dd + g[Mu, x, y] * dm
+    return dg
+
+
+def chunks(gates, L):
+    """The chunk maps of one orientation's gates (9, X, Y), X and Y multiples of L, by chunk (cx, cy),
+    and the node ids of a chunk."""
     _, X, Y = gates.shape
-    CX, CY = X // L, Y // L
     maps = {(cx, cy): chunk_maps(gates[:, cx * L:(cx + 1) * L, cy * L:(cy + 1) * L], L)
-            for cx in range(CX) for cy in range(CY)}
+            for cx in range(X // L) for cy in range(Y // L)}
     nodes = lambda cx, cy: ((cx * L + np.arange(L))[:, None] * Y + cy * L + np.arange(L)).reshape(-1)  # noqa: E731
+    return maps, nodes
+
+
+def reach(maps, a, L):
+    """The chunk-level programme from source chunk a, in raster order: X_a[b] for every other chunk b
+    right of and below a. Each b's in-borders are its left neighbour's right out-borders and its top
+    neighbour's bottom out-borders; a neighbour's out-borders in a's are I (the neighbour is a) or
+    Tb X_a[neighbour]."""
+    CX, CY = max(c[0] for c in maps) + 1, max(c[1] for c in maps) + 1
+    X_a, out = {}, {a: np.eye(2 * L)}
+    for bx in range(a[0], CX):
+        for by in range(a[1], CY):
+            b = (bx, by)
+            if b == a:
+                continue
+            Xb = np.zeros((2 * L, 2 * L))
+            if (bx - 1, by) in out:
+                Xb[:L] = out[(bx - 1, by)][:L]
+            if (bx, by - 1) in out:
+                Xb[L:] = out[(bx, by - 1)][L:]
+            X_a[b] = Xb
+            out[b] = maps[b][0] @ Xb
+    return X_a
+
+
+def chunked_gating(gates, L):
+    """The N x N gating G[target, source] of one orientation assembled from chunk maps, a (target
+    chunk, source chunk) block at a time."""
+    _, X, Y = gates.shape
+    maps, nodes = chunks(gates, L)
     G = np.zeros((X * Y, X * Y))
     for a in maps:
-        Sb_a = maps[a][1]
         G[np.ix_(nodes(*a), nodes(*a))] = maps[a][3]
-        X_a, out = {}, {a: np.eye(2 * L)}  # out[P]: P's out-border states in A's out-border states
-        for bx in range(a[0], CX):
-            for by in range(a[1], CY):
-                b = (bx, by)
-                if b == a:
-                    continue
-                Xb = np.zeros((2 * L, 2 * L))
-                if (bx - 1, by) in out:
-                    Xb[:L] = out[(bx - 1, by)][:L]   # the left neighbour's right border
-                if (bx, by - 1) in out:
-                    Xb[L:] = out[(bx, by - 1)][L:]   # the top neighbour's bottom border
-                X_a[b] = Xb
-                out[b] = maps[b][0] @ Xb
-                G[np.ix_(nodes(*b), nodes(*a))] = maps[b][2] @ Xb @ Sb_a
+        for b, Xb in reach(maps, a, L).items():
+            G[np.ix_(nodes(*b), nodes(*a))] = maps[b][2] @ Xb @ maps[a][1]
     return G
+
+
+def chunked_gating_backward(gates, L, dG):
+    """The gates' gradients (9, X, Y) from dG = dloss/dG (N x N) through the chunk maps: per block,
+    dMb_b += dG (X Sb_a)ᵀ, dSb_a += (Mb_b X)ᵀ dG, dX = Mb_bᵀ dG Sb_aᵀ; the chunk-level programme
+    backwards (dTb_b += dout_b Xᵀ, and X's rows send dX to the neighbours' out-borders); then each
+    chunk's programme backwards."""
+    _, X, Y = gates.shape
+    maps, nodes = chunks(gates, L)
+    width = 2 * L + L * L
+    d_out = {c: np.zeros((2 * L, width)) for c in maps}   # [dTb | dSb]
+    d_mark = {c: np.zeros((L * L, width)) for c in maps}  # [dMb | dGb]
+    for a in maps:
+        Tb_, Sb_a, _, _ = maps[a]
+        d_mark[a][:, 2 * L:] += dG[np.ix_(nodes(*a), nodes(*a))]
+        X_a = reach(maps, a, L)
+        d_outs = {}  # gradient of each chunk's out-border coefficients in a's out-borders
+        for b in reversed(list(X_a)):
+            Xb, (Tb_b, _, Mb_b, _) = X_a[b], maps[b]
+            block = dG[np.ix_(nodes(*b), nodes(*a))]
+            d_mark[b][:, :2 * L] += block @ (Xb @ Sb_a).T
+            d_out[a][:, 2 * L:] += (Mb_b @ Xb).T @ block
+            dXb = Mb_b.T @ block @ Sb_a.T
+            if b in d_outs:  # out_b = Tb_b X_b feeds later chunks
+                d_out[b][:, :2 * L] += d_outs[b] @ Xb.T
+                dXb += Tb_b.T @ d_outs[b]
+            for neighbour, rows in (((b[0] - 1, b[1]), slice(0, L)), ((b[0], b[1] - 1), slice(L, 2 * L))):
+                if neighbour != a and neighbour in X_a:
+                    d_outs.setdefault(neighbour, np.zeros((2 * L, 2 * L)))[rows] += dXb[rows]
+    dg = np.zeros_like(gates)
+    for (cx, cy) in maps:
+        sl = (slice(None), slice(cx * L, (cx + 1) * L), slice(cy * L, (cy + 1) * L))
+        dg[sl] = chunk_maps_backward(gates[sl], L, d_out[(cx, cy)], d_mark[(cx, cy)])
+    return dg
+
+
+def in_frame(arrays, gates, L, o):
+    """Orientation o's frame (the grid flipped so that its sources sit top-left), padded to multiples
+    of L with zeros: the node arrays (X, Y, D) as (N', D), the gates as (9, X', Y'); and the map
+    from a padded (X', Y', ...) result back to the grid."""
+    flip = [axis for axis, bit in ((0, 1), (1, 2)) if o & bit]
+    X, Y = gates.shape[1:]
+    PX, PY = -(-X // L) * L, -(-Y // L) * L
+    frame = lambda a, lead=0: np.flip(a, [i + lead for i in flip]) if flip else a  # noqa: E731
+    g = np.zeros((9, PX, PY))
+    g[:, :X, :Y] = frame(gates, 1)
+    padded = []
+    for a in arrays:
+        p = np.zeros((PX, PY, a.shape[-1]))
+        p[:X, :Y] = frame(a)
+        padded.append(p.reshape(PX * PY, -1))
+    return padded, g, lambda r: frame(r[:X, :Y])
 
 
 def grid_h(q, k, v, gates, L, orientations):
     """h (B, NH, X, Y, DV) through the chunk-map gating; gates (9, orientations, B, NH, X, Y)."""
     B, NH, X, Y, DQK = q.shape
-    PX, PY = -(-X // L) * L, -(-Y // L) * L
     h = np.zeros(q.shape[:4] + (v.shape[-1],))
     for o in range(orientations):
-        flip = [a for a, bit in ((0, 1), (1, 2)) if o & bit]
         for b in range(B):
             for head in range(NH):
-                frame = lambda a, lead=0: np.flip(a, [i + lead for i in flip]) if flip else a  # noqa: E731
-                g = np.zeros((9, PX, PY))
-                g[:, :X, :Y] = frame(gates[:, o, b, head], 1)  # the orientation's frame
-                Qf, Kf, Vf = (np.zeros((PX, PY, a.shape[-1])) for a in (q, k, v))
-                for dst, src in ((Qf, q), (Kf, k), (Vf, v)):
-                    dst[:X, :Y] = frame(src[b, head])
-                G = chunked_gating(g, L)
-                Q, K, V = (a.reshape(PX * PY, -1) for a in (Qf, Kf, Vf))
-                out = ((DQK ** -0.5 * (Q @ K.T) * G) @ V).reshape(PX, PY, -1)[:X, :Y]
-                h[b, head] += frame(out)
+                (Q, K, V), g, back = in_frame((q[b, head], k[b, head], v[b, head]), gates[:, o, b, head], L, o)
+                out = (DQK ** -0.5 * (Q @ K.T) * chunked_gating(g, L)) @ V
+                h[b, head] += back(out.reshape(g.shape[1], g.shape[2], -1))
     return h
+
+
+def grid_gate_grads(q, k, v, gates, dh, L, orientations):
+    """The gates' gradients (9, orientations, B, NH, X, Y) from dh through the chunk maps, with
+    dG = s (q_t·k_n)(dh_t·v_n) in each orientation's frame."""
+    DQK = q.shape[-1]
+    dgates = np.zeros_like(gates)
+    for o in range(orientations):
+        for b in range(gates.shape[2]):
+            for head in range(gates.shape[3]):
+                (Q, K, V, dH), g, back = in_frame((q[b, head], k[b, head], v[b, head], dh[b, head]),
+                                                  gates[:, o, b, head], L, o)
+                dG = DQK ** -0.5 * (Q @ K.T) * (dH @ V.T)
+                dgates[:, o, b, head] = np.moveaxis(back(np.moveaxis(chunked_gating_backward(g, L, dG), 0, -1)), -1, 0)
+    return dgates
+
+
+def random_problem(X, Y, orientations, seed):
+    r = rng(seed)
+    q, k = r.standard_normal((2, 2, 1, X, Y, 5))
+    v, dh = r.standard_normal((2, 2, 1, X, Y, 3))
+    gates = r.uniform(-0.9, 0.9, (9, orientations, 2, 1, X, Y))
+    special = r.random(gates.shape) < 0.15
+    gates[special] = r.choice([0.0, 1.0, -1.0], special.sum())
+    return q, k, v, dh, gates
+
+
+GRIDS = [(1, 1), (5, 7), (9, 4), (8, 8), (13, 6)]
 
 
 @pytest.mark.parametrize("orientations", [1, 4])
 @pytest.mark.parametrize("L", [2, 4, 8])
-@pytest.mark.parametrize("grid", [(1, 1), (5, 7), (9, 4), (8, 8), (13, 6)], ids=lambda g: f"{g[0]}x{g[1]}")
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
 def test_chunk_map_gating_equals_the_reference(grid, L, orientations):
-    X, Y = grid
-    r = rng(X * 100 + Y + 10 * L + orientations)
-    q, k = r.standard_normal((2, 2, 1, X, Y, 5))
-    v = r.standard_normal((2, 1, X, Y, 3))
-    gates = r.uniform(-0.9, 0.9, (9, orientations, 2, 1, X, Y))
-    special = r.random(gates.shape) < 0.15
-    gates[special] = r.choice([0.0, 1.0, -1.0], special.sum())
+    q, k, v, _, gates = random_problem(*grid, orientations, grid[0] * 100 + grid[1] + 10 * L + orientations)
     if orientations == 4:
         expected = plstm.grid_forward_oriented(q, k, v, plstm.GridGates(*gates))
     else:
         expected = plstm.grid_forward(q, k, v, plstm.GridGates(*(g[0] for g in gates)))
     assert rel(grid_h(q, k, v, gates, L, orientations), expected) < 1e-12
+
+
+@pytest.mark.parametrize("orientations", [1, 4])
+@pytest.mark.parametrize("L", [2, 4])
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+def test_chunk_map_gate_gradients_equal_the_reference(grid, L, orientations):
+    """The backward of the chunk-map form (block products, the chunk-level programme and each chunk's
+    programme run backwards) gives the reference's exact gate gradients."""
+    q, k, v, dh, gates = random_problem(*grid, orientations, grid[0] * 100 + grid[1] + 10 * L + orientations)
+    ours = grid_gate_grads(q, k, v, gates, dh, L, orientations)
+    if orientations == 4:
+        reference = plstm.grid_backward_oriented(q, k, v, plstm.GridGates(*gates), dh)
+    else:
+        reference = plstm.grid_backward(q, k, v, plstm.GridGates(*(g[0] for g in gates)), dh, chunk_size=1)
+    for i, name in enumerate(("dSr", "dSd", "dTrl", "dTru", "dTdu", "dTdl", "dMl", "dMu", "dD")):
+        expected = getattr(reference, name).reshape(ours[i].shape)
+        assert rel(ours[i], expected) < 1e-11, name
 
 
 def test_chunk_maps_of_one_chunk_are_the_whole_grid_gating():
