@@ -149,8 +149,9 @@ void forward_sequence(const Inputs& x, const State& state, void* h, int chunk_si
     // from a copy.
     const std::int64_t BH = d.B * d.NH;
     float* copy = nullptr;
-    const std::size_t bytes = (BH * d.DQK * d.DV + BH * d.DQK + BH) * sizeof(float);
-    check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&copy), bytes, stream), "forward_sequence: allocation");
+    Scratch scratch(stream);
+    scratch.add(copy, BH * d.DQK * d.DV + BH * d.DQK + BH);
+    scratch.allocate();
     const ConstState initial{copy, copy + BH * d.DQK * d.DV, copy + BH * d.DQK * d.DV + BH * d.DQK};
     cudaMemcpyAsync(copy, state.C, BH * d.DQK * d.DV * sizeof(float), cudaMemcpyDeviceToDevice, stream);
     cudaMemcpyAsync(const_cast<float*>(initial.n), state.n, BH * d.DQK * sizeof(float), cudaMemcpyDeviceToDevice,
@@ -163,7 +164,6 @@ void forward_sequence(const Inputs& x, const State& state, void* h, int chunk_si
     p.h = h;
     p.C_last = state.C, p.n_last = state.n, p.m_last = state.m;
     detail::run_forward(p, x.dtype, stream);
-    cudaFreeAsync(copy, stream);
   }
   for (std::int64_t t = bulk; t < d.S; ++t) detail::run_step(x, state, h, d.S, t, options, stream);
 }

@@ -118,7 +118,9 @@ void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_str
   const auto& d = x.dims;
   const std::int64_t heads = d.B * d.NH;
   unsigned* arrived = nullptr;
-  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&arrived), heads * sizeof(unsigned), stream), "step: allocation");
+  Scratch scratch(stream);
+  scratch.add(arrived, heads);
+  scratch.allocate();
   check_cuda(cudaMemsetAsync(arrived, 0, heads * sizeof(unsigned), stream), "step: memset");
   StepArgs a{x.q, x.k, x.v, x.igate, x.fgate, h, state.C, state.n, state.m, arrived, static_cast<int>(d.DQK),
              static_cast<int>(d.DV), seq_stride, token, 1.f / sqrtf(static_cast<float>(d.DQK)),
@@ -135,7 +137,6 @@ void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_str
     step_kernel<__nv_bfloat16><<<grid, kStepThreads, smem, stream>>>(a);
   }
   check_cuda(cudaGetLastError(), "step: launch");
-  check_cuda(cudaFreeAsync(arrived, stream), "step: free");
 }
 
 }  // namespace flashlstm::cuda::mlstm::detail

@@ -568,8 +568,9 @@ void run_backward(Params p, DType dtype, cudaStream_t stream) {
   const std::int64_t n_wx = K * 4 * p.NH * p.DH, n_dR = static_cast<std::int64_t>(splits) * p.NH * 4 * p.DH * p.DH;
   const std::int64_t n_scratch = (dg_scratch ? n_wx : 0) + n_dR + static_cast<std::int64_t>(db_splits) * p.NH * 4 * p.DH;
   float* scratch = nullptr;
-  check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&scratch), n_scratch * sizeof(float), stream),
-             "slstm backward: scratch allocation");
+  Scratch memory(stream);
+  memory.add(scratch, n_scratch);
+  memory.allocate();
   p.dg32 = dg_scratch ? scratch : dtype == DType::float32 ? static_cast<float*>(p.dWx) : nullptr;
   p.dR_part = scratch + (dg_scratch ? n_wx : 0);
   p.db_part = p.dR_part + n_dR;
@@ -597,7 +598,6 @@ void run_backward(Params p, DType dtype, cudaStream_t stream) {
     reduce_parts<__nv_bfloat16><<<blocks, 256, 0, stream>>>(p, splits, db_splits);
   }
   check_cuda(cudaGetLastError(), "slstm dR reduction");
-  check_cuda(cudaFreeAsync(scratch, stream), "slstm backward: scratch release");
 }
 
 }  // namespace flashlstm::cuda::slstm::detail
