@@ -17,7 +17,9 @@ top neighbour's bottom border. The gating between chunks is then three small mat
     G[B, A] = Mb_B X_A[B] Sb_A      (B ≠ A, B right of and below A),      G[A, A] = Gb_A,
 
 and h_B = s Σ_A ((Q_B K_Aᵀ) ∘ G[B, A]) V_A, summed over the four orientations (each in its own
-frame: the grid flipped). The backward takes dG = s (q_t·k_n)(dh_t·v_n) back through the block
+frame: the grid flipped). A kernel works a target chunk B at a time (target_major_h): per
+orientation it walks the source chunks from B back to the corner keeping E[A] = R_B[A] Tb_A for one
+column of chunks, so no X is stored. The backward takes dG = s (q_t·k_n)(dh_t·v_n) back through the block
 products (to dMb, dSb and dX), the chunk-level programme (dX to dTb and to the neighbours' borders)
 and each chunk's programme (to the nine gates). Checked against the reference, forward and gate
 gradients, on odd grids, chunk sides 2, 4 and 8, one and four orientations, with transitions of
@@ -219,6 +221,86 @@ def random_problem(X, Y, orientations, seed):
     special = r.random(gates.shape) < 0.15
     gates[special] = r.choice([0.0, 1.0, -1.0], special.sum())
     return q, k, v, dh, gates
+
+
+def target_major_h(q, k, v, gates, L, orientations):
+    """h in a kernel's order, a target chunk B at a time (one (batch·head) item, gates (9, orientations,
+    X, Y)): chunk maps with nodes in the grid's own local order and borders in each orientation's
+    frame; Gb summed over the orientations for the diagonal block; then per orientation the source
+    chunks A from B back to the frame's corner (reverse raster order), with E[A] = R_B[A] Tb_A (A's
+    in-borders in B's) kept for one frame column: R_B[A]'s right-border columns from E of A's right
+    neighbour, its bottom-border columns from E of the one below, I for B itself."""
+    X, Y, DQK = q.shape
+    CX, CY = -(-X // L), -(-Y // L)
+    maps, gsum = {}, {}
+    for cx in range(CX):
+        for cy in range(CY):
+            gsum[cx, cy] = np.zeros((L * L, L * L))
+            for o in range(orientations):
+                fx, fy = o & 1, o & 2
+                g = np.zeros((9, L, L))  # frame-local (x, y)
+                for x in range(L):
+                    for y in range(L):
+                        i, j = (L - 1 - x if fx else x), (L - 1 - y if fy else y)
+                        if cx * L + i < X and cy * L + j < Y:
+                            g[:, x, y] = gates[:, o, cx * L + i, cy * L + j]
+                Tb, Sb, Mb, Gb = chunk_maps(g, L)
+                # nodes from frame-local order (x * L + y) to the grid's own local order
+                own = np.array([(L - 1 - x if fx else x) * L + (L - 1 - y if fy else y)
+                                for x in range(L) for y in range(L)])
+                Sb_own, Mb_own, Gb_own = np.zeros_like(Sb), np.zeros_like(Mb), np.zeros_like(Gb)
+                Sb_own[:, own], Mb_own[own], Gb_own[np.ix_(own, own)] = Sb, Mb, Gb
+                maps[o, cx, cy] = Tb, Sb_own, Mb_own
+                gsum[cx, cy] += Gb_own
+    nodes = lambda cx, cy: [(cx * L + i) * Y + cy * L + j if cx * L + i < X and cy * L + j < Y else -1  # noqa: E731
+                            for i in range(L) for j in range(L)]
+    rows = lambda a, ids: np.array([a[n] if n >= 0 else np.zeros(a.shape[1]) for n in ids])  # noqa: E731
+    Q, K, V = (a.reshape(X * Y, -1) for a in (q, k, v))
+    h = np.zeros((X * Y, V.shape[1]))
+    for bx in range(CX):
+        for by in range(CY):
+            QB, acc = rows(Q, nodes(bx, by)), 0
+
+            def accumulate(G, ax, ay):
+                KA, VA = rows(K, nodes(ax, ay)), rows(V, nodes(ax, ay))
+                return (DQK ** -0.5 * (QB @ KA.T) * G) @ VA
+            acc = accumulate(gsum[bx, by], bx, by)
+            for o in range(orientations):
+                fx, fy = o & 1, o & 2
+                fbx, fby = (CX - 1 - bx if fx else bx), (CY - 1 - by if fy else by)
+                Mb_B = maps[o, bx, by][2]
+                E = np.zeros((CY + 1, 2 * L, 2 * L))
+                for fax in range(fbx, -1, -1):
+                    for fay in range(fby, -1, -1):
+                        if (fax, fay) == (fbx, fby):
+                            E[fay] = np.eye(2 * L)
+                            continue
+                        ax, ay = (CX - 1 - fax if fx else fax), (CY - 1 - fay if fy else fay)
+                        Tb, Sb, _ = maps[o, ax, ay]
+                        R = np.zeros((2 * L, 2 * L))
+                        if fax < fbx:
+                            R[:, :L] = E[fay][:, :L]
+                        if fay < fby:
+                            R[:, L:] = E[fay + 1][:, L:]
+                        E[fay] = R @ Tb
+                        acc = acc + accumulate(Mb_B @ (R @ Sb), ax, ay)
+            for r, n in enumerate(nodes(bx, by)):
+                if n >= 0:
+                    h[n] = acc[r]
+    return h.reshape(X, Y, -1)
+
+
+@pytest.mark.parametrize("orientations", [1, 4])
+@pytest.mark.parametrize("grid", [(1, 1), (5, 7), (9, 4), (17, 12)], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_target_major_order_equals_the_reference(grid, orientations):
+    q, k, v, _, gates = random_problem(*grid, orientations, grid[0] * 10 + grid[1] + orientations)
+    if orientations == 4:
+        expected = plstm.grid_forward_oriented(q, k, v, plstm.GridGates(*gates))
+    else:
+        expected = plstm.grid_forward(q, k, v, plstm.GridGates(*(g[0] for g in gates)))
+    for b in range(q.shape[0]):
+        ours = target_major_h(q[b, 0], k[b, 0], v[b, 0], gates[:, :, b, 0], 8, orientations)
+        assert rel(ours, expected[b, 0]) < 1e-12
 
 
 GRIDS = [(1, 1), (5, 7), (9, 4), (8, 8), (13, 6)]
