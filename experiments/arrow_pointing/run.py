@@ -15,8 +15,8 @@ a mixing layer and an MLP (4 x dim, GELU), and classify from the final norm's pa
 - ViT: the mixing layers are multi-head self-attention (torch's scaled_dot_product_attention); the
   classifier reads the mean over the patches.
 The images are generated once (uint8) and standardised per batch with the train split's pixel mean
-and standard deviation (white background, black objects: mostly 1 before, so the objects would
-barely show against the patch embedding's response to the background).
+and standard deviation (they are white with small black objects: scaled to [0, 1] nearly every pixel
+is 1, and the objects would be a small change on top of the background).
 """
 
 import argparse
