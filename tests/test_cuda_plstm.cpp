@@ -38,9 +38,11 @@ TEST_CASE("pLSTM grid forward: odd grids, one and four orientations, both dtypes
   if (!have_gpu()) return;
   std::uint64_t seed = 4100;
   // (B, NH, X, Y, DQK, DV): a single node, grids smaller and larger than a 64-node tile, columns
-  // longer than a tile (Y > 64), head dims not multiples of 16 and v wider than one 64-column tile.
-  const GridShape shapes[] = {{1, 1, 1, 1, 8, 8},    {2, 1, 5, 7, 8, 6},     {1, 2, 9, 4, 20, 130},
-                              {1, 1, 33, 17, 64, 64}, {1, 1, 32, 32, 64, 64}, {1, 1, 3, 150, 16, 24}};
+  // longer than a tile (Y > 64), head dims not multiples of 16 and v wider than one 64-column tile;
+  // DQK = 256 in float32, where the chunk-map kernel's blocks do not fit and the per-tile programme runs.
+  const GridShape shapes[] = {{1, 1, 1, 1, 8, 8},     {2, 1, 5, 7, 8, 6},     {1, 2, 9, 4, 20, 130},
+                              {1, 1, 33, 17, 64, 64}, {1, 1, 32, 32, 64, 64}, {1, 1, 3, 150, 16, 24},
+                              {1, 1, 6, 9, 256, 32}};
   for (const auto& shape : shapes)
     for (const int orientations : {1, 4})
       for (const DType dtype : kDtypes) require_passes(check_grid(shape, orientations, GateMode::raw, dtype, ++seed));
@@ -59,12 +61,12 @@ TEST_CASE("pLSTM grid forward: P-mode and D-mode gates", "[cuda][plstm]") {
 TEST_CASE("pLSTM grid backward: odd grids, one and four orientations, both dtypes", "[cuda][plstm]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 4400;
-  // As the forward's (with a column of 100 nodes, which the backward holds in float32 too), plus a
-  // grid many times wider than the dT kernel's segment of on-chip columns (70 x 40: 3 columns), and
-  // 64 x 64, whose gates the dT kernel keeps on chip in bf16 but reads from global memory in float32.
+  // As the forward's (with a column of 100 nodes), plus a grid of many chunks in both directions
+  // (70 x 40), 64 x 64, and DQK = 256 in float32, where the chunk-map kernels' blocks do not fit and
+  // the per-tile programmes run.
   const GridShape shapes[] = {{1, 1, 1, 1, 8, 8},     {2, 1, 5, 7, 8, 6},     {1, 2, 9, 4, 20, 130},
                               {1, 1, 33, 17, 64, 64}, {1, 1, 32, 32, 64, 64}, {1, 1, 3, 100, 16, 24},
-                              {1, 1, 70, 40, 16, 16}, {1, 1, 64, 64, 64, 64}};
+                              {1, 1, 70, 40, 16, 16}, {1, 1, 64, 64, 64, 64}, {1, 1, 6, 9, 256, 32}};
   for (const auto& shape : shapes)
     for (const int orientations : {1, 4})
       for (const DType dtype : kDtypes)

@@ -87,21 +87,30 @@ void take_inputs(const GridInputs& x, detail::GridParams& p) {
 
 void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream) {
   detail::GridParams p = checked_params(x, options);
+  const bool maps = detail::grid_maps_fits(p, x.dtype, false);
   const int max_Y = detail::grid_max_Y(p.DQK, x.dtype);
-  require(p.Y <= max_Y, "Y", "must be at most {} for DQK = {} (the kernel keeps a column of path weights on chip), got {}",
-          max_Y, p.DQK, p.Y);
+  require(maps || p.Y <= max_Y, "Y",
+          "must be at most {} for DQK = {} (the kernel keeps a column of path weights on chip), got {}", max_Y, p.DQK,
+          p.Y);
   take_inputs(x, p);
   check_device_pointer(h, "h", element_size(x.dtype));
   p.h = h;
-  detail::run_grid_forward(p, x.dtype, usable(stream));
+  const cudaStream_t s = usable(stream);
+  if (!maps) return detail::run_grid_forward(p, x.dtype, s);
+  Scratch scratch(s);
+  float* chunk_maps = nullptr;
+  scratch.add(chunk_maps, detail::grid_maps_scratch_floats(p, false));
+  scratch.allocate();
+  detail::run_grid_forward_maps(p, x.dtype, chunk_maps, s);
 }
 
 void grid_backward(const GridInputs& x, const void* dh, const GridGradients& grad, const Options& options,
                    cudaStream_t stream) {
   detail::GridBackwardParams p;
   static_cast<detail::GridParams&>(p) = checked_params(x, options);
+  const bool maps = detail::grid_maps_fits(p, x.dtype, true);
   const detail::GridBackwardPlan plan = detail::plan_grid_backward(p.DQK, p.DV, p.X, p.Y, x.dtype);
-  require(plan.fits, "Y",
+  require(maps || plan.fits, "Y",
           "is too large for the backward's on-chip path weights with DQK = {}, DV = {} in {} (got Y = {}); "
           "transpose the grid or use bfloat16",
           p.DQK, p.DV, to_string(x.dtype), p.Y);
@@ -119,10 +128,17 @@ void grid_backward(const GridInputs& x, const void* dh, const GridGradients& gra
     p.dgates[i] = dgates[i].second;
   }
   p.dh = dh, p.dq = grad.dq, p.dk = grad.dk, p.dv = grad.dv;
+  const cudaStream_t s = usable(stream);
+  if (maps) {
+    Scratch scratch(s);
+    float* chunk_maps = nullptr;
+    scratch.add(chunk_maps, detail::grid_maps_scratch_floats(p, true));
+    scratch.allocate();
+    return detail::run_grid_backward_maps(p, x.dtype, chunk_maps, s);
+  }
   p.segment = plan.segment;
   p.gates_on_chip = plan.gates_on_chip;
   p.scratch_per_block = plan.scratch_per_block;
-  const cudaStream_t s = usable(stream);
   Scratch scratch(s);
   scratch.add(p.scratch, std::int64_t{p.B} * p.NH * p.orientations * plan.scratch_per_block);
   scratch.allocate();

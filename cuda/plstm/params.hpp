@@ -71,7 +71,15 @@ std::int64_t sequence_state_floats(const SequenceDims& dims);  // the floats of 
 void run_sequence_forward(const SequenceParams& p, DType dtype, cudaStream_t stream);
 void run_sequence_backward(const SequenceParams& p, DType dtype, cudaStream_t stream);
 
-// The largest Y the forward kernel's shared memory holds for this DQK and dtype.
+// The forward and backward from chunk maps (grid_maps.cu), where their blocks fit: they need
+// grid_maps_scratch_floats(p, backward) floats of scratch.
+bool grid_maps_fits(const GridParams& p, DType dtype, bool backward);
+std::int64_t grid_maps_scratch_floats(const GridParams& p, bool backward);
+void run_grid_forward_maps(const GridParams& p, DType dtype, float* scratch, cudaStream_t stream);
+void run_grid_backward_maps(const GridBackwardParams& p, DType dtype, float* scratch, cudaStream_t stream);
+
+// The forward with a dynamic programme per tile of targets (grid.cu), for the rest: the largest Y its
+// shared memory holds for this DQK and dtype.
 int grid_max_Y(int DQK, DType dtype);
 void run_grid_forward(const GridParams& p, DType dtype, cudaStream_t stream);
 

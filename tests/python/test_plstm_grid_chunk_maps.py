@@ -223,21 +223,19 @@ def random_problem(X, Y, orientations, seed):
     return q, k, v, dh, gates
 
 
-def target_major_h(q, k, v, gates, L, orientations):
-    """h in a kernel's order, a target chunk B at a time (one (batch·head) item, gates (9, orientations,
-    X, Y)): chunk maps with nodes in the grid's own local order and borders in each orientation's
-    frame; Gb summed over the orientations for the diagonal block; then per orientation the source
-    chunks A from B back to the frame's corner (reverse raster order), with E[A] = R_B[A] Tb_A (A's
-    in-borders in B's) kept for one frame column: R_B[A]'s right-border columns from E of A's right
-    neighbour, its bottom-border columns from E of the one below, I for B itself."""
-    X, Y, DQK = q.shape
+def own_order_maps(gates, L, orientations):
+    """The chunk maps of one (batch·head) item (gates (9, orientations, X, Y)) by (o, cx, cy), as the
+    kernels keep them: Tb, Sb, Mb, Gb with borders in orientation o's frame and nodes in the chunk's
+    own order (i·L + j for the node (cx·L + i, cy·L + j)); and `own`, which lists the own index of
+    each frame-local node x·L + y, per orientation."""
+    _, _, X, Y = gates.shape
     CX, CY = -(-X // L), -(-Y // L)
-    maps, gsum = {}, {}
-    for cx in range(CX):
-        for cy in range(CY):
-            gsum[cx, cy] = np.zeros((L * L, L * L))
-            for o in range(orientations):
-                fx, fy = o & 1, o & 2
+    maps, own = {}, {}
+    for o in range(orientations):
+        fx, fy = o & 1, o & 2
+        own[o] = np.array([(L - 1 - x if fx else x) * L + (L - 1 - y if fy else y) for x in range(L) for y in range(L)])
+        for cx in range(CX):
+            for cy in range(CY):
                 g = np.zeros((9, L, L))  # frame-local (x, y)
                 for x in range(L):
                     for y in range(L):
@@ -245,49 +243,179 @@ def target_major_h(q, k, v, gates, L, orientations):
                         if cx * L + i < X and cy * L + j < Y:
                             g[:, x, y] = gates[:, o, cx * L + i, cy * L + j]
                 Tb, Sb, Mb, Gb = chunk_maps(g, L)
-                # nodes from frame-local order (x * L + y) to the grid's own local order
-                own = np.array([(L - 1 - x if fx else x) * L + (L - 1 - y if fy else y)
-                                for x in range(L) for y in range(L)])
                 Sb_own, Mb_own, Gb_own = np.zeros_like(Sb), np.zeros_like(Mb), np.zeros_like(Gb)
-                Sb_own[:, own], Mb_own[own], Gb_own[np.ix_(own, own)] = Sb, Mb, Gb
-                maps[o, cx, cy] = Tb, Sb_own, Mb_own
-                gsum[cx, cy] += Gb_own
-    nodes = lambda cx, cy: [(cx * L + i) * Y + cy * L + j if cx * L + i < X and cy * L + j < Y else -1  # noqa: E731
-                            for i in range(L) for j in range(L)]
-    rows = lambda a, ids: np.array([a[n] if n >= 0 else np.zeros(a.shape[1]) for n in ids])  # noqa: E731
+                Sb_own[:, own[o]], Mb_own[own[o]], Gb_own[np.ix_(own[o], own[o])] = Sb, Mb, Gb
+                maps[o, cx, cy] = Tb, Sb_own, Mb_own, Gb_own
+    return maps, own
+
+
+def walk(fixed, flip, CX, CY, Tb_of, L):
+    """The kernels' walk from chunk `fixed` back to the corner of the frame flipped by `flip` (bit 0:
+    x, bit 1: y), frame column by frame column: yields (chunk, R) for every other chunk in the cone,
+    R the weights from the chunk's out-borders to `fixed`'s in-borders, with E = R Tb_of(chunk) kept
+    for one column: R's right-border columns from E of the chunk's right neighbour, its bottom-border
+    columns from E of the one below, E = I for `fixed` itself."""
+    fx, fy = flip & 1, flip & 2
+    fbx, fby = (CX - 1 - fixed[0] if fx else fixed[0]), (CY - 1 - fixed[1] if fy else fixed[1])
+    E = np.zeros((CY + 1, 2 * L, 2 * L))
+    for fax in range(fbx, -1, -1):
+        for fay in range(fby, -1, -1):
+            if (fax, fay) == (fbx, fby):
+                E[fay] = np.eye(2 * L)
+                continue
+            chunk = (CX - 1 - fax if fx else fax), (CY - 1 - fay if fy else fay)
+            R = np.zeros((2 * L, 2 * L))
+            if fax < fbx:
+                R[:, :L] = E[fay][:, :L]
+            if fay < fby:
+                R[:, L:] = E[fay + 1][:, L:]
+            E[fay] = R @ Tb_of(chunk)
+            yield chunk, R
+
+
+def chunk_rows(a, chunk, L, X, Y):
+    """The rows of a (X·Y, D) array for a chunk's nodes in its own order (zero rows for padding)."""
+    cx, cy = chunk
+    out = np.zeros((L * L, a.shape[1]))
+    for i in range(L):
+        for j in range(L):
+            if cx * L + i < X and cy * L + j < Y:
+                out[i * L + j] = a[(cx * L + i) * Y + cy * L + j]
+    return out
+
+
+def target_major_h(q, k, v, gates, L, orientations):
+    """h in the forward kernel's order, a target chunk B at a time (one (batch·head) item, gates
+    (9, orientations, X, Y)): the diagonal block from Gb summed over the orientations, then per
+    orientation the source chunks A of walk(B, o), G = Mb_B (R Sb_A)."""
+    X, Y, DQK = q.shape
+    CX, CY = -(-X // L), -(-Y // L)
+    maps, _ = own_order_maps(gates, L, orientations)
     Q, K, V = (a.reshape(X * Y, -1) for a in (q, k, v))
     h = np.zeros((X * Y, V.shape[1]))
-    for bx in range(CX):
-        for by in range(CY):
-            QB, acc = rows(Q, nodes(bx, by)), 0
-
-            def accumulate(G, ax, ay):
-                KA, VA = rows(K, nodes(ax, ay)), rows(V, nodes(ax, ay))
-                return (DQK ** -0.5 * (QB @ KA.T) * G) @ VA
-            acc = accumulate(gsum[bx, by], bx, by)
-            for o in range(orientations):
-                fx, fy = o & 1, o & 2
-                fbx, fby = (CX - 1 - bx if fx else bx), (CY - 1 - by if fy else by)
-                Mb_B = maps[o, bx, by][2]
-                E = np.zeros((CY + 1, 2 * L, 2 * L))
-                for fax in range(fbx, -1, -1):
-                    for fay in range(fby, -1, -1):
-                        if (fax, fay) == (fbx, fby):
-                            E[fay] = np.eye(2 * L)
-                            continue
-                        ax, ay = (CX - 1 - fax if fx else fax), (CY - 1 - fay if fy else fay)
-                        Tb, Sb, _ = maps[o, ax, ay]
-                        R = np.zeros((2 * L, 2 * L))
-                        if fax < fbx:
-                            R[:, :L] = E[fay][:, :L]
-                        if fay < fby:
-                            R[:, L:] = E[fay + 1][:, L:]
-                        E[fay] = R @ Tb
-                        acc = acc + accumulate(Mb_B @ (R @ Sb), ax, ay)
-            for r, n in enumerate(nodes(bx, by)):
-                if n >= 0:
-                    h[n] = acc[r]
+    for b in np.ndindex(CX, CY):
+        QB = chunk_rows(Q, b, L, X, Y)
+        product = lambda G, a: (DQK ** -0.5 * (QB @ chunk_rows(K, a, L, X, Y).T) * G) @ chunk_rows(V, a, L, X, Y)  # noqa: E731
+        acc = product(sum(maps[o, b[0], b[1]][3] for o in range(orientations)), b)
+        for o in range(orientations):
+            for a, R in walk(b, o, CX, CY, lambda c: maps[(o, *c)][0], L):
+                acc += product(maps[(o, *b)][2] @ (R @ maps[(o, *a)][1]), a)
+        hB = acc
+        for i in range(L):
+            for j in range(L):
+                if b[0] * L + i < X and b[1] * L + j < Y:
+                    h[(b[0] * L + i) * Y + b[1] * L + j] = hB[i * L + j]
     return h.reshape(X, Y, -1)
+
+
+def kernel_order_backward(q, k, v, gates, dh, L, orientations):
+    """dq, dk, dv and the gate gradients (9, orientations, X, Y) of one (batch·head) item in the
+    backward kernels' order. With S = s Q_B K_Aᵀ, dP = dH_B V_Aᵀ and dG = S ∘ dP for target chunk B
+    and source chunk A:
+
+    target-major (walk(B, o)):  dq_B += s (dP ∘ G) K_A;  U = dG Sb_Aᵀ;  dMb_B += U Rᵀ;  D[B, A] = Mb_Bᵀ U;
+                                dGb_B = dG of the diagonal block (the same for every orientation);
+    source-major (walk(A, o ^ 3) with the maps transposed: Tbᵀ, Mbᵀ in place of Tb, Sb, so R = X_A[B]ᵀ
+                                and W = R Mb_Bᵀ):  Gᵀ = Sb_Aᵀ W;  dk_A += s (dPᵀ ∘ Gᵀ) Q_B;
+                                dv_A += (Sᵀ ∘ Gᵀ) dH_B;  dSb_Aᵀ += dGᵀ Wᵀ;
+    chunk level (per orientation, per target B, its cone in raster order): Z[P] (B's in-borders x P's
+                                in-borders) from Y of P's left and upper neighbours, Y[P] = Z[P] Tb_Pᵀ + D[B, P],
+                                dTb_P += R_B[P]ᵀ Z[P];
+    then each chunk's programme backwards (chunk_maps_backward) from [dTb | dSb] and [dMb | dGb]."""
+    X, Y, DQK = q.shape
+    s = DQK ** -0.5
+    CX, CY = -(-X // L), -(-Y // L)
+    chunks_ = list(np.ndindex(CX, CY))
+    maps, own = own_order_maps(gates, L, orientations)
+    Q, K, V, dH = (a.reshape(X * Y, -1) for a in (q, k, v, dh))
+    rows = {name: {c: chunk_rows(a, c, L, X, Y) for c in chunks_} for name, a in (("q", Q), ("k", K), ("v", V), ("dh", dH))}
+    gsum = {c: sum(maps[(o, *c)][3] for o in range(orientations)) for c in chunks_}
+    dq = {c: np.zeros_like(rows["q"][c]) for c in chunks_}
+    dk = {c: np.zeros_like(rows["k"][c]) for c in chunks_}
+    dv = {c: np.zeros_like(rows["v"][c]) for c in chunks_}
+    dTb = {(o, c): np.zeros((2 * L, 2 * L)) for o in range(orientations) for c in chunks_}
+    dSb = {(o, c): np.zeros((2 * L, L * L)) for o in range(orientations) for c in chunks_}
+    dMb = {(o, c): np.zeros((L * L, 2 * L)) for o in range(orientations) for c in chunks_}
+    dGb, D = {}, {}
+    tiles = lambda t, n: (s * rows["q"][t] @ rows["k"][n].T, rows["dh"][t] @ rows["v"][n].T)  # noqa: E731
+
+    for b in chunks_:  # target-major
+        S, dP = tiles(b, b)
+        dq[b] += s * (dP * gsum[b]) @ rows["k"][b]
+        dGb[b] = S * dP
+        for o in range(orientations):
+            Mb_B = maps[(o, *b)][2]
+            for a, R in walk(b, o, CX, CY, lambda c: maps[(o, *c)][0], L):
+                Sb_A = maps[(o, *a)][1]
+                S, dP = tiles(b, a)
+                dq[b] += s * (dP * (Mb_B @ (R @ Sb_A))) @ rows["k"][a]
+                U = (S * dP) @ Sb_A.T
+                dMb[o, b] += U @ R.T
+                D[o, b, a] = Mb_B.T @ U
+
+    for a in chunks_:  # source-major
+        S, dP = tiles(a, a)
+        dk[a] += s * (dP * gsum[a]).T @ rows["q"][a]
+        dv[a] += (S * gsum[a]).T @ rows["dh"][a]
+        for o in range(orientations):
+            Sb_A = maps[(o, *a)][1]
+            for b, R in walk(a, o ^ 3, CX, CY, lambda c: maps[(o, *c)][0].T, L):
+                W = R @ maps[(o, *b)][2].T
+                GT = Sb_A.T @ W
+                S, dP = tiles(b, a)
+                dk[a] += s * (dP.T * GT) @ rows["q"][b]
+                dv[a] += (S.T * GT) @ rows["dh"][b]
+                dSb[o, a] += ((S * dP).T @ W.T).T
+
+    for o in range(orientations):  # chunk level
+        fx, fy = o & 1, o & 2
+        frame = lambda c: ((CX - 1 - c[0] if fx else c[0]), (CY - 1 - c[1] if fy else c[1]))  # noqa: E731 (an involution)
+        for b in chunks_:
+            R_B = dict(walk(b, o, CX, CY, lambda c: maps[(o, *c)][0], L))
+            fbx, fby = frame(b)
+            Yp = {}
+            for fpx in range(fbx + 1):
+                for fpy in range(fby + 1):
+                    if (fpx, fpy) == (fbx, fby):
+                        continue
+                    p = frame((fpx, fpy))
+                    Z = np.zeros((2 * L, 2 * L))
+                    if fpx > 0:
+                        Z[:, :L] = Yp[fpx - 1, fpy][:, :L]
+                    if fpy > 0:
+                        Z[:, L:] = Yp[fpx, fpy - 1][:, L:]
+                    Yp[fpx, fpy] = Z @ maps[(o, *p)][0].T + D[o, b, p]
+                    dTb[o, p] += R_B[p].T @ Z
+
+    dgates = np.zeros_like(gates)
+    for o in range(orientations):
+        fx, fy = o & 1, o & 2
+        for c in chunks_:
+            g = np.zeros((9, L, L))
+            for x in range(L):
+                for y in range(L):
+                    i, j = c[0] * L + (L - 1 - x if fx else x), c[1] * L + (L - 1 - y if fy else y)
+                    if i < X and j < Y:
+                        g[:, x, y] = gates[:, o, i, j]
+            f = own[o]
+            d_out = np.concatenate([dTb[o, c], dSb[o, c][:, f]], axis=1)
+            d_mark = np.concatenate([dMb[o, c][f], dGb[c][np.ix_(f, f)]], axis=1)
+            dg = chunk_maps_backward(g, L, d_out, d_mark)
+            for x in range(L):
+                for y in range(L):
+                    i, j = c[0] * L + (L - 1 - x if fx else x), c[1] * L + (L - 1 - y if fy else y)
+                    if i < X and j < Y:
+                        dgates[:, o, i, j] = dg[:, x, y]
+
+    def grid(parts):
+        out = np.zeros((X * Y, next(iter(parts.values())).shape[1]))
+        for c, part in parts.items():
+            for i in range(L):
+                for j in range(L):
+                    if c[0] * L + i < X and c[1] * L + j < Y:
+                        out[(c[0] * L + i) * Y + c[1] * L + j] = part[i * L + j]
+        return out.reshape(X, Y, -1)
+    return grid(dq), grid(dk), grid(dv), dgates
 
 
 @pytest.mark.parametrize("orientations", [1, 4])
@@ -301,6 +429,27 @@ def test_target_major_order_equals_the_reference(grid, orientations):
     for b in range(q.shape[0]):
         ours = target_major_h(q[b, 0], k[b, 0], v[b, 0], gates[:, :, b, 0], 8, orientations)
         assert rel(ours, expected[b, 0]) < 1e-12
+
+
+@pytest.mark.parametrize("orientations", [1, 4])
+@pytest.mark.parametrize("grid", [(1, 1), (5, 7), (9, 4), (17, 12)], ids=lambda g: f"{g[0]}x{g[1]}")
+def test_kernel_order_backward_equals_the_reference(grid, orientations):
+    """The backward kernels' order (target-major for dq and dMb, source-major for dk, dv and dSb, the
+    chunk-level programme for dTb, each chunk's programme for the gates) gives the reference's exact
+    gradients."""
+    q, k, v, dh, gates = random_problem(*grid, orientations, grid[0] * 10 + grid[1] + orientations + 5)
+    if orientations == 4:
+        reference = plstm.grid_backward_oriented(q, k, v, plstm.GridGates(*gates), dh)
+    else:
+        reference = plstm.grid_backward(q, k, v, plstm.GridGates(*(g[0] for g in gates)), dh, chunk_size=1)
+    names = ("dSr", "dSd", "dTrl", "dTru", "dTdu", "dTdl", "dMl", "dMu", "dD")
+    for b in range(q.shape[0]):
+        dq, dk, dv, dgates = kernel_order_backward(q[b, 0], k[b, 0], v[b, 0], gates[:, :, b, 0], dh[b, 0], 8, orientations)
+        for name, ours in (("dq", dq), ("dk", dk), ("dv", dv)):
+            assert rel(ours, getattr(reference, name)[b, 0]) < 1e-12, name
+        for i, name in enumerate(names):
+            expected = getattr(reference, name).reshape((orientations,) + q.shape[:4])[:, b, 0]
+            assert rel(dgates[i], expected) < 1e-11, name
 
 
 GRIDS = [(1, 1), (5, 7), (9, 4), (8, 8), (13, 6)]

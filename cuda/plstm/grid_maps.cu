@@ -1,0 +1,752 @@
+// The pLSTM on 2-D grids from chunk maps (cuda/plstm/plstm.hpp), forward and backward: the gating
+// G(t, n) between two chunks of 8 x 8 nodes as small matrix products instead of a dynamic programme
+// per pair of nodes.
+//
+// The grid is cut into chunks of kL x kL nodes (the last ones padded with zero gates, which no path
+// between real nodes crosses). Per orientation, a chunk's own dynamic programme over its 64 nodes, in
+// the orientation's frame, gives its maps between its 16 in-border edges (8 from the left neighbour,
+// by row; 8 from the top one, by column), its 64 nodes and its 16 out-border edges (right, by row;
+// bottom, by column):
+//
+//   Tb (16 out x 16 in)   border to border      Sb (16 out x 64 nodes)   node to border (S included)
+//   Mb (64 nodes x 16 in) border to node (M)    Gb (64 x 64)             node to node (D on the diagonal)
+//
+// Nodes are numbered in the chunk's own order (i·8 + j for the node (8·cx + i, 8·cy + j)), borders
+// in the frame's. chunk_maps_kernel (a block per (batch·head, chunk), a thread per coefficient of the
+// programme: 16 in-borders + 64 nodes) writes Tb, Sb, Mb per orientation into the scratch, and Gb
+// summed over the orientations (the diagonal block of the gating, whichever the orientation).
+//
+// walk_kernel<Role> takes a block per (batch·head, fixed chunk C, 64 output columns): the diagonal
+// block first, then per orientation the chunks A in C's cone, walked from C back to the frame's
+// corner (frame columns from C's down, within one from C's row up). With R the weights from A's
+// out-borders to C's in-borders,
+//     R = [E(right neighbour of A)[:, left in-borders] | E(neighbour below A)[:, top in-borders]],
+//     E(A) = R Tb_A (kept for two columns of chunks; E(C) = I),   W = R Sb_A,   G = Mb_C W
+// (for bf16 the products on the tensor cores with Mb and W split into hi + lo halves). The roles:
+//   kForward  C a target:  S = s Q_C K_Aᵀ, h_C += (S ∘ G) V_A;
+//   kQueries  C a target:  dP = dH_C V_Aᵀ, dq_C += s (dP ∘ G) K_A; with dG = S ∘ dP: dMb_C += dG Wᵀ,
+//             D[C, A] = Mb_Cᵀ dG Sb_Aᵀ (for the chunk-level programme) and dGb_C = dG of the diagonal;
+//   kKeys     C a source, the walk mirrored: in orientation o ^ 3's frame with Tbᵀ and Mbᵀ in place
+//             of Tb and Sb, so that R = X_C[A]ᵀ (C's out-borders to A's in-borders, transposed),
+//             W = R Mb_Aᵀ and G = Sb_Cᵀ W is the gating from C to A transposed:
+//             dk_C += s (dPᵀ ∘ Gᵀ) Q_A, dv_C += (Sᵀ ∘ Gᵀ) dH_A, dSb_Cᵀ += dGᵀ Wᵀ.
+// The next block's rows and maps are copied in (cp.async) while the current one is computed.
+//
+// The backward then runs chunk_transitions_kernel (a block per (orientation, batch·head): per
+// target B, R_B over its cone as above, then its cone in raster order Z[P] = [Y(left)[:, left] |
+// Y(above)[:, top]], Y[P] = Z[P] Tb_Pᵀ + D[B, P], dTb_P += R_B[P]ᵀ Z[P]) and chunk_backward_kernel
+// (each chunk's programme backwards, from [dTb | dSb] and [dMb | dGb], to the nine gates).
+//
+// tests/python/test_plstm_grid_chunk_maps.py (target_major_h, kernel_order_backward) transcribes
+// these orders in numpy.
+#include "cuda/plstm/grid.cuh"
+
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+
+namespace flashlstm::cuda::plstm::detail {
+namespace {
+
+constexpr int kL = 8;                                   // chunk side
+constexpr int kNodes = kL * kL;                         // nodes of a chunk
+constexpr int kBorders = 2 * kL;                        // in- or out-borders of a chunk
+constexpr int kWidth = kBorders + kNodes;               // coefficients of the chunk programme
+constexpr int kTbSb = kBorders * kWidth;                // floats of [Tb | Sb]: 16 x 16, then 16 x 64
+constexpr int kMapFloats = kTbSb + kNodes * kBorders;   // + Mb (64 x 16)
+constexpr int kBlock = kBorders * kBorders;             // floats of a border-to-border block
+
+__host__ __device__ inline int round64(int d) { return (d + 63) / 64 * 64; }
+__host__ __device__ inline std::int64_t triangle(std::int64_t n) { return n * (n + 1) / 2; }
+
+struct Chunks {
+  int CX, CY;
+  __host__ __device__ explicit Chunks(const GridParams& p) : CX((p.X + kL - 1) / kL), CY((p.Y + kL - 1) / kL) {}
+  __host__ __device__ std::int64_t count() const { return std::int64_t(CX) * CY; }
+  // Pairs (target B, source A in B's cone) of one orientation, numbered by B's frame position in raster
+  // order, then A's.
+  __host__ __device__ std::int64_t pairs() const { return triangle(CX) * triangle(CY); }
+  __device__ std::int64_t pair(int fbx, int fby, int fax, int fay) const {
+    return triangle(fbx) * triangle(CY) + std::int64_t(fbx + 1) * triangle(fby) + fax * (fby + 1) + fay;
+  }
+};
+
+// The scratch of the chunk-map kernels (floats; BHC = batch·heads x chunks).
+struct MapsScratch {
+  float* maps = nullptr;  // (orientations, BHC, kMapFloats): [Tb | Sb | Mb]
+  float* gsum = nullptr;  // (BHC, 64 x 64): Σ Gb, rows targets
+  float* dMb = nullptr;   // (orientations, BHC, 64 x 16)      backward
+  float* dSb = nullptr;   // (orientations, BHC, 16 x 64)
+  float* dGb = nullptr;   // (BHC, 64 x 64)
+  float* dTb = nullptr;   // (orientations, BHC, 16 x 16)
+  float* D = nullptr;     // (orientations, batch·heads, pairs, 16 x 16)
+  float* work = nullptr;  // (orientations, batch·heads, 2, chunks, 16 x 16): E and Y of the chunk level
+};
+
+__device__ std::int64_t item(const GridParams& p, std::int64_t chunks, int o, int bh, std::int64_t c) {
+  return (std::int64_t(o) * p.B * p.NH + bh) * chunks + c;
+}
+
+// The place of coefficient `lane` of out-border `row` in [Tb | Sb].
+__device__ int out_index(int row, int lane) {
+  return lane < kBorders ? row * kBorders + lane : kBorders * kBorders + row * kNodes + lane - kBorders;
+}
+
+// The orientation's gates of chunk (cx, cy) at frame-local (x, y) (x·8 + y), by all threads; the
+// frame-local node's own index.
+__device__ int own_index(int o, int x, int y) {
+  return ((o & 1) ? kL - 1 - x : x) * kL + ((o & 2) ? kL - 1 - y : y);
+}
+__device__ void stage_gates(const GridParams& p, int o, int bh, int cx, int cy, float (&g)[9][kNodes]) {
+  const std::int64_t base = (std::int64_t(o) * p.B * p.NH + bh) * p.X * p.Y;
+  for (int e = threadIdx.x; e < 9 * kNodes; e += blockDim.x) {
+    const int gate = e / kNodes, own = own_index(o, e / kL % kL, e % kL);
+    const int i = cx * kL + own / kL, j = cy * kL + own % kL;
+    g[gate][e % kNodes] = i < p.X && j < p.Y ? __ldg(p.gates[gate] + base + std::int64_t(i) * p.Y + j) : 0.f;
+  }
+}
+
+// The chunk programme for coefficient `lane` in frame order, calling visit(x, y, own, left_in,
+// top_in, right, down, mark) at each node, where left_in and top_in are the coefficients of its
+// in-edges and right, down, mark those of its out-edges and of its output.
+template <class Visit>
+__device__ void chunk_programme(const float (&g)[9][kNodes], int o, int lane, Visit visit) {
+  float right[kL];   // the right out-edge coefficients of the previous frame column, by row
+  float down = 0.f;  // the down out-edge coefficient of the node above
+#pragma unroll
+  for (int x = 0; x < kL; ++x) {
+#pragma unroll
+    for (int y = 0; y < kL; ++y) {
+      const int n = x * kL + y, own = own_index(o, x, y);
+      const float left_in = x > 0 ? right[y] : (lane == y ? 1.f : 0.f);
+      const float top_in = y > 0 ? down : (lane == kL + x ? 1.f : 0.f);
+      const float unit = lane == kBorders + own ? 1.f : 0.f;
+      const float r = g[kTrl][n] * left_in + g[kTru][n] * top_in + g[kSr][n] * unit;
+      const float d = g[kTdu][n] * top_in + g[kTdl][n] * left_in + g[kSd][n] * unit;
+      const float mark = g[kMl][n] * left_in + g[kMu][n] * top_in + g[kD][n] * unit;
+      visit(x, y, own, left_in, top_in, r, d, mark);
+      right[y] = r, down = d;
+    }
+  }
+}
+
+// A thread per coefficient (lane < kWidth): lanes [0, 8) the left in-borders, [8, 16) the top ones,
+// 16 + i·8 + j the node (i, j) of the chunk in its own order.
+__global__ void __launch_bounds__(96) chunk_maps_kernel(GridParams p, MapsScratch m) {
+  __shared__ float g[9][kNodes];     // the orientation's gates, frame-local
+  __shared__ float gb[kNodes][kNodes];  // Σ over the orientations of Gb, rows: targets, cols: sources
+  const Chunks chunks(p);
+  const std::int64_t chunk = blockIdx.x % chunks.count();
+  const int bh = static_cast<int>(blockIdx.x / chunks.count());
+  const int cx = static_cast<int>(chunk / chunks.CY), cy = static_cast<int>(chunk % chunks.CY);
+  const int lane = threadIdx.x;
+  for (int e = lane; e < kNodes * kNodes; e += blockDim.x) (&gb[0][0])[e] = 0.f;
+  for (int o = 0; o < p.orientations; ++o) {
+    __syncthreads();  // the previous orientation's programme has read g
+    stage_gates(p, o, bh, cx, cy, g);
+    __syncthreads();
+    if (lane >= kWidth) continue;
+    float* maps = m.maps + item(p, chunks.count(), o, bh, chunk) * kMapFloats;
+    chunk_programme(g, o, lane, [&](int x, int y, int own, float, float, float r, float d, float mark) {
+      if (lane < kBorders) maps[kTbSb + own * kBorders + lane] = mark;  // Mb
+      else gb[own][lane - kBorders] += mark;                            // Gb
+      if (x == kL - 1) maps[out_index(y, lane)] = r;                   // right out-border y
+      if (y == kL - 1) maps[out_index(kL + x, lane)] = d;              // bottom out-border x
+    });
+  }
+  __syncthreads();
+  float* out = m.gsum + (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes;
+  for (int e = lane; e < kNodes * kNodes; e += blockDim.x) out[e] = (&gb[0][0])[e];
+}
+
+// ------------------------------------------------------------------------------------------------
+// The walk.
+
+enum Role { kForward, kQueries, kKeys };
+
+// acc (a 64 x 16 tile) += A B over K = 64, A and B split operands: warp w computes rows 16·(w mod 4)..
+// over the depth half 32·(w / 4).. (the two halves are summed by the caller); a thread holds
+// acc[np][e] at row 16·(w mod 4) + lane / 4 + 8·(e / 2), column 8·np + 2·(lane mod 4) + e mod 2.
+// A(r, k) = A[r·lda + k] (kARowMajor) or A[k·lda + r]; B(k, c) = B[k·ldb + c] (kBRowMajor) or B[c·ldb + k].
+using Acc16 = float[2][4];
+__device__ __forceinline__ int acc16_row(int e) { return 16 * (tiles::warp_id() % 4) + tiles::lane_id() / 4 + 8 * (e / 2); }
+__device__ __forceinline__ int acc16_col(int np, int e) { return 8 * np + 2 * (tiles::lane_id() % 4) + e % 2; }
+
+template <bool kARowMajor, bool kBRowMajor>
+__device__ void gemm16(Acc16& acc, const float* A, int lda, const float* B, int ldb) {
+  const int k0 = 32 * (tiles::warp_id() / 4);
+  for (int k = k0; k < k0 + 32; ++k) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = acc16_row(e);
+      const float a = kARowMajor ? A[r * lda + k] : A[k * lda + r];
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        const int c = acc16_col(np, e);
+        acc[np][e] = fmaf(a, kBRowMajor ? B[k * ldb + c] : B[c * ldb + k], acc[np][e]);
+      }
+    }
+  }
+}
+template <bool kARowMajor, bool kBRowMajor>
+__device__ void gemm16(Acc16& acc, const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb) {
+  const int lane = tiles::lane_id(), m = lane / 8, j = lane % 8, r0 = 16 * (tiles::warp_id() % 4);
+#pragma unroll
+  for (int k0 = 32 * (tiles::warp_id() / 4); k0 < 32 * (tiles::warp_id() / 4) + 32; k0 += 16) {
+    std::uint32_t a[4], b[4];
+    if constexpr (kARowMajor) tiles::ldmatrix_x4<false>(a, A + (r0 + lane % 16) * lda + k0 + (lane / 16) * 8);
+    else tiles::ldmatrix_x4<true>(a, A + (k0 + (m / 2) * 8 + j) * lda + r0 + (m % 2) * 8);
+    if constexpr (kBRowMajor) tiles::ldmatrix_x4<true>(b, B + (k0 + (m % 2) * 8 + j) * ldb + (m / 2) * 8);
+    else tiles::ldmatrix_x4<false>(b, B + ((m / 2) * 8 + j) * ldb + k0 + (m % 2) * 8);
+#pragma unroll
+    for (int np = 0; np < 2; ++np) mma_bf16(acc[np], a, b[2 * np], b[2 * np + 1]);
+  }
+}
+template <bool kARowMajor, bool kBRowMajor, class O>
+__device__ void gemm16(Acc16& acc, const tiles::Split<O>& A, int lda, const tiles::Split<O>& B, int ldb) {
+  gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.hi, ldb);
+  if (B.lo) gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.lo, ldb);
+  if (A.lo) gemm16<kARowMajor, kBRowMajor>(acc, A.lo, lda, B.hi, ldb);
+}
+
+// Operand widths: the fixed chunk's rows F1 (q or k) and F2 (dh or v), the walked chunk's W1, W2.
+struct Widths {
+  int w1, w2;  // forward: padded DQK and one 64-column tile of v; backward: DQK and DV rounded to 64
+  __host__ __device__ Widths(Role role, int DQK, int DV)
+      : w1(role == kForward ? padded_dqk(DQK) : round64(DQK)), w2(role == kForward ? kTile : round64(DV)) {}
+};
+
+// The shared memory of a walk block, in bytes from its start.
+struct Layout {
+  std::size_t F1, F2, W1, W2, P, maps, M, W, E, V2, bytes;
+  __host__ __device__ Layout(Role role, int DQK, int DV, int CY, std::size_t element) {
+    const Widths w(role, DQK, DV);
+    const std::size_t ld1 = stride(w.w1), ld2 = stride(w.w2), split = element == 4 ? 1 : 2;
+    F1 = 0;
+    F2 = F1 + align16(kTile * ld1 * element);
+    W1 = F2 + (role == kForward ? 0 : align16(kTile * ld2 * element));  // [2][64][ld1]
+    W2 = W1 + align16(2 * kTile * ld1 * element);                        // [2][64][ld2]
+    P = W2 + align16(2 * kTile * ld2 * element);                         // [kSplit][64][72]
+    maps = P + align16(split * kTile * stride(kTile) * element);         // [2][Tb | Sb or Mb] float
+    M = maps + align16(2 * kTbSb * sizeof(float));                       // [kSplit][64][24]: Mb_C or Sb_Cᵀ
+    W = M + align16(split * kNodes * stride(kBorders) * element);        // [kSplit][16][72]
+    E = W + align16(split * kBorders * stride(kNodes) * element);        // [2][CY + 1][16][16] float
+    V2 = E + align16(2 * std::size_t(CY + 1) * kBlock * sizeof(float));  // [2][64][17] float
+    bytes = V2 + (role == kForward ? 0 : align16(2 * kNodes * (kBorders + 1) * sizeof(float)));
+  }
+};
+
+// One block of the walk: the diagonal (o < 0) or chunk A at frame (fax, fay) in orientation o.
+struct Step {
+  int o = -1, fax = 0, fay = 0;
+};
+
+template <Role R, class T>
+__global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(GridBackwardParams p, MapsScratch m) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const Chunks chunks(p);
+  const int N = p.X * p.Y, CX = chunks.CX, CY = chunks.CY;
+  const int bh = static_cast<int>(blockIdx.x / chunks.count());
+  const std::int64_t chunk = blockIdx.x % chunks.count();
+  const int cx = static_cast<int>(chunk / CY), cy = static_cast<int>(chunk % CY);
+  const int c0 = blockIdx.y * kTile;  // the block's 64 output columns
+  const Widths w(R, p.DQK, p.DV);
+  const int ld1 = stride(w.w1), ld2 = stride(w.w2), ldp = stride(kTile);
+  const int depth1 = padded_dqk(p.DQK), depth2 = padded_dqk(p.DV);
+  const Layout layout(R, p.DQK, p.DV, CY, sizeof(T));
+  T* F1 = reinterpret_cast<T*>(smem + layout.F1);
+  T* F2 = reinterpret_cast<T*>(smem + layout.F2);
+  T* W1 = reinterpret_cast<T*>(smem + layout.W1);
+  T* W2 = reinterpret_cast<T*>(smem + layout.W2);
+  const tiles::Split<T> P = tiles::split_at(reinterpret_cast<T*>(smem + layout.P), kTile * ldp);
+  float* map_tiles = reinterpret_cast<float*>(smem + layout.maps);
+  const tiles::Split<T> M = tiles::split_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
+  const tiles::Split<T> W = tiles::split_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
+  float* E = reinterpret_cast<float*>(smem + layout.E);
+  float* V2 = reinterpret_cast<float*>(smem + layout.V2);
+  const std::int64_t off1 = std::int64_t(bh) * N * p.DQK, off2 = std::int64_t(bh) * N * p.DV;
+  const T* f1 = static_cast<const T*>(R == kKeys ? p.k : p.q) + off1;
+  const T* f2 = static_cast<const T*>(R == kKeys ? p.v : p.dh) + off2;
+  const T* w1 = static_cast<const T*>(R == kKeys ? p.q : p.k) + off1;
+  const T* w2 = static_cast<const T*>(R == kKeys ? p.dh : p.v) + off2;
+  const int tid = threadIdx.x;
+
+  // The walk's frame in orientation o (keys: mirrored); C's frame position; a chunk's own position.
+  const auto flip = [&](int o) { return R == kKeys ? o ^ 3 : o; };
+  const auto fcx = [&](int o) { return flip(o) & 1 ? CX - 1 - cx : cx; };
+  const auto fcy = [&](int o) { return flip(o) & 2 ? CY - 1 - cy : cy; };
+  const auto own_chunk = [&](const Step& s) {
+    if (s.o < 0) return chunk;
+    const int ax = flip(s.o) & 1 ? CX - 1 - s.fax : s.fax, ay = flip(s.o) & 2 ? CY - 1 - s.fay : s.fay;
+    return std::int64_t(ax) * CY + ay;
+  };
+  // A chunk's nodes in its own order (-1: padding).
+  const auto nodes_of = [&](std::int64_t c) {
+    const int ax = static_cast<int>(c / CY), ay = static_cast<int>(c % CY);
+    return [=](int r) {
+      const int i = ax * kL + r / kL, j = ay * kL + r % kL;
+      return i < p.X && j < p.Y ? i * p.Y + j : -1;
+    };
+  };
+  // The next block of the walk; false after the last.
+  const auto advance = [&](Step& s) {
+    for (;;) {
+      if (s.o < 0) {
+        s.o = 0, s.fax = fcx(0), s.fay = fcy(0);
+      } else if (--s.fay < 0) {
+        if (--s.fax < 0) {
+          if (++s.o == p.orientations) return false;
+          s.fax = fcx(s.o);
+        }
+        s.fay = fcy(s.o);
+      }
+      if (s.fax != fcx(s.o) || s.fay != fcy(s.o)) return true;
+    }
+  };
+  // Copies block s's rows and maps into buffer `buffer` (cp.async; committed): [Tb | Sb], or for keys
+  // Tb and Mb.
+  const auto load = [&](const Step& s, int buffer) {
+    const std::int64_t a = own_chunk(s);
+    const auto nodes = nodes_of(a);
+    copy_rows(W1 + buffer * kTile * ld1, ld1, w1, p.DQK, 0, w.w1, nodes, 0);
+    copy_rows(W2 + buffer * kTile * ld2, ld2, w2, p.DV, R == kForward ? c0 : 0, w.w2, nodes, 0);
+    if (s.o >= 0) {
+      const float* from = m.maps + item(p, chunks.count(), s.o, bh, a) * kMapFloats;
+      float* to = map_tiles + buffer * kTbSb;
+      for (int e = tid; e < kTbSb / 4; e += kThreads) {
+        const int at = R == kKeys && e >= kBlock / 4 ? kTbSb + 4 * e - kBlock : 4 * e;  // Mb after Tb
+        cp_async16(to + 4 * e, from + at, true);
+      }
+    }
+    cp_async_commit();
+  };
+
+  // The fixed chunk's rows; walked rows are copied over the zeroed tiles (zero beyond DQK and DV).
+  zero_tile(F1, kTile * ld1);
+  if constexpr (R != kForward) zero_tile(F2, kTile * ld2);
+  zero_tile(W1, 2 * kTile * ld1);
+  zero_tile(W2, 2 * kTile * ld2);
+  __syncthreads();
+  copy_rows(F1, ld1, f1, p.DQK, 0, w.w1, nodes_of(chunk), 0);
+  if constexpr (R != kForward) copy_rows(F2, ld2, f2, p.DV, 0, w.w2, nodes_of(chunk), 0);
+  Step step;
+  load(step, 0);
+  Acc acc1, acc2;  // h, dq or dk; dv
+  tiles::zero(acc1);
+  tiles::zero(acc2);
+  Acc16 dM;  // dMb_C (queries) or dSb_Cᵀ (keys), this orientation, this thread's depth half
+  const bool writes_maps = R != kForward && blockIdx.y == 0;
+  if (writes_maps)  // zero for the orientations whose walk from C is empty (C in the frame's corner)
+    for (int o = 0; o < p.orientations; ++o)
+      for (int e = tid; e < kNodes * kBorders; e += kThreads)
+        (R == kQueries ? m.dMb : m.dSb)[item(p, chunks.count(), o, bh, chunk) * kNodes * kBorders + e] = 0.f;
+  // Writes dM of orientation o (the two depth halves summed through V2) and zeroes it.
+  const auto flush = [&](int o) {
+    __syncthreads();  // V2's previous readers are done
+    if (tid >= 128)
+#pragma unroll
+      for (int np = 0; np < 2; ++np)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) V2[acc16_row(e) * (kBorders + 1) + acc16_col(np, e)] = dM[np][e];
+    __syncthreads();
+    if (tid < 128) {
+      const std::int64_t at = item(p, chunks.count(), o, bh, chunk) * kNodes * kBorders;
+#pragma unroll
+      for (int np = 0; np < 2; ++np)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = acc16_row(e), c = acc16_col(np, e);
+          const float x = dM[np][e] + V2[r * (kBorders + 1) + c];
+          if (R == kQueries) m.dMb[at + r * kBorders + c] = x;
+          else m.dSb[at + c * kNodes + r] = x;
+        }
+    }
+    __syncthreads();
+  };
+  int buffer = 0, orientation = -1;
+  for (bool more = true; more; buffer ^= 1) {
+    Step next = step;
+    more = advance(next);
+    cp_async_wait<0>();
+    __syncthreads();  // this block's copies are in; the previous block is done with the other buffer
+    if (more) load(next, buffer ^ 1);
+    const float* walked_maps = map_tiles + buffer * kTbSb;
+
+    Acc G;
+    if (step.o < 0) {
+      const float* gb = m.gsum + (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes;
+#pragma unroll
+      for (int i = 0; i < kTR; ++i)
+#pragma unroll
+        for (int j = 0; j < kTC; ++j) {
+          const int r = tile_row(i), c = tile_col(j);
+          G[i][j] = __ldg(gb + (R == kKeys ? c * kNodes + r : r * kNodes + c));
+        }
+    } else {
+      const int o = step.o, fax = step.fax, fay = step.fay;
+      float* Ecur = E + (fax & 1) * (CY + 1) * kBlock;
+      const float* Eprev = E + ((fax + 1) & 1) * (CY + 1) * kBlock;
+      if (o != orientation) {  // a new orientation: C's fixed map, and E(C) = I
+        if (writes_maps && orientation >= 0) flush(orientation);
+        orientation = o;
+        const float* from = m.maps + item(p, chunks.count(), o, bh, chunk) * kMapFloats;
+        for (int e = tid; e < kNodes * kBorders; e += kThreads) {
+          const int r = e / kBorders, i = e % kBorders;  // M(r, i): Mb_C, or Sb_Cᵀ for keys
+          M.set(r * stride(kBorders) + i, __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e)));
+        }
+        E[(fcx(o) & 1) * (CY + 1) * kBlock + fcy(o) * kBlock + tid] = tid / kBorders == tid % kBorders ? 1.f : 0.f;
+        if (writes_maps)
+#pragma unroll
+          for (int np = 0; np < 2; ++np)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dM[np][e] = 0.f;
+        __syncthreads();
+      }
+      // R (a row per C in-border r) from the neighbours' E, then E(A) = R Tb_A and W = R Sb_A, a thread
+      // per (r, c), c + 16·i (keys: Tbᵀ and Mbᵀ).
+      const int r = tid / kBorders, c = tid % kBorders;
+      const float* Tb = walked_maps;
+      const float* Sb = walked_maps + kBlock;
+      float Rr[kBorders];
+#pragma unroll
+      for (int i = 0; i < kL; ++i) {
+        Rr[i] = fax < fcx(o) ? Eprev[fay * kBlock + r * kBorders + i] : 0.f;
+        Rr[kL + i] = fay < fcy(o) ? Ecur[(fay + 1) * kBlock + r * kBorders + kL + i] : 0.f;
+      }
+      float e = 0.f, wr[kNodes / kBorders] = {};
+#pragma unroll
+      for (int i = 0; i < kBorders; ++i) {
+        e = fmaf(Rr[i], R == kKeys ? Tb[c * kBorders + i] : Tb[i * kBorders + c], e);
+#pragma unroll
+        for (int n = 0; n < kNodes / kBorders; ++n) {
+          const int col = c + kBorders * n;
+          wr[n] = fmaf(Rr[i], R == kKeys ? Sb[col * kBorders + i] : Sb[i * kNodes + col], wr[n]);
+        }
+      }
+      Ecur[fay * kBlock + r * kBorders + c] = e;
+#pragma unroll
+      for (int n = 0; n < kNodes / kBorders; ++n) W.set(r * stride(kNodes) + c + kBorders * n, wr[n]);
+      __syncthreads();
+      tiles::zero(G);
+      tiles::gemm<true, true, kBorders>(G, M.hi, stride(kBorders), W, stride(kNodes));
+      if (M.lo) tiles::gemm<true, true, kBorders>(G, M.lo, stride(kBorders), W.hi, stride(kNodes));
+    }
+
+    const T* B1 = W1 + buffer * kTile * ld1;
+    const T* B2 = W2 + buffer * kTile * ld2;
+    // P = x ∘ y (times the scale) into the P tile, then acc += P B(columns c0..); every thread calls it.
+    const auto product = [&](Acc& out, const Acc& x, const Acc& y, float scale, const T* B, int ldb) {
+#pragma unroll
+      for (int i = 0; i < kTR; ++i)
+#pragma unroll
+        for (int j = 0; j < kTC; j += 2) {
+          const int r = tile_row(i), c = tile_col(j);
+          P.set_pair(r * ldp + c, true, scale * x[i][j] * y[i][j], scale * x[i][j + 1] * y[i][j + 1]);
+        }
+      __syncthreads();
+      tiles::gemm<true, true, kTile>(out, P, ldp, B, ldb);
+      if (R != kForward) __syncthreads();  // the forward's next P comes after the next block's first barrier
+    };
+    Acc S;  // Q_C K_Aᵀ (forward, queries) or K_C Q_Aᵀ (keys)
+    tiles::zero(S);
+    for (int k0 = 0; k0 < depth1; k0 += 16) tiles::gemm<true, false, 16>(S, F1 + k0, ld1, B1 + k0, ld1);
+    if constexpr (R == kForward) {
+      product(acc1, S, G, p.scale, B2, ld2);
+    } else {
+      Acc dP;  // dH_C V_Aᵀ (queries) or V_C dH_Aᵀ (keys)
+      tiles::zero(dP);
+      for (int k0 = 0; k0 < depth2; k0 += 16) tiles::gemm<true, false, 16>(dP, F2 + k0, ld2, B2 + k0, ld2);
+      if (c0 < p.DQK) product(acc1, dP, G, p.scale, B1 + c0, ld1);
+      if (R == kKeys && c0 < p.DV) product(acc2, S, G, p.scale, B2 + c0, ld2);
+      if (writes_maps) {
+        // dG = s S ∘ dP (keys: transposed) into the P tile.
+#pragma unroll
+        for (int i = 0; i < kTR; ++i)
+#pragma unroll
+          for (int j = 0; j < kTC; j += 2) {
+            const int r = tile_row(i), c = tile_col(j);
+            const float d0 = p.scale * S[i][j] * dP[i][j], d1 = p.scale * S[i][j + 1] * dP[i][j + 1];
+            if (step.o < 0 && R == kQueries) {
+              tiles::store_pair(m.dGb, (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes + r * kNodes + c, true, d0, d1);
+            } else {
+              P.set_pair(r * ldp + c, true, d0, d1);
+            }
+          }
+        if (step.o >= 0) {
+          __syncthreads();
+          gemm16<true, false>(dM, P, ldp, W, stride(kNodes));  // dG Wᵀ
+          if constexpr (R == kQueries) {
+            // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = (Sb_A (dGᵀ Mb_C))ᵀ: dGᵀ Mb_C by depth halves into V2, then a
+            // thread per (r, c) of D.
+            Acc16 v2 = {};
+            gemm16<false, true>(v2, P, ldp, M, stride(kBorders));
+            float* half = V2 + (tid / 128) * kNodes * (kBorders + 1);
+#pragma unroll
+            for (int np = 0; np < 2; ++np)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) half[acc16_row(e) * (kBorders + 1) + acc16_col(np, e)] = v2[np][e];
+            __syncthreads();
+            const int r = tid / kBorders, c = tid % kBorders;  // D(r, c): C's in-border r, A's out-border c
+            const float* Sb = walked_maps + kBlock;
+            float d = 0.f;
+            for (int n = 0; n < kNodes; ++n)
+              d = fmaf(V2[n * (kBorders + 1) + r] + V2[(kNodes + n) * (kBorders + 1) + r], Sb[c * kNodes + n], d);
+            const std::int64_t pair = chunks.pair(fcx(step.o), fcy(step.o), step.fax, step.fay);
+            m.D[((std::int64_t(step.o) * p.B * p.NH + bh) * chunks.pairs() + pair) * kBlock + tid] = d;
+          }
+        }
+      }
+    }
+    step = next;
+  }
+  if (writes_maps && orientation >= 0) flush(orientation);
+
+  // The outputs: rows of the fixed chunk, columns c0..
+  const auto nodes = nodes_of(chunk);
+  const auto store = [&](void* out, int D, const Acc& a) {
+    T* to = static_cast<T*>(out) + std::int64_t(bh) * N * D;
+#pragma unroll
+    for (int i = 0; i < kTR; ++i)
+#pragma unroll
+      for (int j = 0; j < kTC; j += 2) {
+        const int n = nodes(tile_row(i)), c = c0 + tile_col(j);
+        if (n >= 0 && c < D) tiles::store_pair(to, std::int64_t(n) * D + c, c + 1 < D, a[i][j], a[i][j + 1]);
+      }
+  };
+  if constexpr (R == kForward) store(p.h, p.DV, acc1);
+  if constexpr (R == kQueries) store(p.dq, p.DQK, acc1);
+  if constexpr (R == kKeys) store(p.dk, p.DQK, acc1), store(p.dv, p.DV, acc2);
+}
+
+// ------------------------------------------------------------------------------------------------
+// The backward's chunk level and each chunk's programme.
+
+// A block (256 threads, a thread per (r, c) of a 16 x 16 block) per (orientation, batch·head): dTb
+// of every chunk, target by target. E and Y live in the scratch (m.work), by frame position.
+__global__ void __launch_bounds__(kThreads) chunk_transitions_kernel(GridParams p, MapsScratch m) {
+  const Chunks chunks(p);
+  const int CX = chunks.CX, CY = chunks.CY, BH = p.B * p.NH;
+  const int o = blockIdx.x / BH, bh = blockIdx.x % BH, tid = threadIdx.x, r = tid / kBorders, c = tid % kBorders;
+  const std::int64_t block = std::int64_t(o) * BH + bh;
+  float* E = m.work + block * 2 * chunks.count() * kBlock;
+  float* Y = E + chunks.count() * kBlock;
+  const float* D = m.D + block * chunks.pairs() * kBlock;
+  const auto own = [&](int fx, int fy) {
+    return std::int64_t(o & 1 ? CX - 1 - fx : fx) * CY + (o & 2 ? CY - 1 - fy : fy);
+  };
+  const auto Tb = [&](int fx, int fy) { return m.maps + item(p, chunks.count(), o, bh, own(fx, fy)) * kMapFloats; };
+  const auto dTb = [&](int fx, int fy) { return m.dTb + item(p, chunks.count(), o, bh, own(fx, fy)) * kBlock; };
+  for (int fx = 0; fx < CX; ++fx)
+    for (int fy = 0; fy < CY; ++fy) dTb(fx, fy)[tid] = 0.f;
+  for (int fbx = 0; fbx < CX; ++fbx)
+    for (int fby = 0; fby < CY; ++fby) {
+      // R_B[P](i, j), P at frame (fx, fy): from E of P's right neighbour (j < 8) and of the one below.
+      const auto Rb = [&](int fx, int fy, int i, int j) {
+        if (j < kL) return fx < fbx ? E[(std::int64_t(fx + 1) * CY + fy) * kBlock + i * kBorders + j] : 0.f;
+        return fy < fby ? E[(std::int64_t(fx) * CY + fy + 1) * kBlock + i * kBorders + j] : 0.f;
+      };
+      // Z_B[P](i, j): from Y of P's left neighbour (j < 8) and of the one above.
+      const auto Zb = [&](int fx, int fy, int i, int j) {
+        if (j < kL) return fx > 0 ? Y[(std::int64_t(fx - 1) * CY + fy) * kBlock + i * kBorders + j] : 0.f;
+        return fy > 0 ? Y[(std::int64_t(fx) * CY + fy - 1) * kBlock + i * kBorders + j] : 0.f;
+      };
+      for (int fx = fbx; fx >= 0; --fx)
+        for (int fy = fby; fy >= 0; --fy) {
+          float e = r == c ? 1.f : 0.f;
+          if (fx != fbx || fy != fby) {
+            const float* tb = Tb(fx, fy);
+            e = 0.f;
+            for (int i = 0; i < kBorders; ++i) e = fmaf(Rb(fx, fy, r, i), __ldg(tb + i * kBorders + c), e);
+          }
+          E[(std::int64_t(fx) * CY + fy) * kBlock + tid] = e;
+          __syncthreads();
+        }
+      for (int fx = 0; fx <= fbx; ++fx)
+        for (int fy = 0; fy <= fby; ++fy) {
+          if (fx == fbx && fy == fby) continue;
+          const float* tb = Tb(fx, fy);
+          float y = D[chunks.pair(fbx, fby, fx, fy) * kBlock + tid], dt = 0.f;
+          for (int i = 0; i < kBorders; ++i) {
+            y = fmaf(Zb(fx, fy, r, i), __ldg(tb + c * kBorders + i), y);
+            dt = fmaf(Rb(fx, fy, i, r), Zb(fx, fy, i, c), dt);
+          }
+          Y[(std::int64_t(fx) * CY + fy) * kBlock + tid] = y;
+          dTb(fx, fy)[tid] += dt;
+          __syncthreads();
+        }
+    }
+}
+
+// A block per (batch·head, chunk), a thread per coefficient as in chunk_maps_kernel: per orientation
+// the programme forwards (its edge coefficients kept in shared memory), then backwards from the
+// gradients of its outputs, d_out = [dTb | dSb] (by out-border) and d_mark = [dMb | dGb] (by node):
+//   dT, dM of a node: Σ over the coefficients of (its out-edges' and output's gradient) x (its
+//   in-edges' coefficient); dS, dD: the gradient at the node's own coefficient; the in-edges'
+//   gradients: the node's gates times its out-edges' and output's gradients.
+__global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p, MapsScratch m) {
+  __shared__ float g[9][kNodes];
+  __shared__ float fw[2][kNodes][kWidth];  // the right and down out-edge coefficients, frame-local node
+  __shared__ float sums[3][kNodes][6];     // per warp: the sums over coefficients for Trl, Tru, Tdu, Tdl, Ml, Mu
+  __shared__ float own_terms[kNodes][3];   // Sr, Sd, D
+  const Chunks chunks(p);
+  const std::int64_t chunk = blockIdx.x % chunks.count();
+  const int bh = static_cast<int>(blockIdx.x / chunks.count());
+  const int cx = static_cast<int>(chunk / chunks.CY), cy = static_cast<int>(chunk % chunks.CY);
+  const int lane = threadIdx.x, warp = lane / 32;
+  const float* dGb = m.dGb + (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes;
+  for (int o = 0; o < p.orientations; ++o) {
+    const std::int64_t at = item(p, chunks.count(), o, bh, chunk);
+    const float* dTb = m.dTb + at * kBlock;
+    const float* dSb = m.dSb + at * kBorders * kNodes;
+    const float* dMb = m.dMb + at * kNodes * kBorders;
+    __syncthreads();
+    stage_gates(p, o, bh, cx, cy, g);
+    __syncthreads();
+    const bool active = lane < kWidth;
+    if (active)
+      chunk_programme(g, o, lane, [&](int x, int y, int, float, float, float r, float d, float) {
+        fw[0][x * kL + y][lane] = r, fw[1][x * kL + y][lane] = d;
+      });
+    // d_out and d_mark of this coefficient.
+    const auto d_out = [&](int row) {
+      return !active ? 0.f : lane < kBorders ? __ldg(dTb + row * kBorders + lane) : __ldg(dSb + row * kNodes + lane - kBorders);
+    };
+    const auto d_mark = [&](int own) {
+      return !active ? 0.f : lane < kBorders ? __ldg(dMb + own * kBorders + lane) : __ldg(dGb + own * kNodes + lane - kBorders);
+    };
+    float d_right[kL];  // the gradients of the current frame column's right out-edges
+#pragma unroll
+    for (int y = 0; y < kL; ++y) d_right[y] = d_out(y);
+#pragma unroll
+    for (int x = kL - 1; x >= 0; --x) {
+      float d_down = d_out(kL + x);
+#pragma unroll
+      for (int y = kL - 1; y >= 0; --y) {
+        const int n = x * kL + y, own = own_index(o, x, y);
+        const float left_in = !active ? 0.f : x > 0 ? fw[0][n - kL][lane] : (lane == y ? 1.f : 0.f);
+        const float top_in = !active ? 0.f : y > 0 ? fw[1][n - 1][lane] : (lane == kL + x ? 1.f : 0.f);
+        const float dr = d_right[y], dd = d_down, dm = d_mark(own);
+        float terms[6] = {dr * left_in, dr * top_in, dd * top_in, dd * left_in, dm * left_in, dm * top_in};
+#pragma unroll
+        for (int k = 0; k < 6; ++k)
+#pragma unroll
+          for (int s = 16; s > 0; s /= 2) terms[k] += __shfl_xor_sync(0xffffffffu, terms[k], s);
+        if (lane % 32 == 0)
+#pragma unroll
+          for (int k = 0; k < 6; ++k) sums[warp][n][k] = terms[k];
+        if (lane == kBorders + own) own_terms[n][0] = dr, own_terms[n][1] = dd, own_terms[n][2] = dm;
+        d_right[y] = g[kTrl][n] * dr + g[kTdl][n] * dd + g[kMl][n] * dm;  // the left in-edge's, for column x - 1
+        d_down = g[kTru][n] * dr + g[kTdu][n] * dd + g[kMu][n] * dm;     // the top in-edge's, for row y - 1
+      }
+    }
+    __syncthreads();
+    if (lane < kNodes) {
+      const int n = lane, own = own_index(o, n / kL, n % kL);
+      const int i = cx * kL + own / kL, j = cy * kL + own % kL;
+      if (i < p.X && j < p.Y) {
+        const std::int64_t node = (std::int64_t(o) * p.B * p.NH + bh) * p.X * p.Y + std::int64_t(i) * p.Y + j;
+        constexpr Gate kSummed[6] = {kTrl, kTru, kTdu, kTdl, kMl, kMu};
+#pragma unroll
+        for (int k = 0; k < 6; ++k) p.dgates[kSummed[k]][node] = sums[0][n][k] + sums[1][n][k] + sums[2][n][k];
+        p.dgates[kSr][node] = own_terms[n][0];
+        p.dgates[kSd][node] = own_terms[n][1];
+        p.dgates[kD][node] = own_terms[n][2];
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Launchers.
+
+MapsScratch carve(const GridParams& p, float* scratch, bool backward) {
+  const Chunks chunks(p);
+  const std::int64_t bhc = chunks.count() * p.B * p.NH, o = p.orientations, bh = std::int64_t(p.B) * p.NH;
+  MapsScratch m;
+  float* at = scratch;
+  const auto take = [&](float*& to, std::int64_t floats) { to = at, at += floats; };
+  take(m.maps, o * bhc * kMapFloats);
+  take(m.gsum, bhc * kNodes * kNodes);
+  if (backward) {
+    take(m.dMb, o * bhc * kNodes * kBorders);
+    take(m.dSb, o * bhc * kNodes * kBorders);
+    take(m.dGb, bhc * kNodes * kNodes);
+    take(m.dTb, o * bhc * kBlock);
+    take(m.D, o * bh * chunks.pairs() * kBlock);
+    take(m.work, o * bhc * 2 * kBlock);
+  }
+  return m;
+}
+
+template <Role R, class T>
+void launch_walk(const GridBackwardParams& p, const MapsScratch& m, cudaStream_t stream) {
+  const Chunks chunks(p);
+  const Layout layout(R, p.DQK, p.DV, chunks.CY, sizeof(T));
+  check_cuda(cudaFuncSetAttribute(walk_kernel<R, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(layout.bytes)),
+             "pLSTM grid chunk-map walk: shared memory");
+  const int columns = R == kForward ? p.DV : R == kQueries ? p.DQK : std::max(p.DQK, p.DV);
+  const dim3 grid(static_cast<unsigned>(chunks.count() * p.B * p.NH), static_cast<unsigned>((columns + kTile - 1) / kTile));
+  walk_kernel<R, T><<<grid, kThreads, layout.bytes, stream>>>(p, m);
+  check_cuda(cudaGetLastError(), "pLSTM grid chunk-map walk");
+}
+
+void launch_maps(const GridParams& p, const MapsScratch& m, cudaStream_t stream) {
+  chunk_maps_kernel<<<static_cast<unsigned>(Chunks(p).count() * p.B * p.NH), 96, 0, stream>>>(p, m);
+  check_cuda(cudaGetLastError(), "pLSTM grid chunk maps");
+}
+
+template <class T>
+void forward(const GridParams& p, float* scratch, cudaStream_t stream) {
+  const MapsScratch m = carve(p, scratch, false);
+  launch_maps(p, m, stream);
+  GridBackwardParams b;
+  static_cast<GridParams&>(b) = p;
+  launch_walk<kForward, T>(b, m, stream);
+}
+
+template <class T>
+void backward(const GridBackwardParams& p, float* scratch, cudaStream_t stream) {
+  const MapsScratch m = carve(p, scratch, true);
+  const Chunks chunks(p);
+  launch_maps(p, m, stream);
+  launch_walk<kQueries, T>(p, m, stream);
+  launch_walk<kKeys, T>(p, m, stream);
+  chunk_transitions_kernel<<<static_cast<unsigned>(p.orientations * p.B * p.NH), kThreads, 0, stream>>>(p, m);
+  check_cuda(cudaGetLastError(), "pLSTM grid chunk transitions");
+  chunk_backward_kernel<<<static_cast<unsigned>(chunks.count() * p.B * p.NH), 96, 0, stream>>>(p, m);
+  check_cuda(cudaGetLastError(), "pLSTM grid chunk backward");
+}
+
+}  // namespace
+
+std::int64_t grid_maps_scratch_floats(const GridParams& p, bool backward) {
+  const Chunks chunks(p);
+  const std::int64_t bhc = chunks.count() * p.B * p.NH, o = p.orientations, bh = std::int64_t(p.B) * p.NH;
+  std::int64_t floats = o * bhc * kMapFloats + bhc * kNodes * kNodes;
+  if (backward)
+    floats += 2 * o * bhc * kNodes * kBorders + bhc * kNodes * kNodes + o * bhc * kBlock + o * bh * chunks.pairs() * kBlock +
+              o * bhc * 2 * kBlock;
+  return floats;
+}
+
+bool grid_maps_fits(const GridParams& p, DType dtype, bool backward) {
+  const Chunks chunks(p);
+  const std::size_t es = element_size(dtype);
+  const auto fits = [&](Role role) { return Layout(role, p.DQK, p.DV, chunks.CY, es).bytes <= kMaxShared; };
+  return chunks.count() * p.B * p.NH <= INT_MAX && (backward ? fits(kQueries) && fits(kKeys) : fits(kForward));
+}
+
+void run_grid_forward_maps(const GridParams& p, DType dtype, float* scratch, cudaStream_t stream) {
+  if (dtype == DType::float32) forward<float>(p, scratch, stream);
+  else forward<__nv_bfloat16>(p, scratch, stream);
+}
+
+void run_grid_backward_maps(const GridBackwardParams& p, DType dtype, float* scratch, cudaStream_t stream) {
+  if (dtype == DType::float32) backward<float>(p, scratch, stream);
+  else backward<__nv_bfloat16>(p, scratch, stream);
+}
+
+}  // namespace flashlstm::cuda::plstm::detail
