@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -75,9 +76,29 @@ class DeviceBuffer {
   int device_;
 };
 
-// Scratch memory from the stream-ordered allocator (cudaMallocAsync), carved into typed arrays:
-// add() each array's pointer and count, then allocate() once; freed on the same stream when the
-// Scratch goes (also when an exception leaves the scope).
+// Makes the current device's default memory pool (the stream-ordered allocator's) keep freed memory
+// for the next allocation instead of returning it to the driver at every synchronisation, its default:
+// kernels that take scratch on every call then pay for mapping it once, not per call. The memory stays
+// reserved to the pool; cudaMemPoolTrimTo releases it.
+inline void keep_pool_memory() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  static std::mutex mutex;
+  static std::vector<int> done;
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const int d : done)
+    if (d == device) return;
+  cudaMemPool_t pool = nullptr;
+  check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+  std::uint64_t threshold = UINT64_MAX;
+  check_cuda(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold), "cudaMemPoolSetAttribute");
+  done.push_back(device);
+}
+
+// Scratch memory from the stream-ordered allocator (cudaMallocAsync, the device's default pool set to
+// keep freed memory: keep_pool_memory), carved into typed arrays: add() each array's pointer and
+// count, then allocate() once; freed on the same stream when the Scratch goes (also when an exception
+// leaves the scope).
 class Scratch {
  public:
   explicit Scratch(cudaStream_t stream) : stream_(stream) {}
@@ -92,6 +113,7 @@ class Scratch {
     bytes_ += (count * static_cast<std::int64_t>(sizeof(U)) + 255) / 256 * 256;
   }
   void allocate() {
+    keep_pool_memory();
     check_cuda(cudaMallocAsync(&base_, static_cast<std::size_t>(bytes_), stream_), "scratch allocation");
     for (auto& [ptr, offset] : slots_) *ptr = static_cast<char*>(base_) + offset;
   }

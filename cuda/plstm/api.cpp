@@ -83,6 +83,14 @@ void take_inputs(const GridInputs& x, detail::GridParams& p) {
   p.q = x.q, p.k = x.k, p.v = x.v;
 }
 
+// Whether the backward runs from chunk maps (grid_maps.cu) rather than with the per-tile programmes
+// (grid_backward.cu): where its blocks fit, in bf16. In float32 the per-tile kernels run: the
+// chunk-map backward's gate gradients come out up to 3x above the float32 criterion
+// (docs/cuda_plstm.md), which the per-tile kernels meet.
+bool maps_backward(const detail::GridParams& p, DType dtype) {
+  return dtype == DType::bfloat16 && detail::grid_maps_fits(p, dtype, true);
+}
+
 }  // namespace
 
 void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream) {
@@ -108,7 +116,7 @@ void grid_backward(const GridInputs& x, const void* dh, const GridGradients& gra
                    cudaStream_t stream) {
   detail::GridBackwardParams p;
   static_cast<detail::GridParams&>(p) = checked_params(x, options);
-  const bool maps = detail::grid_maps_fits(p, x.dtype, true);
+  const bool maps = maps_backward(p, x.dtype);
   const detail::GridBackwardPlan plan = detail::plan_grid_backward(p.DQK, p.DV, p.X, p.Y, x.dtype);
   require(maps || plan.fits, "Y",
           "is too large for the backward's on-chip path weights with DQK = {}, DV = {} in {} (got Y = {}); "
@@ -312,6 +320,10 @@ void dag_backward(const DagPlan& graph, const DagInputs& x, const void* dh, cons
 }
 
 std::int64_t grid_backward_scratch_bytes(const GridDims& d, int orientations, DType dtype) {
+  detail::GridParams p;
+  p.B = static_cast<int>(d.B), p.NH = static_cast<int>(d.NH), p.X = static_cast<int>(d.X), p.Y = static_cast<int>(d.Y);
+  p.DQK = static_cast<int>(d.DQK), p.DV = static_cast<int>(d.DV), p.orientations = orientations;
+  if (maps_backward(p, dtype)) return (detail::grid_maps_scratch_floats(p, true) * 4 + 255) / 256 * 256;
   const detail::GridBackwardPlan plan = detail::plan_grid_backward(static_cast<int>(d.DQK), static_cast<int>(d.DV),
                                                                    static_cast<int>(d.X), static_cast<int>(d.Y), dtype);
   return d.B * d.NH * orientations * plan.scratch_per_block * static_cast<std::int64_t>(sizeof(float));

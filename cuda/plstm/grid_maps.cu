@@ -73,20 +73,22 @@ struct Chunks {
   }
 };
 
-// The scratch of the chunk-map kernels (floats; BHC = batch·heads x chunks).
+// The scratch of the chunk-map kernels for a wave of `bhs` (batch·head) items from bh0 on (floats;
+// BHC = bhs x chunks). Kernels index it by the item's place in the wave, lbh.
 struct MapsScratch {
+  int bh0 = 0, bhs = 0;
   float* maps = nullptr;  // (orientations, BHC, kMapFloats): [Tb | Sb | Mb]
   float* gsum = nullptr;  // (BHC, 64 x 64): Σ Gb, rows targets
   float* dMb = nullptr;   // (orientations, BHC, 64 x 16)      backward
   float* dSb = nullptr;   // (orientations, BHC, 16 x 64)
   float* dGb = nullptr;   // (BHC, 64 x 64)
   float* dTb = nullptr;   // (orientations, BHC, 16 x 16)
-  float* D = nullptr;     // (orientations, batch·heads, pairs, 16 x 16)
-  float* work = nullptr;  // (orientations, batch·heads, 2, chunks, 16 x 16): E and Y of the chunk level
+  float* D = nullptr;     // (orientations, bhs, pairs, 16 x 16)
+  float* work = nullptr;  // (orientations, bhs, 2, chunks, 16 x 16): E and Y of the chunk level
 };
 
-__device__ std::int64_t item(const GridParams& p, std::int64_t chunks, int o, int bh, std::int64_t c) {
-  return (std::int64_t(o) * p.B * p.NH + bh) * chunks + c;
+__device__ std::int64_t item(const MapsScratch& m, std::int64_t chunks, int o, int lbh, std::int64_t c) {
+  return (std::int64_t(o) * m.bhs + lbh) * chunks + c;
 }
 
 // The place of coefficient `lane` of out-border `row` in [Tb | Sb].
@@ -139,7 +141,7 @@ __global__ void __launch_bounds__(96) chunk_maps_kernel(GridParams p, MapsScratc
   __shared__ float gb[kNodes][kNodes];  // Σ over the orientations of Gb, rows: targets, cols: sources
   const Chunks chunks(p);
   const std::int64_t chunk = blockIdx.x % chunks.count();
-  const int bh = static_cast<int>(blockIdx.x / chunks.count());
+  const int lbh = static_cast<int>(blockIdx.x / chunks.count()), bh = m.bh0 + lbh;
   const int cx = static_cast<int>(chunk / chunks.CY), cy = static_cast<int>(chunk % chunks.CY);
   const int lane = threadIdx.x;
   for (int e = lane; e < kNodes * kNodes; e += blockDim.x) (&gb[0][0])[e] = 0.f;
@@ -148,7 +150,7 @@ __global__ void __launch_bounds__(96) chunk_maps_kernel(GridParams p, MapsScratc
     stage_gates(p, o, bh, cx, cy, g);
     __syncthreads();
     if (lane >= kWidth) continue;
-    float* maps = m.maps + item(p, chunks.count(), o, bh, chunk) * kMapFloats;
+    float* maps = m.maps + item(m, chunks.count(), o, lbh, chunk) * kMapFloats;
     chunk_programme(g, o, lane, [&](int x, int y, int own, float, float, float r, float d, float mark) {
       if (lane < kBorders) maps[kTbSb + own * kBorders + lane] = mark;  // Mb
       else gb[own][lane - kBorders] += mark;                            // Gb
@@ -157,7 +159,7 @@ __global__ void __launch_bounds__(96) chunk_maps_kernel(GridParams p, MapsScratc
     });
   }
   __syncthreads();
-  float* out = m.gsum + (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes;
+  float* out = m.gsum + (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes;
   for (int e = lane; e < kNodes * kNodes; e += blockDim.x) out[e] = (&gb[0][0])[e];
 }
 
@@ -248,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   extern __shared__ __align__(16) unsigned char smem[];
   const Chunks chunks(p);
   const int N = p.X * p.Y, CX = chunks.CX, CY = chunks.CY;
-  const int bh = static_cast<int>(blockIdx.x / chunks.count());
+  const int lbh = static_cast<int>(blockIdx.x / chunks.count()), bh = m.bh0 + lbh;
   const std::int64_t chunk = blockIdx.x % chunks.count();
   const int cx = static_cast<int>(chunk / CY), cy = static_cast<int>(chunk % CY);
   const int c0 = blockIdx.y * kTile;  // the block's 64 output columns
@@ -313,7 +315,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
     copy_rows(W1 + buffer * kTile * ld1, ld1, w1, p.DQK, 0, w.w1, nodes, 0);
     copy_rows(W2 + buffer * kTile * ld2, ld2, w2, p.DV, R == kForward ? c0 : 0, w.w2, nodes, 0);
     if (s.o >= 0) {
-      const float* from = m.maps + item(p, chunks.count(), s.o, bh, a) * kMapFloats;
+      const float* from = m.maps + item(m, chunks.count(), s.o, lbh, a) * kMapFloats;
       float* to = map_tiles + buffer * kTbSb;
       for (int e = tid; e < kTbSb / 4; e += kThreads) {
         const int at = R == kKeys && e >= kBlock / 4 ? kTbSb + 4 * e - kBlock : 4 * e;  // Mb after Tb
@@ -341,7 +343,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   if (writes_maps)  // zero for the orientations whose walk from C is empty (C in the frame's corner)
     for (int o = 0; o < p.orientations; ++o)
       for (int e = tid; e < kNodes * kBorders; e += kThreads)
-        (R == kQueries ? m.dMb : m.dSb)[item(p, chunks.count(), o, bh, chunk) * kNodes * kBorders + e] = 0.f;
+        (R == kQueries ? m.dMb : m.dSb)[item(m, chunks.count(), o, lbh, chunk) * kNodes * kBorders + e] = 0.f;
   // Writes dM of orientation o (the two depth halves summed through V2) and zeroes it.
   const auto flush = [&](int o) {
     __syncthreads();  // V2's previous readers are done
@@ -352,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         for (int e = 0; e < 4; ++e) V2[acc16_row(e) * (kBorders + 1) + acc16_col(np, e)] = dM[np][e];
     __syncthreads();
     if (tid < 128) {
-      const std::int64_t at = item(p, chunks.count(), o, bh, chunk) * kNodes * kBorders;
+      const std::int64_t at = item(m, chunks.count(), o, lbh, chunk) * kNodes * kBorders;
 #pragma unroll
       for (int np = 0; np < 2; ++np)
 #pragma unroll
@@ -376,7 +378,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
 
     Acc G;
     if (step.o < 0) {
-      const float* gb = m.gsum + (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes;
+      const float* gb = m.gsum + (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes;
 #pragma unroll
       for (int i = 0; i < kTR; ++i)
 #pragma unroll
@@ -391,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
       if (o != orientation) {  // a new orientation: C's fixed map, and E(C) = I
         if (writes_maps && orientation >= 0) flush(orientation);
         orientation = o;
-        const float* from = m.maps + item(p, chunks.count(), o, bh, chunk) * kMapFloats;
+        const float* from = m.maps + item(m, chunks.count(), o, lbh, chunk) * kMapFloats;
         for (int e = tid; e < kNodes * kBorders; e += kThreads) {
           const int r = e / kBorders, i = e % kBorders;  // M(r, i): Mb_C, or Sb_Cᵀ for keys
           M.set(r * stride(kBorders) + i, __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e)));
@@ -405,29 +407,50 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         __syncthreads();
       }
       // R (a row per C in-border r) from the neighbours' E, then E(A) = R Tb_A and W = R Sb_A, a thread
-      // per (r, c), c + 16·i (keys: Tbᵀ and Mbᵀ).
+      // per (r, c): E(r, c) and W(r, 4c..4c+3), with 16-byte loads (keys: Tbᵀ and Mbᵀ).
       const int r = tid / kBorders, c = tid % kBorders;
       const float* Tb = walked_maps;
       const float* Sb = walked_maps + kBlock;
+      const auto load4 = [](const float* at) { return *reinterpret_cast<const float4*>(at); };
       float Rr[kBorders];
+      const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-      for (int i = 0; i < kL; ++i) {
-        Rr[i] = fax < fcx(o) ? Eprev[fay * kBlock + r * kBorders + i] : 0.f;
-        Rr[kL + i] = fay < fcy(o) ? Ecur[(fay + 1) * kBlock + r * kBorders + kL + i] : 0.f;
+      for (int i = 0; i < kL; i += 4) {
+        const float4 left = fax < fcx(o) ? load4(Eprev + fay * kBlock + r * kBorders + i) : zero4;
+        const float4 top = fay < fcy(o) ? load4(Ecur + (fay + 1) * kBlock + r * kBorders + kL + i) : zero4;
+        Rr[i] = left.x, Rr[i + 1] = left.y, Rr[i + 2] = left.z, Rr[i + 3] = left.w;
+        Rr[kL + i] = top.x, Rr[kL + i + 1] = top.y, Rr[kL + i + 2] = top.z, Rr[kL + i + 3] = top.w;
       }
-      float e = 0.f, wr[kNodes / kBorders] = {};
+      float e = 0.f, wr[4] = {};
 #pragma unroll
-      for (int i = 0; i < kBorders; ++i) {
-        e = fmaf(Rr[i], R == kKeys ? Tb[c * kBorders + i] : Tb[i * kBorders + c], e);
+      for (int i0 = 0; i0 < kBorders; i0 += 4) {
+        float tb[4], sb[4][4];  // Tb'(i0 + k, c); S'(i0 + k, 4c + j) as sb[k][j]
+        if constexpr (R == kKeys) {
+          const float4 t = load4(Tb + c * kBorders + i0);
+          tb[0] = t.x, tb[1] = t.y, tb[2] = t.z, tb[3] = t.w;
 #pragma unroll
-        for (int n = 0; n < kNodes / kBorders; ++n) {
-          const int col = c + kBorders * n;
-          wr[n] = fmaf(Rr[i], R == kKeys ? Sb[col * kBorders + i] : Sb[i * kNodes + col], wr[n]);
+          for (int j = 0; j < 4; ++j) {
+            const float4 x = load4(Sb + (4 * c + j) * kBorders + i0);
+            sb[0][j] = x.x, sb[1][j] = x.y, sb[2][j] = x.z, sb[3][j] = x.w;
+          }
+        } else {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            tb[k] = Tb[(i0 + k) * kBorders + c];
+            const float4 x = load4(Sb + (i0 + k) * kNodes + 4 * c);
+            sb[k][0] = x.x, sb[k][1] = x.y, sb[k][2] = x.z, sb[k][3] = x.w;
+          }
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          e = fmaf(Rr[i0 + k], tb[k], e);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) wr[j] = fmaf(Rr[i0 + k], sb[k][j], wr[j]);
         }
       }
       Ecur[fay * kBlock + r * kBorders + c] = e;
-#pragma unroll
-      for (int n = 0; n < kNodes / kBorders; ++n) W.set(r * stride(kNodes) + c + kBorders * n, wr[n]);
+      W.set_pair(r * stride(kNodes) + 4 * c, true, wr[0], wr[1]);
+      W.set_pair(r * stride(kNodes) + 4 * c + 2, true, wr[2], wr[3]);
       __syncthreads();
       tiles::zero(G);
       tiles::gemm<true, true, kBorders>(G, M.hi, stride(kBorders), W, stride(kNodes));
@@ -469,14 +492,21 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
             const int r = tile_row(i), c = tile_col(j);
             const float d0 = p.scale * S[i][j] * dP[i][j], d1 = p.scale * S[i][j + 1] * dP[i][j + 1];
             if (step.o < 0 && R == kQueries) {
-              tiles::store_pair(m.dGb, (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes + r * kNodes + c, true, d0, d1);
+              tiles::store_pair(m.dGb, (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes + r * kNodes + c, true, d0, d1);
             } else {
               P.set_pair(r * ldp + c, true, d0, d1);
             }
           }
         if (step.o >= 0) {
           __syncthreads();
-          gemm16<true, false>(dM, P, ldp, W, stride(kNodes));  // dG Wᵀ
+          // dG Wᵀ, summed per block before it joins dM (shorter float32 sums: dG has both signs and the
+          // sum over the walk cancels).
+          Acc16 term = {};
+          gemm16<true, false>(term, P, ldp, W, stride(kNodes));
+#pragma unroll
+          for (int np = 0; np < 2; ++np)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dM[np][e] += term[np][e];
           if constexpr (R == kQueries) {
             // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = (Sb_A (dGᵀ Mb_C))ᵀ: dGᵀ Mb_C by depth halves into V2, then a
             // thread per (r, c) of D.
@@ -494,7 +524,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
             for (int n = 0; n < kNodes; ++n)
               d = fmaf(V2[n * (kBorders + 1) + r] + V2[(kNodes + n) * (kBorders + 1) + r], Sb[c * kNodes + n], d);
             const std::int64_t pair = chunks.pair(fcx(step.o), fcy(step.o), step.fax, step.fay);
-            m.D[((std::int64_t(step.o) * p.B * p.NH + bh) * chunks.pairs() + pair) * kBlock + tid] = d;
+            m.D[((std::int64_t(step.o) * m.bhs + lbh) * chunks.pairs() + pair) * kBlock + tid] = d;
           }
         }
       }
@@ -527,17 +557,17 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
 // of every chunk, target by target. E and Y live in the scratch (m.work), by frame position.
 __global__ void __launch_bounds__(kThreads) chunk_transitions_kernel(GridParams p, MapsScratch m) {
   const Chunks chunks(p);
-  const int CX = chunks.CX, CY = chunks.CY, BH = p.B * p.NH;
-  const int o = blockIdx.x / BH, bh = blockIdx.x % BH, tid = threadIdx.x, r = tid / kBorders, c = tid % kBorders;
-  const std::int64_t block = std::int64_t(o) * BH + bh;
+  const int CX = chunks.CX, CY = chunks.CY;
+  const int o = blockIdx.x / m.bhs, lbh = blockIdx.x % m.bhs, tid = threadIdx.x, r = tid / kBorders, c = tid % kBorders;
+  const std::int64_t block = std::int64_t(o) * m.bhs + lbh;
   float* E = m.work + block * 2 * chunks.count() * kBlock;
   float* Y = E + chunks.count() * kBlock;
   const float* D = m.D + block * chunks.pairs() * kBlock;
   const auto own = [&](int fx, int fy) {
     return std::int64_t(o & 1 ? CX - 1 - fx : fx) * CY + (o & 2 ? CY - 1 - fy : fy);
   };
-  const auto Tb = [&](int fx, int fy) { return m.maps + item(p, chunks.count(), o, bh, own(fx, fy)) * kMapFloats; };
-  const auto dTb = [&](int fx, int fy) { return m.dTb + item(p, chunks.count(), o, bh, own(fx, fy)) * kBlock; };
+  const auto Tb = [&](int fx, int fy) { return m.maps + item(m, chunks.count(), o, lbh, own(fx, fy)) * kMapFloats; };
+  const auto dTb = [&](int fx, int fy) { return m.dTb + item(m, chunks.count(), o, lbh, own(fx, fy)) * kBlock; };
   for (int fx = 0; fx < CX; ++fx)
     for (int fy = 0; fy < CY; ++fy) dTb(fx, fy)[tid] = 0.f;
   for (int fbx = 0; fbx < CX; ++fbx)
@@ -585,37 +615,50 @@ __global__ void __launch_bounds__(kThreads) chunk_transitions_kernel(GridParams 
 //   dT, dM of a node: Σ over the coefficients of (its out-edges' and output's gradient) x (its
 //   in-edges' coefficient); dS, dD: the gradient at the node's own coefficient; the in-edges'
 //   gradients: the node's gates times its out-edges' and output's gradients.
+struct BackwardShared {
+  float g[9][kNodes];
+  float fw[2][kNodes][kWidth];  // the right and down out-edge coefficients, by frame-local node
+  float sums[3][kNodes][6];     // per warp: the sums over coefficients for Trl, Tru, Tdu, Tdl, Ml, Mu
+  float own_terms[kNodes][3];   // Sr, Sd, D
+  float d_out[kBorders][kWidth];   // [dTb | dSb], by out-border
+  float d_mark[kNodes][kWidth];    // [dMb | dGb], by node (own order)
+};
+
 __global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p, MapsScratch m) {
-  __shared__ float g[9][kNodes];
-  __shared__ float fw[2][kNodes][kWidth];  // the right and down out-edge coefficients, frame-local node
-  __shared__ float sums[3][kNodes][6];     // per warp: the sums over coefficients for Trl, Tru, Tdu, Tdl, Ml, Mu
-  __shared__ float own_terms[kNodes][3];   // Sr, Sd, D
+  extern __shared__ __align__(16) unsigned char smem[];
+  BackwardShared& sh = *reinterpret_cast<BackwardShared*>(smem);
+  auto& fw = sh.fw;
+  auto& sums = sh.sums;
+  auto& own_terms = sh.own_terms;
   const Chunks chunks(p);
   const std::int64_t chunk = blockIdx.x % chunks.count();
-  const int bh = static_cast<int>(blockIdx.x / chunks.count());
+  const int lbh = static_cast<int>(blockIdx.x / chunks.count()), bh = m.bh0 + lbh;
   const int cx = static_cast<int>(chunk / chunks.CY), cy = static_cast<int>(chunk % chunks.CY);
   const int lane = threadIdx.x, warp = lane / 32;
-  const float* dGb = m.dGb + (std::int64_t(bh) * chunks.count() + chunk) * kNodes * kNodes;
+  const float* dGb = m.dGb + (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes;
+  for (int e = lane; e < kNodes * kNodes; e += blockDim.x) sh.d_mark[e / kNodes][kBorders + e % kNodes] = __ldg(dGb + e);
   for (int o = 0; o < p.orientations; ++o) {
-    const std::int64_t at = item(p, chunks.count(), o, bh, chunk);
+    const std::int64_t at = item(m, chunks.count(), o, lbh, chunk);
     const float* dTb = m.dTb + at * kBlock;
     const float* dSb = m.dSb + at * kBorders * kNodes;
     const float* dMb = m.dMb + at * kNodes * kBorders;
     __syncthreads();
-    stage_gates(p, o, bh, cx, cy, g);
+    stage_gates(p, o, bh, cx, cy, sh.g);
+    for (int e = lane; e < kBlock; e += blockDim.x) sh.d_out[e / kBorders][e % kBorders] = __ldg(dTb + e);
+    for (int e = lane; e < kBorders * kNodes; e += blockDim.x) {
+      sh.d_out[e / kNodes][kBorders + e % kNodes] = __ldg(dSb + e);
+      sh.d_mark[e / kBorders][e % kBorders] = __ldg(dMb + e);
+    }
     __syncthreads();
+    const auto& g = sh.g;
     const bool active = lane < kWidth;
     if (active)
       chunk_programme(g, o, lane, [&](int x, int y, int, float, float, float r, float d, float) {
         fw[0][x * kL + y][lane] = r, fw[1][x * kL + y][lane] = d;
       });
     // d_out and d_mark of this coefficient.
-    const auto d_out = [&](int row) {
-      return !active ? 0.f : lane < kBorders ? __ldg(dTb + row * kBorders + lane) : __ldg(dSb + row * kNodes + lane - kBorders);
-    };
-    const auto d_mark = [&](int own) {
-      return !active ? 0.f : lane < kBorders ? __ldg(dMb + own * kBorders + lane) : __ldg(dGb + own * kNodes + lane - kBorders);
-    };
+    const auto d_out = [&](int row) { return active ? sh.d_out[row][lane] : 0.f; };
+    const auto d_mark = [&](int own) { return active ? sh.d_mark[own][lane] : 0.f; };
     float d_right[kL];  // the gradients of the current frame column's right out-edges
 #pragma unroll
     for (int y = 0; y < kL; ++y) d_right[y] = d_out(y);
@@ -661,10 +704,30 @@ __global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p
 // ------------------------------------------------------------------------------------------------
 // Launchers.
 
-MapsScratch carve(const GridParams& p, float* scratch, bool backward) {
+// The scratch floats per (batch·head) item.
+std::int64_t floats_per_item(const GridParams& p, bool backward) {
   const Chunks chunks(p);
-  const std::int64_t bhc = chunks.count() * p.B * p.NH, o = p.orientations, bh = std::int64_t(p.B) * p.NH;
+  const std::int64_t c = chunks.count(), o = p.orientations;
+  std::int64_t floats = o * c * kMapFloats + c * kNodes * kNodes;
+  if (backward)
+    floats += 2 * o * c * kNodes * kBorders + c * kNodes * kNodes + o * c * kBlock + o * chunks.pairs() * kBlock +
+              o * c * 2 * kBlock;
+  return floats;
+}
+
+// The items of a wave: all of them, or as many as keep the scratch within kScratchBudget bytes.
+constexpr std::int64_t kScratchBudget = std::int64_t{1} << 30;
+int wave_items(const GridParams& p, bool backward) {
+  const std::int64_t items = std::int64_t(p.B) * p.NH;
+  const std::int64_t fit = kScratchBudget / (4 * floats_per_item(p, backward));
+  return static_cast<int>(std::max<std::int64_t>(1, std::min(items, fit)));
+}
+
+MapsScratch carve(const GridParams& p, float* scratch, bool backward, int bh0, int bhs) {
+  const Chunks chunks(p);
+  const std::int64_t bhc = chunks.count() * bhs, o = p.orientations;
   MapsScratch m;
+  m.bh0 = bh0, m.bhs = bhs;
   float* at = scratch;
   const auto take = [&](float*& to, std::int64_t floats) { to = at, at += floats; };
   take(m.maps, o * bhc * kMapFloats);
@@ -674,7 +737,7 @@ MapsScratch carve(const GridParams& p, float* scratch, bool backward) {
     take(m.dSb, o * bhc * kNodes * kBorders);
     take(m.dGb, bhc * kNodes * kNodes);
     take(m.dTb, o * bhc * kBlock);
-    take(m.D, o * bh * chunks.pairs() * kBlock);
+    take(m.D, o * bhs * chunks.pairs() * kBlock);
     take(m.work, o * bhc * 2 * kBlock);
   }
   return m;
@@ -688,65 +751,62 @@ void launch_walk(const GridBackwardParams& p, const MapsScratch& m, cudaStream_t
                                   static_cast<int>(layout.bytes)),
              "pLSTM grid chunk-map walk: shared memory");
   const int columns = R == kForward ? p.DV : R == kQueries ? p.DQK : std::max(p.DQK, p.DV);
-  const dim3 grid(static_cast<unsigned>(chunks.count() * p.B * p.NH), static_cast<unsigned>((columns + kTile - 1) / kTile));
+  const dim3 grid(static_cast<unsigned>(chunks.count() * m.bhs), static_cast<unsigned>((columns + kTile - 1) / kTile));
   walk_kernel<R, T><<<grid, kThreads, layout.bytes, stream>>>(p, m);
   check_cuda(cudaGetLastError(), "pLSTM grid chunk-map walk");
 }
 
-void launch_maps(const GridParams& p, const MapsScratch& m, cudaStream_t stream) {
-  chunk_maps_kernel<<<static_cast<unsigned>(Chunks(p).count() * p.B * p.NH), 96, 0, stream>>>(p, m);
-  check_cuda(cudaGetLastError(), "pLSTM grid chunk maps");
-}
-
+// Per wave of items: the chunk maps, then the forward's walk, or the backward's walks, chunk level and
+// chunk programmes.
 template <class T>
-void forward(const GridParams& p, float* scratch, cudaStream_t stream) {
-  const MapsScratch m = carve(p, scratch, false);
-  launch_maps(p, m, stream);
-  GridBackwardParams b;
-  static_cast<GridParams&>(b) = p;
-  launch_walk<kForward, T>(b, m, stream);
-}
-
-template <class T>
-void backward(const GridBackwardParams& p, float* scratch, cudaStream_t stream) {
-  const MapsScratch m = carve(p, scratch, true);
+void run(const GridBackwardParams& p, float* scratch, bool backward, cudaStream_t stream) {
   const Chunks chunks(p);
-  launch_maps(p, m, stream);
-  launch_walk<kQueries, T>(p, m, stream);
-  launch_walk<kKeys, T>(p, m, stream);
-  chunk_transitions_kernel<<<static_cast<unsigned>(p.orientations * p.B * p.NH), kThreads, 0, stream>>>(p, m);
-  check_cuda(cudaGetLastError(), "pLSTM grid chunk transitions");
-  chunk_backward_kernel<<<static_cast<unsigned>(chunks.count() * p.B * p.NH), 96, 0, stream>>>(p, m);
-  check_cuda(cudaGetLastError(), "pLSTM grid chunk backward");
+  const int items = p.B * p.NH, bhs = wave_items(p, backward);
+  for (int bh0 = 0; bh0 < items; bh0 += bhs) {
+    const MapsScratch m = carve(p, scratch, backward, bh0, std::min(bhs, items - bh0));
+    const auto blocks = [&](std::int64_t per_item) { return static_cast<unsigned>(per_item * m.bhs); };
+    chunk_maps_kernel<<<blocks(chunks.count()), 96, 0, stream>>>(p, m);
+    check_cuda(cudaGetLastError(), "pLSTM grid chunk maps");
+    if (!backward) {
+      launch_walk<kForward, T>(p, m, stream);
+      continue;
+    }
+    launch_walk<kQueries, T>(p, m, stream);
+    launch_walk<kKeys, T>(p, m, stream);
+    chunk_transitions_kernel<<<blocks(p.orientations), kThreads, 0, stream>>>(p, m);
+    check_cuda(cudaGetLastError(), "pLSTM grid chunk transitions");
+    check_cuda(cudaFuncSetAttribute(chunk_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(sizeof(BackwardShared))),
+               "pLSTM grid chunk backward: shared memory");
+    chunk_backward_kernel<<<blocks(chunks.count()), 96, sizeof(BackwardShared), stream>>>(p, m);
+    check_cuda(cudaGetLastError(), "pLSTM grid chunk backward");
+  }
 }
 
 }  // namespace
 
 std::int64_t grid_maps_scratch_floats(const GridParams& p, bool backward) {
-  const Chunks chunks(p);
-  const std::int64_t bhc = chunks.count() * p.B * p.NH, o = p.orientations, bh = std::int64_t(p.B) * p.NH;
-  std::int64_t floats = o * bhc * kMapFloats + bhc * kNodes * kNodes;
-  if (backward)
-    floats += 2 * o * bhc * kNodes * kBorders + bhc * kNodes * kNodes + o * bhc * kBlock + o * bh * chunks.pairs() * kBlock +
-              o * bhc * 2 * kBlock;
-  return floats;
+  return wave_items(p, backward) * floats_per_item(p, backward);
 }
 
 bool grid_maps_fits(const GridParams& p, DType dtype, bool backward) {
   const Chunks chunks(p);
   const std::size_t es = element_size(dtype);
   const auto fits = [&](Role role) { return Layout(role, p.DQK, p.DV, chunks.CY, es).bytes <= kMaxShared; };
-  return chunks.count() * p.B * p.NH <= INT_MAX && (backward ? fits(kQueries) && fits(kKeys) : fits(kForward));
+  return chunks.count() * p.B * p.NH <= INT_MAX && 4 * floats_per_item(p, backward) <= kScratchBudget &&
+         (backward ? fits(kQueries) && fits(kKeys) : fits(kForward));
 }
 
 void run_grid_forward_maps(const GridParams& p, DType dtype, float* scratch, cudaStream_t stream) {
-  if (dtype == DType::float32) forward<float>(p, scratch, stream);
-  else forward<__nv_bfloat16>(p, scratch, stream);
+  GridBackwardParams b;
+  static_cast<GridParams&>(b) = p;
+  if (dtype == DType::float32) run<float>(b, scratch, false, stream);
+  else run<__nv_bfloat16>(b, scratch, false, stream);
 }
 
 void run_grid_backward_maps(const GridBackwardParams& p, DType dtype, float* scratch, cudaStream_t stream) {
-  if (dtype == DType::float32) backward<float>(p, scratch, stream);
-  else backward<__nv_bfloat16>(p, scratch, stream);
+  if (dtype == DType::float32) run<float>(p, scratch, true, stream);
+  else run<__nv_bfloat16>(p, scratch, true, stream);
 }
 
 }  // namespace flashlstm::cuda::plstm::detail
