@@ -84,12 +84,8 @@ void take_inputs(const GridInputs& x, detail::GridParams& p) {
 }
 
 // Whether the backward runs from chunk maps (grid_maps.cu) rather than with the per-tile programmes
-// (grid_backward.cu): where its blocks fit, in bf16. In float32 the per-tile kernels run: the
-// chunk-map backward's gate gradients come out up to 3x above the float32 criterion
-// (docs/cuda_plstm.md), which the per-tile kernels meet.
-bool maps_backward(const detail::GridParams& p, DType dtype) {
-  return dtype == DType::bfloat16 && detail::grid_maps_fits(p, dtype, true);
-}
+// (grid_backward.cu): wherever its blocks fit.
+bool maps_backward(const detail::GridParams& p, DType dtype) { return detail::grid_maps_fits(p, dtype, true); }
 
 }  // namespace
 

@@ -206,11 +206,41 @@ __device__ void gemm16(Acc16& acc, const __nv_bfloat16* A, int lda, const __nv_b
     for (int np = 0; np < 2; ++np) mma_bf16(acc[np], a, b[2 * np], b[2 * np + 1]);
   }
 }
+// An operand computed in float32 held as three bf16 tiles, x ≈ hi + mid + lo (24 bits; float32
+// operands: one float tile). Its first two tiles are the two-term split of tiles.cuh (mid = the lo
+// there), which the products of G, h, dq, dk and dv use; the gate gradients' products (gemm16) take
+// all three, since the two-term split's 2^-17 would show in them.
+template <class O>
+struct Split3 {
+  O* hi;
+  O* mid;
+  O* lo;
+  __device__ tiles::Split<O> two() const { return {hi, mid}; }
+  __device__ void set(std::int64_t e, float x) const {
+    hi[e] = from_float<O>(x);
+    if (!mid) return;
+    const float r = x - to_float(hi[e]);
+    mid[e] = from_float<O>(r);
+    lo[e] = from_float<O>(r - to_float(mid[e]));
+  }
+  __device__ void set_pair(std::int64_t e, float x0, float x1) const { set(e, x0), set(e + 1, x1); }
+};
+template <class O>
+__device__ Split3<O> split3_at(O* base, int size) {
+  if constexpr (kSplit<O> == 1) return {base, nullptr, nullptr};
+  else return {base, base + size, base + 2 * size};
+}
+
+// acc += A B for three-term operands: the six products down to 2^-24 of the operands.
 template <bool kARowMajor, bool kBRowMajor, class O>
-__device__ void gemm16(Acc16& acc, const tiles::Split<O>& A, int lda, const tiles::Split<O>& B, int ldb) {
+__device__ void gemm16(Acc16& acc, const Split3<O>& A, int lda, const Split3<O>& B, int ldb) {
   gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.hi, ldb);
-  if (B.lo) gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.lo, ldb);
-  if (A.lo) gemm16<kARowMajor, kBRowMajor>(acc, A.lo, lda, B.hi, ldb);
+  if (!A.mid) return;
+  gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.mid, ldb);
+  gemm16<kARowMajor, kBRowMajor>(acc, A.mid, lda, B.hi, ldb);
+  gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.lo, ldb);
+  gemm16<kARowMajor, kBRowMajor>(acc, A.lo, lda, B.hi, ldb);
+  gemm16<kARowMajor, kBRowMajor>(acc, A.mid, lda, B.mid, ldb);
 }
 
 // Operand widths: the fixed chunk's rows F1 (q or k) and F2 (dh or v), the walked chunk's W1, W2.
@@ -225,15 +255,15 @@ struct Layout {
   std::size_t F1, F2, W1, W2, P, maps, M, W, E, V2, bytes;
   __host__ __device__ Layout(Role role, int DQK, int DV, int CY, std::size_t element) {
     const Widths w(role, DQK, DV);
-    const std::size_t ld1 = stride(w.w1), ld2 = stride(w.w2), split = element == 4 ? 1 : 2;
+    const std::size_t ld1 = stride(w.w1), ld2 = stride(w.w2), split = element == 4 ? 1 : 3;  // Split3
     F1 = 0;
     F2 = F1 + align16(kTile * ld1 * element);
     W1 = F2 + (role == kForward ? 0 : align16(kTile * ld2 * element));  // [2][64][ld1]
     W2 = W1 + align16(2 * kTile * ld1 * element);                        // [2][64][ld2]
-    P = W2 + align16(2 * kTile * ld2 * element);                         // [kSplit][64][72]
+    P = W2 + align16(2 * kTile * ld2 * element);                         // [split][64][72]
     maps = P + align16(split * kTile * stride(kTile) * element);         // [2][Tb | Sb or Mb] float
-    M = maps + align16(2 * kTbSb * sizeof(float));                       // [kSplit][64][24]: Mb_C or Sb_Cᵀ
-    W = M + align16(split * kNodes * stride(kBorders) * element);        // [kSplit][16][72]
+    M = maps + align16(2 * kTbSb * sizeof(float));                       // [split][64][24]: Mb_C or Sb_Cᵀ
+    W = M + align16(split * kNodes * stride(kBorders) * element);        // [split][16][72]
     E = W + align16(split * kBorders * stride(kNodes) * element);        // [2][CY + 1][16][16] float
     V2 = E + align16(2 * std::size_t(CY + 1) * kBlock * sizeof(float));  // [2][64][17] float
     bytes = V2 + (role == kForward ? 0 : align16(2 * kNodes * (kBorders + 1) * sizeof(float)));
@@ -262,10 +292,12 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   T* F2 = reinterpret_cast<T*>(smem + layout.F2);
   T* W1 = reinterpret_cast<T*>(smem + layout.W1);
   T* W2 = reinterpret_cast<T*>(smem + layout.W2);
-  const tiles::Split<T> P = tiles::split_at(reinterpret_cast<T*>(smem + layout.P), kTile * ldp);
+  const Split3<T> dG3 = split3_at(reinterpret_cast<T*>(smem + layout.P), kTile * ldp);  // dG, over P
+  const tiles::Split<T> P = dG3.two();
   float* map_tiles = reinterpret_cast<float*>(smem + layout.maps);
-  const tiles::Split<T> M = tiles::split_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
-  const tiles::Split<T> W = tiles::split_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
+  const Split3<T> M3 = split3_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
+  const Split3<T> W3 = split3_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
+  const tiles::Split<T> M = M3.two(), W = W3.two();
   float* E = reinterpret_cast<float*>(smem + layout.E);
   float* V2 = reinterpret_cast<float*>(smem + layout.V2);
   const std::int64_t off1 = std::int64_t(bh) * N * p.DQK, off2 = std::int64_t(bh) * N * p.DV;
@@ -396,7 +428,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         const float* from = m.maps + item(m, chunks.count(), o, lbh, chunk) * kMapFloats;
         for (int e = tid; e < kNodes * kBorders; e += kThreads) {
           const int r = e / kBorders, i = e % kBorders;  // M(r, i): Mb_C, or Sb_Cᵀ for keys
-          M.set(r * stride(kBorders) + i, __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e)));
+          M3.set(r * stride(kBorders) + i, __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e)));
         }
         E[(fcx(o) & 1) * (CY + 1) * kBlock + fcy(o) * kBlock + tid] = tid / kBorders == tid % kBorders ? 1.f : 0.f;
         if (writes_maps)
@@ -449,8 +481,8 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         }
       }
       Ecur[fay * kBlock + r * kBorders + c] = e;
-      W.set_pair(r * stride(kNodes) + 4 * c, true, wr[0], wr[1]);
-      W.set_pair(r * stride(kNodes) + 4 * c + 2, true, wr[2], wr[3]);
+      W3.set_pair(r * stride(kNodes) + 4 * c, wr[0], wr[1]);
+      W3.set_pair(r * stride(kNodes) + 4 * c + 2, wr[2], wr[3]);
       __syncthreads();
       tiles::zero(G);
       tiles::gemm<true, true, kBorders>(G, M.hi, stride(kBorders), W, stride(kNodes));
@@ -494,7 +526,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
             if (step.o < 0 && R == kQueries) {
               tiles::store_pair(m.dGb, (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes + r * kNodes + c, true, d0, d1);
             } else {
-              P.set_pair(r * ldp + c, true, d0, d1);
+              dG3.set_pair(r * ldp + c, d0, d1);
             }
           }
         if (step.o >= 0) {
@@ -502,7 +534,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
           // dG Wᵀ, summed per block before it joins dM (shorter float32 sums: dG has both signs and the
           // sum over the walk cancels).
           Acc16 term = {};
-          gemm16<true, false>(term, P, ldp, W, stride(kNodes));
+          gemm16<true, false>(term, dG3, ldp, W3, stride(kNodes));
 #pragma unroll
           for (int np = 0; np < 2; ++np)
 #pragma unroll
@@ -511,7 +543,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
             // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = (Sb_A (dGᵀ Mb_C))ᵀ: dGᵀ Mb_C by depth halves into V2, then a
             // thread per (r, c) of D.
             Acc16 v2 = {};
-            gemm16<false, true>(v2, P, ldp, M, stride(kBorders));
+            gemm16<false, true>(v2, dG3, ldp, M3, stride(kBorders));
             float* half = V2 + (tid / 128) * kNodes * (kBorders + 1);
 #pragma unroll
             for (int np = 0; np < 2; ++np)
