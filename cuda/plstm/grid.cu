@@ -1,4 +1,5 @@
-// The pLSTM on 2-D grids on the GPU (cuda/plstm/plstm.hpp): per orientation the parallel form
+// The pLSTM forward on 2-D grids on the GPU (cuda/plstm/plstm.hpp) where the chunk-map kernels
+// (grid_maps.cu) do not fit: per orientation the parallel form
 //
 //   h_t = s · Σ_n G(t, n) (q_t · k_n) v_n,   G(t, n) = Σ over the grid paths n → t of S · Π T · M
 //                                                     (+ D_t where n = t),

@@ -1,4 +1,5 @@
-// The exact backward of the pLSTM on 2-D grids on the GPU (cuda/plstm/plstm.hpp). With
+// The exact backward of the pLSTM on 2-D grids on the GPU (cuda/plstm/plstm.hpp) where the chunk-map
+// kernels (grid_maps.cu) do not fit. With
 // G(t, n) the gating of the forward (grid.cu), S(t, n) = q_t · k_n, E(t, n) = dh_t · v_n and
 // dG(t, n) = s S E:
 //

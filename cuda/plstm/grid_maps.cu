@@ -173,7 +173,9 @@ enum Role { kForward, kQueries, kKeys };
 // acc[np][e] at row 16·(w mod 4) + lane / 4 + 8·(e / 2), column 8·np + 2·(lane mod 4) + e mod 2.
 // A(r, k) = A[r·lda + k] (kARowMajor) or A[k·lda + r]; B(k, c) = B[k·ldb + c] (kBRowMajor) or B[c·ldb + k].
 using Acc16 = float[2][4];
-__device__ __forceinline__ int acc16_row(int e) { return 16 * (tiles::warp_id() % 4) + tiles::lane_id() / 4 + 8 * (e / 2); }
+__device__ __forceinline__ int acc16_row(int e) {
+  return 16 * (tiles::warp_id() % 4) + tiles::lane_id() / 4 + 8 * (e / 2);
+}
 __device__ __forceinline__ int acc16_col(int np, int e) { return 8 * np + 2 * (tiles::lane_id() % 4) + e % 2; }
 
 template <bool kARowMajor, bool kBRowMajor>
@@ -524,7 +526,8 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
             const int r = tile_row(i), c = tile_col(j);
             const float d0 = p.scale * S[i][j] * dP[i][j], d1 = p.scale * S[i][j + 1] * dP[i][j + 1];
             if (step.o < 0 && R == kQueries) {
-              tiles::store_pair(m.dGb, (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes + r * kNodes + c, true, d0, d1);
+              const std::int64_t at = (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes;
+              tiles::store_pair(m.dGb, at + r * kNodes + c, true, d0, d1);
             } else {
               dG3.set_pair(r * ldp + c, d0, d1);
             }
@@ -668,7 +671,8 @@ __global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p
   const int cx = static_cast<int>(chunk / chunks.CY), cy = static_cast<int>(chunk % chunks.CY);
   const int lane = threadIdx.x, warp = lane / 32;
   const float* dGb = m.dGb + (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes;
-  for (int e = lane; e < kNodes * kNodes; e += blockDim.x) sh.d_mark[e / kNodes][kBorders + e % kNodes] = __ldg(dGb + e);
+  for (int e = lane; e < kNodes * kNodes; e += blockDim.x)
+    sh.d_mark[e / kNodes][kBorders + e % kNodes] = __ldg(dGb + e);
   for (int o = 0; o < p.orientations; ++o) {
     const std::int64_t at = item(m, chunks.count(), o, lbh, chunk);
     const float* dTb = m.dTb + at * kBlock;
