@@ -22,7 +22,8 @@
 // out-borders to C's in-borders,
 //     R = [E(right neighbour of A)[:, left in-borders] | E(neighbour below A)[:, top in-borders]],
 //     E(A) = R Tb_A (kept for two columns of chunks; E(C) = I),   W = R Sb_A,   G = Mb_C W
-// (for bf16 the products on the tensor cores with Mb and W split into hi + lo halves). The roles:
+// (for bf16 the products on the tensor cores with Mb and W split into hi + lo halves; the
+// gate-gradient products below with three terms, Split3). The roles:
 //   kForward  C a target:  S = s Q_C K_Aᵀ, h_C += (S ∘ G) V_A;
 //   kQueries  C a target:  dP = dH_C V_Aᵀ, dq_C += s (dP ∘ G) K_A; with dG = S ∘ dP: dMb_C += dG Wᵀ,
 //             D[C, A] = Mb_Cᵀ dG Sb_Aᵀ (for the chunk-level programme) and dGb_C = dG of the diagonal;
@@ -37,8 +38,9 @@
 // Y(above)[:, top]], Y[P] = Z[P] Tb_Pᵀ + D[B, P], dTb_P += R_B[P]ᵀ Z[P]) and chunk_backward_kernel
 // (each chunk's programme backwards, from [dTb | dSb] and [dMb | dGb], to the nine gates).
 //
-// tests/python/test_plstm_grid_chunk_maps.py (target_major_h, kernel_order_backward) transcribes
-// these orders in numpy.
+// The scratch (MapsScratch) is taken per wave of (batch·head) items, as many as keep it within
+// kScratchBudget. tests/python/test_plstm_grid_chunk_maps.py (target_major_h,
+// kernel_order_backward) transcribes these orders in numpy.
 #include "cuda/plstm/grid.cuh"
 
 #include <cuda_bf16.h>
