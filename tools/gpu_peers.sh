@@ -5,6 +5,8 @@
 #   default               the mLSTM: bench/peers_h100.py, then bench_mlstm_cuda at S = 8192, L = 128
 #   FLASHLSTM_PEERS=slstm  the sLSTM and LSTM: bench/peers_slstm_h100.py, then bench_slstm_cuda
 #                          (FLASHLSTM_PEER_SELECT="triton_fused cuDNN loop": only those peers)
+#   FLASHLSTM_PEERS=plstm  the pLSTM on 2-D grids: bench/peers_plstm_h100.py (the authors' code), then
+#                          bench/plstm_grid_cuda.py (ours, from gpu/python)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
@@ -21,6 +23,13 @@ if [ "${FLASHLSTM_PEERS:-mlstm}" = slstm ]; then
     2>&1 | tee "$OUT/peers_slstm.txt"
   gpu/bench_slstm_cuda --json "$OUT/slstm_h100.json" --peers "$OUT/peers_slstm.json" --revision "$(cat gpu/REVISION)" \
     2>&1 | tee "$OUT/ours_slstm.txt"
+  exit
+fi
+if [ "${FLASHLSTM_PEERS:-mlstm}" = plstm ]; then
+  python3 bench/peers_plstm_h100.py --json "$OUT/peers_plstm.json" 2>&1 | tee "$OUT/peers_plstm.txt"
+  LD_LIBRARY_PATH="gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" PYTHONPATH="gpu/python:$PYTHONPATH" \
+    python3 bench/plstm_grid_cuda.py --profile --json "$OUT/plstm_grid.json" --revision "$(cat gpu/REVISION)" \
+    2>&1 | tee "$OUT/plstm_grid.txt"
   exit
 fi
 python3 bench/peers_h100.py --json "$OUT/peers.json" --lengths 8192 2>&1 | tee "$OUT/peers.txt"
