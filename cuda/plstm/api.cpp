@@ -83,10 +83,6 @@ void take_inputs(const GridInputs& x, detail::GridParams& p) {
   p.q = x.q, p.k = x.k, p.v = x.v;
 }
 
-// Whether the backward runs from chunk maps (grid_maps.cu) rather than with the per-tile programmes
-// (grid_backward.cu): wherever its blocks fit.
-bool maps_backward(const detail::GridParams& p, DType dtype) { return detail::grid_maps_fits(p, dtype, true); }
-
 }  // namespace
 
 void grid_forward(const GridInputs& x, void* h, const Options& options, cudaStream_t stream) {
@@ -112,7 +108,7 @@ void grid_backward(const GridInputs& x, const void* dh, const GridGradients& gra
                    cudaStream_t stream) {
   detail::GridBackwardParams p;
   static_cast<detail::GridParams&>(p) = checked_params(x, options);
-  const bool maps = maps_backward(p, x.dtype);
+  const bool maps = detail::grid_maps_fits(p, x.dtype, true);
   const detail::GridBackwardPlan plan = detail::plan_grid_backward(p.DQK, p.DV, p.X, p.Y, x.dtype);
   require(maps || plan.fits, "Y",
           "is too large for the backward's on-chip path weights with DQK = {}, DV = {} in {} (got Y = {}); "
@@ -319,7 +315,7 @@ std::int64_t grid_backward_scratch_bytes(const GridDims& d, int orientations, DT
   detail::GridParams p;
   p.B = static_cast<int>(d.B), p.NH = static_cast<int>(d.NH), p.X = static_cast<int>(d.X), p.Y = static_cast<int>(d.Y);
   p.DQK = static_cast<int>(d.DQK), p.DV = static_cast<int>(d.DV), p.orientations = orientations;
-  if (maps_backward(p, dtype)) return (detail::grid_maps_scratch_floats(p, true) * 4 + 255) / 256 * 256;
+  if (detail::grid_maps_fits(p, dtype, true)) return (detail::grid_maps_scratch_floats(p, true) * 4 + 255) / 256 * 256;
   const detail::GridBackwardPlan plan = detail::plan_grid_backward(static_cast<int>(d.DQK), static_cast<int>(d.DV),
                                                                    static_cast<int>(d.X), static_cast<int>(d.Y), dtype);
   return d.B * d.NH * orientations * plan.scratch_per_block * static_cast<std::int64_t>(sizeof(float));
