@@ -2,8 +2,9 @@
 torch CUDA tensors) against the CPU reference's recurrent form (float32, one thread) on the same problem:
 a 100,000-node random DAG at DK = DV = 16 and 64, and a batch of 1,000 generated molecules (bonds
 oriented breadth-first from atom 0, the molecules joined into one DAG of disjoint parts). P-mode gates,
-q, k, v float32. Median of --reps CUDA-event timings after warm-up, the edge-state memory the kernels
-hold, the largest difference from the reference, and a JSON record:
+q, k, v float32. Median of --reps CUDA-event timings after warm-up (the CPU forward: median of
+--cpu-reps runs; its backward: one run), the edge-state memory the kernels hold, the largest
+difference from the reference, and a JSON record:
 
     PYTHONPATH=<build>/python python3 bench/plstm_dag_cuda.py --json out/plstm_dag.json
 """
@@ -37,10 +38,14 @@ def problem(dag, batch, heads, dims, seed):
     return (q, k, v), tuple(np.ascontiguousarray(g, dtype=np.float32) for g in gates), dh
 
 
-def seconds(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def seconds(fn, reps=1):
+    """The median time of `reps` runs of fn, and its last result."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
 
 
 def main():
@@ -49,6 +54,7 @@ def main():
     parser.add_argument("--molecules", type=int, default=1000)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--cpu-reps", type=int, default=3, help="runs of the reference's forward (median)")
     parser.add_argument("--cpu-backward", action="store_true", help="time the reference's backward too (slow)")
     parser.add_argument("--json", default="")
     parser.add_argument("--revision", default="", help="the revision to record (default: git's HEAD here)")
@@ -59,7 +65,7 @@ def main():
     rows = []
     for name, dag, batch, heads, dims in workloads:
         (q, k, v), gates, dh = problem(dag, batch, heads, dims, seed=len(rows))
-        cpu_fw_s, h_ref = seconds(lambda: plstm.dag_forward(dag, q, k, v, *gates, form="recurrent"))
+        cpu_fw_s, h_ref = seconds(lambda: plstm.dag_forward(dag, q, k, v, *gates, form="recurrent"), args.cpu_reps)
         cpu_bw_s = seconds(lambda: plstm.dag_backward(dag, q, k, v, *gates, dh))[0] if args.cpu_backward else None
         on_gpu = lambda x: torch.from_numpy(x).cuda()
         qg, kg, vg, dhg = map(on_gpu, (q, k, v, dh))

@@ -254,7 +254,8 @@ DagPlan::~DagPlan() {
 namespace {
 
 // The checks and the parameter block of the DAG kernels, with `state_buffers` arrays of edge states
-// (B·NH·E·DQK·DV floats each) from the stream-ordered allocator.
+// (B·NH·E·DQK·DV floats each), the edges' ready flags and the task counter from the stream-ordered
+// allocator.
 class DagCall {
  public:
   DagCall(const DagPlan& g, const DagInputs& x, const Options& options, int state_buffers, cudaStream_t stream)
@@ -264,10 +265,10 @@ class DagCall {
     require(x.DV >= 1 && x.DV <= 1024, "DV", "must be in [1, 1024], got {}", x.DV);
     check_input_pointers(x);
     p.B = static_cast<int>(x.B), p.NH = static_cast<int>(x.NH), p.N = static_cast<int>(g.N()), p.E = static_cast<int>(g.E());
-    p.A = g.A(), p.DQK = static_cast<int>(x.DQK), p.DV = static_cast<int>(x.DV), p.levels = static_cast<int>(g.levels());
+    p.A = g.A(), p.DQK = static_cast<int>(x.DQK), p.DV = static_cast<int>(x.DV);
     p.scale = static_cast<float>(options.qk_scale > 0 ? options.qk_scale : 1.0 / std::sqrt(double(x.DQK)));
     p.in_offsets = g.device(0), p.in_edges = g.device(1), p.out_offsets = g.device(2), p.out_edges = g.device(3);
-    p.level_nodes = g.device(4), p.arc_offsets = g.device(5), p.host_level_offsets = g.level_offsets().data();
+    p.level_nodes = g.device(4), p.arc_offsets = g.device(5);
     p.q = x.q, p.k = x.k, p.v = x.v, p.S = x.S, p.T = x.T, p.M = x.M, p.D = x.D;
     const double bytes = double(x.B) * x.NH * g.E() * x.DQK * x.DV * sizeof(float) * state_buffers;
     std::size_t free = 0, total = 0;
@@ -275,11 +276,11 @@ class DagCall {
     require(bytes <= double(free), "q", "the edge states need {:.2f} GiB, more than the {:.2f} GiB free on the device",
             bytes / (1 << 30), double(free) / (1 << 30));
     const std::int64_t states = std::int64_t(x.B) * x.NH * g.E() * x.DQK * x.DV;
-    if (states > 0) {
-      scratch_.add(p.states, states);
-      if (state_buffers == 2) scratch_.add(p.dstates, states);
-      scratch_.allocate();
-    }
+    scratch_.add(p.states, states);
+    if (state_buffers == 2) scratch_.add(p.dstates, states);
+    scratch_.add(p.ready, std::int64_t(x.B) * x.NH * g.E());
+    scratch_.add(p.next_task, 1);
+    scratch_.allocate();
   }
 
   detail::DagParams p;

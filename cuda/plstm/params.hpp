@@ -38,17 +38,18 @@ GridBackwardPlan plan_grid_backward(int DQK, int DV, int X, int Y, DType dtype);
 void run_grid_backward(const GridBackwardParams& p, DType dtype, cudaStream_t stream);
 
 struct DagParams {
-  int B = 0, NH = 0, N = 0, E = 0, DQK = 0, DV = 0, levels = 0;
+  int B = 0, NH = 0, N = 0, E = 0, DQK = 0, DV = 0;
   std::int64_t A = 0;
   float scale = 0.f;
   const std::int32_t *in_offsets = nullptr, *in_edges = nullptr, *out_offsets = nullptr, *out_edges = nullptr;
   const std::int32_t *level_nodes = nullptr, *arc_offsets = nullptr;
-  const std::int32_t* host_level_offsets = nullptr;  // on the host: the launches' ranges
   const void *q = nullptr, *k = nullptr, *v = nullptr, *dh = nullptr;
   const float *S = nullptr, *T = nullptr, *M = nullptr, *D = nullptr;
   void* h = nullptr;
   float* states = nullptr;   // (B·NH, E, DQK, DV): every edge's state
   float* dstates = nullptr;  // the same for the adjoints
+  int* ready = nullptr;                      // (B·NH, E): an edge's state (or adjoint) is complete
+  unsigned long long* next_task = nullptr;   // the next task to claim
   void *dq = nullptr, *dk = nullptr, *dv = nullptr;
   float *dS = nullptr, *dT = nullptr, *dM = nullptr, *dD = nullptr;
 };

@@ -103,10 +103,11 @@ void sequence_backward(const SequenceInputs& x, const void* dh, const SequenceGr
 //   D (B, NH, N): float32.
 //
 // The graph travels as graph::flatten()'s index arrays, checked and uploaded once into a DagPlan.
-// The kernels run the recurrent form level by level (a warp per (batch·head, node) of a level, one
-// launch per level); the backward runs the forward again to get every edge's state, then the levels
-// in reverse, each value written by one warp (deterministic). Memory: the forward keeps
-// B·NH·E·DQK·DV floats of edge states (scratch, released before returning); the backward twice that.
+// The kernels run the recurrent form as a dataflow: one launch per direction, in which warps claim
+// (batch·head, node) tasks in the level schedule's order and wait on per-edge ready flags; the
+// backward runs the forward again to get every edge's state, then the nodes in reverse, each value
+// written by one warp (deterministic). Memory: the forward keeps B·NH·E·DQK·DV floats of edge states
+// and B·NH·E flags (scratch, released before returning); the backward twice the states.
 struct DagGraph {  // host arrays, as graph::Flat holds them
   const std::int32_t *in_offsets = nullptr, *in_edges = nullptr;    // node -> in-edge CSR (N + 1, E)
   const std::int32_t *out_offsets = nullptr, *out_edges = nullptr;  // node -> out-edge CSR (N + 1, E)
