@@ -24,7 +24,9 @@
 //     E(A) = R Tb_A (kept for two columns of chunks; E(C) = I),   W = R Sb_A,   G = Mb_C W
 // (for bf16 the products on the tensor cores with Mb and W split into hi + lo halves; the
 // gate-gradient products below with three terms, Split3). The roles:
-//   kForward  C a target:  S = s Q_C K_Aᵀ, h_C += (S ∘ G) V_A;
+//   kForward  C a target:  S = s Q_C K_Aᵀ, h_C += (S ∘ G) V_A (bf16: S ∘ G goes from the accumulators
+//             into the product's A operand in registers; warps w and w + 4 take the two halves of
+//             A's nodes and add their parts of h at the end);
 //   kQueries  C a target:  dP = dH_C V_Aᵀ, dq_C += s (dP ∘ G) K_A; with dG = S ∘ dP: dMb_C += dG Wᵀ,
 //             D[C, A] = Mb_Cᵀ dG Sb_Aᵀ (for the chunk-level programme) and dGb_C = dG of the diagonal;
 //   kKeys     C a source, the walk mirrored: in orientation o ^ 3's frame with Tbᵀ and Mbᵀ in place
@@ -48,6 +50,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 namespace flashlstm::cuda::plstm::detail {
 namespace {
@@ -225,7 +228,7 @@ struct Split3 {
     if (!mid) return;
     const float r = x - to_float(hi[e]);
     mid[e] = from_float<O>(r);
-    lo[e] = from_float<O>(r - to_float(mid[e]));
+    if (lo) lo[e] = from_float<O>(r - to_float(mid[e]));
   }
   __device__ void set_pair(std::int64_t e, float x0, float x1) const { set(e, x0), set(e + 1, x1); }
 };
@@ -245,6 +248,39 @@ __device__ void gemm16(Acc16& acc, const Split3<O>& A, int lda, const Split3<O>&
   gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.lo, ldb);
   gemm16<kARowMajor, kBRowMajor>(acc, A.lo, lda, B.hi, ldb);
   gemm16<kARowMajor, kBRowMajor>(acc, A.mid, lda, B.mid, ldb);
+}
+
+// The bf16 forward's h_part += (s S ∘ G) V for the warp's 16 rows and its 32 source columns, over
+// all 64 columns of V: the accumulators of S and G (tile layout) are the A operand of the product as
+// they are (bf16 hi + lo), with no trip through shared memory. hpart[nt] is the m16n8 accumulator of
+// columns 8·nt.. of V; the warps w and w + 4 hold the two halves of the sum over the sources.
+__device__ void accumulate_pv(float (&hpart)[8][4], const Acc& S, const Acc& G, float scale, const __nv_bfloat16* V,
+                              int ldv) {
+  const int lane = tiles::lane_id(), m = lane / 8, j = lane % 8;
+#pragma unroll
+  for (int kb = 0; kb < 2; ++kb) {  // the warp's 32 source columns, 16 at a time
+    std::uint32_t hi[4], lo[4];     // A fragment x: rows lane/4 (+8 for odd x), columns 2·(lane%4) (+8 for x >= 2)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int i = x % 2, c = 4 * kb + 2 * (x / 2);
+      const float p0 = scale * S[i][c] * G[i][c], p1 = scale * S[i][c + 1] * G[i][c + 1];
+      const __nv_bfloat162 h = __floats2bfloat162_rn(p0, p1);
+      const __nv_bfloat162 l = __floats2bfloat162_rn(p0 - __low2float(h), p1 - __high2float(h));
+      hi[x] = reinterpret_cast<const std::uint32_t&>(h);
+      lo[x] = reinterpret_cast<const std::uint32_t&>(l);
+    }
+    const int k0 = 32 * (tiles::warp_id() / 4) + 16 * kb;
+#pragma unroll
+    for (int n0 = 0; n0 < kTile; n0 += 16) {
+      std::uint32_t b[4];
+      tiles::ldmatrix_x4<true>(b, V + (k0 + (m % 2) * 8 + j) * ldv + n0 + (m / 2) * 8);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        mma_bf16(hpart[n0 / 8 + h], hi, b[2 * h], b[2 * h + 1]);
+        mma_bf16(hpart[n0 / 8 + h], lo, b[2 * h], b[2 * h + 1]);
+      }
+    }
+  }
 }
 
 // Operand widths: the fixed chunk's rows F1 (q or k) and F2 (dh or v), the walked chunk's W1, W2.
@@ -299,8 +335,9 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   const Split3<T> dG3 = split3_at(reinterpret_cast<T*>(smem + layout.P), kTile * ldp);  // dG, over P
   const tiles::Split<T> P = dG3.two();
   float* map_tiles = reinterpret_cast<float*>(smem + layout.maps);
-  const Split3<T> M3 = split3_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
-  const Split3<T> W3 = split3_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
+  Split3<T> M3 = split3_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
+  Split3<T> W3 = split3_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
+  if constexpr (R == kForward) M3.lo = W3.lo = nullptr;  // the forward's products take two terms
   const tiles::Split<T> M = M3.two(), W = W3.two();
   float* E = reinterpret_cast<float*>(smem + layout.E);
   float* V2 = reinterpret_cast<float*>(smem + layout.V2);
@@ -374,6 +411,9 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   Acc acc1, acc2;  // h, dq or dk; dv
   tiles::zero(acc1);
   tiles::zero(acc2);
+  // The bf16 forward keeps P in registers (accumulate_pv): a partial h per warp instead of acc1.
+  constexpr bool kPInRegisters = R == kForward && std::is_same_v<T, __nv_bfloat16>;
+  float hpart[kPInRegisters ? 8 : 1][4] = {};
   Acc16 dM;  // dMb_C (queries) or dSb_Cᵀ (keys), this orientation, this thread's depth half
   const bool writes_maps = R != kForward && blockIdx.y == 0;
   if (writes_maps)  // zero for the orientations whose walk from C is empty (C in the frame's corner)
@@ -511,7 +551,9 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
     Acc S;  // Q_C K_Aᵀ (forward, queries) or K_C Q_Aᵀ (keys)
     tiles::zero(S);
     for (int k0 = 0; k0 < depth1; k0 += 16) tiles::gemm<true, false, 16>(S, F1 + k0, ld1, B1 + k0, ld1);
-    if constexpr (R == kForward) {
+    if constexpr (kPInRegisters) {
+      accumulate_pv(hpart, S, G, p.scale, B2, ld2);
+    } else if constexpr (R == kForward) {
       product(acc1, S, G, p.scale, B2, ld2);
     } else {
       Acc dP;  // dH_C V_Aᵀ (queries) or V_C dH_Aᵀ (keys)
@@ -582,7 +624,34 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         if (n >= 0 && c < D) tiles::store_pair(to, std::int64_t(n) * D + c, c + 1 < D, a[i][j], a[i][j + 1]);
       }
   };
-  if constexpr (R == kForward) store(p.h, p.DV, acc1);
+  if constexpr (kPInRegisters) {
+    // The two halves of each row band's sum over the sources: warps 4..7 hand theirs over through
+    // shared memory (the P area, 64 x 64 floats), warps 0..3 add and store.
+    float* half = reinterpret_cast<float*>(smem + layout.P);
+    const int lane = tiles::lane_id(), warp = tiles::warp_id(), r0 = 16 * (warp % 4) + lane / 4;
+    const auto at = [&](int nt, int e) { return (r0 + 8 * (e / 2)) * kTile + 8 * nt + 2 * (lane % 4) + e % 2; };
+    __syncthreads();
+    if (warp >= 4)
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) half[at(nt, e)] = hpart[nt][e];
+    __syncthreads();
+    if (warp < 4) {
+      T* to = static_cast<T*>(p.h) + std::int64_t(bh) * N * p.DV;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+          const int n = nodes(r0 + 8 * (e / 2)), c = c0 + 8 * nt + 2 * (lane % 4);
+          if (n >= 0 && c < p.DV)
+            tiles::store_pair(to, std::int64_t(n) * p.DV + c, c + 1 < p.DV, hpart[nt][e] + half[at(nt, e)],
+                              hpart[nt][e + 1] + half[at(nt, e + 1)]);
+        }
+    }
+  } else if constexpr (R == kForward) {
+    store(p.h, p.DV, acc1);
+  }
   if constexpr (R == kQueries) store(p.dq, p.DQK, acc1);
   if constexpr (R == kKeys) store(p.dk, p.DQK, acc1), store(p.dv, p.DV, acc2);
 }
