@@ -22,8 +22,9 @@
 // resident blocks. A task waits on one ready flag per input edge (forward: the in-edges' states;
 // backward: the out-edges' adjoints), computes the edge states it hands on first and releases their
 // flags (stores, warp barrier, then lane 0's fence and flag stores; the waiting warp's lane 0 polls
-// with relaxed loads, then a fence and a warp barrier), and only then the values nothing waits on (h, or the node's
-// gradients). The critical path is one state update per level of the schedule, not one launch.
+// with relaxed loads, then a fence and a warp barrier), and only then the values nothing waits on
+// (h, or the node's gradients). The critical path is one state update per level of the schedule, not
+// one launch.
 //
 // Every edge's state, DQK x DV float32, is kept for the backward. In the state updates a lane owns the
 // elements x = 256 c + lane + 32 r (r < 8) of chunk c, (i, j) = divmod(x, DV): loads of 32 lanes are
@@ -40,7 +41,7 @@ namespace flashlstm::cuda::plstm::detail {
 namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
-constexpr int kMaxBlocksPerSM = 8;  // up to 32 resident warps per SM (registers allow about 20)
+constexpr int kMaxBlocksPerSM = 8;  // a cap; the 128 registers of __launch_bounds__ allow 4 blocks (16 warps)
 constexpr int kSteps = 8;           // state elements a lane owns per chunk
 constexpr int kChunk = 32 * kSteps;
 constexpr int kGroup = 4;           // output edges per pass, input edges whose loads are in flight together
