@@ -199,11 +199,16 @@ __device__ void stage_node(Node& nd, const float* gate, float scale, bool output
 
 // h = s (Σ_e M_e (C^e)^T q + D (q·k) v), from the in-edges' states.
 template <class T>
-__device__ void node_output(const DagParams& p, const Node& nd, const float* __restrict__ C,
-                            const float* __restrict__ M, const T* __restrict__ q, const T* __restrict__ k,
-                            const T* __restrict__ v, float Dn, T* __restrict__ h, int lane) {
+__device__ void node_output(const DagParams& p, int bh, int n, const Node& nd, int lane) {
   const int DQK = p.DQK, DV = p.DV;
-  const float qk = dot(q, k, DQK, lane);
+  const std::int64_t row = std::int64_t(bh) * p.N + n;
+  const T* __restrict__ q = static_cast<const T*>(p.q) + row * DQK;
+  const T* __restrict__ k = static_cast<const T*>(p.k) + row * DQK;
+  const T* __restrict__ v = static_cast<const T*>(p.v) + row * DV;
+  const float* __restrict__ C = p.states + std::int64_t(bh) * p.E * DQK * DV;
+  const float* __restrict__ M = p.M + std::int64_t(bh) * p.E;
+  T* __restrict__ h = static_cast<T*>(p.h) + row * DV;
+  const float qk = dot(q, k, DQK, lane), Dn = p.D[row];
   for (int j = lane; j < DV; j += 32) {
     float acc = 0.f;
     for (int a = 0; a < nd.d_in; ++a) {
@@ -216,42 +221,49 @@ __device__ void node_output(const DagParams& p, const Node& nd, const float* __r
   }
 }
 
-template <class T>
-__device__ void forward_node(const DagParams& p, int bh, int n, int lane, Stage& st) {
+// One task's state update, either direction: forward, the out-edge states
+//   C^e = S_e k v^T + Σ_a T_ae C^a   from the in-edges' states;
+// backward, the in-edge adjoints
+//   dC^e = s M_e q dh^T + Σ_o T_eo dC^o   from the out-edges' adjoints,
+// chunk by chunk (the first chunk's outer product read before the wait), then the flags of the edges
+// it wrote. Returns the node's arrays for what the task computes after the release.
+template <class T, bool kBackward>
+__device__ Node propagate(const DagParams& p, int bh, int n, int lane, Stage& st) {
   const int DQK = p.DQK, DV = p.DV;
   const std::int64_t state = std::int64_t(DQK) * DV, row = std::int64_t(bh) * p.N + n;
-  const T* q = static_cast<const T*>(p.q) + row * DQK;
-  const T* k = static_cast<const T*>(p.k) + row * DQK;
-  const T* v = static_cast<const T*>(p.v) + row * DV;
-  const float* S = p.S + std::int64_t(bh) * p.E;
-  float* C = p.states + std::int64_t(bh) * p.E * state;
+  const T* x = static_cast<const T*>(kBackward ? p.q : p.k) + row * DQK;  // the outer product x y^T
+  const T* y = static_cast<const T*>(kBackward ? p.dh : p.v) + row * DV;
+  const float* gate = (kBackward ? p.M : p.S) + std::int64_t(bh) * p.E;  // the coefficient's gate
+  const float scale = kBackward ? p.scale : 1.f;
+  float* C = (kBackward ? p.dstates : p.states) + std::int64_t(bh) * p.E * state;
   int* ready = p.ready + std::int64_t(bh) * p.E;
   Node nd = node_arrays(p, bh, n);
-  stage_node(nd, S, 1.f, false, st, lane);
-
-  // The out-edge states C^e = S_e k v^T + Σ_a T_ae C^a, chunk by chunk; the first chunk's k v^T is
-  // read before the wait for the in-edges.
+  stage_node(nd, gate, scale, kBackward, st, lane);
+  const std::int32_t* inputs = kBackward ? nd.out : nd.in;
+  const std::int32_t* outputs = kBackward ? nd.in : nd.out;
+  const int n_in = kBackward ? nd.d_out : nd.d_in, n_out = kBackward ? nd.d_in : nd.d_out;
+  // T[a·d_out + o]: the forward reads it by (input a, output o), the backward by (input o, output a).
+  const int w_in = kBackward ? 1 : nd.d_out, w_out = kBackward ? nd.d_out : 1;
   for (std::int64_t c = 0; c * kChunk < state; ++c) {
     const Elements el = elements(c, lane, DQK, DV);
-    float kv[kSteps];
+    float xy[kSteps];
 #pragma unroll
-    for (int r = 0; r < kSteps; ++r) kv[r] = el.valid[r] ? to_float(k[el.i[r]]) * to_float(v[el.j[r]]) : 0.f;
-    if (c == 0) wait_ready(ready, nd.in, nd.d_in, lane);
-    update_chunk(C, nd.in, nd.d_in, C, nd.out, nd.d_out, [&](int o) { return nd.a ? nd.a[o] : S[nd.out[o]]; }, nd.T,
-                 nd.d_out, 1, kv, state, c * kChunk + lane, el);
+    for (int r = 0; r < kSteps; ++r) xy[r] = el.valid[r] ? to_float(x[el.i[r]]) * to_float(y[el.j[r]]) : 0.f;
+    if (c == 0) wait_ready(ready, inputs, n_in, lane);
+    update_chunk(C, inputs, n_in, C, outputs, n_out, [&](int o) { return nd.a ? nd.a[o] : scale * gate[outputs[o]]; },
+                 nd.T, w_in, w_out, xy, state, c * kChunk + lane, el);
   }
-  release_ready(ready, nd.out, nd.d_out, lane);
-
-  if (p.h)
-    node_output<T>(p, nd, C, p.M + std::int64_t(bh) * p.E, q, k, v, p.D[row], static_cast<T*>(p.h) + row * DV, lane);
+  release_ready(ready, outputs, n_out, lane);
+  return nd;
 }
 
 // The node's gradients, from the states of its in-edges and the adjoints of its out-edges (all complete).
 template <class T>
-__device__ void node_gradients(const DagParams& p, int bh, int n, const Node& nd, const float* __restrict__ C,
-                               const float* __restrict__ dC, int lane) {
+__device__ void node_gradients(const DagParams& p, int bh, int n, const Node& nd, int lane) {
   const int DQK = p.DQK, DV = p.DV;
   const std::int64_t state = std::int64_t(DQK) * DV, row = std::int64_t(bh) * p.N + n;
+  const float* __restrict__ C = p.states + std::int64_t(bh) * p.E * state;
+  const float* __restrict__ dC = p.dstates + std::int64_t(bh) * p.E * state;
   const T* __restrict__ q = static_cast<const T*>(p.q) + row * DQK;
   const T* __restrict__ k = static_cast<const T*>(p.k) + row * DQK;
   const T* __restrict__ v = static_cast<const T*>(p.v) + row * DV;
@@ -319,34 +331,6 @@ __device__ void node_gradients(const DagParams& p, int bh, int n, const Node& nd
   }
 }
 
-template <class T>
-__device__ void backward_node(const DagParams& p, int bh, int n, int lane, Stage& st) {
-  const int DQK = p.DQK, DV = p.DV;
-  const std::int64_t state = std::int64_t(DQK) * DV, row = std::int64_t(bh) * p.N + n;
-  const T* q = static_cast<const T*>(p.q) + row * DQK;
-  const T* dh = static_cast<const T*>(p.dh) + row * DV;
-  const float* M = p.M + std::int64_t(bh) * p.E;
-  float* dC = p.dstates + std::int64_t(bh) * p.E * state;
-  int* ready = p.ready + std::int64_t(bh) * p.E;
-  Node nd = node_arrays(p, bh, n);
-  stage_node(nd, M, p.scale, true, st, lane);
-
-  // The in-edge adjoints dC^e = s M_e q dh^T + Σ_o T_eo dC^o, chunk by chunk; the first chunk's q dh^T
-  // is read before the wait for the out-edges.
-  for (std::int64_t c = 0; c * kChunk < state; ++c) {
-    const Elements el = elements(c, lane, DQK, DV);
-    float qdh[kSteps];
-#pragma unroll
-    for (int r = 0; r < kSteps; ++r) qdh[r] = el.valid[r] ? to_float(q[el.i[r]]) * to_float(dh[el.j[r]]) : 0.f;
-    if (c == 0) wait_ready(ready, nd.out, nd.d_out, lane);
-    update_chunk(dC, nd.out, nd.d_out, dC, nd.in, nd.d_in, [&](int a) { return nd.a ? nd.a[a] : p.scale * M[nd.in[a]]; },
-                 nd.T, 1, nd.d_out, qdh, state, c * kChunk + lane, el);
-  }
-  release_ready(ready, nd.in, nd.d_in, lane);
-
-  node_gradients<T>(p, bh, n, nd, p.states + std::int64_t(bh) * p.E * state, dC, lane);
-}
-
 // Claims tasks (batch·head, node) in the schedule's order until none is left.
 template <class T, bool kBackward>
 __global__ void __launch_bounds__(kThreads, 4) dag_kernel(DagParams p) {
@@ -362,8 +346,9 @@ __global__ void __launch_bounds__(kThreads, 4) dag_kernel(DagParams p) {
     const std::int64_t position = static_cast<std::int64_t>(t / heads);
     const int bh = static_cast<int>(t % heads);
     const int n = p.level_nodes[kBackward ? p.N - 1 - position : position];
-    if constexpr (kBackward) backward_node<T>(p, bh, n, lane, st);
-    else forward_node<T>(p, bh, n, lane, st);
+    const Node nd = propagate<T, kBackward>(p, bh, n, lane, st);
+    if constexpr (kBackward) node_gradients<T>(p, bh, n, nd, lane);
+    else if (p.h) node_output<T>(p, bh, n, nd, lane);
   }
 }
 
