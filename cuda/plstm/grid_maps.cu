@@ -22,8 +22,9 @@
 // out-borders to C's in-borders,
 //     R = [E(right neighbour of A)[:, left in-borders] | E(neighbour below A)[:, top in-borders]],
 //     E(A) = R Tb_A (kept for two columns of chunks; E(C) = I),   W = R Sb_A,   G = Mb_C W
-// (for bf16 the products on the tensor cores with Mb and W split into hi + lo halves; the
-// gate-gradient products below with three terms, Split3). The roles:
+// (for bf16 the products on the tensor cores: G with Mb and W split into hi + lo halves; the
+// gate-gradient products below with three terms, Split3; the products that make h, dq, dk and dv with
+// P = s S ∘ G or s dP ∘ G rounded to one bf16 term, as flash-attention rounds P). The roles:
 //   kForward  C a target:  S = s Q_C K_Aᵀ, h_C += (S ∘ G) V_A (bf16: S ∘ G goes from the accumulators
 //             into the product's A operand in registers; warps w and w + 4 take the two halves of
 //             A's nodes and add their parts of h at the end);
@@ -173,49 +174,34 @@ __global__ void __launch_bounds__(96) chunk_maps_kernel(GridParams p, MapsScratc
 
 enum Role { kForward, kQueries, kKeys };
 
-// acc (a 64 x 16 tile) += A B over K = 64, A and B split operands: warp w computes rows 16·(w mod 4)..
-// over the depth half 32·(w / 4).. (the two halves are summed by the caller); a thread holds
-// acc[np][e] at row 16·(w mod 4) + lane / 4 + 8·(e / 2), column 8·np + 2·(lane mod 4) + e mod 2.
-// A(r, k) = A[r·lda + k] (kARowMajor) or A[k·lda + r]; B(k, c) = B[k·ldb + c] (kBRowMajor) or B[c·ldb + k].
-using Acc16 = float[2][4];
-__device__ __forceinline__ int acc16_row(int e) {
-  return 16 * (tiles::warp_id() % 4) + tiles::lane_id() / 4 + 8 * (e / 2);
-}
-__device__ __forceinline__ int acc16_col(int np, int e) { return 8 * np + 2 * (tiles::lane_id() % 4) + e % 2; }
+// The gate gradients' products: acc (a 64 x 16 tile) += A Bᵀ over K = 64, A(r, k) = A[r·lda + k],
+// B(c, k) = B[c·ldb + k]. Warp w computes the m16n8 tile at rows 16·(w mod 4), columns 8·(w / 4), over
+// the whole depth; a thread holds acc[e] at row 16·(w mod 4) + lane / 4 + 8·(e / 2), column
+// 8·(w / 4) + 2·(lane mod 4) + e mod 2.
+using Acc8 = float[4];
+__device__ __forceinline__ int acc8_row(int e) { return 16 * (tiles::warp_id() % 4) + tiles::lane_id() / 4 + 8 * (e / 2); }
+__device__ __forceinline__ int acc8_col(int e) { return 8 * (tiles::warp_id() / 4) + 2 * (tiles::lane_id() % 4) + e % 2; }
 
-template <bool kARowMajor, bool kBRowMajor>
-__device__ void gemm16(Acc16& acc, const float* A, int lda, const float* B, int ldb) {
-  const int k0 = 32 * (tiles::warp_id() / 4);
-  for (int k = k0; k < k0 + 32; ++k) {
+__device__ void gemm_abt(Acc8& acc, const float* A, int lda, const float* B, int ldb) {
+  for (int k = 0; k < kNodes; ++k)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = acc16_row(e);
-      const float a = kARowMajor ? A[r * lda + k] : A[k * lda + r];
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        const int c = acc16_col(np, e);
-        acc[np][e] = fmaf(a, kBRowMajor ? B[k * ldb + c] : B[c * ldb + k], acc[np][e]);
-      }
-    }
-  }
+    for (int e = 0; e < 4; ++e) acc[e] = fmaf(A[acc8_row(e) * lda + k], B[acc8_col(e) * ldb + k], acc[e]);
 }
-template <bool kARowMajor, bool kBRowMajor>
-__device__ void gemm16(Acc16& acc, const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb) {
-  const int lane = tiles::lane_id(), m = lane / 8, j = lane % 8, r0 = 16 * (tiles::warp_id() % 4);
+__device__ void gemm_abt(Acc8& acc, const __nv_bfloat16* A, int lda, const __nv_bfloat16* B, int ldb) {
+  const int lane = tiles::lane_id(), r0 = 16 * (tiles::warp_id() % 4), c0 = 8 * (tiles::warp_id() / 4);
 #pragma unroll
-  for (int k0 = 32 * (tiles::warp_id() / 4); k0 < 32 * (tiles::warp_id() / 4) + 32; k0 += 16) {
-    std::uint32_t a[4], b[4];
-    if constexpr (kARowMajor) tiles::ldmatrix_x4<false>(a, A + (r0 + lane % 16) * lda + k0 + (lane / 16) * 8);
-    else tiles::ldmatrix_x4<true>(a, A + (k0 + (m / 2) * 8 + j) * lda + r0 + (m % 2) * 8);
-    if constexpr (kBRowMajor) tiles::ldmatrix_x4<true>(b, B + (k0 + (m % 2) * 8 + j) * ldb + (m / 2) * 8);
-    else tiles::ldmatrix_x4<false>(b, B + ((m / 2) * 8 + j) * ldb + k0 + (m % 2) * 8);
-#pragma unroll
-    for (int np = 0; np < 2; ++np) mma_bf16(acc[np], a, b[2 * np], b[2 * np + 1]);
+  for (int k0 = 0; k0 < kNodes; k0 += 32) {
+    std::uint32_t a0[4], a1[4], b[4];  // A: k0.. and k0 + 16..; B: 8 columns x k0..k0 + 32
+    tiles::ldmatrix_x4<false>(a0, A + (r0 + lane % 16) * lda + k0 + (lane / 16) * 8);
+    tiles::ldmatrix_x4<false>(a1, A + (r0 + lane % 16) * lda + k0 + 16 + (lane / 16) * 8);
+    tiles::ldmatrix_x4<false>(b, B + (c0 + lane % 8) * ldb + k0 + (lane / 8) * 8);
+    mma_bf16(acc, a0, b[0], b[1]);
+    mma_bf16(acc, a1, b[2], b[3]);
   }
 }
 // An operand computed in float32 held as three bf16 tiles, x ≈ hi + mid + lo (24 bits; float32
 // operands: one float tile). Its first two tiles are the two-term split of tiles.cuh (mid = the lo
-// there), which the products of G, h, dq, dk and dv use; the gate gradients' products (gemm16) take
+// there), which the products of G use; the gate gradients' products (gemm_abt) take
 // all three, since the two-term split's 2^-17 would show in them.
 template <class O>
 struct Split3 {
@@ -238,36 +224,34 @@ __device__ Split3<O> split3_at(O* base, int size) {
   else return {base, base + size, base + 2 * size};
 }
 
-// acc += A B for three-term operands: the six products down to 2^-24 of the operands.
-template <bool kARowMajor, bool kBRowMajor, class O>
-__device__ void gemm16(Acc16& acc, const Split3<O>& A, int lda, const Split3<O>& B, int ldb) {
-  gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.hi, ldb);
+// acc += A Bᵀ for three-term operands: the six products down to 2^-24 of the operands.
+template <class O>
+__device__ void gemm_abt(Acc8& acc, const Split3<O>& A, int lda, const Split3<O>& B, int ldb) {
+  gemm_abt(acc, A.hi, lda, B.hi, ldb);
   if (!A.mid) return;
-  gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.mid, ldb);
-  gemm16<kARowMajor, kBRowMajor>(acc, A.mid, lda, B.hi, ldb);
-  gemm16<kARowMajor, kBRowMajor>(acc, A.hi, lda, B.lo, ldb);
-  gemm16<kARowMajor, kBRowMajor>(acc, A.lo, lda, B.hi, ldb);
-  gemm16<kARowMajor, kBRowMajor>(acc, A.mid, lda, B.mid, ldb);
+  gemm_abt(acc, A.hi, lda, B.mid, ldb);
+  gemm_abt(acc, A.mid, lda, B.hi, ldb);
+  gemm_abt(acc, A.hi, lda, B.lo, ldb);
+  gemm_abt(acc, A.lo, lda, B.hi, ldb);
+  gemm_abt(acc, A.mid, lda, B.mid, ldb);
 }
 
 // The bf16 forward's h_part += (s S ∘ G) V for the warp's 16 rows and its 32 source columns, over
 // all 64 columns of V: the accumulators of S and G (tile layout) are the A operand of the product as
-// they are (bf16 hi + lo), with no trip through shared memory. hpart[nt] is the m16n8 accumulator of
-// columns 8·nt.. of V; the warps w and w + 4 hold the two halves of the sum over the sources.
+// they are (rounded to bf16), with no trip through shared memory. hpart[nt] is the m16n8 accumulator
+// of columns 8·nt.. of V; the warps w and w + 4 hold the two halves of the sum over the sources.
 __device__ void accumulate_pv(float (&hpart)[8][4], const Acc& S, const Acc& G, float scale, const __nv_bfloat16* V,
                               int ldv) {
   const int lane = tiles::lane_id(), m = lane / 8, j = lane % 8;
 #pragma unroll
   for (int kb = 0; kb < 2; ++kb) {  // the warp's 32 source columns, 16 at a time
-    std::uint32_t hi[4], lo[4];     // A fragment x: rows lane/4 (+8 for odd x), columns 2·(lane%4) (+8 for x >= 2)
+    std::uint32_t a[4];             // A fragment x: rows lane/4 (+8 for odd x), columns 2·(lane%4) (+8 for x >= 2)
 #pragma unroll
     for (int x = 0; x < 4; ++x) {
       const int i = x % 2, c = 4 * kb + 2 * (x / 2);
-      const float p0 = scale * S[i][c] * G[i][c], p1 = scale * S[i][c + 1] * G[i][c + 1];
-      const __nv_bfloat162 h = __floats2bfloat162_rn(p0, p1);
-      const __nv_bfloat162 l = __floats2bfloat162_rn(p0 - __low2float(h), p1 - __high2float(h));
-      hi[x] = reinterpret_cast<const std::uint32_t&>(h);
-      lo[x] = reinterpret_cast<const std::uint32_t&>(l);
+      const __nv_bfloat162 pair =
+          __floats2bfloat162_rn(scale * S[i][c] * G[i][c], scale * S[i][c + 1] * G[i][c + 1]);
+      a[x] = reinterpret_cast<const std::uint32_t&>(pair);
     }
     const int k0 = 32 * (tiles::warp_id() / 4) + 16 * kb;
 #pragma unroll
@@ -275,10 +259,7 @@ __device__ void accumulate_pv(float (&hpart)[8][4], const Acc& S, const Acc& G, 
       std::uint32_t b[4];
       tiles::ldmatrix_x4<true>(b, V + (k0 + (m % 2) * 8 + j) * ldv + n0 + (m / 2) * 8);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        mma_bf16(hpart[n0 / 8 + h], hi, b[2 * h], b[2 * h + 1]);
-        mma_bf16(hpart[n0 / 8 + h], lo, b[2 * h], b[2 * h + 1]);
-      }
+      for (int h = 0; h < 2; ++h) mma_bf16(hpart[n0 / 8 + h], a, b[2 * h], b[2 * h + 1]);
     }
   }
 }
@@ -292,7 +273,7 @@ struct Widths {
 
 // The shared memory of a walk block, in bytes from its start.
 struct Layout {
-  std::size_t F1, F2, W1, W2, P, maps, M, W, E, V2, bytes;
+  std::size_t F1, F2, W1, W2, P, maps, M, W, E, X, U, Mf, Rs, bytes;
   __host__ __device__ Layout(Role role, int DQK, int DV, int CY, std::size_t element) {
     const Widths w(role, DQK, DV);
     const std::size_t ld1 = stride(w.w1), ld2 = stride(w.w2), split = element == 4 ? 1 : 3;  // Split3
@@ -305,8 +286,14 @@ struct Layout {
     M = maps + align16(2 * kTbSb * sizeof(float));                       // [split][64][24]: Mb_C or Sb_Cᵀ
     W = M + align16(split * kNodes * stride(kBorders) * element);        // [split][16][72]
     E = W + align16(split * kBorders * stride(kNodes) * element);        // [2][CY + 1][16][16] float
-    V2 = E + align16(2 * std::size_t(CY + 1) * kBlock * sizeof(float));  // [2][64][17] float
-    bytes = V2 + (role == kForward ? 0 : align16(2 * kNodes * (kBorders + 1) * sizeof(float)));
+    // The backward's gate-gradient products: X = Sb_A (keys: Mb_Aᵀ) [split][16][72], U [64][17] float,
+    // Mb_C [64][17] float (queries), R [16][17] float.
+    const bool backward = role != kForward;
+    X = E + align16(2 * std::size_t(CY + 1) * kBlock * sizeof(float));
+    U = X + (backward ? align16(split * kBorders * stride(kNodes) * element) : 0);
+    Mf = U + (backward ? align16(kNodes * (kBorders + 1) * sizeof(float)) : 0);
+    Rs = Mf + (role == kQueries ? align16(kNodes * (kBorders + 1) * sizeof(float)) : 0);
+    bytes = Rs + (backward ? align16(kBorders * (kBorders + 1) * sizeof(float)) : 0);
   }
 };
 
@@ -333,14 +320,20 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   T* W1 = reinterpret_cast<T*>(smem + layout.W1);
   T* W2 = reinterpret_cast<T*>(smem + layout.W2);
   const Split3<T> dG3 = split3_at(reinterpret_cast<T*>(smem + layout.P), kTile * ldp);  // dG, over P
-  const tiles::Split<T> P = dG3.two();
+  // P = s S ∘ G (or s dP ∘ G) feeds only h, dq, dk and dv, which are written in T: one term, rounded to T
+  // as a plain bf16 computation rounds it (flash-attention's criterion).
+  const tiles::Split<T> P{dG3.hi, nullptr};
   float* map_tiles = reinterpret_cast<float*>(smem + layout.maps);
   Split3<T> M3 = split3_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
   Split3<T> W3 = split3_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
   if constexpr (R == kForward) M3.lo = W3.lo = nullptr;  // the forward's products take two terms
   const tiles::Split<T> M = M3.two(), W = W3.two();
   float* E = reinterpret_cast<float*>(smem + layout.E);
-  float* V2 = reinterpret_cast<float*>(smem + layout.V2);
+  const Split3<T> X3 = split3_at(reinterpret_cast<T*>(smem + layout.X), kBorders * stride(kNodes));
+  float* U = reinterpret_cast<float*>(smem + layout.U);
+  float* Mf = reinterpret_cast<float*>(smem + layout.Mf);
+  float* Rs = reinterpret_cast<float*>(smem + layout.Rs);
+  constexpr int ldu = kBorders + 1;  // U, Mf and Rs
   const std::int64_t off1 = std::int64_t(bh) * N * p.DQK, off2 = std::int64_t(bh) * N * p.DV;
   const T* f1 = static_cast<const T*>(R == kKeys ? p.k : p.q) + off1;
   const T* f2 = static_cast<const T*>(R == kKeys ? p.v : p.dh) + off2;
@@ -414,34 +407,23 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   // The bf16 forward keeps P in registers (accumulate_pv): a partial h per warp instead of acc1.
   constexpr bool kPInRegisters = R == kForward && std::is_same_v<T, __nv_bfloat16>;
   float hpart[kPInRegisters ? 8 : 1][4] = {};
-  Acc16 dM;  // dMb_C (queries) or dSb_Cᵀ (keys), this orientation, this thread's depth half
+  // dMb_C (queries) or dSb_Cᵀ (keys) of this orientation: the thread's (node t, in-border r) for
+  // t = tid / 4, r = 4 (tid mod 4) + j.
+  float dM[4];
+  const int mt = tid / 4, mr = 4 * (tid % 4);
   const bool writes_maps = R != kForward && blockIdx.y == 0;
   if (writes_maps)  // zero for the orientations whose walk from C is empty (C in the frame's corner)
     for (int o = 0; o < p.orientations; ++o)
       for (int e = tid; e < kNodes * kBorders; e += kThreads)
         (R == kQueries ? m.dMb : m.dSb)[item(m, chunks.count(), o, lbh, chunk) * kNodes * kBorders + e] = 0.f;
-  // Writes dM of orientation o (the two depth halves summed through V2) and zeroes it.
+  // Writes dM of orientation o.
   const auto flush = [&](int o) {
-    __syncthreads();  // V2's previous readers are done
-    if (tid >= 128)
+    const std::int64_t at = item(m, chunks.count(), o, lbh, chunk) * kNodes * kBorders;
 #pragma unroll
-      for (int np = 0; np < 2; ++np)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) V2[acc16_row(e) * (kBorders + 1) + acc16_col(np, e)] = dM[np][e];
-    __syncthreads();
-    if (tid < 128) {
-      const std::int64_t at = item(m, chunks.count(), o, lbh, chunk) * kNodes * kBorders;
-#pragma unroll
-      for (int np = 0; np < 2; ++np)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = acc16_row(e), c = acc16_col(np, e);
-          const float x = dM[np][e] + V2[r * (kBorders + 1) + c];
-          if (R == kQueries) m.dMb[at + r * kBorders + c] = x;
-          else m.dSb[at + c * kNodes + r] = x;
-        }
+    for (int j = 0; j < 4; ++j) {
+      if (R == kQueries) m.dMb[at + mt * kBorders + mr + j] = dM[j];
+      else m.dSb[at + (mr + j) * kNodes + mt] = dM[j];
     }
-    __syncthreads();
   };
   int buffer = 0, orientation = -1;
   for (bool more = true; more; buffer ^= 1) {
@@ -472,14 +454,13 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         const float* from = m.maps + item(m, chunks.count(), o, lbh, chunk) * kMapFloats;
         for (int e = tid; e < kNodes * kBorders; e += kThreads) {
           const int r = e / kBorders, i = e % kBorders;  // M(r, i): Mb_C, or Sb_Cᵀ for keys
-          M3.set(r * stride(kBorders) + i, __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e)));
+          const float x = __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e));
+          M3.set(r * stride(kBorders) + i, x);
+          if (R == kQueries) Mf[r * ldu + i] = x;
         }
         E[(fcx(o) & 1) * (CY + 1) * kBlock + fcy(o) * kBlock + tid] = tid / kBorders == tid % kBorders ? 1.f : 0.f;
-        if (writes_maps)
 #pragma unroll
-          for (int np = 0; np < 2; ++np)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) dM[np][e] = 0.f;
+        for (int j = 0; j < 4; ++j) dM[j] = 0.f;
         __syncthreads();
       }
       // R (a row per C in-border r) from the neighbours' E, then E(A) = R Tb_A and W = R Sb_A, a thread
@@ -527,6 +508,15 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
       Ecur[fay * kBlock + r * kBorders + c] = e;
       W3.set_pair(r * stride(kNodes) + 4 * c, wr[0], wr[1]);
       W3.set_pair(r * stride(kNodes) + 4 * c + 2, wr[2], wr[3]);
+      if (writes_maps) {
+        // R, and X = Sb_A (keys: Mb_Aᵀ) as three terms, for the gate-gradient products.
+        Rs[r * ldu + c] = c < kL ? (fax < fcx(o) ? Eprev[fay * kBlock + r * kBorders + c] : 0.f)
+                                 : (fay < fcy(o) ? Ecur[(fay + 1) * kBlock + r * kBorders + c] : 0.f);
+        for (int x = tid; x < kBorders * kNodes; x += kThreads) {
+          const int i = x / kNodes, n = x % kNodes;  // X(i, n)
+          X3.set(i * stride(kNodes) + n, R == kKeys ? Sb[n * kBorders + i] : Sb[x]);
+        }
+      }
       __syncthreads();
       tiles::zero(G);
       tiles::gemm<true, true, kBorders>(G, M.hi, stride(kBorders), W, stride(kNodes));
@@ -578,30 +568,27 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
           }
         if (step.o >= 0) {
           __syncthreads();
-          // dG Wᵀ, summed per block before it joins dM (shorter float32 sums: dG has both signs and the
-          // sum over the walk cancels).
-          Acc16 term = {};
-          gemm16<true, false>(term, dG3, ldp, W3, stride(kNodes));
+          // With U = dG Xᵀ (dG Sb_Aᵀ; keys: dG Mb_A): dMb_C += dG Wᵀ = U Rᵀ (keys: dSb_Cᵀ), and
+          // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = Mb_Cᵀ U. U on the tensor cores (three-term operands), the rest in
+          // float32 from shared memory.
+          Acc8 u = {};
+          gemm_abt(u, dG3, ldp, X3, stride(kNodes));
 #pragma unroll
-          for (int np = 0; np < 2; ++np)
+          for (int e = 0; e < 4; ++e) U[acc8_row(e) * ldu + acc8_col(e)] = u[e];
+          __syncthreads();
+          // the block's term is summed before it joins dM (shorter float32 sums: dG has both signs and
+          // the sum over the walk cancels)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) dM[np][e] += term[np][e];
+          for (int j = 0; j < 4; ++j) {
+            float term = 0.f;
+#pragma unroll
+            for (int c = 0; c < kBorders; ++c) term = fmaf(U[mt * ldu + c], Rs[(mr + j) * ldu + c], term);
+            dM[j] += term;
+          }
           if constexpr (R == kQueries) {
-            // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = (Sb_A (dGᵀ Mb_C))ᵀ: dGᵀ Mb_C by depth halves into V2, then a
-            // thread per (r, c) of D.
-            Acc16 v2 = {};
-            gemm16<false, true>(v2, dG3, ldp, M3, stride(kBorders));
-            float* half = V2 + (tid / 128) * kNodes * (kBorders + 1);
-#pragma unroll
-            for (int np = 0; np < 2; ++np)
-#pragma unroll
-              for (int e = 0; e < 4; ++e) half[acc16_row(e) * (kBorders + 1) + acc16_col(np, e)] = v2[np][e];
-            __syncthreads();
             const int r = tid / kBorders, c = tid % kBorders;  // D(r, c): C's in-border r, A's out-border c
-            const float* Sb = walked_maps + kBlock;
             float d = 0.f;
-            for (int n = 0; n < kNodes; ++n)
-              d = fmaf(V2[n * (kBorders + 1) + r] + V2[(kNodes + n) * (kBorders + 1) + r], Sb[c * kNodes + n], d);
+            for (int t = 0; t < kNodes; ++t) d = fmaf(Mf[t * ldu + r], U[t * ldu + c], d);
             const std::int64_t pair = chunks.pair(fcx(step.o), fcy(step.o), step.fax, step.fay);
             m.D[((std::int64_t(step.o) * m.bhs + lbh) * chunks.pairs() + pair) * kBlock + tid] = d;
           }

@@ -317,7 +317,7 @@ def kernel_order_backward(q, k, v, gates, dh, L, orientations):
                                 dGb_B = dG of the diagonal block (the same for every orientation);
     source-major (walk(A, o ^ 3) with the maps transposed: Tbᵀ, Mbᵀ in place of Tb, Sb, so R = X_A[B]ᵀ
                                 and W = R Mb_Bᵀ):  Gᵀ = Sb_Aᵀ W;  dk_A += s (dPᵀ ∘ Gᵀ) Q_B;
-                                dv_A += (Sᵀ ∘ Gᵀ) dH_B;  dSb_Aᵀ += dGᵀ Wᵀ;
+                                dv_A += (Sᵀ ∘ Gᵀ) dH_B;  U = dGᵀ Mb_B;  dSb_Aᵀ += U Rᵀ (= dGᵀ Wᵀ);
     chunk level (per orientation, per target B, its cone in raster order): Z[P] (B's in-borders x P's
                                 in-borders) from Y of P's left and upper neighbours, Y[P] = Z[P] Tb_Pᵀ + D[B, P],
                                 dTb_P += R_B[P]ᵀ Z[P];
@@ -365,7 +365,8 @@ def kernel_order_backward(q, k, v, gates, dh, L, orientations):
                 S, dP = tiles(b, a)
                 dk[a] += s * (dP.T * GT) @ rows["q"][b]
                 dv[a] += (S.T * GT) @ rows["dh"][b]
-                dSb[o, a] += ((S * dP).T @ W.T).T
+                U = (S * dP).T @ maps[(o, *b)][2]
+                dSb[o, a] += (U @ R.T).T
 
     for o in range(orientations):  # chunk level
         fx, fy = o & 1, o & 2
