@@ -348,6 +348,22 @@ TEST_CASE("the 1-D chunkwise form with bf16 operands is a plain bf16 computation
   }
 }
 
+TEST_CASE("the 2-D parallel form with bf16 operands is a plain bf16 computation", "[plstm][grid]") {
+  // Inputs already bf16: exact operands reproduce the oracle; bf16 operands round P = s (q·k) G before
+  // P V and err at bf16's 2^-9 scale, never beyond it.
+  auto p = random_problem(GridShape{2, 2, 9, 7, 16, 12}, 0.7, 92);
+  for (auto* x : {&p.q, &p.k, &p.v}) *x = round_to_bf16(*x);
+  const auto oracle = dag_oracle(p);
+  const auto error = [&](Operands operands) {
+    const auto h = grid_forward(p.inputs(), {GridForm::parallel, 0, operands}, {});
+    return check::error(h.data(), oracle.data(), static_cast<index_t>(oracle.size()), p.scale());
+  };
+  CHECK(error(Operands::exact) < 1e-12);
+  const double e = error(Operands::bf16);
+  CHECK(e > 1e-4);
+  CHECK(e < 1e-2);
+}
+
 TEST_CASE("the 1-D chunkwise backward matches finite differences at every chunk size", "[plstm][gradients]") {
   const auto p = random_problem(SequenceShape{1, 2, 13, 4, 3}, 21);
   for (index_t L : {1, 3, 4, 8, 13}) {

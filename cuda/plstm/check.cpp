@@ -292,7 +292,13 @@ KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateM
                        std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("grid {} x{} {} {}", to_string(dtype), orientations, to_string(mode), shape.name());
-  c.baseline = "float32 reference (recurrent, parallel)";
+  // bf16: also the parallel form in plain bf16 arithmetic (P rounded to bf16 before P V), as the
+  // chunk-map kernels round P (the flash-attention criterion).
+  std::vector<ref::GridForm> forms = {{ref::GridForm::recurrent}, {ref::GridForm::parallel}};
+  if (dtype == DType::bfloat16) forms.push_back({ref::GridForm::parallel, 0, Operands::bf16});
+  c.baseline = "float32 reference (";
+  for (const ref::GridForm& form : forms) c.baseline += (&form == &forms[0] ? "" : "; ") + form.name();
+  c.baseline += ")";
   const ref::OrientedGridProblem p = kernel_problem(shape, mode, dtype, seed);
   const double scale = check::rms(p.q, p.k, p.v);
 
@@ -301,8 +307,8 @@ KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateM
   const auto gates32 = cast_gates<float>(p.gates);
   std::vector<std::vector<check::Named<float>>> runs;
   std::vector<xt::xtensor<float, 5>> kept;
-  for (const auto kind : {ref::GridForm::recurrent, ref::GridForm::parallel}) {
-    kept.push_back(reference_h(q32, k32, v32, gates32, orientations, {kind}));
+  for (const ref::GridForm& form : forms) {
+    kept.push_back(reference_h(q32, k32, v32, gates32, orientations, form));
     runs.push_back({check::named("h", kept.back())});
   }
 

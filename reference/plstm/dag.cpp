@@ -214,15 +214,16 @@ Eigen::Array<bool, Eigen::Dynamic, Eigen::Dynamic> reachability(const graph::Dag
 }
 
 template <class F>
-void forward_parallel(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h) {
+void forward_parallel(const graph::Dag& dag, const ArcIndex& arcs, const Dims& d, const Head<F>& x, F* h,
+                      Operands operands) {
   using ConstMat = Eigen::Map<const Mat<F>>;
   const ConstMat Q(x.q, d.N, d.DQK), K(x.k, d.N, d.DQK), V(x.v, d.N, d.DV);
-  const Mat<F> A = x.scale * Q * K.transpose();  // A(n, n') = s q^n·k^n'
+  const Mat<F> A = x.scale * operand(Q, operands) * operand(K, operands).transpose();  // A(n, n') = s q^n·k^n'
   Mat<F> P = gating(dag, arcs, d, x).transpose().cwiseProduct(A);
   P.diagonal() += Eigen::Map<const Vec<F>>(x.D, d.N).cwiseProduct(A.diagonal());
   auto out = Eigen::Map<Mat<F>>(h, d.N, d.DV);
   if (A.allFinite() && V.allFinite()) {
-    out.noalias() = P * V;
+    out.noalias() = operand(P, operands) * operand(V, operands);
     return;
   }
   // Non-finite inputs: only along paths (reference/masked.hpp), as the recurrent form propagates them.
@@ -243,7 +244,8 @@ std::string to_string(DagForm form) {
 }
 
 template <class F>
-xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagForm form, const Options& o) {
+xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagForm form, const Options& o,
+                              Operands operands) {
   const ArcIndex arcs(dag);
   const Dims d = check_inputs(dag, x, arcs);
   auto h = uninitialized<F>(Shape<4>{d.B, d.NH, d.N, d.DV});
@@ -260,7 +262,7 @@ xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagF
     const Head<F> head(x, d, bh, o);
     F* out = h.data() + bh * d.N * d.DV;
     form == DagForm::recurrent ? forward_recurrent(dag, arcs, d, head, out)
-                               : forward_parallel(dag, arcs, d, head, out);
+                               : forward_parallel(dag, arcs, d, head, out, operands);
   });
   return h;
 }
@@ -352,7 +354,7 @@ DagGrad<F> dag_backward(const graph::Dag& dag, const DagInputs<F>& x, ConstView<
 }
 
 #define FLASHLSTM_INSTANTIATE(F)                                                                                \
-  template xt::xtensor<F, 4> dag_forward(const graph::Dag&, const DagInputs<F>&, DagForm, const Options&);      \
+  template xt::xtensor<F, 4> dag_forward(const graph::Dag&, const DagInputs<F>&, DagForm, const Options&, Operands);      \
   template DagGrad<F> dag_backward(const graph::Dag&, const DagInputs<F>&, ConstView<F, 4>, const Options&);    \
   template xt::xtensor<F, 4> dag_gating(const graph::Dag&, const DagInputs<F>&);
 FLASHLSTM_INSTANTIATE(float)

@@ -412,7 +412,7 @@ std::string GridForm::name() const {
   switch (kind) {
     case recurrent: return "recurrent";
     case chunkwise: return fmt::format("chunkwise(L={})", chunk_size);
-    case parallel: return "parallel";
+    case parallel: return operands == Operands::bf16 ? "parallel, bf16 operands" : "parallel";
   }
   return "?";
 }
@@ -510,7 +510,7 @@ xt::xtensor<F, 5> grid_forward(const GridInputs<F>& x, const GridForm& form, con
                                             ConstView<F, 4>(x.k.data(), {d.B, d.NH, d.nodes(), d.DQK}),
                                             ConstView<F, 4>(x.v.data(), {d.B, d.NH, d.nodes(), d.DV}), gates.S,
                                             gates.T, gates.M, gates.D},
-                               DagForm::parallel, o);
+                               DagForm::parallel, o, form.operands);
     auto out = uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DV});
     std::copy(h.begin(), h.end(), out.begin());
     return out;

@@ -37,6 +37,9 @@ struct GridInputs {
 struct GridForm {
   enum Kind { recurrent, chunkwise, parallel } kind = recurrent;
   index_t chunk_size = 0;  // chunkwise: the side of a square chunk, a power of two
+  // parallel: the arithmetic of its products (core/bf16.hpp); Operands::bf16 rounds s Q Kᵀ's and P V's
+  // operands to bfloat16, a plain bf16 computation of the form (the baseline of the bf16 kernels)
+  Operands operands = Operands::exact;
   std::string name() const;
 };
 

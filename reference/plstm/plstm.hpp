@@ -11,6 +11,7 @@
 // (B, NH, E) per edge; T (B, NH, A) per line-graph arc (graph::line_graph numbering); D (B, NH, N).
 #pragma once
 
+#include "core/bf16.hpp"
 #include "core/plstm_options.hpp"
 #include "core/view.hpp"
 #include "graph/graph.hpp"
@@ -32,8 +33,10 @@ struct DagInputs {
 enum class DagForm { recurrent, levels, parallel };
 std::string to_string(DagForm form);
 
+// `operands` (parallel form): the arithmetic of its products, s Q Kᵀ and P V (core/bf16.hpp).
 template <class F>
-xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagForm form, const Options& options);
+xt::xtensor<F, 4> dag_forward(const graph::Dag& dag, const DagInputs<F>& x, DagForm form, const Options& options,
+                              Operands operands = Operands::exact);
 
 template <class F>
 struct DagGrad {
