@@ -200,15 +200,13 @@ __device__ void gemm_abt(Acc8& acc, const __nv_bfloat16* A, int lda, const __nv_
   }
 }
 // An operand computed in float32 held as three bf16 tiles, x ≈ hi + mid + lo (24 bits; float32
-// operands: one float tile). Its first two tiles are the two-term split of tiles.cuh (mid = the lo
-// there), which the products of G use; the gate gradients' products (gemm_abt) take
-// all three, since the two-term split's 2^-17 would show in them.
+// operands: one float tile), for the gate gradients' products (gemm_abt), where the two-term split of
+// tiles.cuh (2^-17) would show.
 template <class O>
 struct Split3 {
   O* hi;
   O* mid;
   O* lo;
-  __device__ tiles::Split<O> two() const { return {hi, mid}; }
   __device__ void set(std::int64_t e, float x) const {
     hi[e] = from_float<O>(x);
     if (!mid) return;
@@ -276,16 +274,17 @@ struct Layout {
   std::size_t F1, F2, W1, W2, P, maps, M, W, E, X, U, Mf, Rs, bytes;
   __host__ __device__ Layout(Role role, int DQK, int DV, int CY, std::size_t element) {
     const Widths w(role, DQK, DV);
-    const std::size_t ld1 = stride(w.w1), ld2 = stride(w.w2), split = element == 4 ? 1 : 3;  // Split3
+    const std::size_t ld1 = stride(w.w1), ld2 = stride(w.w2);
+    const std::size_t split = element == 4 ? 1 : 3, two = element == 4 ? 1 : 2;  // Split3, tiles::Split
     F1 = 0;
     F2 = F1 + align16(kTile * ld1 * element);
     W1 = F2 + (role == kForward ? 0 : align16(kTile * ld2 * element));  // [2][64][ld1]
     W2 = W1 + align16(2 * kTile * ld1 * element);                        // [2][64][ld2]
     P = W2 + align16(2 * kTile * ld2 * element);                         // [split][64][72]
     maps = P + align16(split * kTile * stride(kTile) * element);         // [2][Tb | Sb or Mb] float
-    M = maps + align16(2 * kTbSb * sizeof(float));                       // [split][64][24]: Mb_C or Sb_Cᵀ
-    W = M + align16(split * kNodes * stride(kBorders) * element);        // [split][16][72]
-    E = W + align16(split * kBorders * stride(kNodes) * element);        // [2][CY + 1][16][16] float
+    M = maps + align16(2 * kTbSb * sizeof(float));                       // [two][64][24]: Mb_C or Sb_Cᵀ
+    W = M + align16(two * kNodes * stride(kBorders) * element);          // [two][16][72]
+    E = W + align16(two * kBorders * stride(kNodes) * element);          // [2][CY + 1][16][16] float
     // The backward's gate-gradient products: X = Sb_A (keys: Mb_Aᵀ) [split][16][72], U [64][17] float,
     // Mb_C [64][17] float (queries), R [16][17] float.
     const bool backward = role != kForward;
@@ -324,10 +323,9 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   // as a plain bf16 computation rounds it (flash-attention's criterion).
   const tiles::Split<T> P{dG3.hi, nullptr};
   float* map_tiles = reinterpret_cast<float*>(smem + layout.maps);
-  Split3<T> M3 = split3_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
-  Split3<T> W3 = split3_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
-  if constexpr (R == kForward) M3.lo = W3.lo = nullptr;  // the forward's products take two terms
-  const tiles::Split<T> M = M3.two(), W = W3.two();
+  // Mb_C (keys: Sb_Cᵀ) and W, the operands of G = M W, as two terms (hi + lo)
+  const tiles::Split<T> M = tiles::split_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
+  const tiles::Split<T> W = tiles::split_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
   float* E = reinterpret_cast<float*>(smem + layout.E);
   const Split3<T> X3 = split3_at(reinterpret_cast<T*>(smem + layout.X), kBorders * stride(kNodes));
   float* U = reinterpret_cast<float*>(smem + layout.U);
@@ -455,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         for (int e = tid; e < kNodes * kBorders; e += kThreads) {
           const int r = e / kBorders, i = e % kBorders;  // M(r, i): Mb_C, or Sb_Cᵀ for keys
           const float x = __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e));
-          M3.set(r * stride(kBorders) + i, x);
+          M.set(r * stride(kBorders) + i, x);
           if (R == kQueries) Mf[r * ldu + i] = x;
         }
         E[(fcx(o) & 1) * (CY + 1) * kBlock + fcy(o) * kBlock + tid] = tid / kBorders == tid % kBorders ? 1.f : 0.f;
@@ -506,8 +504,8 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         }
       }
       Ecur[fay * kBlock + r * kBorders + c] = e;
-      W3.set_pair(r * stride(kNodes) + 4 * c, wr[0], wr[1]);
-      W3.set_pair(r * stride(kNodes) + 4 * c + 2, wr[2], wr[3]);
+      W.set_pair(r * stride(kNodes) + 4 * c, true, wr[0], wr[1]);
+      W.set_pair(r * stride(kNodes) + 4 * c + 2, true, wr[2], wr[3]);
       if (writes_maps) {
         // R, and X = Sb_A (keys: Mb_Aᵀ) as three terms, for the gate-gradient products.
         Rs[r * ldu + c] = c < kL ? (fax < fcx(o) ? Eprev[fay * kBlock + r * kBorders + c] : 0.f)
