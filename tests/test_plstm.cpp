@@ -185,7 +185,7 @@ TEST_CASE("2-D forms equal the DAG form on the grid graph", "[plstm][grid]") {
     const auto p = random_problem(GridShape{2, 2, X, Y, 5, 4}, 0.7, static_cast<std::uint64_t>(X * 10 + Y));
     const auto on_dag = dag_oracle(p);
     std::vector<GridForm> forms{{GridForm::recurrent}, {GridForm::parallel}};
-    for (index_t L : {1, 2, 4, 8}) forms.push_back({GridForm::chunkwise, L});
+    for (index_t L : {1, 2, 4, 8}) forms.push_back({GridForm::chunkwise, L}), forms.push_back({GridForm::maps, L});
     for (const auto& form : forms) {
       INFO(X << "x" << Y << " " << form.name());
       CHECK(check::compare("h", grid_forward(p.inputs(), form, {}), on_dag, 1e-12, p.scale()).passed());
@@ -362,6 +362,51 @@ TEST_CASE("the 2-D parallel form with bf16 operands is a plain bf16 computation"
   const double e = error(Operands::bf16);
   CHECK(e > 1e-4);
   CHECK(e < 1e-2);
+}
+
+TEST_CASE("the 2-D maps form with bf16 operands is a plain bf16 computation", "[plstm][grid]") {
+  // Inputs already bf16: exact operands reproduce the oracle and the chunkwise gradients; bf16
+  // operands (every product over a chunk's nodes, G = Mb W and the gate-gradient products included)
+  // err at bf16's 2^-9 scale, never beyond it, on h and on every gradient.
+  auto p = random_problem(GridShape{2, 2, 19, 11, 16, 12}, 0.7, 93);
+  for (auto* x : {&p.q, &p.k, &p.v, &p.dh}) *x = round_to_bf16(*x);
+  const auto oracle = dag_oracle(p);
+  const auto chunkwise_grad = grid_backward(p.inputs(), ConstView<double, 5>(p.dh), 1, {});
+  const auto oracle_grad = tensors(chunkwise_grad);
+  for (const Operands operands : {Operands::exact, Operands::bf16}) {
+    const GridForm form{GridForm::maps, 8, operands};
+    INFO(form.name());
+    const double e = check::error(grid_forward(p.inputs(), form, {}).data(), oracle.data(),
+                                  static_cast<index_t>(oracle.size()), p.scale());
+    const auto maps_grad = grid_backward(p.inputs(), ConstView<double, 5>(p.dh), form, {});
+    const auto grad = tensors(maps_grad);
+    for (std::size_t i = 0; i < grad.size(); ++i) {
+      INFO(grad[i].name);
+      const double eg = check::error(grad[i].data, oracle_grad[i].data, grad[i].size, p.scale());
+      if (operands == Operands::exact || grad[i].name == "dD") {  // dD: s dP ∘ S, no rounded operand
+        CHECK(eg < 1e-12);
+      } else {
+        CHECK(eg > 1e-5);
+        CHECK(eg < 1e-2);
+      }
+    }
+    if (operands == Operands::exact) {
+      CHECK(e < 1e-12);
+    } else {
+      CHECK(e > 1e-4);
+      CHECK(e < 1e-2);
+    }
+  }
+}
+
+TEST_CASE("the 2-D maps backward matches finite differences at every chunk size", "[plstm][gradients][grid]") {
+  const auto p = random_problem(GridShape{1, 2, 5, 7, 3, 2}, 0.7, 32);
+  for (index_t L : {1, 2, 4, 8}) {
+    INFO("L " << L);
+    CHECK_THAT(gradcheck(p, GridForm{GridForm::maps, L}, static_cast<std::uint64_t>(L)), passes());
+  }
+  CHECK_THROWS_WITH(grid_backward(p.inputs(), ConstView<double, 5>(p.dh), GridForm{GridForm::parallel}, {}),
+                    Contains("form: the backward has the chunkwise and maps forms"));
 }
 
 TEST_CASE("the 1-D chunkwise backward matches finite differences at every chunk size", "[plstm][gradients]") {

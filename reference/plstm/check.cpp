@@ -187,7 +187,11 @@ xt::xtensor<double, 5> dag_oracle(const GridProblem<double>& p) {
 }
 
 check::Report gradcheck(GridProblem<double> p, index_t chunk_size, std::uint64_t seed) {
-  const auto g = grid_backward(p.inputs(), ConstView<double, 5>(p.dh), chunk_size, {});
+  return gradcheck(std::move(p), GridForm{GridForm::chunkwise, chunk_size}, seed);
+}
+
+check::Report gradcheck(GridProblem<double> p, const GridForm& form, std::uint64_t seed) {
+  const auto g = grid_backward(p.inputs(), ConstView<double, 5>(p.dh), form, {});
   using check::argument;
   std::vector<check::Argument> arguments = {argument("q", p.q, g.dq), argument("k", p.k, g.dk),
                                             argument("v", p.v, g.dv)};

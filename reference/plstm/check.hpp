@@ -112,7 +112,9 @@ GridProblem<double> random_problem(const GridShape& shape, double gate_bound, st
 // The oracle on a grid: the DAG recurrent form on grid_dag, as (B, NH, X, Y, DV).
 xt::xtensor<double, 5> dag_oracle(const GridProblem<double>& p);
 
-// grid_backward with chunk size L against finite differences of the recurrent form.
+// grid_backward in `form` (chunkwise or maps) against finite differences of the recurrent form; an
+// index is the chunkwise form's chunk size.
+check::Report gradcheck(GridProblem<double> p, const GridForm& form, std::uint64_t seed);
 check::Report gradcheck(GridProblem<double> p, index_t chunk_size, std::uint64_t seed);
 
 template <class F>

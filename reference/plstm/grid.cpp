@@ -46,6 +46,10 @@ Dims check_inputs(const GridInputs<F>& x) {
   return d;
 }
 
+inline void check_chunk_size(index_t L) {
+  require(L >= 1 && (L & (L - 1)) == 0, "chunk_size", "expected a power of two >= 1, got {}", L);
+}
+
 // Pointers to one (batch, head); gate(p, x, y) reads gate p at node (x, y).
 template <class F>
 struct Head {
@@ -406,6 +410,186 @@ std::vector<Mat<F>> chunk_backward(const Head<F>& g, const Block<F>& b, const st
   return d_in;
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The chunk-map form, the form of the CUDA kernels (docs/cuda_plstm.md). The grid is cut into chunks
+// of side L, each described by its map (build_block). The gating between a target chunk B and a
+// source chunk A above and to the left of it (A ≠ B) is a product of small matrices,
+//     G[B, A] = Mb_B X_A[B] Sb_A,
+// where X_A[B] (B's in-borders x A's out-borders) holds the weights with which A's out-border states
+// reach B's in-borders (reach, below); G[B, B] is B's own Gb with D on its diagonal. Then
+//     h_B = s Σ_A (Q_B K_Aᵀ ∘ G[B, A]) V_A:
+// the parallel form a block at a time, with memory linear in the number of nodes.
+//
+// With Operands::bf16 every product over a chunk's nodes rounds its operands to bf16: Q Kᵀ, P V and
+// G = Mb W in the forward; dH Vᵀ, dS K, dSᵀ Q, Pᵀ dH, U = dG Sb_Aᵀ and U' = dGᵀ Mb_B in the backward.
+// That is a plain bf16 computation of the form, the baseline of the bf16 kernels. The maps and the
+// algebra between borders (X, W = X Sb, the chunk level) stay in F, like the states of a chunkwise
+// form. A non-finite input reaches every node of the blocks it enters, as in the kernels.
+
+template <class F>
+struct ChunkGrid {
+  index_t CX, CY;
+  std::vector<Block<F>> blocks;  // chunk (cx, cy) at cx·CY + cy
+  std::vector<BlockData<F>> data;
+  ChunkGrid(const Head<F>& g, const Dims& d, index_t L) : CX((d.X + L - 1) / L), CY((d.Y + L - 1) / L) {
+    for (index_t cx = 0; cx < CX; ++cx)
+      for (index_t cy = 0; cy < CY; ++cy) {
+        blocks.push_back(build_block(g, d, cx * L, cy * L, L));
+        data.emplace_back(g, blocks.back());
+      }
+  }
+  index_t count() const { return CX * CY; }
+  // Whether chunk a is in the cone of b (above and to the left of it, or b itself).
+  bool reaches(index_t a, index_t b) const { return a / CY <= b / CY && a % CY <= b % CY; }
+};
+
+// X_A[B] for every chunk B in A's cone other than A (empty elsewhere), in raster order: B's left
+// in-borders (by row) are its left neighbour's right out-borders and its top in-borders (by column)
+// its upper neighbour's bottom out-borders, where A's own out-borders are I and another chunk P's are
+// Tb_P X_A[P].
+template <class F>
+std::vector<Mat<F>> reach(const ChunkGrid<F>& c, index_t a) {
+  std::vector<Mat<F>> X(c.count()), out(c.count());
+  out[a] = Mat<F>::Identity(c.blocks[a].borders(), c.blocks[a].borders());
+  for (index_t b = a + 1; b < c.count(); ++b) {
+    if (!c.reaches(a, b)) continue;
+    const Block<F>& B = c.blocks[b];
+    X[b] = Mat<F>::Zero(B.borders(), out[a].cols());
+    if (b >= c.CY && c.reaches(a, b - c.CY)) X[b].topRows(B.height()) = out[b - c.CY].topRows(B.height());
+    if (b % c.CY > 0 && c.reaches(a, b - 1)) X[b].bottomRows(B.width()) = out[b - 1].bottomRows(B.width());
+    out[b] = B.Tb * X[b];
+  }
+  return X;
+}
+
+// Reverse of reach: from dX_A[B] (by chunk, the shapes of X), adds to every chunk's dTb.
+template <class F>
+void reach_backward(const ChunkGrid<F>& c, index_t a, const std::vector<Mat<F>>& X, const std::vector<Mat<F>>& dX,
+                    std::vector<Block<F>>& d_maps) {
+  std::vector<Mat<F>> d_out(c.count());  // the gradient of each chunk's out-borders, Tb_P X_A[P]
+  for (index_t b = c.count() - 1; b > a; --b) {
+    if (!c.reaches(a, b)) continue;
+    const Block<F>& B = c.blocks[b];
+    Mat<F> dXb = dX[b];
+    if (d_out[b].size()) {
+      d_maps[b].Tb += d_out[b] * X[b].transpose();
+      dXb += B.Tb.transpose() * d_out[b];
+    }
+    const auto send = [&](index_t to, bool top_rows) {
+      if (to == a || !c.reaches(a, to)) return;  // A's out-borders are the constant I
+      if (!d_out[to].size()) d_out[to] = Mat<F>::Zero(c.blocks[to].borders(), dXb.cols());
+      if (top_rows) d_out[to].topRows(B.height()) += dXb.topRows(B.height());
+      else d_out[to].bottomRows(B.width()) += dXb.bottomRows(B.width());
+    };
+    if (b >= c.CY) send(b - c.CY, true);
+    if (b % c.CY > 0) send(b - 1, false);
+  }
+}
+
+// The gating G[B, A] in the arithmetic `ops` (D on the diagonal of G[B, B]).
+template <class F>
+Mat<F> chunk_gating(const ChunkGrid<F>& c, const std::vector<std::vector<Mat<F>>>& X, index_t b, index_t a,
+                    Operands ops) {
+  if (a == b) {
+    Mat<F> G = c.blocks[b].Gb;
+    G.diagonal() += c.data[b].D;
+    return G;
+  }
+  return operand(c.blocks[b].Mb, ops) * operand(Mat<F>(X[a][b] * c.blocks[a].Sb), ops);
+}
+
+template <class F>
+std::vector<std::vector<Mat<F>>> all_reach(const ChunkGrid<F>& c) {
+  std::vector<std::vector<Mat<F>>> X;
+  for (index_t a = 0; a < c.count(); ++a) X.push_back(reach(c, a));
+  return X;
+}
+
+template <class F>
+void maps_forward(const Head<F>& g, const Dims& d, index_t L, Operands ops, F* h) {
+  const ChunkGrid<F> c(g, d, L);
+  const auto X = all_reach(c);
+  for (index_t b = 0; b < c.count(); ++b) {
+    const Block<F>& B = c.blocks[b];
+    Mat<F> H = Mat<F>::Zero(B.nodes(), g.DV);
+    for (index_t a = 0; a <= b; ++a) {
+      if (!c.reaches(a, b)) continue;
+      const Mat<F> S = operand(c.data[b].Q, ops) * operand(c.data[a].K, ops).transpose();
+      const Mat<F> P = g.scale * S.cwiseProduct(chunk_gating(c, X, b, a, ops));
+      H.noalias() += operand(P, ops) * operand(c.data[a].V, ops);
+    }
+    for (index_t x = B.x0; x < B.x1; ++x)
+      for (index_t y = B.y0; y < B.y1; ++y)
+        Eigen::Map<Vec<F>>(h + g.node(x, y) * g.DV, g.DV) = H.row(B.local(x, y)).transpose();
+  }
+}
+
+// The exact gradients of maps_forward: per pair (B, A), dP = dH_B V_Aᵀ, dS = s dP ∘ G and dG = s dP ∘ S
+// give dq, dk, dv and (diagonal) dGb and dD; off the diagonal dMb_B += U X_A[B]ᵀ and dX_A[B] = Mb_Bᵀ U
+// with U = dG Sb_Aᵀ, and dSb_A += X_A[B]ᵀ U'ᵀ with U' = dGᵀ Mb_B. Then the chunk level (reach_backward)
+// gives dTb, and each chunk's map goes back to its gates (build_block_backward).
+template <class F>
+void maps_backward(const Head<F>& g, const Dims& d, index_t L, Operands ops, const F* dh, const GateGrads<F>& gates,
+                   F* dq, F* dk, F* dv, F* dD) {
+  const ChunkGrid<F> c(g, d, L);
+  const auto X = all_reach(c);
+  const index_t n = c.count();
+  std::vector<Mat<F>> dH(n), dQ(n), dK(n), dV(n);
+  std::vector<Block<F>> d_maps;
+  for (index_t b = 0; b < n; ++b) {
+    const Block<F>& B = c.blocks[b];
+    dH[b] = Mat<F>(B.nodes(), g.DV);
+    for (index_t x = B.x0; x < B.x1; ++x)
+      for (index_t y = B.y0; y < B.y1; ++y)
+        dH[b].row(B.local(x, y)) = Eigen::Map<const Vec<F>>(dh + g.node(x, y) * g.DV, g.DV).transpose();
+    dQ[b] = dK[b] = Mat<F>::Zero(B.nodes(), g.DQK);
+    dV[b] = Mat<F>::Zero(B.nodes(), g.DV);
+    d_maps.push_back({B.x0, B.x1, B.y0, B.y1, Mat<F>::Zero(B.borders(), B.borders()),
+                      Mat<F>::Zero(B.borders(), B.nodes()), Mat<F>::Zero(B.nodes(), B.borders()),
+                      Mat<F>::Zero(B.nodes(), B.nodes())});
+  }
+  std::vector<std::vector<Mat<F>>> dX(n, std::vector<Mat<F>>(n));
+  for (index_t b = 0; b < n; ++b)
+    for (index_t a = 0; a <= b; ++a) {
+      if (!c.reaches(a, b)) continue;
+      const BlockData<F>&xb = c.data[b], &xa = c.data[a];
+      const Mat<F> G = chunk_gating(c, X, b, a, ops);
+      const Mat<F> S = operand(xb.Q, ops) * operand(xa.K, ops).transpose();
+      const Mat<F> dP = operand(dH[b], ops) * operand(xa.V, ops).transpose();
+      const Mat<F> P = g.scale * S.cwiseProduct(G), dS = g.scale * dP.cwiseProduct(G), dG = g.scale * dP.cwiseProduct(S);
+      dV[a].noalias() += operand(P, ops).transpose() * operand(dH[b], ops);
+      dQ[b].noalias() += operand(dS, ops) * operand(xa.K, ops);
+      dK[a].noalias() += operand(dS, ops).transpose() * operand(xb.Q, ops);
+      if (a == b) {
+        d_maps[b].Gb += dG;
+        for (index_t x = c.blocks[b].x0; x < c.blocks[b].x1; ++x)
+          for (index_t y = c.blocks[b].y0; y < c.blocks[b].y1; ++y) {
+            const index_t i = c.blocks[b].local(x, y);
+            dD[g.node(x, y)] = dG(i, i);
+          }
+        continue;
+      }
+      const Mat<F> U = operand(dG, ops) * operand(c.blocks[a].Sb, ops).transpose();
+      const Mat<F> U2 = operand(dG, ops).transpose() * operand(c.blocks[b].Mb, ops);
+      d_maps[b].Mb.noalias() += U * X[a][b].transpose();
+      dX[a][b] = c.blocks[b].Mb.transpose() * U;
+      d_maps[a].Sb.noalias() += X[a][b].transpose() * U2.transpose();
+    }
+  for (index_t a = 0; a < n; ++a) reach_backward(c, a, X[a], dX[a], d_maps);
+  for (index_t b = 0; b < n; ++b) {
+    const Block<F>& B = c.blocks[b];
+    build_block_backward(g, d, B.x0, B.y0, L, d_maps[b], gates);
+    for (index_t x = B.x0; x < B.x1; ++x)
+      for (index_t y = B.y0; y < B.y1; ++y) {
+        const index_t node = g.node(x, y), i = B.local(x, y);
+        Eigen::Map<Vec<F>>(dq + node * g.DQK, g.DQK) = dQ[b].row(i).transpose();
+        Eigen::Map<Vec<F>>(dk + node * g.DQK, g.DQK) = dK[b].row(i).transpose();
+        Eigen::Map<Vec<F>>(dv + node * g.DV, g.DV) = dV[b].row(i).transpose();
+      }
+  }
+}
+
 }  // namespace
 
 std::string GridForm::name() const {
@@ -413,28 +597,35 @@ std::string GridForm::name() const {
     case recurrent: return "recurrent";
     case chunkwise: return fmt::format("chunkwise(L={})", chunk_size);
     case parallel: return operands == Operands::bf16 ? "parallel, bf16 operands" : "parallel";
+    case maps: return fmt::format("maps(L={}){}", chunk_size, operands == Operands::bf16 ? ", bf16 operands" : "");
   }
   return "?";
 }
 
 template <class F>
-GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t chunk_size, const Options& o) {
+GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, const GridForm& form, const Options& o) {
   const Dims d = check_inputs(x);
   check_shape("dh", dh, {d.B, d.NH, d.X, d.Y, d.DV});
-  require(chunk_size >= 1 && (chunk_size & (chunk_size - 1)) == 0, "chunk_size",
-          "expected a power of two >= 1, got {}", chunk_size);
+  require(form.kind == GridForm::chunkwise || form.kind == GridForm::maps, "form",
+          "the backward has the chunkwise and maps forms, got {}", form.name());
+  check_chunk_size(form.chunk_size);
   const Shape<4> gate_shape{d.B, d.NH, d.X, d.Y};
   GridGrad<F> out{uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DQK}), uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DQK}),
                   uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DV}), zeros<F>(gate_shape), zeros<F>(gate_shape),
                   zeros<F>(gate_shape), zeros<F>(gate_shape), zeros<F>(gate_shape), zeros<F>(gate_shape),
                   zeros<F>(gate_shape), zeros<F>(gate_shape), uninitialized<F>(gate_shape)};
-  const index_t side = chunk_size;
+  const index_t side = form.chunk_size;
   parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> g(x, d, bh, o);
     const index_t node0 = bh * d.nodes();
     const GateGrads<F> gates{out.dSr.data() + node0,  out.dSd.data() + node0,  out.dTrl.data() + node0,
                              out.dTru.data() + node0, out.dTdu.data() + node0, out.dTdl.data() + node0,
                              out.dMl.data() + node0,  out.dMu.data() + node0};
+    if (form.kind == GridForm::maps) {
+      maps_backward(g, d, side, form.operands, dh.data() + node0 * d.DV, gates, out.dq.data() + node0 * d.DQK,
+                    out.dk.data() + node0 * d.DQK, out.dv.data() + node0 * d.DV, out.dD.data() + node0);
+      return;
+    }
     // Forward, keeping the in-border states of every chunk (linear in the number of nodes).
     std::vector<std::pair<index_t, index_t>> chunks;
     std::vector<std::vector<Mat<F>>> ins;
@@ -461,6 +652,11 @@ GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t ch
     }
   });
   return out;
+}
+
+template <class F>
+GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t chunk_size, const Options& o) {
+  return grid_backward(x, dh, GridForm{GridForm::chunkwise, chunk_size}, o);
 }
 
 graph::Dag grid_dag(index_t X, index_t Y) {
@@ -515,15 +711,14 @@ xt::xtensor<F, 5> grid_forward(const GridInputs<F>& x, const GridForm& form, con
     std::copy(h.begin(), h.end(), out.begin());
     return out;
   }
-  if (form.kind == GridForm::chunkwise) {
-    const index_t L = form.chunk_size;
-    require(L >= 1 && (L & (L - 1)) == 0, "chunk_size", "expected a power of two >= 1, got {}", L);
-  }
+  if (form.kind != GridForm::recurrent) check_chunk_size(form.chunk_size);
   auto h = uninitialized<F>(Shape<5>{d.B, d.NH, d.X, d.Y, d.DV});
   parallel_for(d.B * d.NH, [&](index_t bh) {
     const Head<F> head(x, d, bh, o);
     F* out = h.data() + bh * d.nodes() * d.DV;
-    form.kind == GridForm::recurrent ? recurrent(head, d, out) : chunkwise(head, d, form.chunk_size, out);
+    if (form.kind == GridForm::recurrent) recurrent(head, d, out);
+    else if (form.kind == GridForm::chunkwise) chunkwise(head, d, form.chunk_size, out);
+    else maps_forward(head, d, form.chunk_size, form.operands, out);
   });
   return h;
 }
@@ -581,6 +776,13 @@ template <class F>
 OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
                                            const OrientedGates<F>& gates, ConstView<F, 5> dh, index_t chunk_size,
                                            const Options& options) {
+  return grid_backward_oriented(q, k, v, gates, dh, GridForm{GridForm::chunkwise, chunk_size}, options);
+}
+
+template <class F>
+OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
+                                           const OrientedGates<F>& gates, ConstView<F, 5> dh, const GridForm& form,
+                                           const Options& options) {
   check_shape("dh", dh, Shape<5>{q.shape(0), q.shape(1), q.shape(2), q.shape(3), v.shape(4)});
   const Shape<5> gate_shape{4, q.shape(0), q.shape(1), q.shape(2), q.shape(3)};
   OrientedGridGrad<F> out;
@@ -589,7 +791,7 @@ OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k,
   for (int o = 0; o < 4; ++o) {
     const Oriented<F> x = oriented(q, k, v, gates, o);
     const xt::xtensor<F, 5> dh_o = flipped(copy(dh), o);
-    const GridGrad<F> g = grid_backward<F>(x.inputs(), dh_o, chunk_size, options);
+    const GridGrad<F> g = grid_backward<F>(x.inputs(), dh_o, form, options);
     if (o == 0) out.dq = flipped(g.dq, o), out.dk = flipped(g.dk, o), out.dv = flipped(g.dv, o);
     else out.dq += flipped(g.dq, o), out.dk += flipped(g.dk, o), out.dv += flipped(g.dv, o);
     const std::array<std::pair<xt::xtensor<F, 5>*, const xt::xtensor<F, 4>*>, 9> pairs{
@@ -604,11 +806,15 @@ OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k,
   template xt::xtensor<F, 5> grid_forward(const GridInputs<F>&, const GridForm&, const Options&);         \
   template DagGates<F> grid_dag_gates(const GridInputs<F>&);                                               \
   template GridGrad<F> grid_backward(const GridInputs<F>&, ConstView<F, 5>, index_t, const Options&);       \
+  template GridGrad<F> grid_backward(const GridInputs<F>&, ConstView<F, 5>, const GridForm&, const Options&); \
   template xt::xtensor<F, 5> grid_forward_oriented(ConstView<F, 5>, ConstView<F, 5>, ConstView<F, 5>,     \
                                                    const OrientedGates<F>&, const GridForm&, const Options&);  \
   template OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5>, ConstView<F, 5>, ConstView<F, 5>,   \
                                                       const OrientedGates<F>&, ConstView<F, 5>, index_t,   \
-                                                      const Options&);
+                                                      const Options&);                                      \
+  template OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5>, ConstView<F, 5>, ConstView<F, 5>,   \
+                                                      const OrientedGates<F>&, ConstView<F, 5>,             \
+                                                      const GridForm&, const Options&);
 FLASHLSTM_INSTANTIATE(float)
 FLASHLSTM_INSTANTIATE(double)
 #undef FLASHLSTM_INSTANTIATE

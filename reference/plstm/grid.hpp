@@ -6,8 +6,9 @@
 //   h_{x,y}   = s q^T (M^l C^r_{x-1,y} + M^u C^d_{x,y-1}) + s D (q·k) v
 //
 // Forms: recurrent (anti-diagonal wavefront: the nodes of one anti-diagonal are independent),
-// chunkwise (square chunks, see grid.cpp) and parallel (one N x N gating matrix over all nodes,
-// N = X·Y; quadratic memory). Four orientations put the sources in each corner: the
+// chunkwise (square chunks, see grid.cpp), parallel (one N x N gating matrix over all nodes,
+// N = X·Y; quadratic memory) and maps (the CUDA kernels' form: the gating a block of two chunks at a
+// time, as products of the chunks' border maps; see grid.cpp). Four orientations put the sources in each corner: the
 // same computation on flipped inputs; `grid_forward_oriented` sums them.
 //
 // Layout: q, k (B, NH, X, Y, DQK); v, h (B, NH, X, Y, DV); each gate (B, NH, X, Y). With
@@ -35,10 +36,11 @@ struct GridInputs {
 };
 
 struct GridForm {
-  enum Kind { recurrent, chunkwise, parallel } kind = recurrent;
-  index_t chunk_size = 0;  // chunkwise: the side of a square chunk, a power of two
-  // parallel: the arithmetic of its products (core/bf16.hpp); Operands::bf16 rounds s Q Kᵀ's and P V's
-  // operands to bfloat16, a plain bf16 computation of the form (the baseline of the bf16 kernels)
+  enum Kind { recurrent, chunkwise, parallel, maps } kind = recurrent;
+  index_t chunk_size = 0;  // chunkwise, maps: the side of a square chunk, a power of two
+  // parallel, maps: the arithmetic of their products (core/bf16.hpp); Operands::bf16 rounds the
+  // operands of every product over nodes to bfloat16 (parallel: s Q Kᵀ and P V), a plain bf16
+  // computation of the form (the baseline of the bf16 kernels)
   Operands operands = Operands::exact;
   std::string name() const;
 };
@@ -58,6 +60,10 @@ struct GridGrad {
 // the 2 x 2 merges to every node's gates.
 template <class F>
 GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, index_t chunk_size, const Options& options);
+// The same through `form`: chunkwise as above, or maps (the chunk-map form's own backward, in its
+// arithmetic: form.operands).
+template <class F>
+GridGrad<F> grid_backward(const GridInputs<F>& x, ConstView<F, 5> dh, const GridForm& form, const Options& options);
 
 // The grid as a DAG (node x·Y + y; each node's right edge, then its down edge, in node order) and the
 // gates in DAG layout, for cross-checks against the DAG forms.
@@ -88,6 +94,10 @@ struct OrientedGridGrad {
 template <class F>
 OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
                                            const OrientedGates<F>& gates, ConstView<F, 5> dh, index_t chunk_size,
+                                           const Options& options);
+template <class F>
+OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
+                                           const OrientedGates<F>& gates, ConstView<F, 5> dh, const GridForm& form,
                                            const Options& options);
 
 }  // namespace flashlstm::plstm
