@@ -734,7 +734,35 @@ auto flipped(const E& t, int orientation) {
   return out;
 }
 
-// Orientation o's problem: the inputs and that orientation's gates, flipped by o.
+// The grid padded at its far ends (x >= X, y >= Y of axes 2 and 3) to multiples of `multiple` with
+// zeros, and back. Padding nodes whose q, k, v and gates are 0 changes no output or gradient of the
+// grid's own nodes (no path crosses them); the oriented maps form pads to whole chunks so that in every
+// orientation its chunks are cut from the grid's top-left corner, as the CUDA kernels cut them.
+template <class F, std::size_t N>
+xt::xtensor<F, N> padded(xt::xtensor<F, N> t, index_t multiple) {
+  const auto X = static_cast<index_t>(t.shape(2)), Y = static_cast<index_t>(t.shape(3));
+  const index_t PX = (X + multiple - 1) / multiple * multiple, PY = (Y + multiple - 1) / multiple * multiple;
+  if (PX == X && PY == Y) return t;
+  auto shape = t.shape();
+  shape[2] = static_cast<std::size_t>(PX), shape[3] = static_cast<std::size_t>(PY);
+  xt::xtensor<F, N> out = xt::zeros<F>(shape);
+  xt::view(out, xt::all(), xt::all(), xt::range(0, X), xt::range(0, Y)) = t;
+  return out;
+}
+template <class F, std::size_t N>
+xt::xtensor<F, N> cropped(xt::xtensor<F, N> t, index_t X, index_t Y) {
+  if (static_cast<index_t>(t.shape(2)) == X && static_cast<index_t>(t.shape(3)) == Y) return t;
+  return xt::view(t, xt::all(), xt::all(), xt::range(0, X), xt::range(0, Y));
+}
+
+// The grid's padding multiple in `form`: whole chunks for the maps form, else none.
+inline index_t padding(const GridForm& form) {
+  if (form.kind != GridForm::maps) return 1;
+  check_chunk_size(form.chunk_size);
+  return form.chunk_size;
+}
+
+// Orientation o's problem: the inputs and that orientation's gates, padded to `multiple` and flipped by o.
 template <class F>
 struct Oriented {
   xt::xtensor<F, 5> q, k, v;
@@ -743,16 +771,18 @@ struct Oriented {
 };
 
 template <class F>
-Oriented<F> oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v, const OrientedGates<F>& gates, int o) {
+Oriented<F> oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v, const OrientedGates<F>& gates, int o,
+                     index_t multiple) {
   require(!q.empty() && !v.empty(), "q", "is null");
   const Shape<5> gate_shape{4, q.shape(0), q.shape(1), q.shape(2), q.shape(3)};
   const std::array<std::pair<const char*, ConstView<F, 5>>, 9> named{
       {{"Sr", gates.Sr}, {"Sd", gates.Sd}, {"Trl", gates.Trl}, {"Tru", gates.Tru}, {"Tdu", gates.Tdu},
        {"Tdl", gates.Tdl}, {"Ml", gates.Ml}, {"Mu", gates.Mu}, {"D", gates.D}}};
-  Oriented<F> x{flipped(copy(q), o), flipped(copy(k), o), flipped(copy(v), o), {}};
+  Oriented<F> x{flipped(padded(copy(q), multiple), o), flipped(padded(copy(k), multiple), o),
+                flipped(padded(copy(v), multiple), o), {}};
   for (std::size_t i = 0; i < named.size(); ++i) {
     check_shape(named[i].first, named[i].second, gate_shape);
-    x.g[i] = flipped(xt::xtensor<F, 4>(xt::view(copy(named[i].second), o)), o);
+    x.g[i] = flipped(padded(xt::xtensor<F, 4>(xt::view(copy(named[i].second), o)), multiple), o);
   }
   return x;
 }
@@ -763,9 +793,10 @@ template <class F>
 xt::xtensor<F, 5> grid_forward_oriented(ConstView<F, 5> q, ConstView<F, 5> k, ConstView<F, 5> v,
                                         const OrientedGates<F>& gates, const GridForm& form, const Options& options) {
   xt::xtensor<F, 5> sum;
+  const index_t multiple = padding(form), X = q.shape(2), Y = q.shape(3);
   for (int o = 0; o < 4; ++o) {
-    const Oriented<F> x = oriented(q, k, v, gates, o);
-    const xt::xtensor<F, 5> h = flipped(grid_forward(x.inputs(), form, options), o);
+    const Oriented<F> x = oriented(q, k, v, gates, o, multiple);
+    const xt::xtensor<F, 5> h = cropped(flipped(grid_forward(x.inputs(), form, options), o), X, Y);
     if (o == 0) sum = h;
     else sum += h;
   }
@@ -788,16 +819,18 @@ OrientedGridGrad<F> grid_backward_oriented(ConstView<F, 5> q, ConstView<F, 5> k,
   OrientedGridGrad<F> out;
   for (auto* g : {&out.dSr, &out.dSd, &out.dTrl, &out.dTru, &out.dTdu, &out.dTdl, &out.dMl, &out.dMu, &out.dD})
     *g = zeros<F>(gate_shape);
+  const index_t multiple = padding(form), X = q.shape(2), Y = q.shape(3);
   for (int o = 0; o < 4; ++o) {
-    const Oriented<F> x = oriented(q, k, v, gates, o);
-    const xt::xtensor<F, 5> dh_o = flipped(copy(dh), o);
+    const Oriented<F> x = oriented(q, k, v, gates, o, multiple);
+    const xt::xtensor<F, 5> dh_o = flipped(padded(copy(dh), multiple), o);
     const GridGrad<F> g = grid_backward<F>(x.inputs(), dh_o, form, options);
-    if (o == 0) out.dq = flipped(g.dq, o), out.dk = flipped(g.dk, o), out.dv = flipped(g.dv, o);
-    else out.dq += flipped(g.dq, o), out.dk += flipped(g.dk, o), out.dv += flipped(g.dv, o);
+    const auto back = [&](const auto& t) { return cropped(flipped(t, o), X, Y); };
+    if (o == 0) out.dq = back(g.dq), out.dk = back(g.dk), out.dv = back(g.dv);
+    else out.dq += back(g.dq), out.dk += back(g.dk), out.dv += back(g.dv);
     const std::array<std::pair<xt::xtensor<F, 5>*, const xt::xtensor<F, 4>*>, 9> pairs{
         {{&out.dSr, &g.dSr}, {&out.dSd, &g.dSd}, {&out.dTrl, &g.dTrl}, {&out.dTru, &g.dTru}, {&out.dTdu, &g.dTdu},
          {&out.dTdl, &g.dTdl}, {&out.dMl, &g.dMl}, {&out.dMu, &g.dMu}, {&out.dD, &g.dD}}};
-    for (const auto& [to, from] : pairs) xt::view(*to, o) = flipped(*from, o);
+    for (const auto& [to, from] : pairs) xt::view(*to, o) = back(*from);
   }
   return out;
 }
