@@ -43,20 +43,21 @@ std::array<xt::xtensor<F, 5>, 9> cast_gates(const std::array<xt::xtensor<double,
   return c;
 }
 
-// The reference's gradients of one orientation (orientation 0's gates) or of the sum over four, with
+// The reference's gradients in `form` (chunkwise or maps) of one orientation (orientation 0's gates) or
+// of the sum over four, with
 // the gate gradients as (orientations, B, NH, X, Y): dq, dk, dv, dSr, ..., dD.
 template <class F>
 std::vector<xt::xtensor<F, 5>> reference_grads(const xt::xtensor<F, 5>& q, const xt::xtensor<F, 5>& k,
                                                const xt::xtensor<F, 5>& v, const std::array<xt::xtensor<F, 5>, 9>& gates,
-                                               const xt::xtensor<F, 5>& dh, int orientations, index_t chunk_size) {
+                                               const xt::xtensor<F, 5>& dh, int orientations, const ref::GridForm& form) {
   if (orientations == 4) {
-    auto g = ref::grid_backward_oriented<F>(q, k, v, gate_views(gates), dh, chunk_size, {});
+    auto g = ref::grid_backward_oriented<F>(q, k, v, gate_views(gates), dh, form, {});
     return {g.dq, g.dk, g.dv, g.dSr, g.dSd, g.dTrl, g.dTru, g.dTdu, g.dTdl, g.dMl, g.dMu, g.dD};
   }
   std::array<xt::xtensor<F, 4>, 9> g0;
   for (std::size_t i = 0; i < g0.size(); ++i) g0[i] = xt::view(gates[i], 0);
   const ref::GridInputs<F> x{q, k, v, {g0[0], g0[1], g0[2], g0[3], g0[4], g0[5], g0[6], g0[7], g0[8]}};
-  const auto g = ref::grid_backward<F>(x, dh, chunk_size, {});
+  const auto g = ref::grid_backward<F>(x, dh, form, {});
   std::vector<xt::xtensor<F, 5>> out{g.dq, g.dk, g.dv};
   for (const auto* d : {&g.dSr, &g.dSd, &g.dTrl, &g.dTru, &g.dTdu, &g.dTdl, &g.dMl, &g.dMu, &g.dD})
     out.push_back(xt::expand_dims(*d, 0));
@@ -292,10 +293,12 @@ KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateM
                        std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("grid {} x{} {} {}", to_string(dtype), orientations, to_string(mode), shape.name());
-  // bf16: also the parallel form in plain bf16 arithmetic (P rounded to bf16 before P V), as the
-  // chunk-map kernels round P (the flash-attention criterion).
+  // bf16: also the plain bf16 computations of the parallel form (P rounded to bf16 before P V) and of
+  // the chunk-map kernels' form (every product over a chunk's nodes, G = Mb W included, with bf16
+  // operands): the flash-attention criterion.
   std::vector<ref::GridForm> forms = {{ref::GridForm::recurrent}, {ref::GridForm::parallel}};
-  if (dtype == DType::bfloat16) forms.push_back({ref::GridForm::parallel, 0, Operands::bf16});
+  if (dtype == DType::bfloat16)
+    forms.insert(forms.end(), {{ref::GridForm::parallel, 0, Operands::bf16}, {ref::GridForm::maps, 8, Operands::bf16}});
   c.baseline = "float32 reference (";
   for (const ref::GridForm& form : forms) c.baseline += (&form == &forms[0] ? "" : "; ") + form.name();
   c.baseline += ")";
@@ -322,19 +325,25 @@ KernelCheck check_grid_backward(const ref::GridShape& shape, int orientations, r
                                 std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("grid backward {} x{} {} {}", to_string(dtype), orientations, to_string(mode), shape.name());
-  c.baseline = "float32 reference (chunk sizes 1, 2)";
+  // bf16: also the plain bf16 computation of the chunk-map kernels' form (every product over a chunk's
+  // nodes with bf16 operands, the gate gradients' included): the flash-attention criterion.
+  std::vector<ref::GridForm> forms = {{ref::GridForm::chunkwise, 1}, {ref::GridForm::chunkwise, 2}};
+  if (dtype == DType::bfloat16) forms.push_back({ref::GridForm::maps, 8, Operands::bf16});
+  c.baseline = "float32 reference (";
+  for (const ref::GridForm& form : forms) c.baseline += (&form == &forms[0] ? "" : "; ") + form.name();
+  c.baseline += ")";
   const ref::OrientedGridProblem p = kernel_problem(shape, mode, dtype, seed);
   const xt::xtensor<double, 5> dh = kernel_problem(shape, mode, dtype, seed + 1).v;  // N(0, 1), v's shape
   const double scale = check::rms(p.q, p.k, p.v, dh);
 
-  const auto oracle = reference_grads(p.q, p.k, p.v, p.gates, dh, orientations, 1);
+  const auto oracle = reference_grads(p.q, p.k, p.v, p.gates, dh, orientations, {ref::GridForm::chunkwise, 1});
   const auto q32 = cast_tensor<float>(p.q), k32 = cast_tensor<float>(p.k), v32 = cast_tensor<float>(p.v);
   const auto dh32 = cast_tensor<float>(dh);
   const auto gates32 = cast_gates<float>(p.gates);
   std::vector<std::vector<xt::xtensor<float, 5>>> kept;
   std::vector<std::vector<check::Named<float>>> runs;
-  for (const index_t chunk : {1, 2}) {
-    kept.push_back(reference_grads(q32, k32, v32, gates32, dh32, orientations, chunk));
+  for (const ref::GridForm& form : forms) {
+    kept.push_back(reference_grads(q32, k32, v32, gates32, dh32, orientations, form));
     runs.push_back(named_grads(kept.back()));
   }
 

@@ -22,9 +22,11 @@
 // out-borders to C's in-borders,
 //     R = [E(right neighbour of A)[:, left in-borders] | E(neighbour below A)[:, top in-borders]],
 //     E(A) = R Tb_A (kept for two columns of chunks; E(C) = I),   W = R Sb_A,   G = Mb_C W
-// (for bf16 the products on the tensor cores: G with Mb and W split into hi + lo halves; the
-// gate-gradient products below with three terms, Split3; the products that make h, dq, dk and dv with
-// P = s S ∘ G or s dP ∘ G rounded to one bf16 term, as flash-attention rounds P). The roles:
+// (for bf16 every product over a chunk's nodes runs on the tensor cores with bf16 operands: G = Mb W
+// with Mb and W rounded, the products that make h, dq, dk and dv with P = s S ∘ G or s dP ∘ G rounded,
+// as flash-attention rounds P, and the gate-gradient products with dG and the maps rounded; the maps
+// and the algebra between borders stay float32 — the plain bf16 computation of this form that the
+// reference's GridForm::maps with bf16 operands carries out). The roles:
 //   kForward  C a target:  S = s Q_C K_Aᵀ, h_C += (S ∘ G) V_A (bf16: S ∘ G goes from the accumulators
 //             into the product's A operand in registers; warps w and w + 4 take the two halves of
 //             A's nodes and add their parts of h at the end);
@@ -199,41 +201,6 @@ __device__ void gemm_abt(Acc8& acc, const __nv_bfloat16* A, int lda, const __nv_
     mma_bf16(acc, a1, b[2], b[3]);
   }
 }
-// An operand computed in float32 held as three bf16 tiles, x ≈ hi + mid + lo (24 bits; float32
-// operands: one float tile), for the gate gradients' products (gemm_abt), where the two-term split of
-// tiles.cuh (2^-17) would show.
-template <class O>
-struct Split3 {
-  O* hi;
-  O* mid;
-  O* lo;
-  __device__ void set(std::int64_t e, float x) const {
-    hi[e] = from_float<O>(x);
-    if (!mid) return;
-    const float r = x - to_float(hi[e]);
-    mid[e] = from_float<O>(r);
-    if (lo) lo[e] = from_float<O>(r - to_float(mid[e]));
-  }
-  __device__ void set_pair(std::int64_t e, float x0, float x1) const { set(e, x0), set(e + 1, x1); }
-};
-template <class O>
-__device__ Split3<O> split3_at(O* base, int size) {
-  if constexpr (kSplit<O> == 1) return {base, nullptr, nullptr};
-  else return {base, base + size, base + 2 * size};
-}
-
-// acc += A Bᵀ for three-term operands: the six products down to 2^-24 of the operands.
-template <class O>
-__device__ void gemm_abt(Acc8& acc, const Split3<O>& A, int lda, const Split3<O>& B, int ldb) {
-  gemm_abt(acc, A.hi, lda, B.hi, ldb);
-  if (!A.mid) return;
-  gemm_abt(acc, A.hi, lda, B.mid, ldb);
-  gemm_abt(acc, A.mid, lda, B.hi, ldb);
-  gemm_abt(acc, A.hi, lda, B.lo, ldb);
-  gemm_abt(acc, A.lo, lda, B.hi, ldb);
-  gemm_abt(acc, A.mid, lda, B.mid, ldb);
-}
-
 // The bf16 forward's h_part += (s S ∘ G) V for the warp's 16 rows and its 32 source columns, over
 // all 64 columns of V: the accumulators of S and G (tile layout) are the A operand of the product as
 // they are (rounded to bf16), with no trip through shared memory. hpart[nt] is the m16n8 accumulator
@@ -275,21 +242,21 @@ struct Layout {
   __host__ __device__ Layout(Role role, int DQK, int DV, int CY, std::size_t element) {
     const Widths w(role, DQK, DV);
     const std::size_t ld1 = stride(w.w1), ld2 = stride(w.w2);
-    const std::size_t split = element == 4 ? 1 : 3, two = element == 4 ? 1 : 2;  // Split3, tiles::Split
     F1 = 0;
     F2 = F1 + align16(kTile * ld1 * element);
     W1 = F2 + (role == kForward ? 0 : align16(kTile * ld2 * element));  // [2][64][ld1]
     W2 = W1 + align16(2 * kTile * ld1 * element);                        // [2][64][ld2]
-    P = W2 + align16(2 * kTile * ld2 * element);                         // [split][64][72]
-    maps = P + align16(split * kTile * stride(kTile) * element);         // [2][Tb | Sb or Mb] float
-    M = maps + align16(2 * kTbSb * sizeof(float));                       // [two][64][24]: Mb_C or Sb_Cᵀ
-    W = M + align16(two * kNodes * stride(kBorders) * element);          // [two][16][72]
-    E = W + align16(two * kBorders * stride(kNodes) * element);          // [2][CY + 1][16][16] float
-    // The backward's gate-gradient products: X = Sb_A (keys: Mb_Aᵀ) [split][16][72], U [64][17] float,
+    P = W2 + align16(2 * kTile * ld2 * element);                         // [64][72]: P or dG
+    maps = P + align16(std::max<std::size_t>(kTile * stride(kTile) * element,  // the forward's h halves
+                                             role == kForward && element == 2 ? kTile * kTile * sizeof(float) : 0));
+    M = maps + align16(2 * kTbSb * sizeof(float));                       // [64][24]: Mb_C or Sb_Cᵀ
+    W = M + align16(kNodes * stride(kBorders) * element);                // [16][72]
+    E = W + align16(kBorders * stride(kNodes) * element);                // [2][CY + 1][16][16] float
+    // The backward's gate-gradient products: X = Sb_A (keys: Mb_Aᵀ) [16][72], U [64][17] float,
     // Mb_C [64][17] float (queries), R [16][17] float.
     const bool backward = role != kForward;
     X = E + align16(2 * std::size_t(CY + 1) * kBlock * sizeof(float));
-    U = X + (backward ? align16(split * kBorders * stride(kNodes) * element) : 0);
+    U = X + (backward ? align16(kBorders * stride(kNodes) * element) : 0);
     Mf = U + (backward ? align16(kNodes * (kBorders + 1) * sizeof(float)) : 0);
     Rs = Mf + (role == kQueries ? align16(kNodes * (kBorders + 1) * sizeof(float)) : 0);
     bytes = Rs + (backward ? align16(kBorders * (kBorders + 1) * sizeof(float)) : 0);
@@ -301,8 +268,11 @@ struct Step {
   int o = -1, fax = 0, fay = 0;
 };
 
+// Two blocks per SM, except the float32 backward walks (254 registers, one block). The bf16 backward
+// walks would take 232 registers for one block; squeezed into 128 (a few hundred bytes of spills per
+// thread) they run 12–14 % faster, a second block hiding the latencies of the first.
 template <Role R, class T>
-__global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(GridBackwardParams p, MapsScratch m) {
+__global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, __nv_bfloat16> ? 2 : 1) walk_kernel(GridBackwardParams p, MapsScratch m) {
   extern __shared__ __align__(16) unsigned char smem[];
   const Chunks chunks(p);
   const int N = p.X * p.Y, CX = chunks.CX, CY = chunks.CY;
@@ -318,16 +288,15 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
   T* F2 = reinterpret_cast<T*>(smem + layout.F2);
   T* W1 = reinterpret_cast<T*>(smem + layout.W1);
   T* W2 = reinterpret_cast<T*>(smem + layout.W2);
-  const Split3<T> dG3 = split3_at(reinterpret_cast<T*>(smem + layout.P), kTile * ldp);  // dG, over P
-  // P = s S ∘ G (or s dP ∘ G) feeds only h, dq, dk and dv, which are written in T: one term, rounded to T
-  // as a plain bf16 computation rounds it (flash-attention's criterion).
-  const tiles::Split<T> P{dG3.hi, nullptr};
+  // The operand tiles, rounded to T as a plain bf16 computation rounds them: P = s S ∘ G (or s dP ∘ G)
+  // and, over it, dG; Mb_C (keys: Sb_Cᵀ) and W, the operands of G = M W; X = Sb_A (keys: Mb_Aᵀ).
+  T* dG = reinterpret_cast<T*>(smem + layout.P);
+  const tiles::Split<T> P{dG, nullptr};
   float* map_tiles = reinterpret_cast<float*>(smem + layout.maps);
-  // Mb_C (keys: Sb_Cᵀ) and W, the operands of G = M W, as two terms (hi + lo)
-  const tiles::Split<T> M = tiles::split_at(reinterpret_cast<T*>(smem + layout.M), kNodes * stride(kBorders));
-  const tiles::Split<T> W = tiles::split_at(reinterpret_cast<T*>(smem + layout.W), kBorders * stride(kNodes));
+  T* M = reinterpret_cast<T*>(smem + layout.M);
+  T* W = reinterpret_cast<T*>(smem + layout.W);
   float* E = reinterpret_cast<float*>(smem + layout.E);
-  const Split3<T> X3 = split3_at(reinterpret_cast<T*>(smem + layout.X), kBorders * stride(kNodes));
+  T* X = reinterpret_cast<T*>(smem + layout.X);
   float* U = reinterpret_cast<float*>(smem + layout.U);
   float* Mf = reinterpret_cast<float*>(smem + layout.Mf);
   float* Rs = reinterpret_cast<float*>(smem + layout.Rs);
@@ -453,7 +422,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         for (int e = tid; e < kNodes * kBorders; e += kThreads) {
           const int r = e / kBorders, i = e % kBorders;  // M(r, i): Mb_C, or Sb_Cᵀ for keys
           const float x = __ldg(from + (R == kKeys ? kBlock + i * kNodes + r : kTbSb + e));
-          M.set(r * stride(kBorders) + i, x);
+          M[r * stride(kBorders) + i] = from_float<T>(x);
           if (R == kQueries) Mf[r * ldu + i] = x;
         }
         E[(fcx(o) & 1) * (CY + 1) * kBlock + fcy(o) * kBlock + tid] = tid / kBorders == tid % kBorders ? 1.f : 0.f;
@@ -504,21 +473,20 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
         }
       }
       Ecur[fay * kBlock + r * kBorders + c] = e;
-      W.set_pair(r * stride(kNodes) + 4 * c, true, wr[0], wr[1]);
-      W.set_pair(r * stride(kNodes) + 4 * c + 2, true, wr[2], wr[3]);
+      tiles::store_pair(W, r * stride(kNodes) + 4 * c, true, wr[0], wr[1]);
+      tiles::store_pair(W, r * stride(kNodes) + 4 * c + 2, true, wr[2], wr[3]);
       if (writes_maps) {
-        // R, and X = Sb_A (keys: Mb_Aᵀ) as three terms, for the gate-gradient products.
+        // R, and X = Sb_A (keys: Mb_Aᵀ), for the gate-gradient products.
         Rs[r * ldu + c] = c < kL ? (fax < fcx(o) ? Eprev[fay * kBlock + r * kBorders + c] : 0.f)
                                  : (fay < fcy(o) ? Ecur[(fay + 1) * kBlock + r * kBorders + c] : 0.f);
         for (int x = tid; x < kBorders * kNodes; x += kThreads) {
           const int i = x / kNodes, n = x % kNodes;  // X(i, n)
-          X3.set(i * stride(kNodes) + n, R == kKeys ? Sb[n * kBorders + i] : Sb[x]);
+          X[i * stride(kNodes) + n] = from_float<T>(R == kKeys ? Sb[n * kBorders + i] : Sb[x]);
         }
       }
       __syncthreads();
       tiles::zero(G);
-      tiles::gemm<true, true, kBorders>(G, M.hi, stride(kBorders), W, stride(kNodes));
-      if (M.lo) tiles::gemm<true, true, kBorders>(G, M.lo, stride(kBorders), W.hi, stride(kNodes));
+      tiles::gemm<true, true, kBorders>(G, M, stride(kBorders), W, stride(kNodes));
     }
 
     const T* B1 = W1 + buffer * kTile * ld1;
@@ -561,16 +529,16 @@ __global__ void __launch_bounds__(kThreads, R == kForward ? 2 : 1) walk_kernel(G
               const std::int64_t at = (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes;
               tiles::store_pair(m.dGb, at + r * kNodes + c, true, d0, d1);
             } else {
-              dG3.set_pair(r * ldp + c, d0, d1);
+              tiles::store_pair(dG, r * ldp + c, true, d0, d1);
             }
           }
         if (step.o >= 0) {
           __syncthreads();
           // With U = dG Xᵀ (dG Sb_Aᵀ; keys: dG Mb_A): dMb_C += dG Wᵀ = U Rᵀ (keys: dSb_Cᵀ), and
-          // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = Mb_Cᵀ U. U on the tensor cores (three-term operands), the rest in
-          // float32 from shared memory.
+          // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = Mb_Cᵀ U. U on the tensor cores, the rest in float32 from shared
+          // memory.
           Acc8 u = {};
-          gemm_abt(u, dG3, ldp, X3, stride(kNodes));
+          gemm_abt(u, dG, ldp, X, stride(kNodes));
 #pragma unroll
           for (int e = 0; e < 4; ++e) U[acc8_row(e) * ldu + acc8_col(e)] = u[e];
           __syncthreads();
