@@ -366,7 +366,7 @@ TEST_CASE("the 2-D parallel form with bf16 operands is a plain bf16 computation"
 
 TEST_CASE("the 2-D maps form with bf16 operands is a plain bf16 computation", "[plstm][grid]") {
   // Inputs already bf16: exact operands reproduce the oracle and the chunkwise gradients; bf16
-  // operands (every product over a chunk's nodes, G = Mb W and the gate-gradient products included)
+  // operands (every product that makes or takes a node-by-node block, G = Mb W and dG Sbᵀ included)
   // err at bf16's 2^-9 scale, never beyond it, on h and on every gradient.
   auto p = random_problem(GridShape{2, 2, 19, 11, 16, 12}, 0.7, 93);
   for (auto* x : {&p.q, &p.k, &p.v, &p.dh}) *x = round_to_bf16(*x);

@@ -294,8 +294,8 @@ KernelCheck check_grid(const ref::GridShape& shape, int orientations, ref::GateM
   KernelCheck c;
   c.name = fmt::format("grid {} x{} {} {}", to_string(dtype), orientations, to_string(mode), shape.name());
   // bf16: also the plain bf16 computations of the parallel form (P rounded to bf16 before P V) and of
-  // the chunk-map kernels' form (every product over a chunk's nodes, G = Mb W included, with bf16
-  // operands): the flash-attention criterion.
+  // the chunk-map kernels' form (every product that makes or takes a node-by-node block, G = Mb W
+  // included, with bf16 operands): the flash-attention criterion.
   std::vector<ref::GridForm> forms = {{ref::GridForm::recurrent}, {ref::GridForm::parallel}};
   if (dtype == DType::bfloat16)
     forms.insert(forms.end(), {{ref::GridForm::parallel, 0, Operands::bf16}, {ref::GridForm::maps, 8, Operands::bf16}});
@@ -325,8 +325,9 @@ KernelCheck check_grid_backward(const ref::GridShape& shape, int orientations, r
                                 std::uint64_t seed) {
   KernelCheck c;
   c.name = fmt::format("grid backward {} x{} {} {}", to_string(dtype), orientations, to_string(mode), shape.name());
-  // bf16: also the plain bf16 computation of the chunk-map kernels' form (every product over a chunk's
-  // nodes with bf16 operands, the gate gradients' included): the flash-attention criterion.
+  // bf16: also the plain bf16 computation of the chunk-map kernels' form (every product that makes or
+  // takes a node-by-node block with bf16 operands, the gate gradients' included): the flash-attention
+  // criterion.
   std::vector<ref::GridForm> forms = {{ref::GridForm::chunkwise, 1}, {ref::GridForm::chunkwise, 2}};
   if (dtype == DType::bfloat16) forms.push_back({ref::GridForm::maps, 8, Operands::bf16});
   c.baseline = "float32 reference (";

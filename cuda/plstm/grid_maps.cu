@@ -22,7 +22,8 @@
 // out-borders to C's in-borders,
 //     R = [E(right neighbour of A)[:, left in-borders] | E(neighbour below A)[:, top in-borders]],
 //     E(A) = R Tb_A (kept for two columns of chunks; E(C) = I),   W = R Sb_A,   G = Mb_C W
-// (for bf16 every product over a chunk's nodes runs on the tensor cores with bf16 operands: G = Mb W
+// (for bf16 every product that makes or takes a 64 x 64 block runs on the tensor cores with bf16
+// operands: G = Mb W
 // with Mb and W rounded, the products that make h, dq, dk and dv with P = s S ∘ G or s dP ∘ G rounded,
 // as flash-attention rounds P, and the gate-gradient products with dG and the maps rounded; the maps
 // and the algebra between borders stay float32 — the plain bf16 computation of this form that the

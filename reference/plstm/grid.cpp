@@ -410,7 +410,6 @@ std::vector<Mat<F>> chunk_backward(const Head<F>& g, const Block<F>& b, const st
   return d_in;
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // The chunk-map form, the form of the CUDA kernels (docs/cuda_plstm.md). The grid is cut into chunks
 // of side L, each described by its map (build_block). The gating between a target chunk B and a
@@ -421,11 +420,12 @@ std::vector<Mat<F>> chunk_backward(const Head<F>& g, const Block<F>& b, const st
 //     h_B = s Σ_A (Q_B K_Aᵀ ∘ G[B, A]) V_A:
 // the parallel form a block at a time, with memory linear in the number of nodes.
 //
-// With Operands::bf16 every product over a chunk's nodes rounds its operands to bf16: Q Kᵀ, P V and
-// G = Mb W in the forward; dH Vᵀ, dS K, dSᵀ Q, Pᵀ dH, U = dG Sb_Aᵀ and U' = dGᵀ Mb_B in the backward.
-// That is a plain bf16 computation of the form, the baseline of the bf16 kernels. The maps and the
-// algebra between borders (X, W = X Sb, the chunk level) stay in F, like the states of a chunkwise
-// form. A non-finite input reaches every node of the blocks it enters, as in the kernels.
+// With Operands::bf16 every product that makes or takes a node-by-node block rounds its operands to
+// bf16: Q Kᵀ, P V and G = Mb W in the forward; dH Vᵀ, dS K, dSᵀ Q, Pᵀ dH, U = dG Sb_Aᵀ and
+// U' = dGᵀ Mb_B in the backward. That is a plain bf16 computation of the form, the baseline of the
+// bf16 kernels. The maps and the algebra between borders (X, W = X Sb, Mb_Bᵀ U, the chunk level)
+// stay in F, like the states of a chunkwise form. A non-finite input reaches every node of the blocks
+// it enters, as in the kernels.
 
 template <class F>
 struct ChunkGrid {

@@ -39,8 +39,8 @@ struct GridForm {
   enum Kind { recurrent, chunkwise, parallel, maps } kind = recurrent;
   index_t chunk_size = 0;  // chunkwise, maps: the side of a square chunk, a power of two
   // parallel, maps: the arithmetic of their products (core/bf16.hpp); Operands::bf16 rounds the
-  // operands of every product over nodes to bfloat16 (parallel: s Q Kᵀ and P V), a plain bf16
-  // computation of the form (the baseline of the bf16 kernels)
+  // operands of every product that makes or takes a node-by-node block to bfloat16 (parallel: s Q Kᵀ
+  // and P V), a plain bf16 computation of the form (the baseline of the bf16 kernels)
   Operands operands = Operands::exact;
   std::string name() const;
 };
