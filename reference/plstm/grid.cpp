@@ -427,16 +427,18 @@ std::vector<Mat<F>> chunk_backward(const Head<F>& g, const Block<F>& b, const st
 // stay in F, like the states of a chunkwise form. A non-finite input reaches every node of the blocks
 // it enters, as in the kernels.
 
+// The chunks' maps, and their q, k, v as the products take them (rounded once for Operands::bf16).
 template <class F>
 struct ChunkGrid {
   index_t CX, CY;
   std::vector<Block<F>> blocks;  // chunk (cx, cy) at cx·CY + cy
   std::vector<BlockData<F>> data;
-  ChunkGrid(const Head<F>& g, const Dims& d, index_t L) : CX((d.X + L - 1) / L), CY((d.Y + L - 1) / L) {
+  ChunkGrid(const Head<F>& g, const Dims& d, index_t L, Operands ops) : CX((d.X + L - 1) / L), CY((d.Y + L - 1) / L) {
     for (index_t cx = 0; cx < CX; ++cx)
       for (index_t cy = 0; cy < CY; ++cy) {
         blocks.push_back(build_block(g, d, cx * L, cy * L, L));
-        data.emplace_back(g, blocks.back());
+        BlockData<F>& x = data.emplace_back(g, blocks.back());
+        x.Q = operand(x.Q, ops), x.K = operand(x.K, ops), x.V = operand(x.V, ops);
       }
   }
   index_t count() const { return CX * CY; }
@@ -508,16 +510,16 @@ std::vector<std::vector<Mat<F>>> all_reach(const ChunkGrid<F>& c) {
 
 template <class F>
 void maps_forward(const Head<F>& g, const Dims& d, index_t L, Operands ops, F* h) {
-  const ChunkGrid<F> c(g, d, L);
+  const ChunkGrid<F> c(g, d, L, ops);
   const auto X = all_reach(c);
   for (index_t b = 0; b < c.count(); ++b) {
     const Block<F>& B = c.blocks[b];
     Mat<F> H = Mat<F>::Zero(B.nodes(), g.DV);
     for (index_t a = 0; a <= b; ++a) {
       if (!c.reaches(a, b)) continue;
-      const Mat<F> S = operand(c.data[b].Q, ops) * operand(c.data[a].K, ops).transpose();
+      const Mat<F> S = c.data[b].Q * c.data[a].K.transpose();
       const Mat<F> P = g.scale * S.cwiseProduct(chunk_gating(c, X, b, a, ops));
-      H.noalias() += operand(P, ops) * operand(c.data[a].V, ops);
+      H.noalias() += operand(P, ops) * c.data[a].V;
     }
     for (index_t x = B.x0; x < B.x1; ++x)
       for (index_t y = B.y0; y < B.y1; ++y)
@@ -532,7 +534,7 @@ void maps_forward(const Head<F>& g, const Dims& d, index_t L, Operands ops, F* h
 template <class F>
 void maps_backward(const Head<F>& g, const Dims& d, index_t L, Operands ops, const F* dh, const GateGrads<F>& gates,
                    F* dq, F* dk, F* dv, F* dD) {
-  const ChunkGrid<F> c(g, d, L);
+  const ChunkGrid<F> c(g, d, L, ops);
   const auto X = all_reach(c);
   const index_t n = c.count();
   std::vector<Mat<F>> dH(n), dQ(n), dK(n), dV(n);
@@ -543,6 +545,7 @@ void maps_backward(const Head<F>& g, const Dims& d, index_t L, Operands ops, con
     for (index_t x = B.x0; x < B.x1; ++x)
       for (index_t y = B.y0; y < B.y1; ++y)
         dH[b].row(B.local(x, y)) = Eigen::Map<const Vec<F>>(dh + g.node(x, y) * g.DV, g.DV).transpose();
+    dH[b] = operand(dH[b], ops);
     dQ[b] = dK[b] = Mat<F>::Zero(B.nodes(), g.DQK);
     dV[b] = Mat<F>::Zero(B.nodes(), g.DV);
     d_maps.push_back({B.x0, B.x1, B.y0, B.y1, Mat<F>::Zero(B.borders(), B.borders()),
@@ -555,12 +558,12 @@ void maps_backward(const Head<F>& g, const Dims& d, index_t L, Operands ops, con
       if (!c.reaches(a, b)) continue;
       const BlockData<F>&xb = c.data[b], &xa = c.data[a];
       const Mat<F> G = chunk_gating(c, X, b, a, ops);
-      const Mat<F> S = operand(xb.Q, ops) * operand(xa.K, ops).transpose();
-      const Mat<F> dP = operand(dH[b], ops) * operand(xa.V, ops).transpose();
-      const Mat<F> P = g.scale * S.cwiseProduct(G), dS = g.scale * dP.cwiseProduct(G), dG = g.scale * dP.cwiseProduct(S);
-      dV[a].noalias() += operand(P, ops).transpose() * operand(dH[b], ops);
-      dQ[b].noalias() += operand(dS, ops) * operand(xa.K, ops);
-      dK[a].noalias() += operand(dS, ops).transpose() * operand(xb.Q, ops);
+      const Mat<F> S = xb.Q * xa.K.transpose(), dP = dH[b] * xa.V.transpose();
+      const Mat<F> P = g.scale * S.cwiseProduct(G), dG = g.scale * dP.cwiseProduct(S);
+      const Mat<F> dS = operand(Mat<F>(g.scale * dP.cwiseProduct(G)), ops);
+      dV[a].noalias() += operand(P, ops).transpose() * dH[b];
+      dQ[b].noalias() += dS * xa.K;
+      dK[a].noalias() += dS.transpose() * xb.Q;
       if (a == b) {
         d_maps[b].Gb += dG;
         for (index_t x = c.blocks[b].x0; x < c.blocks[b].x1; ++x)
@@ -570,8 +573,9 @@ void maps_backward(const Head<F>& g, const Dims& d, index_t L, Operands ops, con
           }
         continue;
       }
-      const Mat<F> U = operand(dG, ops) * operand(c.blocks[a].Sb, ops).transpose();
-      const Mat<F> U2 = operand(dG, ops).transpose() * operand(c.blocks[b].Mb, ops);
+      const Mat<F> dG_operand = operand(dG, ops);
+      const Mat<F> U = dG_operand * operand(c.blocks[a].Sb, ops).transpose();
+      const Mat<F> U2 = dG_operand.transpose() * operand(c.blocks[b].Mb, ops);
       d_maps[b].Mb.noalias() += U * X[a][b].transpose();
       dX[a][b] = c.blocks[b].Mb.transpose() * U;
       d_maps[a].Sb.noalias() += X[a][b].transpose() * U2.transpose();
