@@ -65,8 +65,18 @@ __device__ void copy_rows(T* to, int ld, const T* from, int D, int c0, int cols,
   const int end = min(cols, D - c0);
   if (end <= 0) return;
   if (D % V == 0 && c0 % V == 0 && reinterpret_cast<std::uintptr_t>(from) % 16 == 0) {
-    const int pieces = end / V;
-    for (int e = threadIdx.x - first; e < tiles::kTile * pieces; e += tiles::kThreads - first) {
+    const int pieces = end / V, threads = tiles::kThreads - first, t = threadIdx.x - first;
+    if (first == 0 && pieces <= threads && (pieces & (pieces - 1)) == 0) {
+      // A power of two of pieces per row (every DQK, DV of 8·2^k elements): the thread's piece is the
+      // same in every row it copies, and rows are a shift apart, so no division per piece.
+      const int shift = __ffs(pieces) - 1, c = (t & (pieces - 1)) * V;
+      for (int r = t >> shift; r < tiles::kTile; r += threads >> shift) {
+        const int n = nodes(r);
+        cp_async16(to + r * ld + c, from + (n >= 0 ? std::int64_t(n) * D + c0 + c : 0), n >= 0);
+      }
+      return;
+    }
+    for (int e = t; e < tiles::kTile * pieces; e += threads) {
       const int r = e / pieces, c = (e % pieces) * V, n = nodes(r);
       cp_async16(to + r * ld + c, from + (n >= 0 ? std::int64_t(n) * D + c0 + c : 0), n >= 0);
     }

@@ -66,6 +66,10 @@ constexpr int kWidth = kBorders + kNodes;               // coefficients of the c
 constexpr int kTbSb = kBorders * kWidth;                // floats of [Tb | Sb]: 16 x 16, then 16 x 64
 constexpr int kMapFloats = kTbSb + kNodes * kBorders;   // + Mb (64 x 16)
 constexpr int kBlock = kBorders * kBorders;             // floats of a border-to-border block
+// The keys' walk reads its map tiles (Tb, then Mb) by columns, 16 bytes at a time: rows of kKeyLd
+// floats keep those reads free of bank conflicts (the 16 rows a quarter-warp reads start 80 bytes
+// apart).
+constexpr int kKeyLd = 20;
 
 __host__ __device__ inline int round64(int d) { return (d + 63) / 64 * 64; }
 __host__ __device__ inline std::int64_t triangle(std::int64_t n) { return n * (n + 1) / 2; }
@@ -230,12 +234,30 @@ __device__ void accumulate_pv(float (&hpart)[8][4], const Acc& S, const Acc& G, 
   }
 }
 
+// The warps w and w + 4 hold the same 16 rows of every 64 x 64 tile (tile_row), so a product whose
+// A operand is a tile they wrote (P, dG) and U, whose rows they write and read, need only the two of
+// them in step: a named barrier per row band (ids 1..4; 0 is __syncthreads).
+__device__ __forceinline__ void band_sync() {
+  asm volatile("bar.sync %0, 64;" ::"r"(1 + tiles::warp_id() % 4) : "memory");
+}
+
+// Two adjacent elements of a shared-memory tile, rounded to T, in one store (`at` 4-byte aligned:
+// an even column of a tile with an even row stride).
+template <class T>
+__device__ __forceinline__ void put_pair(T* at, float x0, float x1) {
+  if constexpr (std::is_same_v<T, float>) *reinterpret_cast<float2*>(at) = make_float2(x0, x1);
+  else *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(x0, x1);
+}
+
 // Operand widths: the fixed chunk's rows F1 (q or k) and F2 (dh or v), the walked chunk's W1, W2.
 struct Widths {
   int w1, w2;  // forward: padded DQK and one 64-column tile of v; backward: DQK and DV rounded to 64
   __host__ __device__ Widths(Role role, int DQK, int DV)
       : w1(role == kForward ? padded_dqk(DQK) : round64(DQK)), w2(role == kForward ? kTile : round64(DV)) {}
 };
+
+// The floats of one buffer of walked maps: [Tb | Sb], or for keys Tb and Mb in rows of kKeyLd.
+__host__ __device__ constexpr int map_tile(Role role) { return role == kKeys ? (kBorders + kNodes) * kKeyLd : kTbSb; }
 
 // The shared memory of a walk block, in bytes from its start.
 struct Layout {
@@ -250,7 +272,7 @@ struct Layout {
     P = W2 + align16(2 * kTile * ld2 * element);                         // [64][72]: P or dG
     maps = P + align16(std::max<std::size_t>(kTile * stride(kTile) * element,  // the forward's h halves
                                              role == kForward && element == 2 ? kTile * kTile * sizeof(float) : 0));
-    M = maps + align16(2 * kTbSb * sizeof(float));                       // [64][24]: Mb_C or Sb_Cᵀ
+    M = maps + align16(2 * map_tile(role) * sizeof(float));               // [64][24]: Mb_C or Sb_Cᵀ
     W = M + align16(kNodes * stride(kBorders) * element);                // [16][72]
     E = W + align16(kBorders * stride(kNodes) * element);                // [2][CY + 1][16][16] float
     // The backward's gate-gradient products: X = Sb_A (keys: Mb_Aᵀ) [16][72], U [64][17] float,
@@ -291,8 +313,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
   T* W2 = reinterpret_cast<T*>(smem + layout.W2);
   // The operand tiles, rounded to T as a plain bf16 computation rounds them: P = s S ∘ G (or s dP ∘ G)
   // and, over it, dG; Mb_C (keys: Sb_Cᵀ) and W, the operands of G = M W; X = Sb_A (keys: Mb_Aᵀ).
-  T* dG = reinterpret_cast<T*>(smem + layout.P);
-  const tiles::Split<T> P{dG, nullptr};
+  T* P = reinterpret_cast<T*>(smem + layout.P);  // P, then dG
   float* map_tiles = reinterpret_cast<float*>(smem + layout.maps);
   T* M = reinterpret_cast<T*>(smem + layout.M);
   T* W = reinterpret_cast<T*>(smem + layout.W);
@@ -350,10 +371,14 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
     copy_rows(W2 + buffer * kTile * ld2, ld2, w2, p.DV, R == kForward ? c0 : 0, w.w2, nodes, 0);
     if (s.o >= 0) {
       const float* from = m.maps + item(m, chunks.count(), s.o, lbh, a) * kMapFloats;
-      float* to = map_tiles + buffer * kTbSb;
-      for (int e = tid; e < kTbSb / 4; e += kThreads) {
-        const int at = R == kKeys && e >= kBlock / 4 ? kTbSb + 4 * e - kBlock : 4 * e;  // Mb after Tb
-        cp_async16(to + 4 * e, from + at, true);
+      float* to = map_tiles + buffer * map_tile(R);
+      if constexpr (R == kKeys) {  // 16-byte piece `part` of row `row` of Tb (16 rows), then of Mb (64)
+        for (int e = tid; e < (kBorders + kNodes) * kBorders / 4; e += kThreads) {
+          const int row = e / 4, part = e % 4;
+          cp_async16(to + row * kKeyLd + 4 * part, from + (row < kBorders ? 0 : kTbSb - kBlock) + 4 * e, true);
+        }
+      } else {
+        for (int e = tid; e < kTbSb / 4; e += kThreads) cp_async16(to + 4 * e, from + 4 * e, true);
       }
     }
     cp_async_commit();
@@ -375,10 +400,10 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
   // The bf16 forward keeps P in registers (accumulate_pv): a partial h per warp instead of acc1.
   constexpr bool kPInRegisters = R == kForward && std::is_same_v<T, __nv_bfloat16>;
   float hpart[kPInRegisters ? 8 : 1][4] = {};
-  // dMb_C (queries) or dSb_Cᵀ (keys) of this orientation: the thread's (node t, in-border r) for
-  // t = tid / 4, r = 4 (tid mod 4) + j.
-  float dM[4];
-  const int mt = tid / 4, mr = 4 * (tid % 4);
+  // dMb_C (queries) or dSb_Cᵀ (keys) of this orientation: the thread's (node, in-border) entries
+  // (acc8_row(e), acc8_col(e)), in its warp's row band (the rows of U its band wrote).
+  Acc8 dM;
+  constexpr bool kTF32 = std::is_same_v<T, __nv_bfloat16>;
   const bool writes_maps = R != kForward && blockIdx.y == 0;
   if (writes_maps)  // zero for the orientations whose walk from C is empty (C in the frame's corner)
     for (int o = 0; o < p.orientations; ++o)
@@ -388,9 +413,9 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
   const auto flush = [&](int o) {
     const std::int64_t at = item(m, chunks.count(), o, lbh, chunk) * kNodes * kBorders;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (R == kQueries) m.dMb[at + mt * kBorders + mr + j] = dM[j];
-      else m.dSb[at + (mr + j) * kNodes + mt] = dM[j];
+    for (int e = 0; e < 4; ++e) {
+      if (R == kQueries) m.dMb[at + acc8_row(e) * kBorders + acc8_col(e)] = dM[e];
+      else m.dSb[at + acc8_col(e) * kNodes + acc8_row(e)] = dM[e];
     }
   };
   int buffer = 0, orientation = -1;
@@ -400,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
     cp_async_wait<0>();
     __syncthreads();  // this block's copies are in; the previous block is done with the other buffer
     if (more) load(next, buffer ^ 1);
-    const float* walked_maps = map_tiles + buffer * kTbSb;
+    const float* walked_maps = map_tiles + buffer * map_tile(R);
 
     Acc G;
     if (step.o < 0) {
@@ -428,14 +453,15 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
         }
         E[(fcx(o) & 1) * (CY + 1) * kBlock + fcy(o) * kBlock + tid] = tid / kBorders == tid % kBorders ? 1.f : 0.f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) dM[j] = 0.f;
+        for (int e = 0; e < 4; ++e) dM[e] = 0.f;
         __syncthreads();
       }
       // R (a row per C in-border r) from the neighbours' E, then E(A) = R Tb_A and W = R Sb_A, a thread
-      // per (r, c): E(r, c) and W(r, 4c..4c+3), with 16-byte loads (keys: Tbᵀ and Mbᵀ).
+      // per (r, c): E(r, c) and W(r, 4c..4c+3), with 16-byte loads (keys: Tbᵀ and Mbᵀ, and W(r, c + 16j)
+      // for j < 4).
       const int r = tid / kBorders, c = tid % kBorders;
       const float* Tb = walked_maps;
-      const float* Sb = walked_maps + kBlock;
+      const float* Sb = walked_maps + (R == kKeys ? kBorders * kKeyLd : kBlock);
       const auto load4 = [](const float* at) { return *reinterpret_cast<const float4*>(at); };
       float Rr[kBorders];
       const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -449,13 +475,13 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
       float e = 0.f, wr[4] = {};
 #pragma unroll
       for (int i0 = 0; i0 < kBorders; i0 += 4) {
-        float tb[4], sb[4][4];  // Tb'(i0 + k, c); S'(i0 + k, 4c + j) as sb[k][j]
+        float tb[4], sb[4][4];  // Tb'(i0 + k, c); S'(i0 + k, column j of the thread's W) as sb[k][j]
         if constexpr (R == kKeys) {
-          const float4 t = load4(Tb + c * kBorders + i0);
+          const float4 t = load4(Tb + c * kKeyLd + i0);
           tb[0] = t.x, tb[1] = t.y, tb[2] = t.z, tb[3] = t.w;
 #pragma unroll
           for (int j = 0; j < 4; ++j) {
-            const float4 x = load4(Sb + (4 * c + j) * kBorders + i0);
+            const float4 x = load4(Sb + (c + kBorders * j) * kKeyLd + i0);
             sb[0][j] = x.x, sb[1][j] = x.y, sb[2][j] = x.z, sb[3][j] = x.w;
           }
         } else {
@@ -474,15 +500,24 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
         }
       }
       Ecur[fay * kBlock + r * kBorders + c] = e;
-      tiles::store_pair(W, r * stride(kNodes) + 4 * c, true, wr[0], wr[1]);
-      tiles::store_pair(W, r * stride(kNodes) + 4 * c + 2, true, wr[2], wr[3]);
+      if constexpr (R == kKeys) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) W[r * stride(kNodes) + c + kBorders * j] = from_float<T>(wr[j]);
+      } else {
+        put_pair(W + r * stride(kNodes) + 4 * c, wr[0], wr[1]);
+        put_pair(W + r * stride(kNodes) + 4 * c + 2, wr[2], wr[3]);
+      }
       if (writes_maps) {
         // R, and X = Sb_A (keys: Mb_Aᵀ), for the gate-gradient products.
         Rs[r * ldu + c] = c < kL ? (fax < fcx(o) ? Eprev[fay * kBlock + r * kBorders + c] : 0.f)
                                  : (fay < fcy(o) ? Ecur[(fay + 1) * kBlock + r * kBorders + c] : 0.f);
         for (int x = tid; x < kBorders * kNodes; x += kThreads) {
-          const int i = x / kNodes, n = x % kNodes;  // X(i, n)
-          X[i * stride(kNodes) + n] = from_float<T>(R == kKeys ? Sb[n * kBorders + i] : Sb[x]);
+          if constexpr (R == kKeys) {  // X(i, n) = Mb_A(n, i), read along the rows of Mb
+            const int n = x / kBorders, i = x % kBorders;
+            X[i * stride(kNodes) + n] = from_float<T>(Sb[n * kKeyLd + i]);
+          } else {
+            X[x / kNodes * stride(kNodes) + x % kNodes] = from_float<T>(Sb[x]);
+          }
         }
       }
       __syncthreads();
@@ -499,11 +534,11 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
 #pragma unroll
         for (int j = 0; j < kTC; j += 2) {
           const int r = tile_row(i), c = tile_col(j);
-          P.set_pair(r * ldp + c, true, scale * x[i][j] * y[i][j], scale * x[i][j + 1] * y[i][j + 1]);
+          put_pair(P + r * ldp + c, scale * x[i][j] * y[i][j], scale * x[i][j + 1] * y[i][j + 1]);
         }
-      __syncthreads();
+      band_sync();
       tiles::gemm<true, true, kTile>(out, P, ldp, B, ldb);
-      if (R != kForward) __syncthreads();  // the forward's next P comes after the next block's first barrier
+      if (R != kForward) band_sync();  // the forward's next P comes after the next block's first barrier
     };
     Acc S;  // Q_C K_Aᵀ (forward, queries) or K_C Q_Aᵀ (keys)
     tiles::zero(S);
@@ -530,34 +565,69 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
               const std::int64_t at = (std::int64_t(lbh) * chunks.count() + chunk) * kNodes * kNodes;
               tiles::store_pair(m.dGb, at + r * kNodes + c, true, d0, d1);
             } else {
-              tiles::store_pair(dG, r * ldp + c, true, d0, d1);
+              put_pair(P + r * ldp + c, d0, d1);
             }
           }
         if (step.o >= 0) {
-          __syncthreads();
+          band_sync();
           // With U = dG Xᵀ (dG Sb_Aᵀ; keys: dG Mb_A): dMb_C += dG Wᵀ = U Rᵀ (keys: dSb_Cᵀ), and
           // D[C, A] = Mb_Cᵀ dG Sb_Aᵀ = Mb_Cᵀ U. U on the tensor cores, the rest in float32 from shared
           // memory.
           Acc8 u = {};
-          gemm_abt(u, dG, ldp, X, stride(kNodes));
+          gemm_abt(u, P, ldp, X, stride(kNodes));
 #pragma unroll
           for (int e = 0; e < 4; ++e) U[acc8_row(e) * ldu + acc8_col(e)] = u[e];
-          __syncthreads();
-          // the block's term is summed before it joins dM (shorter float32 sums: dG has both signs and
-          // the sum over the walk cancels)
+          if (R == kQueries) __syncthreads();  // D sums over all of U's rows
+          else band_sync();
+          // The block's term U Rᵀ (the warp's m16n8 tile) is summed before it joins dM (shorter float32
+          // sums: dG has both signs and the sum over the walk cancels). bf16 inputs: on the tensor cores
+          // with U and R rounded to tf32, as D below (tf32 keeps 13 more bits than the bf16 dG in U).
+          const int lane = tiles::lane_id(), g = lane / 4, q = lane % 4;
+          Acc8 term = {};
+          if constexpr (kTF32) {
+            const int r0 = 16 * (tiles::warp_id() % 4), n0 = 8 * (tiles::warp_id() / 4);
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            float term = 0.f;
+            for (int k0 = 0; k0 < kBorders; k0 += 8) {
+              const std::uint32_t a[4] = {to_tf32(U[(r0 + g) * ldu + k0 + q]), to_tf32(U[(r0 + g + 8) * ldu + k0 + q]),
+                                          to_tf32(U[(r0 + g) * ldu + k0 + q + 4]),
+                                          to_tf32(U[(r0 + g + 8) * ldu + k0 + q + 4])};
+              mma_tf32(term, a, to_tf32(Rs[(n0 + g) * ldu + k0 + q]), to_tf32(Rs[(n0 + g) * ldu + k0 + q + 4]));
+            }
+          } else {
 #pragma unroll
-            for (int c = 0; c < kBorders; ++c) term = fmaf(U[mt * ldu + c], Rs[(mr + j) * ldu + c], term);
-            dM[j] += term;
+            for (int e = 0; e < 4; ++e)
+#pragma unroll
+              for (int c = 0; c < kBorders; ++c)
+                term[e] = fmaf(U[acc8_row(e) * ldu + c], Rs[acc8_col(e) * ldu + c], term[e]);
           }
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dM[e] += term[e];
           if constexpr (R == kQueries) {
-            const int r = tid / kBorders, c = tid % kBorders;  // D(r, c): C's in-border r, A's out-border c
-            float d = 0.f;
-            for (int t = 0; t < kNodes; ++t) d = fmaf(Mf[t * ldu + r], U[t * ldu + c], d);
+            // D(r, c) (C's in-border r, A's out-border c) = Σ_t Mb_C(t, r) U(t, c). bf16 inputs: warps 0
+            // and 1, a column half each, on the tensor cores (two chains over the 64 nodes).
             const std::int64_t pair = chunks.pair(fcx(step.o), fcy(step.o), step.fax, step.fay);
-            m.D[((std::int64_t(step.o) * m.bhs + lbh) * chunks.pairs() + pair) * kBlock + tid] = d;
+            float* to = m.D + ((std::int64_t(step.o) * m.bhs + lbh) * chunks.pairs() + pair) * kBlock;
+            if constexpr (kTF32) {
+              if (tiles::warp_id() < 2) {
+                const int n0 = 8 * tiles::warp_id();
+                float d[2][4] = {};
+#pragma unroll
+                for (int k = 0; k < kNodes; k += 8) {
+                  const std::uint32_t a[4] = {to_tf32(Mf[(k + q) * ldu + g]), to_tf32(Mf[(k + q) * ldu + g + 8]),
+                                              to_tf32(Mf[(k + q + 4) * ldu + g]), to_tf32(Mf[(k + q + 4) * ldu + g + 8])};
+                  mma_tf32(d[k / 8 % 2], a, to_tf32(U[(k + q) * ldu + n0 + g]), to_tf32(U[(k + q + 4) * ldu + n0 + g]));
+                }
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+                  tiles::store_pair(to, (g + 8 * h) * kBorders + n0 + 2 * q, true, d[0][2 * h] + d[1][2 * h],
+                                    d[0][2 * h + 1] + d[1][2 * h + 1]);
+              }
+            } else {
+              const int r = tid / kBorders, c = tid % kBorders;
+              float d = 0.f;
+              for (int t = 0; t < kNodes; ++t) d = fmaf(Mf[t * ldu + r], U[t * ldu + c], d);
+              to[tid] = d;
+            }
           }
         }
       }
