@@ -54,6 +54,20 @@ std::int64_t protocol_stream(std::optional<std::int64_t> stream) {
   return *stream;
 }
 
+std::int64_t CallArrays::export_stream(py::handle object) {
+  const auto module = py::type::handle_of(object).attr("__module__").cast<std::string>();
+  if ((module != "torch" && !module.starts_with("torch.")) || !py::hasattr(object, "device")) return stream_;
+  const py::object device = object.attr("device");
+  if (device.attr("type").cast<std::string>() != "cuda") return stream_;
+  const int index = device.attr("index").cast<int>();
+  if (index != torch_device_) {
+    const py::object cuda = py::module_::import("torch.cuda");
+    torch_current_ = protocol_stream(cuda.attr("current_stream")(device).attr("cuda_stream").cast<std::int64_t>());
+    torch_device_ = index;
+  }
+  return torch_current_ == stream_ ? -1 : stream_;
+}
+
 Array::Array(py::handle object, std::string_view name, std::int64_t stream) : name_(name) {
   flashlstm::require(py::hasattr(object, "__dlpack__") && py::hasattr(object, "__dlpack_device__"), name,
           "expected an array with __dlpack__ and __dlpack_device__ (torch, CuPy, JAX), got {}",

@@ -108,12 +108,22 @@ class Array {
 class CallArrays {
  public:
   explicit CallArrays(std::optional<std::int64_t> stream) : stream_(protocol_stream(stream)) {}
-  const Array& take(py::handle object, std::string_view name) { return arrays_.emplace_back(object, name, stream_); }
+  const Array& take(py::handle object, std::string_view name) {
+    return arrays_.emplace_back(object, name, export_stream(object));
+  }
   std::int64_t stream() const { return stream_; }
 
  private:
+  // The stream an array's __dlpack__ is asked for: -1 (DLPack's "no synchronisation") for a torch
+  // tensor when the call's stream is torch's current stream on its device — the work that wrote the
+  // tensor is then already queued ahead of the kernels —, else the call's stream, for the producer to
+  // order its work before (torch does so with an event and a wait per array).
+  std::int64_t export_stream(py::handle object);
+
   std::int64_t stream_;
   std::deque<Array> arrays_;
+  int torch_device_ = -1;          // the device whose current torch stream was looked up, and
+  std::int64_t torch_current_ = 0;  // that stream, as protocol_stream spells it
 };
 
 // Thrown by everything that needs the CUDA runtime in a build without it (RuntimeError in Python).

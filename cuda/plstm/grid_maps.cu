@@ -39,10 +39,11 @@
 //             dk_C += s (dPᵀ ∘ Gᵀ) Q_A, dv_C += (Sᵀ ∘ Gᵀ) dH_A, dSb_Cᵀ += dGᵀ Wᵀ.
 // The next block's rows and maps are copied in (cp.async) while the current one is computed.
 //
-// The backward then runs chunk_transitions_kernel (a block per (orientation, batch·head): per
-// target B, R_B over its cone as above, then its cone in raster order Z[P] = [Y(left)[:, left] |
-// Y(above)[:, top]], Y[P] = Z[P] Tb_Pᵀ + D[B, P], dTb_P += R_B[P]ᵀ Z[P]) and chunk_backward_kernel
-// (each chunk's programme backwards, from [dTb | dSb] and [dMb | dGb], to the nine gates).
+// The backward then runs chunk_transitions_kernel (a block per (orientation, batch·head, target B):
+// R_B over B's cone as above, then the cone in raster order Z[P] = [Y(left)[:, left] |
+// Y(above)[:, top]], Y[P] = Z[P] Tb_Pᵀ + D[B, P], and B's part of dTb_P, R_B[P]ᵀ Z[P]) and
+// chunk_backward_kernel (each chunk's dTb summed over the targets, then its programme backwards,
+// from [dTb | dSb] and [dMb | dGb], to the nine gates).
 //
 // The scratch (MapsScratch) is taken per wave of (batch·head) items, as many as keep it within
 // kScratchBudget. tests/python/test_plstm_grid_chunk_maps.py (target_major_h,
@@ -95,9 +96,9 @@ struct MapsScratch {
   float* dMb = nullptr;   // (orientations, BHC, 64 x 16)      backward
   float* dSb = nullptr;   // (orientations, BHC, 16 x 64)
   float* dGb = nullptr;   // (BHC, 64 x 64)
-  float* dTb = nullptr;   // (orientations, BHC, 16 x 16)
-  float* D = nullptr;     // (orientations, bhs, pairs, 16 x 16)
-  float* work = nullptr;  // (orientations, bhs, 2, chunks, 16 x 16): E and Y of the chunk level
+  float* D = nullptr;     // (orientations, bhs, pairs, 16 x 16); then the targets' parts of dTb
+  float* E = nullptr;     // (orientations, bhs, pairs, 16 x 16): E of the chunk level, by pair, where
+                          // a cone's E does not fit in shared memory
 };
 
 __device__ std::int64_t item(const MapsScratch& m, std::int64_t chunks, int o, int lbh, std::int64_t c) {
@@ -683,60 +684,101 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
 // ------------------------------------------------------------------------------------------------
 // The backward's chunk level and each chunk's programme.
 
-// A block (256 threads, a thread per (r, c) of a 16 x 16 block) per (orientation, batch·head): dTb
-// of every chunk, target by target. E and Y live in the scratch (m.work), by frame position.
-__global__ void __launch_bounds__(kThreads) chunk_transitions_kernel(GridParams p, MapsScratch m) {
+// The chunk level keeps E of a whole cone in shared memory where that and two columns of Y take at
+// most kTransitionsShared bytes (grids up to 64 x 64 nodes), else in the scratch (m.E).
+constexpr std::size_t kTransitionsShared = 96 * 1024;
+__host__ __device__ inline bool transitions_in_shared(const Chunks& chunks) {
+  return (chunks.count() + 2 * chunks.CY) * kBlock * sizeof(float) <= kTransitionsShared;
+}
+
+// A block (256 threads, a thread per (r, c) of a 16 x 16 block) per (orientation, batch·head, target
+// B at frame (fbx, fby)): E over B's cone (from B back to the frame's corner), then Y over the cone
+// from the corner (two frame columns in shared memory) and the target's part of dTb_P,
+// R_B[P]ᵀ Z[P], written over D[B, P] once Y[P] has read it. chunk_backward_kernel sums the parts
+// over the targets.
+__global__ void __launch_bounds__(kThreads, 4) chunk_transitions_kernel(GridParams p, MapsScratch m) {
+  extern __shared__ float Ys[];  // [2][CY][16 x 16]: Y of the current and the previous frame column; E
   const Chunks chunks(p);
-  const int CX = chunks.CX, CY = chunks.CY;
-  const int o = blockIdx.x / m.bhs, lbh = blockIdx.x % m.bhs, tid = threadIdx.x, r = tid / kBorders, c = tid % kBorders;
-  const std::int64_t block = std::int64_t(o) * m.bhs + lbh;
-  float* E = m.work + block * 2 * chunks.count() * kBlock;
-  float* Y = E + chunks.count() * kBlock;
-  const float* D = m.D + block * chunks.pairs() * kBlock;
-  const auto own = [&](int fx, int fy) {
-    return std::int64_t(o & 1 ? CX - 1 - fx : fx) * CY + (o & 2 ? CY - 1 - fy : fy);
+  const int CX = chunks.CX, CY = chunks.CY, tid = threadIdx.x, r = tid / kBorders, c = tid % kBorders;
+  const std::int64_t per_orientation = std::int64_t(m.bhs) * chunks.count();
+  const int o = static_cast<int>(blockIdx.x / per_orientation);
+  const int lbh = static_cast<int>(blockIdx.x % per_orientation / chunks.count());
+  const int fb = static_cast<int>(blockIdx.x % chunks.count()), fbx = fb / CY, fby = fb % CY;
+  const std::int64_t block = (std::int64_t(o) * m.bhs + lbh) * chunks.pairs() * kBlock;
+  float* D = m.D + block;  // D[B, P] in, the part of dTb_P out
+  const auto slot = [&](int fx, int fy) { return chunks.pair(fbx, fby, fx, fy) * kBlock; };
+  // E(P): in shared memory by P's place in the cone, or in the scratch at P's pair slot (B, P).
+  const bool shared = transitions_in_shared(chunks);
+  float* E = shared ? Ys + 2 * CY * kBlock : m.E + block;
+  const auto at = [&](int fx, int fy) { return shared ? std::int64_t(fx * (fby + 1) + fy) * kBlock : slot(fx, fy); };
+  const auto Tb = [&](int fx, int fy) {
+    const int x = o & 1 ? CX - 1 - fx : fx, y = o & 2 ? CY - 1 - fy : fy;
+    return m.maps + item(m, chunks.count(), o, lbh, std::int64_t(x) * CY + y) * kMapFloats;
   };
-  const auto Tb = [&](int fx, int fy) { return m.maps + item(m, chunks.count(), o, lbh, own(fx, fy)) * kMapFloats; };
-  const auto dTb = [&](int fx, int fy) { return m.dTb + item(m, chunks.count(), o, lbh, own(fx, fy)) * kBlock; };
-  for (int fx = 0; fx < CX; ++fx)
-    for (int fy = 0; fy < CY; ++fy) dTb(fx, fy)[tid] = 0.f;
-  for (int fbx = 0; fbx < CX; ++fbx)
-    for (int fby = 0; fby < CY; ++fby) {
-      // R_B[P](i, j), P at frame (fx, fy): from E of P's right neighbour (j < 8) and of the one below.
-      const auto Rb = [&](int fx, int fy, int i, int j) {
-        if (j < kL) return fx < fbx ? E[(std::int64_t(fx + 1) * CY + fy) * kBlock + i * kBorders + j] : 0.f;
-        return fy < fby ? E[(std::int64_t(fx) * CY + fy + 1) * kBlock + i * kBorders + j] : 0.f;
-      };
-      // Z_B[P](i, j): from Y of P's left neighbour (j < 8) and of the one above.
-      const auto Zb = [&](int fx, int fy, int i, int j) {
-        if (j < kL) return fx > 0 ? Y[(std::int64_t(fx - 1) * CY + fy) * kBlock + i * kBorders + j] : 0.f;
-        return fy > 0 ? Y[(std::int64_t(fx) * CY + fy - 1) * kBlock + i * kBorders + j] : 0.f;
-      };
-      for (int fx = fbx; fx >= 0; --fx)
-        for (int fy = fby; fy >= 0; --fy) {
-          float e = r == c ? 1.f : 0.f;
-          if (fx != fbx || fy != fby) {
-            const float* tb = Tb(fx, fy);
-            e = 0.f;
-            for (int i = 0; i < kBorders; ++i) e = fmaf(Rb(fx, fy, r, i), __ldg(tb + i * kBorders + c), e);
-          }
-          E[(std::int64_t(fx) * CY + fy) * kBlock + tid] = e;
-          __syncthreads();
-        }
-      for (int fx = 0; fx <= fbx; ++fx)
-        for (int fy = 0; fy <= fby; ++fy) {
-          if (fx == fbx && fy == fby) continue;
-          const float* tb = Tb(fx, fy);
-          float y = D[chunks.pair(fbx, fby, fx, fy) * kBlock + tid], dt = 0.f;
-          for (int i = 0; i < kBorders; ++i) {
-            y = fmaf(Zb(fx, fy, r, i), __ldg(tb + c * kBorders + i), y);
-            dt = fmaf(Rb(fx, fy, i, r), Zb(fx, fy, i, c), dt);
-          }
-          Y[(std::int64_t(fx) * CY + fy) * kBlock + tid] = y;
-          dTb(fx, fy)[tid] += dt;
-          __syncthreads();
-        }
+  // R_B[P](i, j), P at frame (fx, fy): from E of P's right neighbour (j < 8) and of the one below.
+  const auto Rb = [&](int fx, int fy, int i, int j) {
+    if (j < kL) return fx < fbx ? E[at(fx + 1, fy) + i * kBorders + j] : 0.f;
+    return fy < fby ? E[at(fx, fy + 1) + i * kBorders + j] : 0.f;
+  };
+  // Each step reads Tb_P from shared memory (rows of 17 floats: conflict-free by rows and by columns),
+  // copied there, with D[B, P] for the Y steps, while the step before it computes.
+  __shared__ float tb_s[2][kBorders * (kBorders + 1)];
+  const int ld = kBorders + 1;
+  // The E steps: B's cone from B back to the corner, frame columns from B's down; then the Y steps:
+  // the cone from the corner, B excluded. next() moves (fx, fy) on; false after the last step.
+  const auto next_e = [&](int& fx, int& fy) {
+    if (--fy < 0) fy = fby, --fx;
+    return fx >= 0;
+  };
+  const auto next_y = [&](int& fx, int& fy) {
+    if (++fy > fby) fy = 0, ++fx;
+    return fx != fbx || fy != fby;
+  };
+  E[at(fbx, fby) + tid] = r == c ? 1.f : 0.f;  // E(B) = I
+  int fx = fbx, fy = fby, buffer = 0;
+  bool more = next_e(fx, fy);
+  if (more) tb_s[0][r * ld + c] = __ldg(Tb(fx, fy) + tid);
+  __syncthreads();
+  while (more) {
+    int nx = fx, ny = fy;
+    const bool next = next_e(nx, ny);
+    const float tb_next = next ? __ldg(Tb(nx, ny) + tid) : 0.f;
+    const float* tb = tb_s[buffer];
+    float e = 0.f;
+#pragma unroll
+    for (int i = 0; i < kBorders; ++i) e = fmaf(Rb(fx, fy, r, i), tb[i * ld + c], e);
+    E[at(fx, fy) + tid] = e;
+    if (next) tb_s[buffer ^ 1][r * ld + c] = tb_next;
+    __syncthreads();
+    buffer ^= 1, fx = nx, fy = ny, more = next;
+  }
+  const auto Ycol = [&](int x) { return Ys + (x & 1) * CY * kBlock; };  // Y of frame column x
+  fx = 0, fy = 0, more = fbx != 0 || fby != 0;
+  float d = 0.f;  // D[B, P] of the step
+  if (more) tb_s[buffer][r * ld + c] = __ldg(Tb(0, 0) + tid), d = D[slot(0, 0) + tid];
+  __syncthreads();
+  while (more) {
+    int nx = fx, ny = fy;
+    const bool next = next_y(nx, ny);
+    const float tb_next = next ? __ldg(Tb(nx, ny) + tid) : 0.f, d_next = next ? D[slot(nx, ny) + tid] : 0.f;
+    // Z[P](i, j): from Y of P's left neighbour (j < 8) and of the one above.
+    const auto Z = [&](int i, int j) {
+      if (j < kL) return fx > 0 ? Ycol(fx - 1)[fy * kBlock + i * kBorders + j] : 0.f;
+      return fy > 0 ? Ycol(fx)[(fy - 1) * kBlock + i * kBorders + j] : 0.f;
+    };
+    const float* tb = tb_s[buffer];
+    float y = d, dt = 0.f;
+#pragma unroll
+    for (int i = 0; i < kBorders; ++i) {
+      y = fmaf(Z(r, i), tb[c * ld + i], y);
+      dt = fmaf(Rb(fx, fy, i, r), Z(i, c), dt);
     }
+    Ycol(fx)[fy * kBlock + tid] = y;
+    D[slot(fx, fy) + tid] = dt;
+    if (next) tb_s[buffer ^ 1][r * ld + c] = tb_next;
+    __syncthreads();
+    buffer ^= 1, fx = nx, fy = ny, d = d_next, more = next;
+  }
 }
 
 // A block per (batch·head, chunk), a thread per coefficient as in chunk_maps_kernel: per orientation
@@ -747,7 +789,7 @@ __global__ void __launch_bounds__(kThreads) chunk_transitions_kernel(GridParams 
 //   gradients: the node's gates times its out-edges' and output's gradients.
 struct BackwardShared {
   float g[9][kNodes];
-  float fw[2][kNodes][kWidth];  // the right and down out-edge coefficients, by frame-local node
+  float right[kNodes][kWidth];  // the right out-edge coefficients, by frame-local node
   float sums[3][kNodes][6];     // per warp: the sums over coefficients for Trl, Tru, Tdu, Tdl, Ml, Mu
   float own_terms[kNodes][3];   // Sr, Sd, D
   float d_out[kBorders][kWidth];   // [dTb | dSb], by out-border
@@ -757,7 +799,6 @@ struct BackwardShared {
 __global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p, MapsScratch m) {
   extern __shared__ __align__(16) unsigned char smem[];
   BackwardShared& sh = *reinterpret_cast<BackwardShared*>(smem);
-  auto& fw = sh.fw;
   auto& sums = sh.sums;
   auto& own_terms = sh.own_terms;
   const Chunks chunks(p);
@@ -770,12 +811,20 @@ __global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p
     sh.d_mark[e / kNodes][kBorders + e % kNodes] = __ldg(dGb + e);
   for (int o = 0; o < p.orientations; ++o) {
     const std::int64_t at = item(m, chunks.count(), o, lbh, chunk);
-    const float* dTb = m.dTb + at * kBlock;
     const float* dSb = m.dSb + at * kBorders * kNodes;
     const float* dMb = m.dMb + at * kNodes * kBorders;
     __syncthreads();
     stage_gates(p, o, bh, cx, cy, sh.g);
-    for (int e = lane; e < kBlock; e += blockDim.x) sh.d_out[e / kBorders][e % kBorders] = __ldg(dTb + e);
+    // dTb: the sum of the targets' parts (chunk_transitions_kernel), targets in frame raster order.
+    const int fx = o & 1 ? chunks.CX - 1 - cx : cx, fy = o & 2 ? chunks.CY - 1 - cy : cy;
+    const float* parts = m.D + (std::int64_t(o) * m.bhs + lbh) * chunks.pairs() * kBlock;
+    for (int e = lane; e < kBlock; e += blockDim.x) {
+      float dtb = 0.f;
+      for (int fbx = fx; fbx < chunks.CX; ++fbx)
+        for (int fby = fy; fby < chunks.CY; ++fby)
+          if (fbx != fx || fby != fy) dtb += __ldg(parts + chunks.pair(fbx, fby, fx, fy) * kBlock + e);
+      sh.d_out[e / kBorders][e % kBorders] = dtb;
+    }
     for (int e = lane; e < kBorders * kNodes; e += blockDim.x) {
       sh.d_out[e / kNodes][kBorders + e % kNodes] = __ldg(dSb + e);
       sh.d_mark[e / kBorders][e % kBorders] = __ldg(dMb + e);
@@ -784,8 +833,8 @@ __global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p
     const auto& g = sh.g;
     const bool active = lane < kWidth;
     if (active)
-      chunk_programme(g, o, lane, [&](int x, int y, int, float, float, float r, float d, float) {
-        fw[0][x * kL + y][lane] = r, fw[1][x * kL + y][lane] = d;
+      chunk_programme(g, o, lane, [&](int x, int y, int, float, float, float r, float, float) {
+        sh.right[x * kL + y][lane] = r;
       });
     // d_out and d_mark of this coefficient.
     const auto d_out = [&](int row) { return active ? sh.d_out[row][lane] : 0.f; };
@@ -795,21 +844,41 @@ __global__ void __launch_bounds__(96) chunk_backward_kernel(GridBackwardParams p
     for (int y = 0; y < kL; ++y) d_right[y] = d_out(y);
 #pragma unroll
     for (int x = kL - 1; x >= 0; --x) {
+      // The column's in-edge coefficients: the left ones stored by the programme, the top ones from
+      // the column's down chain run again (d as chunk_programme computes it).
+      float left_in[kL], top_in[kL];
+      float down = active && lane == kL + x ? 1.f : 0.f;
+#pragma unroll
+      for (int y = 0; y < kL; ++y) {
+        const int n = x * kL + y;
+        left_in[y] = !active ? 0.f : x > 0 ? sh.right[n - kL][lane] : (lane == y ? 1.f : 0.f);
+        top_in[y] = down;
+        const float unit = lane == kBorders + own_index(o, x, y) ? 1.f : 0.f;
+        down = g[kTdu][n] * top_in[y] + g[kTdl][n] * left_in[y] + g[kSd][n] * unit;
+      }
       float d_down = d_out(kL + x);
 #pragma unroll
       for (int y = kL - 1; y >= 0; --y) {
         const int n = x * kL + y, own = own_index(o, x, y);
-        const float left_in = !active ? 0.f : x > 0 ? fw[0][n - kL][lane] : (lane == y ? 1.f : 0.f);
-        const float top_in = !active ? 0.f : y > 0 ? fw[1][n - 1][lane] : (lane == kL + x ? 1.f : 0.f);
         const float dr = d_right[y], dd = d_down, dm = d_mark(own);
-        float terms[6] = {dr * left_in, dr * top_in, dd * top_in, dd * left_in, dm * left_in, dm * top_in};
+        const float terms[6] = {dr * left_in[y], dr * top_in[y], dd * top_in[y], dd * left_in[y], dm * left_in[y],
+                                dm * top_in[y]};
+        // The warp's sums of the six terms, halving the values a lane carries at each of the first
+        // three steps: lane l ends with the sum of term 4·l[4] + 2·l[3] + l[2] (l[b]: bit b of l).
+        const bool b4 = lane & 16, b3 = lane & 8, b2 = lane & 4;
+        float u[4], v[2];
 #pragma unroll
-        for (int k = 0; k < 6; ++k)
+        for (int i = 0; i < 4; ++i) {
+          const float lo = terms[i], hi = i + 4 < 6 ? terms[i + 4] : 0.f;
+          u[i] = (b4 ? hi : lo) + __shfl_xor_sync(0xffffffffu, b4 ? lo : hi, 16);
+        }
 #pragma unroll
-          for (int s = 16; s > 0; s /= 2) terms[k] += __shfl_xor_sync(0xffffffffu, terms[k], s);
-        if (lane % 32 == 0)
-#pragma unroll
-          for (int k = 0; k < 6; ++k) sums[warp][n][k] = terms[k];
+        for (int i = 0; i < 2; ++i) v[i] = (b3 ? u[i + 2] : u[i]) + __shfl_xor_sync(0xffffffffu, b3 ? u[i] : u[i + 2], 8);
+        float sum = (b2 ? v[1] : v[0]) + __shfl_xor_sync(0xffffffffu, b2 ? v[0] : v[1], 4);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        const int k = 4 * b4 + 2 * b3 + b2;
+        if (lane % 4 == 0 && k < 6) sums[warp][n][k] = sum;
         if (lane == kBorders + own) own_terms[n][0] = dr, own_terms[n][1] = dd, own_terms[n][2] = dm;
         d_right[y] = g[kTrl][n] * dr + g[kTdl][n] * dd + g[kMl][n] * dm;  // the left in-edge's, for column x - 1
         d_down = g[kTru][n] * dr + g[kTdu][n] * dd + g[kMu][n] * dm;     // the top in-edge's, for row y - 1
@@ -841,8 +910,8 @@ std::int64_t floats_per_item(const GridParams& p, bool backward) {
   const std::int64_t c = chunks.count(), o = p.orientations;
   std::int64_t floats = o * c * kMapFloats + c * kNodes * kNodes;
   if (backward)
-    floats += 2 * o * c * kNodes * kBorders + c * kNodes * kNodes + o * c * kBlock + o * chunks.pairs() * kBlock +
-              o * c * 2 * kBlock;
+    floats += 2 * o * c * kNodes * kBorders + c * kNodes * kNodes +
+              (transitions_in_shared(chunks) ? 1 : 2) * o * chunks.pairs() * kBlock;
   return floats;
 }
 
@@ -867,9 +936,8 @@ MapsScratch carve(const GridParams& p, float* scratch, bool backward, int bh0, i
     take(m.dMb, o * bhc * kNodes * kBorders);
     take(m.dSb, o * bhc * kNodes * kBorders);
     take(m.dGb, bhc * kNodes * kNodes);
-    take(m.dTb, o * bhc * kBlock);
     take(m.D, o * bhs * chunks.pairs() * kBlock);
-    take(m.work, o * bhc * 2 * kBlock);
+    if (!transitions_in_shared(chunks)) take(m.E, o * bhs * chunks.pairs() * kBlock);
   }
   return m;
 }
@@ -904,7 +972,11 @@ void run(const GridBackwardParams& p, float* scratch, bool backward, cudaStream_
     }
     launch_walk<kQueries, T>(p, m, stream);
     launch_walk<kKeys, T>(p, m, stream);
-    chunk_transitions_kernel<<<blocks(p.orientations), kThreads, 0, stream>>>(p, m);
+    const int transitions_smem =
+        static_cast<int>((2 * chunks.CY + (transitions_in_shared(chunks) ? chunks.count() : 0)) * kBlock * sizeof(float));
+    check_cuda(cudaFuncSetAttribute(chunk_transitions_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, transitions_smem),
+               "pLSTM grid chunk transitions: shared memory");
+    chunk_transitions_kernel<<<blocks(p.orientations * chunks.count()), kThreads, transitions_smem, stream>>>(p, m);
     check_cuda(cudaGetLastError(), "pLSTM grid chunk transitions");
     check_cuda(cudaFuncSetAttribute(chunk_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(sizeof(BackwardShared))),
