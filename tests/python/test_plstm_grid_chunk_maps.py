@@ -320,8 +320,9 @@ def kernel_order_backward(q, k, v, gates, dh, L, orientations):
                                 dv_A += (Sᵀ ∘ Gᵀ) dH_B;  U = dGᵀ Mb_B;  dSb_Aᵀ += U Rᵀ (= dGᵀ Wᵀ);
     chunk level (per orientation, per target B, its cone in raster order): Z[P] (B's in-borders x P's
                                 in-borders) from Y of P's left and upper neighbours, Y[P] = Z[P] Tb_Pᵀ + D[B, P],
-                                dTb_P += R_B[P]ᵀ Z[P];
-    then each chunk's programme backwards (chunk_maps_backward) from [dTb | dSb] and [dMb | dGb]."""
+                                B's part of dTb_P: R_B[P]ᵀ Z[P];
+    then per chunk dTb_P, the sum of the targets' parts in B's frame raster order, and its programme
+    backwards (chunk_maps_backward) from [dTb | dSb] and [dMb | dGb]."""
     X, Y, DQK = q.shape
     s = DQK ** -0.5
     CX, CY = -(-X // L), -(-Y // L)
@@ -336,7 +337,7 @@ def kernel_order_backward(q, k, v, gates, dh, L, orientations):
     dTb = {(o, c): np.zeros((2 * L, 2 * L)) for o in range(orientations) for c in chunks_}
     dSb = {(o, c): np.zeros((2 * L, L * L)) for o in range(orientations) for c in chunks_}
     dMb = {(o, c): np.zeros((L * L, 2 * L)) for o in range(orientations) for c in chunks_}
-    dGb, D = {}, {}
+    dGb, D, parts = {}, {}, {}
     tiles = lambda t, n: (s * rows["q"][t] @ rows["k"][n].T, rows["dh"][t] @ rows["v"][n].T)  # noqa: E731
 
     for b in chunks_:  # target-major
@@ -386,7 +387,13 @@ def kernel_order_backward(q, k, v, gates, dh, L, orientations):
                     if fpy > 0:
                         Z[:, L:] = Yp[fpx, fpy - 1][:, L:]
                     Yp[fpx, fpy] = Z @ maps[(o, *p)][0].T + D[o, b, p]
-                    dTb[o, p] += R_B[p].T @ Z
+                    parts[o, b, p] = R_B[p].T @ Z
+        for p in chunks_:  # the chunk programmes' sum over the targets
+            fpx, fpy = frame(p)
+            for fbx in range(fpx, CX):
+                for fby in range(fpy, CY):
+                    if (fbx, fby) != (fpx, fpy):
+                        dTb[o, p] += parts[o, frame((fbx, fby)), p]
 
     dgates = np.zeros_like(gates)
     for o in range(orientations):
