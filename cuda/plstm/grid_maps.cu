@@ -684,22 +684,30 @@ __global__ void __launch_bounds__(kThreads, R == kForward || std::is_same_v<T, _
 // ------------------------------------------------------------------------------------------------
 // The backward's chunk level and each chunk's programme.
 
-// The chunk level keeps E of a whole cone in shared memory where that and two columns of Y take at
-// most kTransitionsShared bytes (grids up to 64 x 64 nodes), else in the scratch (m.E).
-constexpr std::size_t kTransitionsShared = 96 * 1024;
+// The chunk level: 64 threads per block, a thread per (row r, columns c4..c4 + 3) of a 16 x 16 block.
+// Its blocks in shared memory have rows of kLevelLd floats, so that a warp's eight rows start in
+// different banks and a thread's four columns are one 16-byte access. It keeps E of a whole cone in
+// shared memory where that and two columns of Y take at most kTransitionsShared bytes (grids up to
+// 64 x 64 nodes), else in the scratch (m.E, rows of 16).
+constexpr int kLevelThreads = 64;
+constexpr int kLevelLd = 20;
+constexpr int kLevelBlock = kBorders * kLevelLd;
+constexpr std::size_t kTransitionsShared = 112 * 1024;
 __host__ __device__ inline bool transitions_in_shared(const Chunks& chunks) {
-  return (chunks.count() + 2 * chunks.CY) * kBlock * sizeof(float) <= kTransitionsShared;
+  return (chunks.count() + 2 * chunks.CY) * kLevelBlock * sizeof(float) <= kTransitionsShared;
 }
 
-// A block (256 threads, a thread per (r, c) of a 16 x 16 block) per (orientation, batch·head, target
-// B at frame (fbx, fby)): E over B's cone (from B back to the frame's corner), then Y over the cone
-// from the corner (two frame columns in shared memory) and the target's part of dTb_P,
-// R_B[P]ᵀ Z[P], written over D[B, P] once Y[P] has read it. chunk_backward_kernel sums the parts
-// over the targets.
-__global__ void __launch_bounds__(kThreads, 4) chunk_transitions_kernel(GridParams p, MapsScratch m) {
-  extern __shared__ float Ys[];  // [2][CY][16 x 16]: Y of the current and the previous frame column; E
+// A block per (orientation, batch·head, target B at frame (fbx, fby)): E over B's cone (from B back to
+// the frame's corner), then Y over the cone from the corner (two frame columns in shared memory) and
+// the target's part of dTb_P, R_B[P]ᵀ Z[P], written over D[B, P] once Y[P] has read it.
+// chunk_backward_kernel sums the parts over the targets.
+__global__ void __launch_bounds__(kLevelThreads) chunk_transitions_kernel(GridParams p, MapsScratch m) {
+  extern __shared__ __align__(16) float Ys[];  // [2][CY] blocks: Y of the current and the previous frame column; E
+  // Tb_P of the step, read from here: by rows for the E steps, transposed for the Y steps. Each step's
+  // is copied in, with D[B, P] for the Y steps, while the step before it computes.
+  __shared__ __align__(16) float tb_s[2][kLevelBlock];
   const Chunks chunks(p);
-  const int CX = chunks.CX, CY = chunks.CY, tid = threadIdx.x, r = tid / kBorders, c = tid % kBorders;
+  const int CX = chunks.CX, CY = chunks.CY, tid = threadIdx.x, r = tid / 4, c4 = 4 * (tid % 4);
   const std::int64_t per_orientation = std::int64_t(m.bhs) * chunks.count();
   const int o = static_cast<int>(blockIdx.x / per_orientation);
   const int lbh = static_cast<int>(blockIdx.x % per_orientation / chunks.count());
@@ -709,21 +717,32 @@ __global__ void __launch_bounds__(kThreads, 4) chunk_transitions_kernel(GridPara
   const auto slot = [&](int fx, int fy) { return chunks.pair(fbx, fby, fx, fy) * kBlock; };
   // E(P): in shared memory by P's place in the cone, or in the scratch at P's pair slot (B, P).
   const bool shared = transitions_in_shared(chunks);
-  float* E = shared ? Ys + 2 * CY * kBlock : m.E + block;
-  const auto at = [&](int fx, int fy) { return shared ? std::int64_t(fx * (fby + 1) + fy) * kBlock : slot(fx, fy); };
-  const auto Tb = [&](int fx, int fy) {
-    const int x = o & 1 ? CX - 1 - fx : fx, y = o & 2 ? CY - 1 - fy : fy;
-    return m.maps + item(m, chunks.count(), o, lbh, std::int64_t(x) * CY + y) * kMapFloats;
+  const int eld = shared ? kLevelLd : kBorders;
+  float* E = shared ? Ys + 2 * CY * kLevelBlock : m.E + block;
+  const auto at = [&](int fx, int fy) {
+    return shared ? std::int64_t(fx * (fby + 1) + fy) * kLevelBlock : slot(fx, fy);
   };
   // R_B[P](i, j), P at frame (fx, fy): from E of P's right neighbour (j < 8) and of the one below.
   const auto Rb = [&](int fx, int fy, int i, int j) {
-    if (j < kL) return fx < fbx ? E[at(fx + 1, fy) + i * kBorders + j] : 0.f;
-    return fy < fby ? E[at(fx, fy + 1) + i * kBorders + j] : 0.f;
+    if (j < kL) return fx < fbx ? E[at(fx + 1, fy) + i * eld + j] : 0.f;
+    return fy < fby ? E[at(fx, fy + 1) + i * eld + j] : 0.f;
   };
-  // Each step reads Tb_P from shared memory (rows of 17 floats: conflict-free by rows and by columns),
-  // copied there, with D[B, P] for the Y steps, while the step before it computes.
-  __shared__ float tb_s[2][kBorders * (kBorders + 1)];
-  const int ld = kBorders + 1;
+  const auto load4 = [](const float* a) { return *reinterpret_cast<const float4*>(a); };
+  const auto store4 = [](float* a, float4 x) { *reinterpret_cast<float4*>(a) = x; };
+  const auto fma4 = [](float a, float4 b, float4& acc) {
+    acc.x = fmaf(a, b.x, acc.x), acc.y = fmaf(a, b.y, acc.y), acc.z = fmaf(a, b.z, acc.z), acc.w = fmaf(a, b.w, acc.w);
+  };
+  // The thread's four elements of Tb_P (row r, columns c4..), and where they go in tb_s.
+  const auto fetch = [&](int fx, int fy) {
+    const int x = o & 1 ? CX - 1 - fx : fx, y = o & 2 ? CY - 1 - fy : fy;
+    const float* tb = m.maps + item(m, chunks.count(), o, lbh, std::int64_t(x) * CY + y) * kMapFloats;
+    return __ldg(reinterpret_cast<const float4*>(tb + r * kBorders + c4));
+  };
+  const auto put = [&](float* to, float4 x, bool transposed) {
+    if (!transposed) return store4(to + r * kLevelLd + c4, x);
+    to[c4 * kLevelLd + r] = x.x, to[(c4 + 1) * kLevelLd + r] = x.y;
+    to[(c4 + 2) * kLevelLd + r] = x.z, to[(c4 + 3) * kLevelLd + r] = x.w;
+  };
   // The E steps: B's cone from B back to the corner, frame columns from B's down; then the Y steps:
   // the cone from the corner, B excluded. next() moves (fx, fy) on; false after the last step.
   const auto next_e = [&](int& fx, int& fy) {
@@ -734,48 +753,47 @@ __global__ void __launch_bounds__(kThreads, 4) chunk_transitions_kernel(GridPara
     if (++fy > fby) fy = 0, ++fx;
     return fx != fbx || fy != fby;
   };
-  E[at(fbx, fby) + tid] = r == c ? 1.f : 0.f;  // E(B) = I
+  store4(E + at(fbx, fby) + r * eld + c4, make_float4(r == c4, r == c4 + 1, r == c4 + 2, r == c4 + 3));  // E(B) = I
   int fx = fbx, fy = fby, buffer = 0;
   bool more = next_e(fx, fy);
-  if (more) tb_s[0][r * ld + c] = __ldg(Tb(fx, fy) + tid);
+  if (more) put(tb_s[0], fetch(fx, fy), false);
   __syncthreads();
   while (more) {
     int nx = fx, ny = fy;
     const bool next = next_e(nx, ny);
-    const float tb_next = next ? __ldg(Tb(nx, ny) + tid) : 0.f;
-    const float* tb = tb_s[buffer];
-    float e = 0.f;
+    const float4 tb_next = next ? fetch(nx, ny) : float4{};
+    float4 e{};  // E(P)(r, c4..) = Σ_i R(r, i) Tb_P(i, c4..)
 #pragma unroll
-    for (int i = 0; i < kBorders; ++i) e = fmaf(Rb(fx, fy, r, i), tb[i * ld + c], e);
-    E[at(fx, fy) + tid] = e;
-    if (next) tb_s[buffer ^ 1][r * ld + c] = tb_next;
+    for (int i = 0; i < kBorders; ++i) fma4(Rb(fx, fy, r, i), load4(tb_s[buffer] + i * kLevelLd + c4), e);
+    store4(E + at(fx, fy) + r * eld + c4, e);
+    if (next) put(tb_s[buffer ^ 1], tb_next, false);
     __syncthreads();
     buffer ^= 1, fx = nx, fy = ny, more = next;
   }
-  const auto Ycol = [&](int x) { return Ys + (x & 1) * CY * kBlock; };  // Y of frame column x
+  const auto Ycol = [&](int x) { return Ys + (x & 1) * CY * kLevelBlock; };  // Y of frame column x
   fx = 0, fy = 0, more = fbx != 0 || fby != 0;
-  float d = 0.f;  // D[B, P] of the step
-  if (more) tb_s[buffer][r * ld + c] = __ldg(Tb(0, 0) + tid), d = D[slot(0, 0) + tid];
+  float4 d{};  // D[B, P](r, c4..) of the step
+  if (more) put(tb_s[buffer], fetch(0, 0), true), d = load4(D + slot(0, 0) + r * kBorders + c4);
   __syncthreads();
   while (more) {
     int nx = fx, ny = fy;
     const bool next = next_y(nx, ny);
-    const float tb_next = next ? __ldg(Tb(nx, ny) + tid) : 0.f, d_next = next ? D[slot(nx, ny) + tid] : 0.f;
-    // Z[P](i, j): from Y of P's left neighbour (j < 8) and of the one above.
-    const auto Z = [&](int i, int j) {
-      if (j < kL) return fx > 0 ? Ycol(fx - 1)[fy * kBlock + i * kBorders + j] : 0.f;
-      return fy > 0 ? Ycol(fx)[(fy - 1) * kBlock + i * kBorders + j] : 0.f;
-    };
-    const float* tb = tb_s[buffer];
-    float y = d, dt = 0.f;
+    const float4 tb_next = next ? fetch(nx, ny) : float4{};
+    const float4 d_next = next ? load4(D + slot(nx, ny) + r * kBorders + c4) : float4{};
+    // Z[P](i, j): Y of P's left neighbour for j < 8, of the one above for the rest (absent: 0).
+    const float* left = fx > 0 ? Ycol(fx - 1) + fy * kLevelBlock : nullptr;
+    const float* above = fy > 0 ? Ycol(fx) + (fy - 1) * kLevelBlock : nullptr;
+    const float* mine = c4 < kL ? left : above;  // the columns c4.. of Z
+    float4 y = d, dt{};  // Y(P)(r, c) = D(r, c) + Σ_i Z(r, i) Tb_P(c, i);  dTb part (r, c) = Σ_i R(i, r) Z(i, c)
 #pragma unroll
     for (int i = 0; i < kBorders; ++i) {
-      y = fmaf(Z(r, i), tb[c * ld + i], y);
-      dt = fmaf(Rb(fx, fy, i, r), Z(i, c), dt);
+      const float* z = i < kL ? left : above;
+      fma4(z ? z[r * kLevelLd + i] : 0.f, load4(tb_s[buffer] + i * kLevelLd + c4), y);
+      fma4(Rb(fx, fy, i, r), mine ? load4(mine + i * kLevelLd + c4) : float4{}, dt);
     }
-    Ycol(fx)[fy * kBlock + tid] = y;
-    D[slot(fx, fy) + tid] = dt;
-    if (next) tb_s[buffer ^ 1][r * ld + c] = tb_next;
+    store4(Ycol(fx) + fy * kLevelBlock + r * kLevelLd + c4, y);
+    store4(D + slot(fx, fy) + r * kBorders + c4, dt);
+    if (next) put(tb_s[buffer ^ 1], tb_next, true);
     __syncthreads();
     buffer ^= 1, fx = nx, fy = ny, d = d_next, more = next;
   }
@@ -972,11 +990,11 @@ void run(const GridBackwardParams& p, float* scratch, bool backward, cudaStream_
     }
     launch_walk<kQueries, T>(p, m, stream);
     launch_walk<kKeys, T>(p, m, stream);
-    const int transitions_smem =
-        static_cast<int>((2 * chunks.CY + (transitions_in_shared(chunks) ? chunks.count() : 0)) * kBlock * sizeof(float));
+    const int transitions_smem = static_cast<int>(
+        (2 * chunks.CY + (transitions_in_shared(chunks) ? chunks.count() : 0)) * kLevelBlock * sizeof(float));
     check_cuda(cudaFuncSetAttribute(chunk_transitions_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, transitions_smem),
                "pLSTM grid chunk transitions: shared memory");
-    chunk_transitions_kernel<<<blocks(p.orientations * chunks.count()), kThreads, transitions_smem, stream>>>(p, m);
+    chunk_transitions_kernel<<<blocks(p.orientations * chunks.count()), kLevelThreads, transitions_smem, stream>>>(p, m);
     check_cuda(cudaGetLastError(), "pLSTM grid chunk transitions");
     check_cuda(cudaFuncSetAttribute(chunk_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(sizeof(BackwardShared))),
