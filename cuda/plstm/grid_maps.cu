@@ -23,11 +23,11 @@
 //     R = [E(right neighbour of A)[:, left in-borders] | E(neighbour below A)[:, top in-borders]],
 //     E(A) = R Tb_A (kept for two columns of chunks; E(C) = I),   W = R Sb_A,   G = Mb_C W
 // (for bf16 every product that makes or takes a 64 x 64 block runs on the tensor cores with bf16
-// operands: G = Mb W
-// with Mb and W rounded, the products that make h, dq, dk and dv with P = s S ∘ G or s dP ∘ G rounded,
-// as flash-attention rounds P, and the gate-gradient products with dG and the maps rounded; the maps
-// and the algebra between borders stay float32 — the plain bf16 computation of this form that the
-// reference's GridForm::maps with bf16 operands carries out). The roles:
+// operands: G = Mb W with Mb and W rounded, the products that make h, dq, dk and dv with P = s S ∘ G
+// or s dP ∘ G rounded, as flash-attention rounds P, and the gate-gradient products with dG and the
+// maps rounded — the plain bf16 computation of this form that the reference's GridForm::maps with
+// bf16 operands carries out; the maps and the values between borders stay float32, some border-sized
+// products taking them as tf32 operands: E and W in kForward and kKeys, U Rᵀ and Mb_Cᵀ U). The roles:
 //   kForward  C a target:  S = s Q_C K_Aᵀ, h_C += (S ∘ G) V_A (bf16: S ∘ G goes from the accumulators
 //             into the product's A operand in registers; warps w and w + 4 take the two halves of
 //             A's nodes and add their parts of h at the end);
