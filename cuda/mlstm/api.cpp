@@ -85,6 +85,10 @@ Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, c
 
 }  // namespace detail
 
+int forward_chunk_size(const Inputs& x, int chunk_size) {
+  return detail::fused_forward_applies(x.dtype, x.dims.DQK, x.dims.DV) ? detail::kFusedChunk : chunk_size;
+}
+
 void forward_chunkwise(const Inputs& x, const ConstState* initial, void* h, const State& last, int chunk_size,
                        const Options& options, cudaStream_t stream) {
   check_inputs(x, true);

@@ -116,19 +116,23 @@ KernelCheck check_chunkwise(const ProblemShape& shape, int chunk_size, const Opt
   const flashlstm::index_t L = chunk_size, other_chunk = chunk_size == 64 ? 128 : 64;
 
   // The baseline runs: float32 at the kernel's chunk size, at another one and in recurrent form; or
-  // bf16 operands at the kernel's chunk size.
+  // bf16 operands at the kernel's chunk size (the forward's own: the fused bf16 forward computes with
+  // 64-token chunks).
   const bool bf16 = dtype == DType::bfloat16;
-  c.baseline = bf16 ? fmt::format("bf16-operand chunkwise(L={}), float32 accumulation", L)
+  DeviceProblem d(p, shape, dtype);
+  const flashlstm::index_t L_forward = forward_chunk_size(d.inputs, chunk_size);
+  c.baseline = bf16 ? fmt::format("bf16-operand chunkwise(L={}), float32 accumulation", L_forward)
                     : fmt::format("float32 reference: chunkwise(L={}), chunkwise(L={}), recurrent", L, other_chunk);
+  if (bf16 && backward) c.baseline += fmt::format("; backward at L={}", L);
   auto forward_runs = [&] {
-    if (bf16) return std::vector{ref::forward_chunkwise(pf.inputs(), pf.initial_view(), L, options, ref::Operands::bf16)};
+    if (bf16)
+      return std::vector{ref::forward_chunkwise(pf.inputs(), pf.initial_view(), L_forward, options, ref::Operands::bf16)};
     return std::vector{ref::forward_chunkwise(pf.inputs(), pf.initial_view(), L, options),
                        ref::forward_chunkwise(pf.inputs(), pf.initial_view(), other_chunk, options),
                        ref::forward_recurrent(pf.inputs(), pf.initial_view(), options)};
   };
   const ref::Output<double> oracle = ref::forward_chunkwise(p.inputs(), p.initial_view(), kOracleChunk, options);
 
-  DeviceProblem d(p, shape, dtype);
   const ConstState initial = shape.initial_state ? d.initial() : ConstState{};
   const auto h = poisoned(p.dh.size() * element_size(dtype));
   DeviceState last(shape);

@@ -1017,6 +1017,7 @@ void backward(Params p, cudaStream_t stream) {
 }  // namespace
 
 void run_forward(Params p, DType dtype, cudaStream_t stream) {
+  if (fused_forward_applies(dtype, p.DQK, p.DV)) return run_fused_forward(p, stream);
   if (dtype == DType::float32) forward<float>(p, stream);
   else forward<__nv_bfloat16>(p, stream);
 }

@@ -76,6 +76,11 @@ struct InputGrad {
 void forward_chunkwise(const Inputs& x, const ConstState* initial, void* h, const State& last, int chunk_size,
                        const Options& options, cudaStream_t stream);
 
+// The chunk size forward_chunkwise computes with: 64 where its fused kernel runs (bf16 inputs, DQK <=
+// 256, DQK and DV multiples of 8: the state stays on chip and the form is that of L = 64, which gives
+// the same results up to rounding), else chunk_size.
+int forward_chunk_size(const Inputs& x, int chunk_size);
+
 // The exact backward of forward_chunkwise (normaliser and stabiliser paths included). Recomputes the
 // chunk states; correct at every chunk size.
 void backward_chunkwise(const Inputs& x, const ConstState* initial, const OutputGrad& grad, const InputGrad& out,

@@ -56,8 +56,16 @@ struct Params {
 // Fill in the problem part of Params from checked arguments.
 Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, const Options& options);
 
-// Implemented in chunkwise.cu / step.cu; arguments already checked.
+// Where the fused forward (fused.cu, 64-token chunks) runs instead of the state and output passes:
+// bf16 inputs, DQK <= 256, DQK and DV multiples of 8 (16-byte rows).
+constexpr int kFusedChunk = 64;
+inline bool fused_forward_applies(DType dtype, std::int64_t DQK, std::int64_t DV) {
+  return dtype == DType::bfloat16 && DQK <= 256 && DQK % 8 == 0 && DV % 8 == 0;
+}
+
+// Implemented in chunkwise.cu / step.cu / fused.cu; arguments already checked.
 void run_forward(Params p, DType dtype, cudaStream_t stream);
+void run_fused_forward(const Params& p, cudaStream_t stream);
 void run_backward(Params p, DType dtype, cudaStream_t stream);
 void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_stride, std::int64_t token,
               const Options& options, cudaStream_t stream);
