@@ -52,13 +52,28 @@ struct FusedLayout {
 struct ChunkScalars {
   double bm[kChunk];  // b_r − m_r
   double u[kChunk];   // u_s (−∞ beyond the chunk)
-  float w0[kChunk], floor[kChunk], a[kChunk];
+  float w0[kChunk], floor[kChunk], a[kChunk], a_bf16[kChunk];  // a_bf16: a rounded, n's operand
   float g;  // ḡ
 };
 
 // Preconditions: bf16 inputs, DQK ≤ kDK and DQK, DV multiples of 8 (16-byte rows); grid
 // BH · ceil(DV / 64) blocks of 256 threads (block x: head x / slices, slice x mod slices),
 // FusedLayout<kDK>::bytes of dynamic shared memory.
+// x + Σ_{i<8} q[i] n[i]: eight bf16 values of q (16 bytes) against eight floats of n.
+__device__ __forceinline__ float dot8(const bf16* q, const float* n, float x) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(q);
+  const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  const float4 n0 = *reinterpret_cast<const float4*>(n), n1 = *reinterpret_cast<const float4*>(n + 4);
+  const float nn[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 q2 = __bfloat1622float2(pair[i]);
+    x = fmaf(q2.x, nn[2 * i], x);
+    x = fmaf(q2.y, nn[2 * i + 1], x);
+  }
+  return x;
+}
+
 template <int kDK>
 __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   using Layout = FusedLayout<kDK>;
@@ -66,7 +81,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   constexpr int kHalf = kDK / 2, kTiles = kHalf / 8;  // a warp's DQK columns, in n8 tiles
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ ChunkScalars sc;
-  __shared__ float row_part[2][kChunk], qn[kChunk], n[kDK];
+  // n and n rounded to bf16 (the operand of q·n), 16-byte aligned for vector reads.
+  __shared__ float row_part[2][kChunk], qn[kChunk];
+  __shared__ __align__(16) float n[kDK], n_bf16[kDK];
 
   const int slices = (p.DV + kSlice - 1) / kSlice;
   const int bh = blockIdx.x / slices, c0 = (blockIdx.x % slices) * kSlice;
@@ -122,7 +139,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
       const std::int64_t at = c_at(t, e);
       c[t][e] = p.C0 && at >= 0 ? p.C0[bh * CS + at] : 0.f;
     }
-  if (tid < kDK) n[tid] = p.n0 && tid < p.DQK ? p.n0[std::int64_t(bh) * p.DQK + tid] : 0.f;
+  if (tid < kDK) {
+    n[tid] = p.n0 && tid < p.DQK ? p.n0[std::int64_t(bh) * p.DQK + tid] : 0.f;
+    n_bf16[tid] = __bfloat162float(__float2bfloat16_rn(n[tid]));
+  }
   double mk = p.m0 ? p.m0[bh] : 0.0;  // warp 0's copy of the stabiliser entering the chunk
 
   // Warp 0's gates of the next chunk (tokens 2·lane, 2·lane + 1), loaded a chunk ahead.
@@ -184,7 +204,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
       const double b_last = __shfl_sync(0xffffffffu, last % 2 ? b[1] : b[0], last / 2);
       const double m_last = __shfl_sync(0xffffffffu, last % 2 ? m[1] : m[0], last / 2);
 #pragma unroll
-      for (int x = 0; x < 2; ++x) sc.a[2 * lane + x] = expf(static_cast<float>(b_last + u[x] - m_last));
+      for (int x = 0; x < 2; ++x) {
+        const float a = expf(static_cast<float>(b_last + u[x] - m_last));
+        sc.a[2 * lane + x] = a;
+        sc.a_bf16[2 * lane + x] = __bfloat162float(__float2bfloat16_rn(a));
+      }
       if (lane == 0) sc.g = expf(static_cast<float>(b_last + mk - m_last));
       mk = m_last;
       load_gates(k + 1);
@@ -251,8 +275,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
     {
       const int r = tid / 4, part = tid % 4;
       float x = 0.f;
-      for (int d = part * (kDK / 4); d < (part + 1) * (kDK / 4); ++d)
-        x += to_float(Qs[r * kLdK + d]) * __bfloat162float(__float2bfloat16_rn(n[d]));
+#pragma unroll
+      for (int d = part * (kDK / 4); d < (part + 1) * (kDK / 4); d += 8) x = dot8(Qs + r * kLdK + d, n_bf16 + d, x);
       x += __shfl_xor_sync(0xffffffffu, x, 1);
       x += __shfl_xor_sync(0xffffffffu, x, 2);
       if (part == 0) qn[r] = x;
@@ -280,12 +304,34 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
         }
       }
     }
-    // n ← ḡ n + Σ_s bf16(a_s) k_s, in token order.
-    if (tid < kDK) {
-      float x = 0.f;
-      for (int s = 0; s < kChunk; ++s)
-        x += __bfloat162float(__float2bfloat16_rn(sc.a[s])) * to_float(Ks[s * kLdK + tid]);
-      n[tid] = sc.g * n[tid] + x;
+    {
+      // n ← ḡ n + Σ_s bf16(a_s) k_s: a thread per 8 columns and kSpan tokens, the token groups of a
+      // column group in adjacent lanes, summed by shuffles.
+      constexpr int kGroups = kDK / 8, kTokenGroups = kThreads / kGroups, kSpan = kChunk / kTokenGroups;
+      const int tg = tid % kTokenGroups, d = 8 * (tid / kTokenGroups);
+      float x[8] = {};
+#pragma unroll
+      for (int s = tg * kSpan; s < (tg + 1) * kSpan; ++s) {
+        const float a = sc.a_bf16[s];
+        const uint4 raw = *reinterpret_cast<const uint4*>(Ks + s * kLdK + d);
+        const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 k2 = __bfloat1622float2(pair[i]);
+          x[2 * i] = fmaf(a, k2.x, x[2 * i]);
+          x[2 * i + 1] = fmaf(a, k2.y, x[2 * i + 1]);
+        }
+      }
+#pragma unroll
+      for (int o = 1; o < kTokenGroups; o <<= 1)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) x[i] += __shfl_xor_sync(0xffffffffu, x[i], o);
+      if (tg == 0)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          n[d + i] = sc.g * n[d + i] + x[i];
+          n_bf16[d + i] = __bfloat162float(__float2bfloat16_rn(n[d + i]));
+        }
     }
     {
       // Cᵀ ← ḡ Cᵀ + (a∘V)ᵀ K: A (DV x tokens) read transposed from a∘V, B = K (tokens x DQK).
