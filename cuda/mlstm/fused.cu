@@ -50,8 +50,9 @@ struct FusedLayout {
 
 // Per-chunk scalars, written by warp 0.
 struct ChunkScalars {
-  double bm[kChunk];  // b_r − m_r
-  double u[kChunk];   // u_s (−∞ beyond the chunk)
+  // b_r − m_r and u_s (−∞ beyond the chunk), rounded to float32 from the double scans: the weights'
+  // exponents lose about 2⁻²⁴ of |b| (at most a few hundred within a chunk), far below bf16's 2⁻⁹.
+  float bm[kChunk], u[kChunk];
   float w0[kChunk], floor[kChunk], a[kChunk], a_bf16[kChunk];  // a_bf16: a rounded, n's operand
   float g;  // ḡ
 };
@@ -195,8 +196,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
       for (int x = 0; x < 2; ++x) {
         const int r = 2 * lane + x;
         m[x] = p.stabilised ? b[x] + fmax(mk, U[x]) : 0.0;
-        sc.bm[r] = b[x] - m[x];
-        sc.u[r] = u[x];
+        sc.bm[r] = static_cast<float>(b[x] - m[x]);
+        sc.u[r] = static_cast<float>(u[x]);
         sc.w0[r] = expf(static_cast<float>(b[x] + mk - m[x]));
         sc.floor[r] = p.stabilised ? expf(-static_cast<float>(m[x])) : 1.f;
       }
@@ -232,7 +233,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int s = tile_col(j + h);
-            x[h] = s <= r && r < Lc ? p.scale * S[i][j + h] * expf(static_cast<float>(sc.bm[r] + sc.u[s])) : 0.f;
+            x[h] = s <= r && r < Lc ? p.scale * S[i][j + h] * expf(sc.bm[r] + sc.u[s]) : 0.f;
             sum += x[h];
           }
           *reinterpret_cast<__nv_bfloat162*>(P + r * kLdV + tile_col(j)) = __floats2bfloat162_rn(x[0], x[1]);
