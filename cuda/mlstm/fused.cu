@@ -57,9 +57,6 @@ struct ChunkScalars {
   float g;  // ḡ
 };
 
-// Preconditions: bf16 inputs, DQK ≤ kDK and DQK, DV multiples of 8 (16-byte rows); grid
-// BH · ceil(DV / 64) blocks of 256 threads (block x: head x / slices, slice x mod slices),
-// FusedLayout<kDK>::bytes of dynamic shared memory.
 // x + Σ_{i<8} q[i] n[i]: eight bf16 values of q (16 bytes) against eight floats of n.
 __device__ __forceinline__ float dot8(const bf16* q, const float* n, float x) {
   const uint4 raw = *reinterpret_cast<const uint4*>(q);
@@ -75,6 +72,9 @@ __device__ __forceinline__ float dot8(const bf16* q, const float* n, float x) {
   return x;
 }
 
+// Preconditions: bf16 inputs, DQK ≤ kDK and DQK, DV multiples of 8 (16-byte rows); grid
+// BH · ceil(DV / 64) blocks of 256 threads (block x: head x / slices, slice x mod slices),
+// FusedLayout<kDK>::bytes of dynamic shared memory.
 template <int kDK>
 __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   using Layout = FusedLayout<kDK>;
@@ -82,9 +82,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   constexpr int kHalf = kDK / 2, kTiles = kHalf / 8;  // a warp's DQK columns, in n8 tiles
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ ChunkScalars sc;
-  // n and n rounded to bf16 (the operand of q·n), 16-byte aligned for vector reads.
-  __shared__ float row_part[2][kChunk], qn[kChunk];
-  __shared__ __align__(16) float n[kDK], n_bf16[kDK];
+  __shared__ float row_part[2][kChunk], qn[kChunk];  // the two column halves' row sums of P; q·n
+  __shared__ __align__(16) float n[kDK], n_bf16[kDK];  // n, and n rounded to bf16 (q·n's operand)
 
   const int slices = (p.DV + kSlice - 1) / kSlice;
   const int bh = blockIdx.x / slices, c0 = (blockIdx.x % slices) * kSlice;
