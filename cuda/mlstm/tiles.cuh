@@ -32,13 +32,8 @@ constexpr int stride(int columns) { return columns + 8; }  // row stride of an o
 constexpr int kTC = 8;     // columns of the tile one thread holds
 
 // float32-sourced operands need a second (lo) tile for bf16 inputs, none for float32 inputs.
-// Experiment (wip): FLASHLSTM_MLSTM_BF16_SPLIT=1 builds the bf16 kernels with one bf16 term per
-// operand, the arithmetic of the bf16-operand baseline the checks hold them to.
-#ifndef FLASHLSTM_MLSTM_BF16_SPLIT
-#define FLASHLSTM_MLSTM_BF16_SPLIT 2
-#endif
 template <class O>
-constexpr int kSplit = std::is_same_v<O, float> ? 1 : FLASHLSTM_MLSTM_BF16_SPLIT;
+constexpr int kSplit = std::is_same_v<O, float> ? 1 : 2;
 
 using flashlstm::cuda::from_float;
 using flashlstm::cuda::logsigmoid;
