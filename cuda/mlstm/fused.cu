@@ -41,7 +41,9 @@ struct Causal {  // masked_gemm's mask: row r reads the tokens s <= r
 // then P and a∘V (64 x 64, bf16) and the two warp halves of Hᵀ (2 x 64 x 65 floats).
 template <int kDK>
 struct FusedLayout {
-  static constexpr int kLdK = stride(kDK), kLdV = stride(kSlice), kLdH = kChunk + 1;
+  // Hᵀ rows of 68 floats: the readout's stores (a thread's rows g, columns 2q) meet at most two to a
+  // bank, the output's reads (rows 2q, columns g) none.
+  static constexpr int kLdK = stride(kDK), kLdV = stride(kSlice), kLdH = kChunk + 4;
   static constexpr std::size_t kQ = std::size_t(kChunk) * kLdK * sizeof(bf16), kV = std::size_t(kChunk) * kLdV * sizeof(bf16);
   static constexpr std::size_t kBuffer = 2 * kQ + kV;
   static constexpr std::size_t P = 2 * kBuffer, aV = P + kV, H = aV + kV;
@@ -276,7 +278,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
       const int r = tid / 4, part = tid % 4;
       float x = 0.f;
 #pragma unroll
-      for (int d = part * (kDK / 4); d < (part + 1) * (kDK / 4); d += 8) x = dot8(Qs + r * kLdK + d, n_bf16 + d, x);
+      for (int d = 8 * part; d < kDK; d += 32) x = dot8(Qs + r * kLdK + d, n_bf16 + d, x);  // parts interleaved
       x += __shfl_xor_sync(0xffffffffu, x, 1);
       x += __shfl_xor_sync(0xffffffffu, x, 2);
       if (part == 0) qn[r] = x;
@@ -305,13 +307,14 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
       }
     }
     {
-      // n ← ḡ n + Σ_s bf16(a_s) k_s: a thread per 8 columns and kSpan tokens, the token groups of a
-      // column group in adjacent lanes, summed by shuffles.
-      constexpr int kGroups = kDK / 8, kTokenGroups = kThreads / kGroups, kSpan = kChunk / kTokenGroups;
+      // n ← ḡ n + Σ_s bf16(a_s) k_s: a thread per 8 columns and every kTokenGroups-th token (adjacent
+      // lanes read adjacent rows, in different banks), the token groups of a column group in adjacent
+      // lanes, summed by shuffles.
+      constexpr int kGroups = kDK / 8, kTokenGroups = kThreads / kGroups;
       const int tg = tid % kTokenGroups, d = 8 * (tid / kTokenGroups);
       float x[8] = {};
 #pragma unroll
-      for (int s = tg * kSpan; s < (tg + 1) * kSpan; ++s) {
+      for (int s = tg; s < kChunk; s += kTokenGroups) {
         const float a = sc.a_bf16[s];
         const uint4 raw = *reinterpret_cast<const uint4*>(Ks + s * kLdK + d);
         const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&raw);
