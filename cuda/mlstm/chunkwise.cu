@@ -65,14 +65,6 @@ __device__ __forceinline__ double row_m(const Params& p, double b, double U, dou
   return p.stabilised ? b + fmax(mk, U) : 0.0;
 }
 __device__ __forceinline__ float weight(double log_w) { return expf(static_cast<float>(log_w)); }
-// The masks of a diagonal 64 x 64 tile (row, key within the tile): a row reads the keys up to it, and
-// a key's gradient the rows from it on (masked_gemm).
-struct CausalTile {
-  __device__ bool operator()(int r, int s) const { return s <= r; }
-};
-struct AnticausalTile {
-  __device__ bool operator()(int s, int r) const { return r >= s; }
-};
 // A chunk length rounded up to whole 64-token steps (per-token arrays are zero beyond Lc).
 __device__ __forceinline__ int padded(int Lc) { return (Lc + kTile - 1) / kTile * kTile; }
 

@@ -33,10 +33,6 @@ using bf16 = __nv_bfloat16;
 constexpr int kChunk = kFusedChunk;  // tokens per step of the recurrence
 constexpr int kSlice = 64;  // DV columns per block
 
-struct Causal {  // masked_gemm's mask: row r reads the tokens s <= r
-  __device__ bool operator()(int r, int s) const { return s <= r; }
-};
-
 // Shared memory, in bytes from the start: two buffers of Q and K (64 x kDK) and the V slice (64 x 64),
 // then P and a∘V (64 x 64, bf16) and the two warp halves of Hᵀ (2 x 64 x 65 floats).
 template <int kDK>
@@ -290,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
       // not reach earlier rows (masked_gemm).
       Acc num;
       zero(num);
-      masked_gemm<true, true, kChunk, false>(num, P, kLdV, Vs, kLdV, Causal{});
+      masked_gemm<true, true, kChunk, false>(num, P, kLdV, Vs, kLdV, CausalTile{});
 #pragma unroll
       for (int i = 0; i < kTR; ++i) {
         const int r = tile_row(i);

@@ -180,6 +180,15 @@ __device__ __forceinline__ float value_at(const Split<O>& s, std::int64_t e) {
   return s.at(e);
 }
 
+// The masks of a diagonal 64 x 64 tile (row, key within the tile): a row reads the keys up to it, and
+// a key's gradient the rows from it on (masked_gemm).
+struct CausalTile {
+  __device__ bool operator()(int r, int s) const { return s <= r; }
+};
+struct AnticausalTile {
+  __device__ bool operator()(int s, int r) const { return r >= s; }
+};
+
 // acc += A B over a K-deep tile of which only the entries mask(row, k) of A count — a causal tile of
 // P or dA — so that a NaN or an infinity reaches only the rows the mask allows, as the recurrent form
 // propagates it (0 × NaN would be NaN in the plain product, through a zero or through a masked entry
