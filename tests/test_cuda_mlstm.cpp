@@ -98,6 +98,22 @@ TEST_CASE("the step kernel and the sequence wrapper agree with the reference", "
     }
 }
 
+TEST_CASE("the forward names the chunk size it computes with", "[cuda]") {
+  Inputs x;
+  x.dims = {1, 1, 8, 256, 512};
+  x.dtype = DType::bfloat16;
+  CHECK(forward_chunk_size(x, 256) == 64);  // the fused forward: 64-token chunks
+  x.dims.DQK = 24;
+  CHECK(forward_chunk_size(x, 128) == 64);
+  x.dims.DQK = 17;  // rows that are not whole 16-byte pieces: the two-pass kernels
+  CHECK(forward_chunk_size(x, 128) == 128);
+  x.dims = {1, 1, 8, 512, 512};
+  CHECK(forward_chunk_size(x, 256) == 256);
+  x.dims = {1, 1, 8, 256, 512};
+  x.dtype = DType::float32;
+  CHECK(forward_chunk_size(x, 1024) == 1024);
+}
+
 TEST_CASE("the kernels' host API rejects bad arguments by name", "[cuda]") {
   const Options o;
   Inputs x;
