@@ -6,6 +6,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <functional>
+#include <future>
+#include <vector>
+
 using namespace flashlstm::cuda::mlstm;
 using flashlstm::mlstm::ProblemShape;
 
@@ -23,6 +27,16 @@ const DType kDtypes[] = {DType::float32, DType::bfloat16};
 void require_passes(const KernelCheck& c) {
   INFO(c.name << " (baseline: " << c.baseline << ")");
   CHECK_THAT(c.report, flashlstm::check::passes());
+}
+
+// Runs the checks at once, each on a thread and a stream of its own (at large shapes the CPU
+// reference of a single head takes most of a check's time), and asserts on this thread in order.
+std::vector<KernelCheck> run_concurrently(const std::vector<std::function<KernelCheck()>>& checks) {
+  std::vector<std::future<KernelCheck>> runs;
+  for (const auto& check : checks) runs.push_back(std::async(std::launch::async, check));
+  std::vector<KernelCheck> done;
+  for (auto& run : runs) done.push_back(run.get());
+  return done;
 }
 
 }  // namespace
@@ -47,11 +61,14 @@ TEST_CASE("chunkwise kernels agree with the reference on odd shapes, every varia
 TEST_CASE("chunkwise kernels agree with the reference at S = 8192 and large heads", "[cuda]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 200;
+  std::vector<std::function<KernelCheck()>> checks;
   for (const Options& o : kVariants)
     for (DType t : kDtypes) {
-      require_passes(check_chunkwise({1, 1, 8192, 256, 512, true}, 256, o, t, ++seed));
-      require_passes(check_chunkwise({1, 1, 8192, 128, 256, false}, 1024, o, t, ++seed));
+      const std::uint64_t s = seed += 2;
+      checks.push_back([=] { return check_chunkwise({1, 1, 8192, 256, 512, true}, 256, o, t, s - 1); });
+      checks.push_back([=] { return check_chunkwise({1, 1, 8192, 128, 256, false}, 1024, o, t, s); });
     }
+  for (const KernelCheck& c : run_concurrently(checks)) require_passes(c);
 }
 
 // With the exp input gate the readout's floor exp(-m) lets |nᵀq̂| come close to zero, which makes the
@@ -63,9 +80,13 @@ TEST_CASE("bf16 kernels with a well-conditioned exp readout meet a tight bound",
   if (!have_gpu()) return;
   const Options o{InputGate::exp, true, 1.0};
   std::uint64_t seed = 500;
+  std::vector<std::function<KernelCheck()>> checks;
   for (const auto& [shape, L] : {std::pair{ProblemShape{1, 2, 2048, 256, 512, true}, 128},
                                  std::pair{ProblemShape{1, 1, 8192, 256, 512, true}, 256}}) {
-    const auto c = check_chunkwise(shape, L, o, DType::bfloat16, ++seed);
+    const std::uint64_t s = ++seed;
+    checks.push_back([=, shape = shape, L = L] { return check_chunkwise(shape, L, o, DType::bfloat16, s); });
+  }
+  for (const KernelCheck& c : run_concurrently(checks)) {
     require_passes(c);
     for (const auto& t : c.report.tensors()) {
       INFO(t.name);
