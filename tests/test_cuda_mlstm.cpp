@@ -51,6 +51,7 @@ TEST_CASE("chunkwise kernels agree with the reference on odd shapes, every varia
       {{1, 2, 1, 48, 96, true}, 64},     {{2, 1, 63, 48, 96, false}, 64},    {{1, 2, 64, 128, 256, true}, 128},
       {{1, 2, 1000, 48, 96, true}, 64},  {{1, 1, 1000, 48, 96, false}, 128}, {{1, 1, 1000, 48, 96, true}, 256},
       {{1, 1, 1000, 128, 256, true}, 512}, {{1, 1, 1000, 48, 96, true}, 1024}, {{1, 1, 1000, 17, 24, true}, 64},
+      {{1, 1, 130, 256, 512, true}, 128},
   };
   std::uint64_t seed = 100;
   for (const Case& c : cases)
