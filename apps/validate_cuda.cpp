@@ -6,6 +6,10 @@
 #include "cuda/plstm/check.hpp"
 #include "cuda/slstm/check.hpp"
 
+#include <fmt/ranges.h>
+
+#include <vector>
+
 namespace flashlstm::apps {
 
 std::vector<ValidationRow> validate_mlstm_cuda() {
@@ -27,6 +31,16 @@ std::vector<ValidationRow> validate_mlstm_cuda() {
       for (DType dtype : {DType::bfloat16, DType::float32})
         rows.push_back(row_of(fmt::format("chunkwise(L={})", chunk_sizes[s]),
                               k::check_chunkwise(shapes[s], chunk_sizes[s], o, dtype, ++seed), shapes[s], o, dtype));
+  // Packed sequences of different lengths (one empty), each against the reference on it alone.
+  const ProblemShape packed{1, 2, 1, 48, 96, true};
+  const std::vector<flashlstm::index_t> lengths{1000, 63, 1, 0, 130};
+  for (const auto& o : flashlstm::mlstm::variants)
+    for (DType dtype : {DType::bfloat16, DType::float32})
+      rows.push_back(ValidationRow{"mLSTM", "chunkwise(L=128), packed", flashlstm::mlstm::variant_name(o),
+                                   std::string(to_string(dtype)) + " [cuda]",
+                                   fmt::format("lengths {} NH2 DQK48 DV96 +state", fmt::join(lengths, ",")),
+                                   "CPU float64 per sequence",
+                                   k::check_varlen(packed, lengths, 128, o, dtype, ++seed).report});
   const ProblemShape step_shape{16, 8, 1, 256, 512, true};
   for (const auto& o : flashlstm::mlstm::variants)
     for (DType dtype : {DType::bfloat16, DType::float32})

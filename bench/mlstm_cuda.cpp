@@ -9,6 +9,10 @@
 // intra-chunk work L·(DQK + DV); forward + backward counts three forwards. Bytes: q, k, v, gates read
 // and h written once (+ dh read, dq, dk, dv, gate gradients written for the backward); the step:
 // the float32 state read and written once.
+//
+// Packed sequences: the same 65,536 tokens as 64 sequences of lengths drawn log-uniformly from
+// [128, 4096] (fixed seed, adjusted to the total) in one (1, NH, 65536, D) batch, through
+// forward_varlen / backward_varlen; the rows name them "packed" (S = 0, sequences = 64).
 #include "bench/cuda_timing.hpp"
 #include "bench/fill.hpp"
 #include "cuda/mlstm/mlstm.hpp"
@@ -20,9 +24,12 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <functional>
+#include <numeric>
 #include <optional>
+#include <random>
 #include <stdexcept>
 #include <vector>
 
@@ -40,6 +47,7 @@ struct Row {
   std::string kernel, variant;  // variant: "sig-nonorm", "exp" (mlstm::variant_name)
   bool backward = false;        // forward + backward
   std::int64_t S = 0, L = 0, B = 0;
+  std::int64_t sequences = 0;  // packed sequences (S = 0)
   double ms = 0, flops = 0, bytes = 0;
   std::optional<double> peer_ms;
   std::string peer;
@@ -50,6 +58,7 @@ struct Row {
     nlohmann::json j{{"kernel", kernel}, {"S", S}, {"L", L}, {"B", B}, {"ms", ms}, {"tflops", flops / ms / 1e9},
                      {"gbs", bytes / ms / 1e6}, {"floor_ms", floor_ms()}, {"ratio_to_floor", ms / floor_ms()},
                      {"scratch_bytes", scratch_bytes}};
+    if (sequences > 0) j["sequences"] = sequences;
     if (peer_ms) j["peer"] = peer, j["peer_ms"] = *peer_ms, j["speedup_over_peer"] = *peer_ms / ms;
     return j;
   }
@@ -71,10 +80,31 @@ std::size_t pool_peak_and_reset() {
 void attach_peer(Row& row, const nlohmann::json& peers) {
   for (const auto& p : peers.at("results")) {
     const char* key = row.backward ? "fwbw_ms" : "fw_ms";
-    if (p.value("variant", "") != row.variant || p.at("S").get<std::int64_t>() != row.S || !p.contains(key)) continue;
+    if (row.sequences > 0 || p.value("variant", "") != row.variant || p.at("S").get<std::int64_t>() != row.S ||
+        !p.contains(key))
+      continue;
     const double ms = p.at(key).get<double>();
     if (!row.peer_ms || ms < *row.peer_ms) row.peer_ms = ms, row.peer = p.at("peer").get<std::string>();
   }
+}
+
+// 64 lengths in [128, 4096], log-uniform, adjusted to sum to `total` (65,536).
+std::vector<std::int64_t> packed_lengths(std::int64_t total) {
+  constexpr int kSequences = 64;
+  constexpr std::int64_t kShortest = 128, kLongest = 4096;
+  std::mt19937_64 rng(2026);
+  std::uniform_real_distribution<double> log_length(std::log(double(kShortest)), std::log(double(kLongest)));
+  std::vector<double> drawn(kSequences);
+  for (double& x : drawn) x = std::exp(log_length(rng));
+  const double scale = double(total) / std::accumulate(drawn.begin(), drawn.end(), 0.0);
+  std::vector<std::int64_t> n;
+  for (double x : drawn) n.push_back(std::clamp<std::int64_t>(std::llround(x * scale), kShortest, kLongest));
+  std::int64_t missing = total - std::accumulate(n.begin(), n.end(), std::int64_t{0});
+  for (std::size_t i = 0; missing != 0; i = (i + 1) % n.size()) {  // the rounding's remainder
+    if (missing > 0 && n[i] < kLongest) ++n[i], --missing;
+    else if (missing < 0 && n[i] > kShortest) --n[i], ++missing;
+  }
+  return n;
 }
 
 }  // namespace
@@ -116,34 +146,49 @@ int main(int argc, char** argv) {
 
     const Options sig_nonorm{InputGate::sig, false, 1e-6}, exp_gate{InputGate::exp, true, 1e-6};
     std::vector<Row> rows;
-    for (std::int64_t S : lengths) {
-      const std::int64_t B = kTokens / S;
-      const Inputs x{q.get(), k.get(), v.get(), ig.get(), fg.get(), Dims{B, NH, S, DQK, DV}, DType::bfloat16};
-      const double io_fw = 2.0 * qk_bytes + 2.0 * v_bytes + 2.0 * g_bytes;
-      const double io_bw = io_fw + 2.0 * qk_bytes + 2.0 * v_bytes + 2.0 * g_bytes;
+    const double io_fw = 2.0 * qk_bytes + 2.0 * v_bytes + 2.0 * g_bytes;
+    const double io_bw = io_fw + 2.0 * qk_bytes + 2.0 * v_bytes + 2.0 * g_bytes;
+    const InputGrad grads{dq.get(), dk.get(), dv.get(), dig.get(), dfg.get(), State{}};
+    // Forward and forward + backward rows of both variants at every chunk size; `forward` and
+    // `backward` launch one call at chunk size L.
+    using Launch = std::function<void(int L, const Options&)>;
+    const auto time_chunkwise = [&](const char* suffix, std::int64_t S, std::int64_t B, std::int64_t sequences,
+                                    const Launch& forward, const Launch& backward) {
       for (int L : chunk_sizes) {
         const double fw_flops = static_cast<double>(kTokens) * NH * (4.0 * DQK * DV + L * (DQK + DV));
         for (const auto& [name, o] : {std::pair{"mLSTMsig (normalize off)", sig_nonorm}, std::pair{"mLSTMexp", exp_gate}}) {
           pool_peak_and_reset();
-          Row fw{fmt::format("{} fw", name), flashlstm::mlstm::variant_name(o), false, S, L, B};
-          fw.ms = median_ms([&] { forward_chunkwise(x, nullptr, h.get(), State{}, L, o, stream); }, stream, 3, reps);
+          Row fw{fmt::format("{} fw{}", name, suffix), flashlstm::mlstm::variant_name(o), false, S, L, B, sequences};
+          fw.ms = median_ms([&] { forward(L, o); }, stream, 3, reps);
           fw.flops = fw_flops, fw.bytes = io_fw;
           fw.scratch_bytes = pool_peak_and_reset();
           rows.push_back(fw);
 
-          Row fwbw{fmt::format("{} fw+bw", name), flashlstm::mlstm::variant_name(o), true, S, L, B};
-          const InputGrad grads{dq.get(), dk.get(), dv.get(), dig.get(), dfg.get(), State{}};
-          fwbw.ms = median_ms(
-              [&] {
-                forward_chunkwise(x, nullptr, h.get(), State{}, L, o, stream);
-                backward_chunkwise(x, nullptr, OutputGrad{dh.get()}, grads, L, o, stream);
-              },
-              stream, 2, reps);
+          Row fwbw{fmt::format("{} fw+bw{}", name, suffix), flashlstm::mlstm::variant_name(o), true, S, L, B, sequences};
+          fwbw.ms = median_ms([&] { forward(L, o), backward(L, o); }, stream, 2, reps);
           fwbw.flops = 3 * fw_flops, fwbw.bytes = io_bw;
           fwbw.scratch_bytes = pool_peak_and_reset();
           rows.push_back(fwbw);
         }
       }
+    };
+    for (std::int64_t S : lengths) {
+      const std::int64_t B = kTokens / S;
+      const Inputs x{q.get(), k.get(), v.get(), ig.get(), fg.get(), Dims{B, NH, S, DQK, DV}, DType::bfloat16};
+      time_chunkwise(
+          "", S, B, 0, [&](int L, const Options& o) { forward_chunkwise(x, nullptr, h.get(), State{}, L, o, stream); },
+          [&](int L, const Options& o) { backward_chunkwise(x, nullptr, OutputGrad{dh.get()}, grads, L, o, stream); });
+    }
+    {  // packed sequences: the same tokens, 64 sequences of different lengths
+      std::vector<std::int64_t> cu{0};
+      for (std::int64_t n : packed_lengths(kTokens)) cu.push_back(cu.back() + n);
+      const Inputs x{q.get(), k.get(), v.get(), ig.get(), fg.get(), Dims{1, NH, kTokens, DQK, DV}, DType::bfloat16};
+      time_chunkwise(
+          " packed", 0, 1, 64,
+          [&](int L, const Options& o) { forward_varlen(x, cu, nullptr, h.get(), State{}, L, o, stream); },
+          [&](int L, const Options& o) {
+            backward_varlen(x, cu, nullptr, OutputGrad{dh.get()}, grads, L, o, stream);
+          });
     }
     {  // the generation step, B = 16
       const std::int64_t B = 16;

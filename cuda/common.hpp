@@ -112,7 +112,8 @@ class Scratch {
     slots_.push_back({reinterpret_cast<void**>(&ptr), bytes_});
     bytes_ += (count * static_cast<std::int64_t>(sizeof(U)) + 255) / 256 * 256;
   }
-  void allocate() {
+  void allocate() {  // nothing to allocate: every pointer stays null
+    if (bytes_ == 0) return;
     keep_pool_memory();
     check_cuda(cudaMallocAsync(&base_, static_cast<std::size_t>(bytes_), stream_), "scratch allocation");
     for (auto& [ptr, offset] : slots_) *ptr = static_cast<char*>(base_) + offset;

@@ -109,6 +109,22 @@ TEST_CASE("a NaN in q, k or v reaches no earlier token, and the kernels put NaN 
       }
 }
 
+// Packed sequences: each equals the reference on that sequence alone. The lengths straddle the
+// chunk and tile sizes, include an empty sequence, and are not sorted (the kernels take the longest
+// rows first).
+TEST_CASE("packed sequences of different lengths agree with the reference run on each alone", "[cuda]") {
+  if (!have_gpu()) return;
+  const std::vector<flashlstm::index_t> lengths{63, 1, 1000, 0, 64, 65};
+  std::uint64_t seed = 700;
+  for (const bool with_state : {false, true})
+    for (const Options& o : kVariants)
+      for (DType t : kDtypes) {
+        require_passes(check_varlen({1, 2, 1, 48, 96, with_state}, lengths, 128, o, t, ++seed));
+        require_passes(check_varlen({1, 1, 1, 17, 24, with_state}, {130, 1, 64}, 64, o, t, ++seed));
+      }
+  for (DType t : kDtypes) require_passes(check_varlen({1, 2, 1, 256, 512, true}, {200, 63, 1}, 64, kVariants[0], t, ++seed));
+}
+
 TEST_CASE("the step kernel and the sequence wrapper agree with the reference", "[cuda]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 300;
@@ -141,6 +157,18 @@ TEST_CASE("the kernels' host API rejects bad arguments by name", "[cuda]") {
   Inputs x;
   x.dims = {1, 1, 8, 16, 16};
   CHECK_THROWS_WITH(forward_chunkwise(x, nullptr, nullptr, State{}, 64, o, nullptr), Catch::StartsWith("q: "));
+  // Packed sequences: the offsets are checked before the pointers.
+  const auto varlen = [&](const Inputs& in, const std::vector<std::int64_t>& cu) {
+    forward_varlen(in, cu, nullptr, nullptr, State{}, 64, o, nullptr);
+  };
+  CHECK_THROWS_WITH(varlen(x, {0, 4}), Catch::StartsWith("cu_seqlens: must end at the number of tokens 8"));
+  CHECK_THROWS_WITH(varlen(x, {0, 5, 3, 8}), Catch::StartsWith("cu_seqlens: must not decrease"));
+  CHECK_THROWS_WITH(varlen(x, {1, 8}), Catch::StartsWith("cu_seqlens: must start at 0"));
+  CHECK_THROWS_WITH(varlen(x, {8}), Catch::StartsWith("cu_seqlens: expected N + 1 >= 2 offsets"));
+  CHECK_THROWS_WITH(varlen(x, {0, 8}), Catch::StartsWith("q: "));  // good offsets: on to the pointers
+  Inputs two = x;
+  two.dims.B = 2;
+  CHECK_THROWS_WITH(varlen(two, {0, 8}), Catch::StartsWith("B: packed sequences take B = 1"));
   if (!have_gpu()) return;
   void* buffer = nullptr;
   REQUIRE(cudaMalloc(&buffer, 1 << 16) == cudaSuccess);
@@ -163,7 +191,8 @@ TEST_CASE("the kernels' host API rejects bad arguments by name", "[cuda]") {
 }
 
 // Small odd shapes for `compute-sanitizer --tool memcheck` (tools/gpu_check.sh runs this case
-// under it): partial tiles in every dimension, S shorter than a chunk, a partial last chunk.
+// under it): partial tiles in every dimension, S shorter than a chunk, a partial last chunk, packed
+// sequences with an empty one.
 TEST_CASE("odd shapes for the memory checker", "[cuda][sanitize]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 400;
@@ -173,5 +202,6 @@ TEST_CASE("odd shapes for the memory checker", "[cuda][sanitize]") {
       require_passes(check_chunkwise({2, 1, 130, 48, 96, true}, 128, o, t, ++seed));
       require_passes(check_step({1, 2, 1, 17, 24, true}, o, t, ++seed));
       require_passes(check_sequence({1, 1, 70, 48, 96, true}, 64, o, t, ++seed));
+      require_passes(check_varlen({1, 2, 1, 48, 96, true}, {70, 0, 1, 65}, 64, o, t, ++seed));
     }
 }

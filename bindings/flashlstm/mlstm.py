@@ -60,17 +60,17 @@ def forward(q: Array, k: Array, v: Array, igate: Array, fgate: Array, initial: O
     ``initial`` is a State (or a (C, n, m) tuple); None is the zero state. ``chunk_size`` is used by
     the chunkwise form only. GPU arrays take the chunkwise kernels.
 
-    ``cu_seqlens`` (N + 1 integer offsets, 0 first, the number of tokens last): packed sequences of
-    different lengths in one (1, NH, total, D) batch, sequence i being tokens
-    [cu_seqlens[i], cu_seqlens[i + 1]), each from its own initial state (batch entry i of
-    ``initial``, (N, NH, ...)) to its own final state; CPU only.
+    ``cu_seqlens`` (N + 1 integer offsets, 0 first, the number of tokens last; a list or an array on
+    any device): packed sequences of different lengths in one (1, NH, total, D) batch, sequence i
+    being tokens [cu_seqlens[i], cu_seqlens[i + 1]), each from its own initial state (batch entry i
+    of ``initial``, (N, NH, ...)) to its own final state, in every form and on the GPU.
     """
     if _device.is_device_array(q):
         _device.require_cuda("mlstm.forward")
-        _no_packed_sequences_on_gpu(cu_seqlens)
         if form != "chunkwise":
             raise ValueError(f"form: the CUDA kernels implement 'chunkwise' (and step), got '{form}'")
-        return _cuda_forward(q, k, v, igate, fgate, initial, chunk_size, input_gate, normalize, eps, stream)
+        return _cuda_forward(q, k, v, igate, fgate, initial, chunk_size, input_gate, normalize, eps, stream,
+                             _offsets(cu_seqlens))
     h, last = _core.mlstm.forward(q, k, v, igate, fgate, initial, form=form, chunk_size=chunk_size,
                                   input_gate=input_gate, normalize=normalize, eps=eps,
                                   cu_seqlens=_offsets(cu_seqlens))
@@ -89,11 +89,10 @@ def backward(q: Array, k: Array, v: Array, igate: Array, fgate: Array, dh: Array
     """
     if _device.is_device_array(q):
         _device.require_cuda("mlstm.backward")
-        _no_packed_sequences_on_gpu(cu_seqlens)
         if form != "chunkwise":
             raise ValueError(f"form: the CUDA kernels implement 'chunkwise' (and step), got '{form}'")
         return _cuda_backward(q, k, v, igate, fgate, dh, initial, dC_last, dn_last, dm_last, chunk_size, input_gate,
-                              normalize, eps, stream)
+                              normalize, eps, stream, _offsets(cu_seqlens))
     dq, dk, dv, digate, dfgate, dinitial = _core.mlstm.backward(
         q, k, v, igate, fgate, dh, initial, dC_last, dn_last, dm_last, form=form, chunk_size=chunk_size,
         input_gate=input_gate, normalize=normalize, eps=eps, cu_seqlens=_offsets(cu_seqlens))
@@ -101,20 +100,17 @@ def backward(q: Array, k: Array, v: Array, igate: Array, fgate: Array, dh: Array
 
 
 def _offsets(cu_seqlens):
-    """cu_seqlens as a list of Python integers (None stays None); anything but integers is refused."""
+    """cu_seqlens as a list of Python integers (None stays None); anything but integers is refused.
+    A GPU array is read back to the host (the offsets decide the launches' sizes)."""
     if cu_seqlens is None:
         return None
+    if _device.is_device_array(cu_seqlens) and hasattr(cu_seqlens, "tolist"):
+        cu_seqlens = np.asarray(cu_seqlens.tolist(), dtype=str(cu_seqlens.dtype).replace("torch.", ""))
     offsets = np.asarray(cu_seqlens)
     if offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer):
         raise ValueError(f"cu_seqlens: expected a 1-D array of integer offsets, got {offsets.dtype} with shape "
                          f"{offsets.shape}")
     return [int(c) for c in offsets]
-
-
-def _no_packed_sequences_on_gpu(cu_seqlens):
-    if cu_seqlens is not None:
-        raise ValueError("cu_seqlens: packed sequences run on the CPU reference only; the CUDA kernels take "
-                         "one batch of equal lengths")
 
 
 def forward_recurrent(q: Array, k: Array, v: Array, igate: Array, fgate: Array, initial: Optional[State] = None, *,
@@ -194,28 +190,32 @@ def zero_state(B: int, NH: int, DQK: int, DV: int, dtype: Any = "float64") -> St
     return State(np.zeros((B, NH, DQK, DV), dtype), np.zeros((B, NH, DQK), dtype), np.zeros((B, NH), dtype))
 
 
-def _state_buffers(q: Array, v: Array, stream: Optional[int]) -> State:
-    B, NH, DQK, DV = q.shape[0], q.shape[1], q.shape[-1], v.shape[-1]
+def _state_buffers(q: Array, v: Array, stream: Optional[int], cu_seqlens: Optional[list] = None) -> State:
+    """Float32 state buffers of batch B, or N with packed sequences."""
+    B = q.shape[0] if cu_seqlens is None else len(cu_seqlens) - 1
+    NH, DQK, DV = q.shape[1], q.shape[-1], v.shape[-1]
     return State(_device.empty(q, (B, NH, DQK, DV), "float32", stream), _device.empty(q, (B, NH, DQK), "float32", stream),
                  _device.empty(q, (B, NH), "float32", stream))
 
 
-def _cuda_forward(q, k, v, igate, fgate, initial, chunk_size, input_gate, normalize, eps, stream) -> Output:
+def _cuda_forward(q, k, v, igate, fgate, initial, chunk_size, input_gate, normalize, eps, stream,
+                  cu_seqlens=None) -> Output:
     s = _device.stream_of(q, stream)
     h = _device.empty(q, tuple(v.shape), "same", s)
-    last = _state_buffers(q, v, s)
+    last = _state_buffers(q, v, s, cu_seqlens)
     _core.cuda.mlstm.forward_chunkwise(q, k, v, igate, fgate, initial, h, last, chunk_size=chunk_size,
-                                       input_gate=input_gate, normalize=normalize, eps=eps, stream=s)
+                                       input_gate=input_gate, normalize=normalize, eps=eps, stream=s,
+                                       cu_seqlens=cu_seqlens)
     return Output(_device.adopt(q, h), State(*(_device.adopt(q, x) for x in last)))
 
 
 def _cuda_backward(q, k, v, igate, fgate, dh, initial, dC_last, dn_last, dm_last, chunk_size, input_gate, normalize,
-                   eps, stream) -> Grad:
+                   eps, stream, cu_seqlens=None) -> Grad:
     s = _device.stream_of(q, stream)
     grads = [_device.empty(q, tuple(x.shape), "same", s) for x in (q, k, v, igate, fgate)]
-    dinitial = _state_buffers(q, v, s) if initial is not None else None
+    dinitial = _state_buffers(q, v, s, cu_seqlens) if initial is not None else None
     _core.cuda.mlstm.backward_chunkwise(q, k, v, igate, fgate, initial, dh, dC_last, dn_last, dm_last, *grads, dinitial,
                                         chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps,
-                                        stream=s)
+                                        stream=s, cu_seqlens=cu_seqlens)
     adopted = [_device.adopt(q, x) for x in grads]
     return Grad(*adopted, State(*(_device.adopt(q, x) for x in dinitial)) if dinitial is not None else None)

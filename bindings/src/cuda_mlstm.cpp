@@ -62,21 +62,43 @@ class Call {
     return a.data();
   }
 
-  // A float32 state (C, n, m), or nothing.
+  // Packed sequences: the offsets (checked by the kernels' API), after which states have batch N.
+  void pack(const std::optional<std::vector<std::int64_t>>& cu_seqlens) {
+    if (!cu_seqlens) return;
+    require(B == 1, "q", "packed sequences take B = 1 (the sequences lie along S), got shape ({}, {}, {}, {})", B, NH,
+            S, DQK);
+    require(!cu_seqlens->empty(), "cu_seqlens", "expected N + 1 >= 2 offsets, got 0");
+    cu_seqlens_ = *cu_seqlens;
+    states_ = static_cast<std::int64_t>(cu_seqlens->size()) - 1;
+  }
+  const std::vector<std::int64_t>& cu_seqlens() const { return cu_seqlens_; }
+  bool packed() const { return states_ >= 0; }
+
+  // A float32 state (C, n, m), or nothing: batch B, or N with packed sequences.
   std::optional<Pointers> state(const std::optional<StateObjects>& objects, std::string_view name, bool writable) {
     if (!objects) return std::nullopt;
     const auto f32 = to_dl(DType::float32);
+    const std::int64_t N = batch();
+    const char* b = packed() ? "N" : "B";
     Pointers p;
-    p.C = take_state(std::get<0>(*objects), fmt::format("{}.C", name), {B, NH, DQK, DV}, "(B, NH, DQK, DV)", f32, writable);
-    p.n = take_state(std::get<1>(*objects), fmt::format("{}.n", name), {B, NH, DQK}, "(B, NH, DQK)", f32, writable);
-    p.m = take_state(std::get<2>(*objects), fmt::format("{}.m", name), {B, NH}, "(B, NH)", f32, writable);
+    p.C = take_state(std::get<0>(*objects), fmt::format("{}.C", name), {N, NH, DQK, DV},
+                     fmt::format("({}, NH, DQK, DV)", b), f32, writable);
+    p.n = take_state(std::get<1>(*objects), fmt::format("{}.n", name), {N, NH, DQK}, fmt::format("({}, NH, DQK)", b), f32,
+                     writable);
+    p.m = take_state(std::get<2>(*objects), fmt::format("{}.m", name), {N, NH}, fmt::format("({}, NH)", b), f32, writable);
     return p;
   }
 
-  // One float32 state gradient (dC_last, dn_last, dm_last), or nullptr.
-  void* optional_state_part(const std::optional<py::object>& object, std::string_view name,
-                            std::vector<std::int64_t> shape, std::string_view names) {
+  // One float32 state gradient: part 0, 1, 2 = dC_last (.., NH, DQK, DV), dn_last (.., NH, DQK),
+  // dm_last (.., NH); or nullptr.
+  void* optional_state_part(const std::optional<py::object>& object, std::string_view name, int part) {
     if (!object || object->is_none()) return nullptr;
+    const std::int64_t N = batch();
+    const std::string b = packed() ? "N" : "B";
+    std::vector<std::int64_t> shape{N, NH, DQK, DV};
+    std::string names = "(" + b + ", NH, DQK, DV)";
+    if (part == 1) shape = {N, NH, DQK}, names = "(" + b + ", NH, DQK)";
+    if (part == 2) shape = {N, NH}, names = "(" + b + ", NH)";
     return take_state(*object, name, std::move(shape), names, to_dl(DType::float32), false);
   }
 
@@ -103,8 +125,12 @@ class Call {
     return sequence_ ? std::vector<std::int64_t>{B, NH, S} : std::vector<std::int64_t>{B, NH};
   }
 
+  std::int64_t batch() const { return packed() ? states_ : B; }
+
   dlpack::CallArrays arrays_;
   bool sequence_;
+  std::vector<std::int64_t> cu_seqlens_;
+  std::int64_t states_ = -1;  // N with packed sequences
   const void* q_ = nullptr;
   const void* v_ = nullptr;
 };
@@ -134,8 +160,10 @@ kernels::State kernel_state(const std::optional<Pointers>& p) {
 void forward_chunkwise(const py::object& q, const py::object& k, const py::object& v, const py::object& igate,
                        const py::object& fgate, const std::optional<StateObjects>& initial, const py::object& h,
                        const std::optional<StateObjects>& last, int chunk_size, const std::string& input_gate,
-                       bool normalize, double eps, std::optional<std::int64_t> stream) {
+                       bool normalize, double eps, std::optional<std::int64_t> stream,
+                       const std::optional<std::vector<std::int64_t>>& cu_seqlens) {
   Call c(q, v, stream, true);
+  c.pack(cu_seqlens);
   [[maybe_unused]] const TokenInputs x = token_inputs(c, k, igate, fgate);
   [[maybe_unused]] const auto init = c.state(initial, "initial", false);
   [[maybe_unused]] void* hp = c.token_array(h, "h", c.DV, "DV", true);
@@ -145,8 +173,12 @@ void forward_chunkwise(const py::object& q, const py::object& k, const py::objec
   const kernels::State init_state = kernel_state(init);
   const kernels::ConstState init_const{init_state.C, init_state.n, init_state.m};
   run_on(c.device, [&] {
-    kernels::forward_chunkwise(kernel_inputs(c, x), init ? &init_const : nullptr, hp, kernel_state(out), chunk_size, o,
-                               kernel_stream(c.stream()));
+    if (c.packed())
+      kernels::forward_varlen(kernel_inputs(c, x), c.cu_seqlens(), init ? &init_const : nullptr, hp, kernel_state(out),
+                              chunk_size, o, kernel_stream(c.stream()));
+    else
+      kernels::forward_chunkwise(kernel_inputs(c, x), init ? &init_const : nullptr, hp, kernel_state(out), chunk_size, o,
+                                 kernel_stream(c.stream()));
   });
 #else
   dlpack::no_cuda();
@@ -159,14 +191,16 @@ void backward_chunkwise(const py::object& q, const py::object& k, const py::obje
                         const std::optional<py::object>& dm_last, const py::object& dq, const py::object& dk,
                         const py::object& dv, const py::object& digate, const py::object& dfgate,
                         const std::optional<StateObjects>& dinitial, int chunk_size, const std::string& input_gate,
-                        bool normalize, double eps, std::optional<std::int64_t> stream) {
+                        bool normalize, double eps, std::optional<std::int64_t> stream,
+                        const std::optional<std::vector<std::int64_t>>& cu_seqlens) {
   Call c(q, v, stream, true);
+  c.pack(cu_seqlens);
   [[maybe_unused]] const TokenInputs x = token_inputs(c, k, igate, fgate);
   [[maybe_unused]] const auto init = c.state(initial, "initial", false);
   [[maybe_unused]] const void* dhp = c.token_array(dh, "dh", c.DV, "DV", false);
-  [[maybe_unused]] const void* dC = c.optional_state_part(dC_last, "dC_last", {c.B, c.NH, c.DQK, c.DV}, "(B, NH, DQK, DV)");
-  [[maybe_unused]] const void* dn = c.optional_state_part(dn_last, "dn_last", {c.B, c.NH, c.DQK}, "(B, NH, DQK)");
-  [[maybe_unused]] const void* dm = c.optional_state_part(dm_last, "dm_last", {c.B, c.NH}, "(B, NH)");
+  [[maybe_unused]] const void* dC = c.optional_state_part(dC_last, "dC_last", 0);
+  [[maybe_unused]] const void* dn = c.optional_state_part(dn_last, "dn_last", 1);
+  [[maybe_unused]] const void* dm = c.optional_state_part(dm_last, "dm_last", 2);
   [[maybe_unused]] void* dqp = c.token_array(dq, "dq", c.DQK, "DQK", true);
   [[maybe_unused]] void* dkp = c.token_array(dk, "dk", c.DQK, "DQK", true);
   [[maybe_unused]] void* dvp = c.token_array(dv, "dv", c.DV, "DV", true);
@@ -181,8 +215,12 @@ void backward_chunkwise(const py::object& q, const py::object& k, const py::obje
                                  static_cast<const float*>(dm)};
   const kernels::InputGrad out{dqp, dkp, dvp, dip, dfp, kernel_state(d0)};
   run_on(c.device, [&] {
-    kernels::backward_chunkwise(kernel_inputs(c, x), init ? &init_const : nullptr, grad, out, chunk_size, o,
-                                kernel_stream(c.stream()));
+    if (c.packed())
+      kernels::backward_varlen(kernel_inputs(c, x), c.cu_seqlens(), init ? &init_const : nullptr, grad, out, chunk_size,
+                               o, kernel_stream(c.stream()));
+    else
+      kernels::backward_chunkwise(kernel_inputs(c, x), init ? &init_const : nullptr, grad, out, chunk_size, o,
+                                  kernel_stream(c.stream()));
   });
 #else
   dlpack::no_cuda();
@@ -244,12 +282,15 @@ void register_cuda(py::module_& parent) {
   const auto [ig, nz, ep, st] = options();
   k.def("forward_chunkwise", &forward_chunkwise, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("igate"),
         py::arg("fgate"), py::arg("initial"), py::arg("h"), py::arg("last"), py::kw_only(), py::arg("chunk_size") = 64,
-        ig, nz, ep, st, "Writes h (and the final state into `last`, if given).");
+        ig, nz, ep, st, py::arg("cu_seqlens") = py::none(),
+        "Writes h (and the final state into `last`, if given). With cu_seqlens (N + 1 offsets): packed "
+        "sequences in one (1, NH, S, D) batch, states (N, NH, ...).");
   k.def("backward_chunkwise", &backward_chunkwise, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("igate"),
         py::arg("fgate"), py::arg("initial"), py::arg("dh"), py::arg("dC_last"), py::arg("dn_last"), py::arg("dm_last"),
         py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("digate"), py::arg("dfgate"), py::arg("dinitial"),
-        py::kw_only(), py::arg("chunk_size") = 64, ig, nz, ep, st,
-        "Writes dq, dk, dv, digate, dfgate (and the initial state's gradient into `dinitial`, if given).");
+        py::kw_only(), py::arg("chunk_size") = 64, ig, nz, ep, st, py::arg("cu_seqlens") = py::none(),
+        "Writes dq, dk, dv, digate, dfgate (and the initial state's gradient into `dinitial`, if given). "
+        "cu_seqlens as in forward_chunkwise.");
   k.def("step", &step, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("igate"), py::arg("fgate"), py::arg("state"),
         py::arg("h"), py::kw_only(), ig, nz, ep, st, "One token; `state` (C, n, m) is updated in place.");
   k.def("forward_sequence", &forward_sequence, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("igate"),

@@ -6,8 +6,11 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
+#include <vector>
 
 namespace flashlstm::cuda::mlstm {
 namespace {
@@ -60,6 +63,38 @@ void check_chunk_size(int chunk_size) {
           "must be a multiple of 64 in [64, 1024], got {}", chunk_size);
 }
 
+detail::Packing check_packing(const Inputs& x, const std::vector<std::int64_t>& cu) {
+  require(x.dims.B == 1, "B", "packed sequences take B = 1 (the sequences lie along S), got {}", x.dims.B);
+  require(cu.size() >= 2, "cu_seqlens", "expected N + 1 >= 2 offsets, got {}", cu.size());
+  require(cu.front() == 0, "cu_seqlens", "must start at 0, got {}", cu.front());
+  for (std::size_t i = 1; i < cu.size(); ++i)
+    require(cu[i] >= cu[i - 1], "cu_seqlens", "must not decrease, got {} after {} at position {}", cu[i], cu[i - 1], i);
+  require(cu.back() == x.dims.S, "cu_seqlens", "must end at the number of tokens {}, got {}", x.dims.S, cu.back());
+  const auto N = static_cast<std::int64_t>(cu.size()) - 1;
+  require(N * x.dims.NH <= 65535, "cu_seqlens", "N * NH must be <= 65535, got {} sequences of {} heads", N, x.dims.NH);
+  return {cu};
+}
+
+// Entry i of an (N, NH, ...) float32 state part of `count` floats an entry: `from`'s entry i, or
+// zeros where `from` is null.
+void copy_entry(float* to, const float* from, std::int64_t i, std::int64_t count, cudaStream_t stream) {
+  const std::size_t bytes = static_cast<std::size_t>(count) * sizeof(float);
+  if (from) check_cuda(cudaMemcpyAsync(to + i * count, from + i * count, bytes, cudaMemcpyDeviceToDevice, stream), "copy");
+  else check_cuda(cudaMemsetAsync(to + i * count, 0, bytes, stream), "memset");
+}
+
+// A sequence without tokens hands its initial state on as its final state (and the final state's
+// gradient back as the initial state's): the kernels skip its rows, this copies the entries.
+void hand_on_empty(const State& to, const ConstState& from, const detail::Packing& packing, const Dims& d,
+                   cudaStream_t stream) {
+  for (std::int64_t i = 0; i < packing.N(); ++i) {
+    if (packing.length(i) > 0) continue;
+    copy_entry(to.C, from.C, i, d.NH * d.DQK * d.DV, stream);
+    copy_entry(to.n, from.n, i, d.NH * d.DQK, stream);
+    copy_entry(to.m, from.m, i, d.NH, stream);
+  }
+}
+
 }  // namespace
 
 namespace detail {
@@ -68,6 +103,7 @@ Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, c
   const Dims& d = x.dims;
   Params p;
   p.BH = static_cast<int>(d.B * d.NH);
+  p.NH = static_cast<int>(d.NH);
   p.S = static_cast<int>(d.S);
   p.DQK = static_cast<int>(d.DQK);
   p.DV = static_cast<int>(d.DV);
@@ -83,14 +119,56 @@ Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, c
   return p;
 }
 
+std::vector<std::int64_t> set_chunk_size(Params& p, int L, const Packing* packing) {
+  p.L = L;
+  if (!packing) {
+    p.nc = static_cast<int>((p.S + L - 1) / L);
+    p.tokens = static_cast<std::int64_t>(p.BH) * p.S;
+    p.chunks = static_cast<std::int64_t>(p.BH) * p.nc;
+    p.states = static_cast<std::int64_t>(p.BH) * (p.nc + 1);
+    return {};
+  }
+  const std::int64_t N = packing->N();
+  std::vector<std::int64_t> tables = packing->cu_seqlens;  // cu_seqlens, then chunk_offsets, then row_order
+  std::int64_t most = 0;
+  tables.push_back(0);
+  for (std::int64_t i = 0; i < N; ++i) {
+    const std::int64_t chunks = (packing->length(i) + L - 1) / L;
+    tables.push_back(tables.back() + chunks);
+    most = std::max(most, chunks);
+  }
+  std::vector<std::int64_t> by_length(N);
+  std::iota(by_length.begin(), by_length.end(), std::int64_t{0});
+  std::stable_sort(by_length.begin(), by_length.end(),
+                   [&](std::int64_t a, std::int64_t b) { return packing->length(a) > packing->length(b); });
+  for (std::int64_t i : by_length)
+    for (int h = 0; h < p.NH; ++h) tables.push_back(i * p.NH + h);
+  p.N = static_cast<int>(N);
+  p.BH = static_cast<int>(N * p.NH);
+  p.nc = static_cast<int>(most);
+  p.total_chunks = tables[2 * N + 1];
+  p.tokens = static_cast<std::int64_t>(p.NH) * p.S;
+  p.chunks = p.NH * p.total_chunks;
+  p.states = p.NH * (p.total_chunks + N);
+  return tables;
+}
+
+void place_tables(Params& p, const std::int64_t* device) {
+  p.cu_seqlens = device;
+  p.chunk_offsets = device + (p.N + 1);
+  p.row_order = device + 2 * (p.N + 1);
+}
+
 }  // namespace detail
 
 int forward_chunk_size(const Inputs& x, int chunk_size) {
   return detail::fused_forward_applies(x.dtype, x.dims.DQK, x.dims.DV) ? detail::kFusedChunk : chunk_size;
 }
 
-void forward_chunkwise(const Inputs& x, const ConstState* initial, void* h, const State& last, int chunk_size,
-                       const Options& options, cudaStream_t stream) {
+namespace {
+
+void forward(const Inputs& x, const detail::Packing* packing, const ConstState* initial, void* h, const State& last,
+             int chunk_size, const Options& options, cudaStream_t stream) {
   check_inputs(x, true);
   require(x.dims.S <= kMaxInt, "S", "must be < 2^31, got {}", x.dims.S);
   check_chunk_size(chunk_size);
@@ -101,11 +179,13 @@ void forward_chunkwise(const Inputs& x, const ConstState* initial, void* h, cons
   detail::Params p = detail::make_params(x, initial, chunk_size, options);
   p.h = h;
   if (with_last) p.C_last = last.C, p.n_last = last.n, p.m_last = last.m;
-  detail::run_forward(p, x.dtype, usable(stream));
+  stream = usable(stream);
+  detail::run_forward(p, packing, x.dtype, stream);
+  if (packing && with_last) hand_on_empty(last, initial ? *initial : ConstState{}, *packing, x.dims, stream);
 }
 
-void backward_chunkwise(const Inputs& x, const ConstState* initial, const OutputGrad& grad, const InputGrad& out,
-                        int chunk_size, const Options& options, cudaStream_t stream) {
+void backward(const Inputs& x, const detail::Packing* packing, const ConstState* initial, const OutputGrad& grad,
+              const InputGrad& out, int chunk_size, const Options& options, cudaStream_t stream) {
   check_inputs(x, true);
   require(x.dims.S <= kMaxInt, "S", "must be < 2^31, got {}", x.dims.S);
   check_chunk_size(chunk_size);
@@ -126,7 +206,37 @@ void backward_chunkwise(const Inputs& x, const ConstState* initial, const Output
   p.dh = grad.dh, p.dC_last = grad.dC_last, p.dn_last = grad.dn_last, p.dm_last = grad.dm_last;
   p.dq = out.dq, p.dk = out.dk, p.dv = out.dv, p.digate = out.digate, p.dfgate = out.dfgate;
   if (with_dinitial) p.dC0 = out.dinitial.C, p.dn0 = out.dinitial.n, p.dm0 = out.dinitial.m;
-  detail::run_backward(p, x.dtype, usable(stream));
+  stream = usable(stream);
+  detail::run_backward(p, packing, x.dtype, stream);
+  if (packing && with_dinitial)
+    hand_on_empty(out.dinitial, ConstState{grad.dC_last, grad.dn_last, grad.dm_last}, *packing, x.dims, stream);
+}
+
+}  // namespace
+
+void forward_chunkwise(const Inputs& x, const ConstState* initial, void* h, const State& last, int chunk_size,
+                       const Options& options, cudaStream_t stream) {
+  forward(x, nullptr, initial, h, last, chunk_size, options, stream);
+}
+
+void backward_chunkwise(const Inputs& x, const ConstState* initial, const OutputGrad& grad, const InputGrad& out,
+                        int chunk_size, const Options& options, cudaStream_t stream) {
+  backward(x, nullptr, initial, grad, out, chunk_size, options, stream);
+}
+
+void forward_varlen(const Inputs& x, const std::vector<std::int64_t>& cu_seqlens, const ConstState* initial, void* h,
+                    const State& last, int chunk_size, const Options& options, cudaStream_t stream) {
+  check_dims(x.dims, true);
+  const detail::Packing packing = check_packing(x, cu_seqlens);
+  forward(x, &packing, initial, h, last, chunk_size, options, stream);
+}
+
+void backward_varlen(const Inputs& x, const std::vector<std::int64_t>& cu_seqlens, const ConstState* initial,
+                     const OutputGrad& grad, const InputGrad& out, int chunk_size, const Options& options,
+                     cudaStream_t stream) {
+  check_dims(x.dims, true);
+  const detail::Packing packing = check_packing(x, cu_seqlens);
+  backward(x, &packing, initial, grad, out, chunk_size, options, stream);
 }
 
 void step(const Inputs& x, const State& state, void* h, const Options& options, cudaStream_t stream) {
@@ -167,7 +277,7 @@ void forward_sequence(const Inputs& x, const State& state, void* h, int chunk_si
     p.seq_stride = d.S;
     p.h = h;
     p.C_last = state.C, p.n_last = state.n, p.m_last = state.m;
-    detail::run_forward(p, x.dtype, stream);
+    detail::run_forward(p, nullptr, x.dtype, stream);
   }
   for (std::int64_t t = bulk; t < d.S; ++t) detail::run_step(x, state, h, d.S, t, options, stream);
 }

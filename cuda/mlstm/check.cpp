@@ -2,10 +2,14 @@
 #include "cuda/mlstm/check.hpp"
 
 #include "cuda/check_arrays.hpp"
+#include "reference/mlstm/varlen.hpp"
+
+#include <fmt/ranges.h>
 
 #include <cuda_runtime_api.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <map>
 #include <memory>
@@ -104,74 +108,118 @@ check::Report judge(const Kernel& kernel, const Oracle& oracle, const std::vecto
 
 }  // namespace
 
+namespace {
+
+// The reference on one batch (`cu` null) or on packed sequences.
+template <class T>
+ref::Output<T> reference_forward(const Problem<T>& p, const std::vector<flashlstm::index_t>* cu, const ref::Form& form,
+                                 const Options& o) {
+  return cu ? ref::forward_varlen(p.inputs(), *cu, p.initial_view(), form, o)
+            : ref::forward(p.inputs(), p.initial_view(), form, o);
+}
+template <class T>
+ref::InputGrad<T> reference_backward(const Problem<T>& p, const std::vector<flashlstm::index_t>* cu,
+                                     const ref::Form& form, const Options& o) {
+  return cu ? ref::backward_varlen(p.inputs(), *cu, p.initial_view(), p.output_grad(), form, o)
+            : ref::backward(p.inputs(), p.initial_view(), p.output_grad(), form, o);
+}
+
+// The chunkwise kernels (forward_chunkwise and backward_chunkwise, or their packed versions where
+// `cu` is set) on problem p: its inputs of `tokens`' sizes, its states of `states`' sizes.
+KernelCheck check_kernels(KernelCheck c, const Problem<double>& p, const ProblemShape& tokens,
+                          const ProblemShape& states, const std::vector<flashlstm::index_t>* cu, int chunk_size,
+                          const Options& options, DType dtype, bool backward) {
+  using ref::Form;
+  const Problem<float> pf = ref::cast_problem<float>(p);
+  const double scale = p.scale();
+  const Form oracle_form{Form::chunkwise, 64};
+  const flashlstm::index_t L = chunk_size, other_chunk = chunk_size == 64 ? 128 : 64;
+  const std::vector<std::int64_t> offsets = cu ? std::vector<std::int64_t>(cu->begin(), cu->end()) : std::vector<std::int64_t>{};
+
+  // The baseline runs: float32 at the kernel's chunk size, at another one and in recurrent form; or
+  // bf16 operands at the kernel's chunk size (the forward's own: the fused bf16 forward computes with
+  // 64-token chunks).
+  const bool bf16 = dtype == DType::bfloat16;
+  DeviceProblem d(p, tokens, dtype);
+  const flashlstm::index_t L_forward = forward_chunk_size(d.inputs, chunk_size);
+  c.baseline = bf16 ? fmt::format("bf16-operand chunkwise(L={}), float32 accumulation", L_forward)
+                    : fmt::format("float32 reference: chunkwise(L={}), chunkwise(L={}), recurrent", L, other_chunk);
+  if (bf16 && backward) c.baseline += fmt::format("; backward at L={}", L);
+  const auto baseline_forms = [&](flashlstm::index_t bf16_chunk) {
+    if (bf16) return std::vector{Form{Form::chunkwise, bf16_chunk, ref::Operands::bf16}};
+    return std::vector{Form{Form::chunkwise, L}, Form{Form::chunkwise, other_chunk}, Form{Form::recurrent}};
+  };
+  std::vector<ref::Output<float>> forward_runs;
+  for (const Form& f : baseline_forms(L_forward)) forward_runs.push_back(reference_forward(pf, cu, f, options));
+  const ref::Output<double> oracle = reference_forward(p, cu, oracle_form, options);
+
+  const ConstState initial = tokens.initial_state ? d.initial() : ConstState{};
+  const ConstState* init = tokens.initial_state ? &initial : nullptr;
+  const auto h = poisoned(p.dh.size() * element_size(dtype));
+  DeviceState last(states);
+  cudaStream_t stream = nullptr;
+  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+  if (cu) forward_varlen(d.inputs, offsets, init, h->get(), last.view(), chunk_size, options, stream);
+  else forward_chunkwise(d.inputs, init, h->get(), last.view(), chunk_size, options, stream);
+  check_cuda(cudaStreamSynchronize(stream), "forward");
+  const ref::Output<double> kernel{download(*h, shape_of(p.dh), dtype), last.download(states)};
+  c.report = judge(kernel, oracle, forward_runs, dtype, scale);
+
+  if (backward) {
+    std::vector<ref::InputGrad<float>> grad_runs;
+    for (const Form& f : baseline_forms(L)) grad_runs.push_back(reference_backward(pf, cu, f, options));
+    const ref::InputGrad<double> oracle_grad = reference_backward(p, cu, oracle_form, options);
+    const auto dq = poisoned(p.q.size() * element_size(dtype)), dk = poisoned(p.k.size() * element_size(dtype)),
+               dv = poisoned(p.v.size() * element_size(dtype)), dig = poisoned(p.igate.size() * element_size(dtype)),
+               dfg = poisoned(p.fgate.size() * element_size(dtype));
+    DeviceState dinitial(states);
+    const InputGrad out{dq->get(), dk->get(), dv->get(), dig->get(), dfg->get(),
+                        tokens.initial_state ? dinitial.view() : State{}};
+    const OutputGrad grad{d.dh->get(), d.dC_last->get<float>(), d.dn_last->get<float>(), d.dm_last->get<float>()};
+    if (cu) backward_varlen(d.inputs, offsets, init, grad, out, chunk_size, options, stream);
+    else backward_chunkwise(d.inputs, init, grad, out, chunk_size, options, stream);
+    check_cuda(cudaStreamSynchronize(stream), "backward");
+    ref::InputGrad<double> kernel_grad{download(*dq, shape_of(p.q), dtype),    download(*dk, shape_of(p.k), dtype),
+                                       download(*dv, shape_of(p.v), dtype),    download(*dig, shape_of(p.igate), dtype),
+                                       download(*dfg, shape_of(p.fgate), dtype), std::nullopt};
+    if (tokens.initial_state) kernel_grad.dinitial = dinitial.download(states);
+    c.report.add(judge(kernel_grad, oracle_grad, grad_runs, dtype, scale));
+  }
+  cudaStreamDestroy(stream);
+  return c;
+}
+
+}  // namespace
+
 KernelCheck check_chunkwise(const ProblemShape& shape, int chunk_size, const Options& options, DType dtype,
                             std::uint64_t seed, bool backward) {
   KernelCheck c;
   c.name = fmt::format("chunkwise {} {} L={} {}", to_string(dtype), ref::variant_name(options), chunk_size,
                        shape.name());
   const Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), dtype);
-  const Problem<float> pf = ref::cast_problem<float>(p);
-  const double scale = p.scale();
-  constexpr flashlstm::index_t kOracleChunk = 64;
-  const flashlstm::index_t L = chunk_size, other_chunk = chunk_size == 64 ? 128 : 64;
+  return check_kernels(std::move(c), p, shape, shape, nullptr, chunk_size, options, dtype, backward);
+}
 
-  // The baseline runs: float32 at the kernel's chunk size, at another one and in recurrent form; or
-  // bf16 operands at the kernel's chunk size (the forward's own: the fused bf16 forward computes with
-  // 64-token chunks).
-  const bool bf16 = dtype == DType::bfloat16;
-  DeviceProblem d(p, shape, dtype);
-  const flashlstm::index_t L_forward = forward_chunk_size(d.inputs, chunk_size);
-  c.baseline = bf16 ? fmt::format("bf16-operand chunkwise(L={}), float32 accumulation", L_forward)
-                    : fmt::format("float32 reference: chunkwise(L={}), chunkwise(L={}), recurrent", L, other_chunk);
-  if (bf16 && backward) c.baseline += fmt::format("; backward at L={}", L);
-  auto forward_runs = [&] {
-    if (bf16)
-      return std::vector{ref::forward_chunkwise(pf.inputs(), pf.initial_view(), L_forward, options, ref::Operands::bf16)};
-    return std::vector{ref::forward_chunkwise(pf.inputs(), pf.initial_view(), L, options),
-                       ref::forward_chunkwise(pf.inputs(), pf.initial_view(), other_chunk, options),
-                       ref::forward_recurrent(pf.inputs(), pf.initial_view(), options)};
-  };
-  const ref::Output<double> oracle = ref::forward_chunkwise(p.inputs(), p.initial_view(), kOracleChunk, options);
-
-  const ConstState initial = shape.initial_state ? d.initial() : ConstState{};
-  const auto h = poisoned(p.dh.size() * element_size(dtype));
-  DeviceState last(shape);
-  cudaStream_t stream = nullptr;
-  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
-  forward_chunkwise(d.inputs, shape.initial_state ? &initial : nullptr, h->get(), last.view(), chunk_size, options,
-                    stream);
-  check_cuda(cudaStreamSynchronize(stream), "forward_chunkwise");
-  const ref::Output<double> kernel{download(*h, shape_of(p.dh), dtype), last.download(shape)};
-  c.report = judge(kernel, oracle, forward_runs(), dtype, scale);
-
-  if (backward) {
-    const auto grad_runs = [&] {
-      const auto g = pf.output_grad();
-      if (bf16)
-        return std::vector{ref::backward_chunkwise(pf.inputs(), pf.initial_view(), g, L, options, ref::Operands::bf16)};
-      return std::vector{ref::backward_chunkwise(pf.inputs(), pf.initial_view(), g, L, options),
-                         ref::backward_chunkwise(pf.inputs(), pf.initial_view(), g, other_chunk, options),
-                         ref::backward_recurrent(pf.inputs(), pf.initial_view(), g, options)};
-    };
-    const ref::InputGrad<double> oracle_grad =
-        ref::backward_chunkwise(p.inputs(), p.initial_view(), p.output_grad(), kOracleChunk, options);
-    const auto dq = poisoned(p.q.size() * element_size(dtype)), dk = poisoned(p.k.size() * element_size(dtype)),
-               dv = poisoned(p.v.size() * element_size(dtype)), dig = poisoned(p.igate.size() * element_size(dtype)),
-               dfg = poisoned(p.fgate.size() * element_size(dtype));
-    DeviceState dinitial(shape);
-    const InputGrad out{dq->get(), dk->get(), dv->get(), dig->get(), dfg->get(),
-                        shape.initial_state ? dinitial.view() : State{}};
-    const OutputGrad grad{d.dh->get(), d.dC_last->get<float>(), d.dn_last->get<float>(), d.dm_last->get<float>()};
-    backward_chunkwise(d.inputs, shape.initial_state ? &initial : nullptr, grad, out, chunk_size, options, stream);
-    check_cuda(cudaStreamSynchronize(stream), "backward_chunkwise");
-    ref::InputGrad<double> kernel_grad{download(*dq, shape_of(p.q), dtype),    download(*dk, shape_of(p.k), dtype),
-                                       download(*dv, shape_of(p.v), dtype),    download(*dig, shape_of(p.igate), dtype),
-                                       download(*dfg, shape_of(p.fgate), dtype), std::nullopt};
-    if (shape.initial_state) kernel_grad.dinitial = dinitial.download(shape);
-    c.report.add(judge(kernel_grad, oracle_grad, grad_runs(), dtype, scale));
-  }
-  cudaStreamDestroy(stream);
-  return c;
+KernelCheck check_varlen(const ProblemShape& shape, const std::vector<flashlstm::index_t>& lengths, int chunk_size,
+                         const Options& options, DType dtype, std::uint64_t seed) {
+  std::vector<flashlstm::index_t> cu{0};
+  for (flashlstm::index_t n : lengths) cu.push_back(cu.back() + n);
+  const auto N = static_cast<flashlstm::index_t>(lengths.size());
+  const ProblemShape tokens{1, shape.NH, cu.back(), shape.DQK, shape.DV, shape.initial_state};
+  const ProblemShape states{N, shape.NH, 1, shape.DQK, shape.DV, shape.initial_state};
+  KernelCheck c;
+  c.name = fmt::format("varlen {} {} L={} lengths [{}] NH{} DQK{} DV{}{}", to_string(dtype), ref::variant_name(options),
+                       chunk_size, fmt::join(lengths, ", "), shape.NH, shape.DQK, shape.DV,
+                       shape.initial_state ? " +state" : "");
+  // The tokens and dh of one packed batch; each sequence's initial state and final-state gradients
+  // from a batch of N.
+  Problem<double> p = kernel_inputs(ref::random_problem<double>(tokens, seed), dtype);
+  const Problem<double> per_sequence = kernel_inputs(ref::random_problem<double>({N, shape.NH, 1, shape.DQK, shape.DV, true}, seed + 1), dtype);
+  p.initial = shape.initial_state ? per_sequence.initial : std::nullopt;
+  p.dC_last = per_sequence.dC_last;
+  p.dn_last = per_sequence.dn_last;
+  p.dm_last = per_sequence.dm_last;
+  return check_kernels(std::move(c), p, tokens, states, &cu, chunk_size, options, dtype, true);
 }
 
 check::Report check_nonfinite(const ProblemShape& shape, int chunk_size, const Options& options, DType dtype,

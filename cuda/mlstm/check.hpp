@@ -20,6 +20,7 @@
 #include "reference/mlstm/check.hpp"
 
 #include <string>
+#include <vector>
 
 namespace flashlstm::cuda::mlstm {
 
@@ -33,6 +34,12 @@ struct KernelCheck {
 // the initial state's too when the shape has one).
 KernelCheck check_chunkwise(const flashlstm::mlstm::ProblemShape& shape, int chunk_size, const Options& options,
                             DType dtype, std::uint64_t seed, bool backward = true);
+// forward_varlen and backward_varlen on N = lengths.size() packed sequences of the given lengths
+// (any may be 0) with shape's NH, DQK, DV (shape.B and shape.S are not used), each sequence with its
+// own initial state (with shape.initial_state) and final-state gradients, against the float64
+// reference run on each sequence alone; the baselines likewise.
+KernelCheck check_varlen(const flashlstm::mlstm::ProblemShape& shape, const std::vector<flashlstm::index_t>& lengths,
+                         int chunk_size, const Options& options, DType dtype, std::uint64_t seed);
 // One step of B x NH heads from a random state (shape.S is ignored).
 KernelCheck check_step(const flashlstm::mlstm::ProblemShape& shape, const Options& options, DType dtype,
                        std::uint64_t seed);

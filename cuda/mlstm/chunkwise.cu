@@ -23,9 +23,12 @@
 //            gate_grad_*     per chunk / head: the stabiliser's routing (each row's dlogD sums to
 //                            its dm_r) and the forget gates' reverse cumulative sums
 //
-// Indices: `k` is a chunk, t0 its first token, Lc its length; r, s are chunk-local token indices
-// (rows = queries, columns = keys); tb = bh * S + t0 indexes the per-token workspace.
+// Indices: a row (rows.cuh) is one head of one sequence, bh its index; `k` is a chunk of the row,
+// t0 its first token, Lc its length; r, s are chunk-local token indices (rows = queries, columns =
+// keys); tb = row.tb0 + t0 indexes the per-token workspace. Grids have p.nc chunk slots per row; a
+// block whose chunk lies beyond its row's (packed sequences of different lengths) returns at once.
 #include "cuda/mlstm/params.hpp"
+#include "cuda/mlstm/rows.cuh"
 #include "cuda/mlstm/tiles.cuh"
 
 #include <cuda_runtime.h>
@@ -45,21 +48,22 @@ struct Chunk {
   int k, t0, Lc;
   std::int64_t tb;
 };
-__device__ __forceinline__ Chunk chunk_of(const Params& p, int k, int bh) {
+__device__ __forceinline__ Chunk chunk_of(const Params& p, const Row& row, int k) {
   const int t0 = k * p.L;
-  return {k, t0, min(p.L, p.S - t0), static_cast<std::int64_t>(bh) * p.S + t0};
+  return {k, t0, min(p.L, row.S - t0), row.tb0 + t0};
 }
 template <class T>
-__device__ __forceinline__ const T* token_ptr(const void* base, const Params& p, int bh, int t0, int D) {
-  return static_cast<const T*>(base) + (static_cast<std::int64_t>(bh) * p.seq_stride + t0) * D;
+__device__ __forceinline__ const T* token_ptr(const void* base, const Row& row, int t0, int D) {
+  return static_cast<const T*>(base) + (row.in0 + t0) * D;
 }
 template <class T>
-__device__ __forceinline__ T* token_ptr(void* base, const Params& p, int bh, int t0, int D) {
-  return static_cast<T*>(base) + (static_cast<std::int64_t>(bh) * p.seq_stride + t0) * D;
+__device__ __forceinline__ T* token_ptr(void* base, const Row& row, int t0, int D) {
+  return static_cast<T*>(base) + (row.in0 + t0) * D;
 }
-__device__ __forceinline__ std::int64_t state_index(const Params& p, int bh, int k) {
-  return (static_cast<std::int64_t>(bh) * (p.nc + 1) + k);
-}
+// Entry of the state entering chunk k (k = nc: the final state) in the per-state workspace, and of
+// chunk k in the per-chunk workspace.
+__device__ __forceinline__ std::int64_t state_index(const Row& row, int k) { return row.state0 + k; }
+__device__ __forceinline__ std::int64_t chunk_index(const Row& row, int k) { return row.chunk0 + k; }
 // m_r: the row's stabiliser, the max over the entering state (b_r + m_k) and the tokens (b_r + U_r).
 __device__ __forceinline__ double row_m(const Params& p, double b, double U, double mk) {
   return p.stabilised ? b + fmax(mk, U) : 0.0;
@@ -87,10 +91,11 @@ template <class T>
 __global__ void gate_prep(Params p) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= p.BH * p.nc) return;
-  const int bh = idx / p.nc;
-  const Chunk c = chunk_of(p, idx % p.nc, bh);
-  const T* ig = token_ptr<T>(p.igate, p, bh, c.t0, 1);
-  const T* fg = token_ptr<T>(p.fgate, p, bh, c.t0, 1);
+  const Row row = row_of(p, idx / p.nc);
+  if (idx % p.nc >= row.nc) return;
+  const Chunk c = chunk_of(p, row, idx % p.nc);
+  const T* ig = token_ptr<T>(p.igate, row, c.t0, 1);
+  const T* fg = token_ptr<T>(p.fgate, row, c.t0, 1);
   double b = 0.0, U = -INFINITY;
   int am = -1;
   for (int t = 0; t < c.Lc; ++t) {
@@ -119,9 +124,9 @@ struct StatePassSmem {
 // for bf16 kernels already split into hi and lo bf16 planes (the same bytes), so that the output
 // pass copies it into its operand tiles as it is.
 template <class T>
-__device__ __forceinline__ Split<T> stored_state(const Params& p, int bh, int k) {
+__device__ __forceinline__ Split<T> stored_state(const Params& p, const Row& row, int k) {
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
-  T* base = reinterpret_cast<T*>(p.Cs + state_index(p, bh, k) * CS);
+  T* base = reinterpret_cast<T*>(p.Cs + state_index(row, k) * CS);
   return {base, kSplit<T> == 2 ? base + CS : nullptr};
 }
 
@@ -136,7 +141,9 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
   auto sV = [&](int stage) { return reinterpret_cast<T*>(smem_raw + Smem::kKw + stage * Smem::kStage); };
   auto raw_K = [&](int stage) { return smem_raw + Smem::kKw + stage * Smem::kStage + Smem::kV; };
   float* sW = reinterpret_cast<float*>(smem_raw + Smem::kKw + 2 * Smem::kStage);
-  const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = ordered_row(p, blockIdx.z), tid = threadIdx.x;
+  const Row row = row_of(p, bh);
+  if (row.nc == 0) return;  // an empty sequence: the host hands its state on
   const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
   const bool owns_m = blockIdx.x == 0 && blockIdx.y == 0 && tid == 0;
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
@@ -155,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
   // The state entering chunk k is complete: store it; then (k < nc) decay it to chunk k's exit
   // stabiliser and set the weights sW with which chunk k's tokens enter.
   auto enter = [&](int k) {
-    const Split<T> C = stored_state<T>(p, bh, k);
+    const Split<T> C = stored_state<T>(p, row, k);
 #pragma unroll
     for (int i = 0; i < kTR; ++i)
 #pragma unroll
@@ -163,10 +170,10 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
         const int d = d0 + tile_row(i), v = v0 + tile_col(j);
         if (d < p.DQK && v < p.DV) C.set_pair(static_cast<std::int64_t>(d) * p.DV + v, v + 1 < p.DV, acc[i][j], acc[i][j + 1]);
       }
-    if (owns_n) p.ns[state_index(p, bh, k) * p.DQK + d0 + tid] = n;
-    if (owns_m) p.ms[state_index(p, bh, k)] = mk;
-    if (k == p.nc) return;
-    const Chunk c = chunk_of(p, k, bh);
+    if (owns_n) p.ns[state_index(row, k) * p.DQK + d0 + tid] = n;
+    if (owns_m) p.ms[state_index(row, k)] = mk;
+    if (k == row.nc) return;
+    const Chunk c = chunk_of(p, row, k);
     const double g = p.b[c.tb + c.Lc - 1];
     m_next = row_m(p, g, p.U[c.tb + c.Lc - 1], mk);
     const float w_state = weight(g + mk - m_next);
@@ -181,12 +188,12 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
 
   // Step i: tokens s0 = 64·(i mod L/64).. of chunk i / (L/64).
   const int per_chunk = p.L / kTile;
-  const int steps = (p.nc - 1) * per_chunk + padded(chunk_of(p, p.nc - 1, bh).Lc) / kTile;
+  const int steps = (row.nc - 1) * per_chunk + padded(chunk_of(p, row, row.nc - 1).Lc) / kTile;
   auto tiles = [&](int i) {
-    const Chunk c = chunk_of(p, i / per_chunk, bh);
+    const Chunk c = chunk_of(p, row, i / per_chunk);
     const int s0 = (i % per_chunk) * kTile;
-    return std::pair{AsyncTile<kTile, kTile, T>{token_ptr<T>(p.k, p, bh, c.t0, p.DQK), p.DQK, s0, d0, c.Lc, p.DQK},
-                     AsyncTile<kTile, kTile, T>{token_ptr<T>(p.v, p, bh, c.t0, p.DV), p.DV, s0, v0, c.Lc, p.DV}};
+    return std::pair{AsyncTile<kTile, kTile, T>{token_ptr<T>(p.k, row, c.t0, p.DQK), p.DQK, s0, d0, c.Lc, p.DQK},
+                     AsyncTile<kTile, kTile, T>{token_ptr<T>(p.v, row, c.t0, p.DV), p.DV, s0, v0, c.Lc, p.DV}};
   };
   enter(0);
   __syncthreads();
@@ -290,16 +297,18 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   __shared__ float sN[kStep], sDen[kTile];
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
-  const int tiles = p.L / kTile, v0 = blockIdx.x * kOutCols, bh = blockIdx.z, tid = threadIdx.x;
-  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int tiles = p.L / kTile, v0 = blockIdx.x * kOutCols, tid = threadIdx.x;
+  const Row row = row_of(p, blockIdx.z);
+  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
+  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
   const int r0 = (blockIdx.y % tiles) * kTile;
   if (r0 >= c.Lc) return;
-  const double mk = p.ms[state_index(p, bh, c.k)];
-  const Split<T> C = stored_state<T>(p, bh, c.k);  // (DQK, DV)
-  const float* n = p.ns + state_index(p, bh, c.k) * p.DQK;
-  const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
-  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
-  const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
+  const double mk = p.ms[state_index(row, c.k)];
+  const Split<T> C = stored_state<T>(p, row, c.k);  // (DQK, DV)
+  const float* n = p.ns + state_index(row, c.k) * p.DQK;
+  const T* Q = token_ptr<T>(p.q, row, c.t0, p.DQK);
+  const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
+  const T* V = token_ptr<T>(p.v, row, c.t0, p.DV);
   load_rows(rows, p, c, r0, mk);
   auto sub = [](const Split<T>& x, int offset) { return Split<T>{x.hi + offset, x.lo ? x.lo + offset : nullptr}; };
 
@@ -345,7 +354,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
       for (int j = 0; j < kTC; ++j) acc[u][i][j] *= p.scale * rows.w0[tile_row(i)];
   if (tid < kTile) den0 *= p.scale * rows.w0[tid];
 
-  const T* dH = kStats ? token_ptr<T>(p.dh, p, bh, c.t0, p.DV) : nullptr;
+  const T* dH = kStats ? token_ptr<T>(p.dh, row, c.t0, p.DV) : nullptr;
   // Σ_v dh(r, v) num(r, v) over this block's columns, added into out[token].
   auto add_dh_dot = [&](float* out) {
 #pragma unroll
@@ -424,7 +433,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   } else {
     if (tid < kTile) sDen[tid] = den0 + den;
     __syncthreads();
-    T* H = token_ptr<T>(p.h, p, bh, c.t0, p.DV);
+    T* H = token_ptr<T>(p.h, row, c.t0, p.DV);
 #pragma unroll
     for (int i = 0; i < kTR; ++i) {
       const int ri = tile_row(i), r = r0 + ri;
@@ -448,7 +457,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
 // Per token: the readout h = num / dhat and its derivative (reference readout_backward).
 __global__ void readout_grad(Params p) {
   const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= static_cast<std::int64_t>(p.BH) * p.S) return;
+  if (t >= p.tokens) return;
   const float den = p.den[t], m = p.mrow[t];
   const float floor = p.stabilised ? expf(-m) : 1.f;
   const float dhat = p.normalizes ? readout_dhat(den, floor, p.eps) : 1.f;
@@ -476,10 +485,11 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
   __shared__ float sW[kMaxChunk], sDelta[kMaxChunk];
   __shared__ double scratch[kThreads / 32];
   const Split<T> sD = split_at(sD_, kTile * kPad);  // w0 ∘ dnum: float32 products
-  const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = blockIdx.z, tid = threadIdx.x;
+  const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = ordered_row(p, blockIdx.z), tid = threadIdx.x;
+  const Row row = row_of(p, bh);
+  if (row.nc == 0) return;  // an empty sequence: the host hands its state gradient on
   const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
-  const std::int64_t adj_base = static_cast<std::int64_t>(bh) * p.nc;
 
   Acc acc;
 #pragma unroll
@@ -491,10 +501,10 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
     }
   float dn = (owns_n && p.dn_last) ? p.dn_last[static_cast<std::int64_t>(bh) * p.DQK + d0 + tid] : 0.f;
 
-  for (int k = p.nc - 1; k >= 0; --k) {
-    const Chunk c = chunk_of(p, k, bh);
-    float* dC = p.dCs + (adj_base + k) * CS;
-    const Split<T> C_in = stored_state<T>(p, bh, k);
+  for (int k = row.nc - 1; k >= 0; --k) {
+    const Chunk c = chunk_of(p, row, k);
+    float* dC = p.dCs + chunk_index(row, k) * CS;
+    const Split<T> C_in = stored_state<T>(p, row, k);
     double dot0 = 0.0;
 #pragma unroll
     for (int i = 0; i < kTR; ++i)
@@ -509,13 +519,13 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
       }
     if (owns_n) {
       const int d = d0 + tid;
-      p.dns[(adj_base + k) * p.DQK + d] = dn;
-      dot0 += static_cast<double>(dn) * p.ns[state_index(p, bh, k) * p.DQK + d];
+      p.dns[chunk_index(row, k) * p.DQK + d] = dn;
+      dot0 += static_cast<double>(dn) * p.ns[state_index(row, k) * p.DQK + d];
     }
     dot0 = block_sum(dot0, scratch);
-    if (tid == 0) atomicAdd(p.dot0 + adj_base + k, dot0);
+    if (tid == 0) atomicAdd(p.dot0 + chunk_index(row, k), dot0);
 
-    const double mk = p.ms[state_index(p, bh, k)], m_next = p.ms[state_index(p, bh, k + 1)];
+    const double mk = p.ms[state_index(row, k)], m_next = p.ms[state_index(row, k + 1)];
     const double g = p.b[c.tb + c.Lc - 1];
     const float w_state = weight(g + mk - m_next);
 #pragma unroll
@@ -523,8 +533,8 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
 #pragma unroll
       for (int j = 0; j < kTC; ++j) acc[i][j] *= w_state;
     dn *= w_state;
-    const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
-    const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+    const T* Q = token_ptr<T>(p.q, row, c.t0, p.DQK);
+    const T* dH = token_ptr<T>(p.dh, row, c.t0, p.DV);
     for (int r = tid; r < padded(c.Lc); r += kThreads) {
       float w = 0.f, wd = 0.f;
       if (r < c.Lc) {
@@ -558,8 +568,8 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
   if (p.dn0 && owns_n) p.dn0[static_cast<std::int64_t>(bh) * p.DQK + d0 + tid] = dn;
 }
 
-__device__ __forceinline__ std::int64_t lxl_index(const Params& p, int bh, int k) {
-  return (static_cast<std::int64_t>(bh) * p.nc + k) * p.L * p.L;
+__device__ __forceinline__ std::int64_t lxl_index(const Params& p, const Row& row, int k) {
+  return chunk_index(row, k) * p.L * p.L;
 }
 
 // Preconditions: grid (L/64, nc * L/64, BH); block (x, y) handles key tile x of the row tile y
@@ -571,21 +581,23 @@ __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
   __shared__ float sInv[kTile];
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
-  const int tiles = p.L / kTile, bh = blockIdx.z, tid = threadIdx.x;
-  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int tiles = p.L / kTile, tid = threadIdx.x;
+  const Row row = row_of(p, blockIdx.z);
+  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
+  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
   const int r0 = (blockIdx.y % tiles) * kTile, s0 = blockIdx.x * kTile;
   if (r0 >= c.Lc || s0 > r0) return;
-  const double mk = p.ms[state_index(p, bh, c.k)];
+  const double mk = p.ms[state_index(row, c.k)];
   load_rows(rows, p, c, r0, mk);
   if (tid < kTile) {
     sInv[tid] = r0 + tid < c.Lc ? 1.f / p.dhat[c.tb + r0 + tid] : 0.f;
     sU[tid] = s0 + tid < c.Lc ? p.u[c.tb + s0 + tid] : 0.0;
   }
   __syncthreads();
-  const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
-  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
-  const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
-  const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+  const T* Q = token_ptr<T>(p.q, row, c.t0, p.DQK);
+  const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
+  const T* V = token_ptr<T>(p.v, row, c.t0, p.DV);
+  const T* dH = token_ptr<T>(p.dh, row, c.t0, p.DV);
   T* sX = sAB;
   T* sY = sAB + kTile * kPadS;
 
@@ -599,9 +611,9 @@ __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
     gemm<true, false, kStep>(gr, sX, kPadS, sY, kPadS);
     __syncthreads();
   }
-  float* dA = p.dA + lxl_index(p, bh, c.k);
-  float* P = p.P + lxl_index(p, bh, c.k);
-  float* D = p.D + lxl_index(p, bh, c.k);
+  float* dA = p.dA + lxl_index(p, row, c.k);
+  float* P = p.P + lxl_index(p, row, c.k);
+  float* D = p.D + lxl_index(p, row, c.k);
 #pragma unroll
   for (int i = 0; i < kTR; ++i)
 #pragma unroll
@@ -628,18 +640,20 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float sInv[kTile];
   __shared__ RowTile rows;
-  const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
-  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, tid = threadIdx.x;
+  const Row row = row_of(p, blockIdx.z);
+  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
+  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
   const int r0 = (blockIdx.y % tiles) * kTile;
   if (r0 >= c.Lc) return;
-  const double mk = p.ms[state_index(p, bh, c.k)];
+  const double mk = p.ms[state_index(row, c.k)];
   load_rows(rows, p, c, r0, mk);
   if (tid < kTile) sInv[tid] = r0 + tid < c.Lc ? 1.f / p.dhat[c.tb + r0 + tid] : 0.f;
   __syncthreads();
-  const Split<T> C = stored_state<T>(p, bh, c.k);
-  const float* n = p.ns + state_index(p, bh, c.k) * p.DQK;
-  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
-  const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+  const Split<T> C = stored_state<T>(p, row, c.k);
+  const float* n = p.ns + state_index(row, c.k) * p.DQK;
+  const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
+  const T* dH = token_ptr<T>(p.dh, row, c.t0, p.DV);
 
   Acc acc;
   zero(acc);
@@ -662,7 +676,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
       acc[i][j] = rows.w0[tile_row(i)] * (acc[i][j] * sInv[tile_row(i)] + (d < p.DQK ? delta * n[d] : 0.f));
     }
   }
-  const float* dA = p.dA + lxl_index(p, bh, c.k);
+  const float* dA = p.dA + lxl_index(p, row, c.k);
   const Split<T> dA_T = split_at(sA, kTile * kPad);
   for (int s0 = 0; s0 <= r0; s0 += kTile) {  // dA K
     load_tile<kTile, kTile>(dA_T, dA, p.L, r0, s0, p.L, p.L);
@@ -672,7 +686,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
     else gemm<true, true, kTile>(acc, dA_T, kPad, sB, kPad);
     __syncthreads();
   }
-  T* dQ = token_ptr<T>(p.dq, p, bh, c.t0, p.DQK);
+  T* dQ = token_ptr<T>(p.dq, row, c.t0, p.DQK);
 #pragma unroll
   for (int i = 0; i < kTR; ++i)
 #pragma unroll
@@ -683,10 +697,10 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
 }
 
 // The weight of each key of a 64-key tile in the chunk's exit state, exp(g + u_s - m_next).
-__device__ __forceinline__ void load_exit_weights(float* w_last, const Params& p, const Chunk& c, int bh, int s0) {
+__device__ __forceinline__ void load_exit_weights(float* w_last, const Params& p, const Row& row, const Chunk& c, int s0) {
   if (threadIdx.x < kTile) {
     const int s = s0 + threadIdx.x;
-    const double g = p.b[c.tb + c.Lc - 1], m_next = p.ms[state_index(p, bh, c.k + 1)];
+    const double g = p.b[c.tb + c.Lc - 1], m_next = p.ms[state_index(row, c.k + 1)];
     w_last[threadIdx.x] = s < c.Lc ? weight(g + p.u[c.tb + s] - m_next) : 0.f;
   }
 }
@@ -697,17 +711,19 @@ template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile];
-  const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, bh = blockIdx.z;
-  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int tiles = p.L / kTile, d0 = blockIdx.x * kTile;
+  const Row row = row_of(p, blockIdx.z);
+  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
+  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
   const int s0 = (blockIdx.y % tiles) * kTile;
   if (s0 >= c.Lc) return;
-  load_exit_weights(w_last, p, c, bh, s0);
+  load_exit_weights(w_last, p, row, c, s0);
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
-  const float* dC = p.dCs + (static_cast<std::int64_t>(bh) * p.nc + c.k) * CS;
-  const float* dn = p.dns + (static_cast<std::int64_t>(bh) * p.nc + c.k) * p.DQK;
-  const T* Q = token_ptr<T>(p.q, p, bh, c.t0, p.DQK);
-  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
-  const T* V = token_ptr<T>(p.v, p, bh, c.t0, p.DV);
+  const float* dC = p.dCs + chunk_index(row, c.k) * CS;
+  const float* dn = p.dns + chunk_index(row, c.k) * p.DQK;
+  const T* Q = token_ptr<T>(p.q, row, c.t0, p.DQK);
+  const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
+  const T* V = token_ptr<T>(p.v, row, c.t0, p.DV);
 
   Acc acc, st;
   zero(st);
@@ -720,7 +736,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
     __syncthreads();
   }
   zero(acc);
-  const float* dA = p.dA + lxl_index(p, bh, c.k);
+  const float* dA = p.dA + lxl_index(p, row, c.k);
   const Split<T> dA_T = split_at(sA, kTile * kPad);
   for (int r0 = s0; r0 < c.Lc; r0 += kTile) {  // dAᵀ Q
     load_tile<kTile, kTile>(dA_T, dA, p.L, r0, s0, p.L, p.L);
@@ -731,7 +747,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
     else gemm<false, true, kTile>(acc, dA_T, kPad, sB, kPad);
     __syncthreads();
   }
-  T* dK = token_ptr<T>(p.dk, p, bh, c.t0, p.DQK);
+  T* dK = token_ptr<T>(p.dk, row, c.t0, p.DQK);
 #pragma unroll
   for (int i = 0; i < kTR; ++i) {
     const int si = tile_row(i), s = s0 + si;
@@ -756,15 +772,17 @@ template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile], sInv[kTile];
-  const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, bh = blockIdx.z, tid = threadIdx.x;
-  const Chunk c = chunk_of(p, blockIdx.y / tiles, bh);
+  const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, tid = threadIdx.x;
+  const Row row = row_of(p, blockIdx.z);
+  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
+  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
   const int s0 = (blockIdx.y % tiles) * kTile;
   if (s0 >= c.Lc) return;
-  load_exit_weights(w_last, p, c, bh, s0);
+  load_exit_weights(w_last, p, row, c, s0);
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
-  const float* dC = p.dCs + (static_cast<std::int64_t>(bh) * p.nc + c.k) * CS;
-  const T* K = token_ptr<T>(p.k, p, bh, c.t0, p.DQK);
-  const T* dH = token_ptr<T>(p.dh, p, bh, c.t0, p.DV);
+  const float* dC = p.dCs + chunk_index(row, c.k) * CS;
+  const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
+  const T* dH = token_ptr<T>(p.dh, row, c.t0, p.DV);
 
   Acc acc, st;
   zero(st);
@@ -777,7 +795,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
     __syncthreads();
   }
   zero(acc);
-  const float* P = p.P + lxl_index(p, bh, c.k);
+  const float* P = p.P + lxl_index(p, row, c.k);
   const Split<T> P_s = split_at(sA, kTile * kPad);  // rows of P / dhat_r
   for (int r0 = s0; r0 < c.Lc; r0 += kTile) {  // Pᵀ dnum
     if (tid < kTile) sInv[tid] = r0 + tid < c.Lc ? 1.f / p.dhat[c.tb + r0 + tid] : 0.f;
@@ -790,7 +808,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
     else gemm<false, true, kTile>(acc, P_s, kPad, sB, kPad);
     __syncthreads();
   }
-  T* dV = token_ptr<T>(p.dv, p, bh, c.t0, p.DV);
+  T* dV = token_ptr<T>(p.dv, row, c.t0, p.DV);
 #pragma unroll
   for (int i = 0; i < kTR; ++i)
 #pragma unroll
@@ -813,19 +831,22 @@ __device__ __forceinline__ bool state_is_argmax(const Params& p, const Chunk& c,
   return mk >= p.U[c.tb + r];
 }
 
-// Preconditions: one warp per row (token t of head bh); 256-thread blocks.
+// Preconditions: one warp per row of dlogD (token t of row bh: the workspace's token entry f);
+// 256-thread blocks.
 __global__ void gate_rows(Params p) {
-  const std::int64_t row = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const std::int64_t f = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  if (row >= static_cast<std::int64_t>(p.BH) * p.S) return;
-  const int bh = static_cast<int>(row / p.S), t = static_cast<int>(row % p.S);
-  const Chunk c = chunk_of(p, t / p.L, bh);
+  if (f >= p.tokens) return;
+  int bh, t;
+  token_at(p, f, bh, t);
+  const Row row = row_of(p, bh);
+  const Chunk c = chunk_of(p, row, t / p.L);
   const int r = t % p.L, last = c.Lc - 1;
-  const std::int64_t idx = static_cast<std::int64_t>(bh) * p.nc + c.k;
-  float* D = p.D + lxl_index(p, bh, c.k) + static_cast<std::int64_t>(r) * p.L;  // row r
+  const std::int64_t idx = chunk_index(row, c.k);
+  float* D = p.D + lxl_index(p, row, c.k) + static_cast<std::int64_t>(r) * p.L;  // row r
   double d0 = p.D0[c.tb + r];
   if (r == last) {
-    const double mk = p.ms[state_index(p, bh, c.k)], m_next = p.ms[state_index(p, bh, c.k + 1)];
+    const double mk = p.ms[state_index(row, c.k)], m_next = p.ms[state_index(row, c.k + 1)];
     d0 += static_cast<double>(weight(p.b[c.tb + last] + mk - m_next)) * p.dot0[idx];
     for (int s = lane; s <= r; s += 32) D[s] += p.lastrow[c.tb + s];
     __syncwarp();
@@ -839,7 +860,7 @@ __global__ void gate_rows(Params p) {
       p.last_rowsum[idx] = sum;
     } else if (p.stabilised) {
       const double adj = p.dmr[c.tb + r] - sum;
-      if (state_is_argmax(p, c, p.ms[state_index(p, bh, c.k)], r)) d0 += adj;
+      if (state_is_argmax(p, c, p.ms[state_index(row, c.k)], r)) d0 += adj;
       else D[p.argmax[c.tb + r]] += static_cast<float>(adj);
     }
     p.D0[c.tb + r] = static_cast<float>(d0);
@@ -852,23 +873,25 @@ __global__ void gate_rows(Params p) {
 __global__ void gate_chain(Params p) {
   const int bh = blockIdx.x * blockDim.x + threadIdx.x;
   if (bh >= p.BH) return;
+  const Row row = row_of(p, bh);
+  if (row.nc == 0) return;  // an empty sequence: the host hands dm on
   double dm_next = p.stabilised && p.dm_last ? p.dm_last[bh] : 0.0;
-  for (int k = p.nc - 1; k >= 0; --k) {
-    const Chunk c = chunk_of(p, k, bh);
-    const std::int64_t idx = static_cast<std::int64_t>(bh) * p.nc + k;
+  for (int k = row.nc - 1; k >= 0; --k) {
+    const Chunk c = chunk_of(p, row, k);
+    const std::int64_t idx = chunk_index(row, k);
     const int last = c.Lc - 1;
     double dm_k = 0.0;
     for (int r = 0; r < c.Lc; ++r) dm_k += p.D0[c.tb + r];
     double adj = 0.0;
     if (p.stabilised) {
       adj = p.dmr[c.tb + last] + dm_next - p.last_rowsum[idx];
-      if (state_is_argmax(p, c, p.ms[state_index(p, bh, k)], last)) dm_k += adj;
+      if (state_is_argmax(p, c, p.ms[state_index(row, k)], last)) dm_k += adj;
     }
     p.last_adj[idx] = adj;
     p.dm_chunk[idx] = dm_k;
     dm_next = p.stabilised ? dm_k : 0.0;
   }
-  if (p.dm0) p.dm0[bh] = static_cast<float>(p.dm_chunk[static_cast<std::int64_t>(bh) * p.nc]);
+  if (p.dm0) p.dm0[bh] = static_cast<float>(p.dm_chunk[chunk_index(row, 0)]);
 }
 
 // Preconditions: grid (nc, BH), 1024 threads (thread s owns column s). Column sums give digate;
@@ -876,12 +899,14 @@ __global__ void gate_chain(Params p) {
 template <class T>
 __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
   __shared__ double d0[kMaxChunk];
-  const int bh = blockIdx.y, tid = threadIdx.x;
-  const Chunk c = chunk_of(p, blockIdx.x, bh);
-  const std::int64_t idx = static_cast<std::int64_t>(bh) * p.nc + c.k;
+  const int tid = threadIdx.x;
+  const Row row = row_of(p, blockIdx.y);
+  if (static_cast<int>(blockIdx.x) >= row.nc) return;
+  const Chunk c = chunk_of(p, row, blockIdx.x);
+  const std::int64_t idx = chunk_index(row, c.k);
   const int last = c.Lc - 1;
-  float* D = p.D + lxl_index(p, bh, c.k);
-  const bool to_state = state_is_argmax(p, c, p.ms[state_index(p, bh, c.k)], last);
+  float* D = p.D + lxl_index(p, row, c.k);
+  const bool to_state = state_is_argmax(p, c, p.ms[state_index(row, c.k)], last);
   if (tid < c.Lc) d0[tid] = p.D0[c.tb + tid] + (tid == last && to_state ? p.last_adj[idx] : 0.0);
   if (tid == 0 && p.stabilised && !to_state)
     D[static_cast<std::int64_t>(last) * p.L + p.argmax[c.tb + last]] += static_cast<float>(p.last_adj[idx]);
@@ -914,10 +939,10 @@ __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
   if (tid < c.Lc) {
     double crossing = 0.0;  // Σ_{r >= p} Σ_{c <= p} dlogD(r, c), p = tid
     for (int r = tid; r < c.Lc; ++r) crossing += d0[r] + D[static_cast<std::int64_t>(r) * p.L + tid];
-    const float f = to_float(token_ptr<T>(p.fgate, p, bh, c.t0, 1)[tid]);
-    const float i = to_float(token_ptr<T>(p.igate, p, bh, c.t0, 1)[tid]);
-    token_ptr<T>(p.dfgate, p, bh, c.t0, 1)[tid] = from_float<T>(static_cast<float>(crossing) * sigmoid(-f));
-    token_ptr<T>(p.digate, p, bh, c.t0, 1)[tid] =
+    const float f = to_float(token_ptr<T>(p.fgate, row, c.t0, 1)[tid]);
+    const float i = to_float(token_ptr<T>(p.igate, row, c.t0, 1)[tid]);
+    token_ptr<T>(p.dfgate, row, c.t0, 1)[tid] = from_float<T>(static_cast<float>(crossing) * sigmoid(-f));
+    token_ptr<T>(p.digate, row, c.t0, 1)[tid] =
         from_float<T>(static_cast<float>(col) * (p.stabilised ? 1.f : sigmoid(-i)));
   }
 }
@@ -926,14 +951,13 @@ __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
 // Launchers.
 
 void add_forward_scratch(Scratch& s, Params& p) {
-  const std::int64_t tokens = static_cast<std::int64_t>(p.BH) * p.S, states = static_cast<std::int64_t>(p.BH) * (p.nc + 1);
-  s.add(p.b, tokens);
-  s.add(p.u, tokens);
-  s.add(p.U, tokens);
-  s.add(p.argmax, tokens);
-  s.add(p.Cs, states * p.DQK * p.DV);
-  s.add(p.ns, states * p.DQK);
-  s.add(p.ms, states);
+  s.add(p.b, p.tokens);
+  s.add(p.u, p.tokens);
+  s.add(p.U, p.tokens);
+  s.add(p.argmax, p.tokens);
+  s.add(p.Cs, p.states * p.DQK * p.DV);
+  s.add(p.ns, p.states * p.DQK);
+  s.add(p.ms, p.states);
 }
 
 int cdiv(int a, int b) { return (a + b - 1) / b; }
@@ -959,18 +983,23 @@ void launch_chunk_output(const Params& p, cudaStream_t stream) {
 }
 
 template <class T>
-void forward(Params p, cudaStream_t stream) {
+void forward(Params p, const Packing* packing, cudaStream_t stream) {
   Scratch scratch(stream);
+  PackedTables tables(p, p.L, packing);
+  tables.add_to(scratch);
   add_forward_scratch(scratch, p);
   scratch.allocate();
+  tables.upload(p, stream);
   forward_passes<T>(p, stream);
   launch_chunk_output<T, false>(p, stream);
 }
 
 template <class T>
-void backward(Params p, cudaStream_t stream) {
-  const std::int64_t tokens = static_cast<std::int64_t>(p.BH) * p.S, chunks = static_cast<std::int64_t>(p.BH) * p.nc;
+void backward(Params p, const Packing* packing, cudaStream_t stream) {
   Scratch scratch(stream);
+  PackedTables tables(p, p.L, packing);
+  const std::int64_t tokens = p.tokens, chunks = p.chunks;
+  tables.add_to(scratch);
   add_forward_scratch(scratch, p);
   for (float** a : {&p.den, &p.den0, &p.mrow, &p.s, &p.s0, &p.dhat, &p.delta, &p.dmr, &p.D0, &p.lastrow})
     scratch.add(*a, tokens);
@@ -979,6 +1008,7 @@ void backward(Params p, cudaStream_t stream) {
   for (double** a : {&p.dot0, &p.last_rowsum, &p.last_adj, &p.dm_chunk}) scratch.add(*a, chunks);
   for (float** a : {&p.dA, &p.P, &p.D}) scratch.add(*a, chunks * p.L * p.L);
   scratch.allocate();
+  tables.upload(p, stream);
   for (float* a : {p.s, p.s0, p.lastrow}) check_cuda(cudaMemsetAsync(a, 0, tokens * sizeof(float), stream), "memset");
   check_cuda(cudaMemsetAsync(p.dot0, 0, chunks * sizeof(double), stream), "memset");
 
@@ -1008,15 +1038,15 @@ void backward(Params p, cudaStream_t stream) {
 
 }  // namespace
 
-void run_forward(Params p, DType dtype, cudaStream_t stream) {
-  if (fused_forward_applies(dtype, p.DQK, p.DV)) return run_fused_forward(p, stream);
-  if (dtype == DType::float32) forward<float>(p, stream);
-  else forward<__nv_bfloat16>(p, stream);
+void run_forward(Params p, const Packing* packing, DType dtype, cudaStream_t stream) {
+  if (fused_forward_applies(dtype, p.DQK, p.DV)) return run_fused_forward(p, packing, stream);
+  if (dtype == DType::float32) forward<float>(p, packing, stream);
+  else forward<__nv_bfloat16>(p, packing, stream);
 }
 
-void run_backward(Params p, DType dtype, cudaStream_t stream) {
-  if (dtype == DType::float32) backward<float>(p, stream);
-  else backward<__nv_bfloat16>(p, stream);
+void run_backward(Params p, const Packing* packing, DType dtype, cudaStream_t stream) {
+  if (dtype == DType::float32) backward<float>(p, packing, stream);
+  else backward<__nv_bfloat16>(p, packing, stream);
 }
 
 }  // namespace flashlstm::cuda::mlstm::detail

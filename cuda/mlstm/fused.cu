@@ -1,6 +1,7 @@
-// The fused chunkwise mLSTM forward for bf16 inputs: one block per (head, 64 DV columns) walks the
-// sequence in chunks of 64 tokens with its slice of the state on chip, and writes only h and the
-// final state. It computes what forward_chunkwise's state and output passes compute at L = 64
+// The fused chunkwise mLSTM forward for bf16 inputs: one block per (row, 64 DV columns) walks the
+// row (one head of one sequence, rows.cuh) in chunks of 64 tokens with its slice of the state on
+// chip, and writes only h and the final state. With packed sequences the blocks take the longest
+// rows first, so that the short ones fill in behind them. It computes what forward_chunkwise's state and output passes compute at L = 64
 // (docs/mlstm.md's chunkwise form), without storing the chunk states.
 //
 // Per block: the state slice Cᵀ (64 DV rows x DQK) lives in the registers of its 8 warps for the
@@ -20,6 +21,7 @@
 // The next chunk's q, k and v arrive by cp.async (two buffers) and its gates by plain loads while
 // this one is computed. These are the operands the reference's bf16-operand chunkwise form rounds.
 #include "cuda/mlstm/params.hpp"
+#include "cuda/mlstm/rows.cuh"
 #include "cuda/mlstm/tiles.cuh"
 
 #include <cuda_runtime.h>
@@ -84,16 +86,18 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   __shared__ __align__(16) float n[kDK], n_bf16[kDK];  // n, and n rounded to bf16 (q·n's operand)
 
   const int slices = (p.DV + kSlice - 1) / kSlice;
-  const int bh = blockIdx.x / slices, c0 = (blockIdx.x % slices) * kSlice;
+  const int bh = ordered_row(p, blockIdx.x / slices), c0 = (blockIdx.x % slices) * kSlice;
+  const Row row = row_of(p, bh);  // the row's tokens: row.S from row.in0
+  if (row.S == 0) return;         // an empty sequence: the host hands its state on
   const int tid = threadIdx.x, lane = lane_id(), warp = warp_id(), g = lane / 4, q = lane % 4;
   const int r0 = 16 * (warp % 4), d0 = kHalf * (warp / 4);  // the warp's DV rows and DQK columns of Cᵀ
-  const int nc = (p.S + kChunk - 1) / kChunk;
-  const bf16* Qg = static_cast<const bf16*>(p.q) + std::int64_t(bh) * p.seq_stride * p.DQK;
-  const bf16* Kg = static_cast<const bf16*>(p.k) + std::int64_t(bh) * p.seq_stride * p.DQK;
-  const bf16* Vg = static_cast<const bf16*>(p.v) + std::int64_t(bh) * p.seq_stride * p.DV;
-  const bf16* Ig = static_cast<const bf16*>(p.igate) + std::int64_t(bh) * p.seq_stride;
-  const bf16* Fg = static_cast<const bf16*>(p.fgate) + std::int64_t(bh) * p.seq_stride;
-  bf16* Hg = static_cast<bf16*>(p.h) + std::int64_t(bh) * p.seq_stride * p.DV;
+  const int S = row.S, nc = (S + kChunk - 1) / kChunk;
+  const bf16* Qg = static_cast<const bf16*>(p.q) + row.in0 * p.DQK;
+  const bf16* Kg = static_cast<const bf16*>(p.k) + row.in0 * p.DQK;
+  const bf16* Vg = static_cast<const bf16*>(p.v) + row.in0 * p.DV;
+  const bf16* Ig = static_cast<const bf16*>(p.igate) + row.in0;
+  const bf16* Fg = static_cast<const bf16*>(p.fgate) + row.in0;
+  bf16* Hg = static_cast<bf16*>(p.h) + row.in0 * p.DV;
   const auto Q = [&](int buffer) { return reinterpret_cast<bf16*>(smem + buffer * Layout::kBuffer); };
   const auto K = [&](int buffer) { return reinterpret_cast<bf16*>(smem + buffer * Layout::kBuffer + Layout::kQ); };
   const auto V = [&](int buffer) { return reinterpret_cast<bf16*>(smem + buffer * Layout::kBuffer + 2 * Layout::kQ); };
@@ -105,7 +109,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   // the sequence zero; one commit group, empty past the last chunk.
   const auto load = [&](int k) {
     if (k < nc) {
-      const int t0 = k * kChunk, Lc = min(kChunk, p.S - t0), buffer = k % 2;
+      const int t0 = k * kChunk, Lc = min(kChunk, S - t0), buffer = k % 2;
       constexpr int kPieces = kDK / 8;  // 16-byte pieces of a Q or K row
       for (int e = tid; e < kChunk * kPieces; e += kThreads) {
         const int r = e / kPieces, d = 8 * (e % kPieces);
@@ -149,7 +153,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
       const int t = k * kChunk + 2 * lane + x;
-      const bool valid = k < nc && t < p.S;
+      const bool valid = k < nc && t < S;
       gi[x] = valid ? to_float(Ig[t]) : 0.f;
       gf[x] = valid ? to_float(Fg[t]) : 0.f;
     }
@@ -159,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   load(1);
 
   for (int k = 0; k < nc; ++k) {
-    const int t0 = k * kChunk, Lc = min(kChunk, p.S - t0), buffer = k % 2;
+    const int t0 = k * kChunk, Lc = min(kChunk, S - t0), buffer = k % 2;
     if (warp == 0) {
       // Inclusive scans over the chunk's 64 tokens, two per lane, in double.
       double lf[2], li[2];
@@ -383,7 +387,12 @@ void launch(const Params& p, cudaStream_t stream) {
 
 }  // namespace
 
-void run_fused_forward(const Params& p, cudaStream_t stream) {
+void run_fused_forward(Params p, const Packing* packing, cudaStream_t stream) {
+  Scratch scratch(stream);
+  PackedTables tables(p, kFusedChunk, packing);
+  tables.add_to(scratch);
+  scratch.allocate();
+  tables.upload(p, stream);
   if (p.DQK <= 64) launch<64>(p, stream);
   else if (p.DQK <= 128) launch<128>(p, stream);
   else launch<256>(p, stream);

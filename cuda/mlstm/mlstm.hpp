@@ -18,6 +18,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace flashlstm::cuda::mlstm {
 
@@ -85,6 +86,20 @@ int forward_chunk_size(const Inputs& x, int chunk_size);
 // chunk states; correct at every chunk size.
 void backward_chunkwise(const Inputs& x, const ConstState* initial, const OutputGrad& grad, const InputGrad& out,
                         int chunk_size, const Options& options, cudaStream_t stream);
+
+// Packed sequences of different lengths (the layout FlashAttention's and flash-linear-attention's
+// varlen kernels take): N sequences in one batch, x.dims.B = 1 and x.dims.S the total number of
+// tokens, sequence i being tokens [cu_seqlens[i], cu_seqlens[i + 1]) (N + 1 offsets on the host: 0
+// first, S last, non-decreasing; a sequence may be empty). Each sequence runs from its own initial
+// state to its own final state: `initial`, `last`, the final-state gradients and `dinitial` are
+// (N, NH, ...). No token sees another sequence, and no work is spent on padding. Results equal those
+// of running each sequence alone. The call copies the offsets to the device (it waits for the work
+// queued on `stream` before it).
+void forward_varlen(const Inputs& x, const std::vector<std::int64_t>& cu_seqlens, const ConstState* initial, void* h,
+                    const State& last, int chunk_size, const Options& options, cudaStream_t stream);
+void backward_varlen(const Inputs& x, const std::vector<std::int64_t>& cu_seqlens, const ConstState* initial,
+                     const OutputGrad& grad, const InputGrad& out, int chunk_size, const Options& options,
+                     cudaStream_t stream);
 
 // One token for B x NH heads: q, k (B, NH, DQK), v (B, NH, DV), igate, fgate (B, NH) of `dtype`;
 // `state` is read and updated in place; h (B, NH, DV) of `dtype`. x.dims.S is ignored.

@@ -7,14 +7,33 @@
 #include "cuda/mlstm/mlstm.hpp"
 
 #include <cstdint>
+#include <vector>
 
 namespace flashlstm::cuda::mlstm::detail {
 
 struct Params {
-  // Problem. Token t of head bh is at (bh * seq_stride + t) in q, k, v, h, the gates and their
-  // gradients (seq_stride >= S lets a wrapper run on a prefix of a longer sequence).
-  int BH = 0, S = 0, DQK = 0, DV = 0, L = 0, nc = 0;  // nc = number of chunks
+  // Problem: BH rows (a row is one head of one sequence), each walked in chunks of L tokens. Where a
+  // row lies in the inputs and the workspace: rows.cuh (row_of).
+  //
+  // One batch (cu_seqlens null): row bh is batch entry bh / NH, head bh mod NH; its token t is at
+  // (bh * seq_stride + t) in q, k, v, h, the gates and their gradients (seq_stride >= S lets a
+  // wrapper run on a prefix of a longer sequence); nc = ceil(S / L) chunks.
+  //
+  // Packed sequences (cu_seqlens set; N sequences in a (1, NH, S, D) batch, S the total): row
+  // bh = i * NH + h is sequence i of head h, tokens [cu_seqlens[i], cu_seqlens[i + 1]) of head h;
+  // chunk_offsets[i] counts the chunks of the sequences before i; nc is the most chunks of any
+  // sequence (grids have nc chunk slots per row; a row's slots beyond its own chunks return).
+  // States (initial, final and their gradients) are (N, NH, ...): row bh's is entry bh either way.
+  int BH = 0, S = 0, DQK = 0, DV = 0, L = 0, nc = 0;
   std::int64_t seq_stride = 0;
+  const std::int64_t* cu_seqlens = nullptr;     // (N + 1) on the device
+  const std::int64_t* chunk_offsets = nullptr;  // (N + 1) on the device
+  const std::int64_t* row_order = nullptr;      // (BH): the rows by decreasing length, for the kernels
+                                                // that walk a whole row (null: in order)
+  int N = 0, NH = 0;
+  std::int64_t total_chunks = 0;  // packed: the sequences' chunks
+  // Workspace entries: per token, per chunk, per chunk state (each row's nc + 1).
+  std::int64_t tokens = 0, chunks = 0, states = 0;
   float scale = 1.f, eps = 0.f;
   bool stabilised = true, normalizes = true;
 
@@ -56,6 +75,44 @@ struct Params {
 // Fill in the problem part of Params from checked arguments.
 Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, const Options& options);
 
+// Packed sequences on the host: the offsets, and the tables the kernels read (chunk offsets at the
+// launch's chunk size, the row order), staged in one buffer that a launcher copies into its scratch.
+struct Packing {
+  std::vector<std::int64_t> cu_seqlens;  // N + 1, checked
+
+  std::int64_t N() const { return static_cast<std::int64_t>(cu_seqlens.size()) - 1; }
+  std::int64_t length(std::int64_t i) const { return cu_seqlens[i + 1] - cu_seqlens[i]; }
+};
+
+// Sets L and everything that depends on it: nc, the packed tables' sizes (p.N, p.total_chunks) and
+// the workspace sizes. Returns the host tables for packed sequences (cu_seqlens, chunk_offsets,
+// row_order, 3N + 2 + BH entries; empty for one batch), which place_tables puts on the device.
+std::vector<std::int64_t> set_chunk_size(Params& p, int L, const Packing* packing);
+// Points p's table pointers into `device` (host tables already copied there).
+void place_tables(Params& p, const std::int64_t* device);
+
+// A launch's packed tables in its scratch memory: sets the chunk size when made, is added to the
+// scratch before it is allocated and uploaded after (the copy from pageable memory returns once the
+// tables are staged, so the host buffer may go).
+class PackedTables {
+ public:
+  PackedTables(Params& p, int L, const Packing* packing) : host_(set_chunk_size(p, L, packing)) {}
+  void add_to(Scratch& s) {
+    if (!host_.empty()) s.add(device_, static_cast<std::int64_t>(host_.size()));
+  }
+  void upload(Params& p, cudaStream_t stream) const {
+    if (host_.empty()) return;
+    check_cuda(cudaMemcpyAsync(device_, host_.data(), host_.size() * sizeof(std::int64_t), cudaMemcpyHostToDevice,
+                               stream),
+               "packed sequence tables");
+    place_tables(p, device_);
+  }
+
+ private:
+  std::vector<std::int64_t> host_;
+  std::int64_t* device_ = nullptr;
+};
+
 // Where the fused forward (fused.cu, 64-token chunks) runs instead of the state and output passes:
 // bf16 inputs, DQK <= 256, DQK and DV multiples of 8 (16-byte rows).
 constexpr int kFusedChunk = 64;
@@ -64,9 +121,10 @@ inline bool fused_forward_applies(DType dtype, std::int64_t DQK, std::int64_t DV
 }
 
 // Implemented in chunkwise.cu / step.cu / fused.cu; arguments already checked.
-void run_forward(Params p, DType dtype, cudaStream_t stream);
-void run_fused_forward(const Params& p, cudaStream_t stream);
-void run_backward(Params p, DType dtype, cudaStream_t stream);
+// `packing` null: one batch.
+void run_forward(Params p, const Packing* packing, DType dtype, cudaStream_t stream);
+void run_fused_forward(Params p, const Packing* packing, cudaStream_t stream);
+void run_backward(Params p, const Packing* packing, DType dtype, cudaStream_t stream);
 void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_stride, std::int64_t token,
               const Options& options, cudaStream_t stream);
 

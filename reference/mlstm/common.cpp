@@ -9,7 +9,8 @@ std::string Form::name() const {
   switch (kind) {
     case recurrent: return "recurrent";
     case parallel: return "parallel";
-    case chunkwise: return fmt::format("chunkwise(L={})", chunk_size);
+    case chunkwise:
+      return fmt::format("chunkwise(L={}{})", chunk_size, operands == Operands::bf16 ? ", bf16 operands" : "");
   }
   return "?";
 }
@@ -19,7 +20,7 @@ Output<T> forward(const Inputs<T>& x, const OptionalState<T>& initial, const For
   switch (form.kind) {
     case Form::recurrent: return forward_recurrent(x, initial, options);
     case Form::parallel: return forward_parallel(x, initial, options);
-    case Form::chunkwise: return forward_chunkwise(x, initial, form.chunk_size, options);
+    case Form::chunkwise: return forward_chunkwise(x, initial, form.chunk_size, options, form.operands);
   }
   throw Error("form: unknown kind");
 }
@@ -30,7 +31,7 @@ InputGrad<T> backward(const Inputs<T>& x, const OptionalState<T>& initial, const
   switch (form.kind) {
     case Form::recurrent: return backward_recurrent(x, initial, grad, options);
     case Form::parallel: return backward_parallel(x, initial, grad, options);
-    case Form::chunkwise: return backward_chunkwise(x, initial, grad, form.chunk_size, options);
+    case Form::chunkwise: return backward_chunkwise(x, initial, grad, form.chunk_size, options, form.operands);
   }
   throw Error("form: unknown kind");
 }

@@ -108,9 +108,10 @@ xt::xtensor<T, 3> step(ConstView<T, 3> q, ConstView<T, 3> k, ConstView<T, 3> v, 
 // A sequence form chosen at run time: what tests and `flashlstm validate` loop over.
 struct Form {
   enum Kind { recurrent, parallel, chunkwise } kind = recurrent;
-  index_t chunk_size = 0;  // chunkwise only
+  index_t chunk_size = 0;                // chunkwise only
+  Operands operands = Operands::exact;  // chunkwise only
 
-  std::string name() const;  // "recurrent", "parallel", "chunkwise(L=64)"
+  std::string name() const;  // "recurrent", "parallel", "chunkwise(L=64)", "chunkwise(L=64, bf16 operands)"
 };
 
 template <class T>

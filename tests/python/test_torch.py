@@ -59,10 +59,73 @@ def test_mlstm_gradcheck(variant, form):
 def test_mlstm_without_state_and_opcheck():
     x, _ = mlstm_inputs(state=False)
     assert torch.autograd.gradcheck(lambda *a: ft.mlstm(*a, form="parallel").h, tuple(x), eps=1e-6, atol=1e-7)
-    args = (*x, None, None, None, "chunkwise", 4, "exp", True, 1e-6)
+    args = (*x, None, None, None, "chunkwise", 4, "exp", True, 1e-6, None)
     torch.library.opcheck(torch.ops.flashlstm.mlstm_forward.default, args)
     y, initial = mlstm_inputs()
-    torch.library.opcheck(torch.ops.flashlstm.mlstm_forward.default, (*y, *initial, "parallel", 0, "sig", True, 1e-6))
+    torch.library.opcheck(torch.ops.flashlstm.mlstm_forward.default,
+                          (*y, *initial, "parallel", 0, "sig", True, 1e-6, None))
+
+
+# Packed sequences: lengths 3, 0 (an empty one) and 4 in one (1, NH, 7, D) batch.
+PACKED = [0, 3, 3, 7]
+
+
+def packed_inputs(device="cpu", dtype=torch.float64, S=7, cu=PACKED, DQK=3, DV=2, seed=4):
+    x, _ = mlstm_inputs(S=S, DQK=DQK, DV=DV, dtype=dtype, device=device, state=False, seed=seed)
+    N = len(cu) - 1
+    _, initial = mlstm_inputs(B=N, S=1, DQK=DQK, DV=DV, dtype=dtype, device=device, state=True, seed=seed + 1)
+    return x, initial
+
+
+def each_alone(x, initial, cu, **options):
+    """h and the final states of running each packed sequence on its own (the empty one hands its
+    initial state on)."""
+    hs, last = [], []
+    for i in range(len(cu) - 1):
+        own = tuple(t[i:i + 1] for t in initial)
+        if cu[i] == cu[i + 1]:
+            last.append(own)
+            continue
+        out = ft.mlstm(*(t[:, :, cu[i]:cu[i + 1]] for t in x), own, **options)
+        hs.append(out.h)
+        last.append(tuple(out.last))
+    return torch.cat(hs, dim=2), tuple(torch.cat([s[j] for s in last]) for j in range(3))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VIDS)
+def test_mlstm_packed_sequences_equal_each_alone_with_gradients(variant):
+    x, initial = packed_inputs()
+    packed = ft.mlstm(*x, initial, form="chunkwise", chunk_size=2, cu_seqlens=torch.tensor(PACKED), **variant)
+    h, last = each_alone(x, initial, PACKED, form="chunkwise", chunk_size=2, **variant)
+    assert packed.last.C.shape == (3, 2, 3, 2)
+    torch.testing.assert_close(packed.h, h, rtol=1e-13, atol=1e-13)
+    for a, b in zip(packed.last, last):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+    def f(*a):
+        out = ft.mlstm(*a[:5], a[5:], form="parallel", cu_seqlens=PACKED, **variant)
+        return out.h, *out.last
+
+    assert torch.autograd.gradcheck(f, (*x, *initial), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_mlstm_packed_sequences_opcheck_compile_and_bad_offsets():
+    x, initial = packed_inputs()
+    torch.library.opcheck(torch.ops.flashlstm.mlstm_forward.default,
+                          (*x, *initial, "chunkwise", 2, "exp", True, 1e-6, PACKED))
+
+    def loss(*a):
+        out = ft.mlstm(*a[:5], a[5:], form="chunkwise", chunk_size=2, cu_seqlens=PACKED)
+        return out.h.square().sum() + out.last.C.sum()
+
+    args = (*x, *initial)
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    for a, b in zip(torch.autograd.grad(loss(*args), args), torch.autograd.grad(compiled(*args), args)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="cu_seqlens: expected a 1-D integer tensor"):
+        ft.mlstm(*x, initial, cu_seqlens=torch.tensor([0.0, 7.0]))
+    with pytest.raises(ValueError, match="cu_seqlens: must end at the number of tokens 7"):
+        ft.mlstm(*x, initial, cu_seqlens=[0, 3, 6])
 
 
 def test_mlstm_under_torch_compile():
@@ -354,6 +417,26 @@ def test_cuda_errors():
         fl.mlstm.forward_chunkwise(*(t.detach() for t in x), chunk_size=100)
     with pytest.raises(ValueError, match="k: expected dtype float32, got bfloat16"):
         fl.mlstm.forward_chunkwise(x[0].detach(), x[1].detach().bfloat16(), *(t.detach() for t in x[2:]))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_cuda_packed_sequences_equal_each_alone(dtype):
+    """The kernels on packed sequences (offsets as a CUDA tensor; lengths across the chunk size, one
+    empty) against the same kernels on each sequence alone, outputs and every gradient."""
+    cu = [0, 130, 131, 131, 195, 395]
+    x, initial = packed_inputs(device="cuda", dtype=dtype, S=cu[-1], cu=cu, DQK=48, DV=96)
+    packed = ft.mlstm(*x, initial, chunk_size=64, cu_seqlens=torch.tensor(cu, device="cuda", dtype=torch.int32))
+    h, last = each_alone(x, initial, cu, chunk_size=64)
+    leaves = [*x, *initial]
+    weights = [torch.randn_like(t) for t in (h, *last)]
+    loss = lambda out: sum((a.float() * w.float()).sum() for a, w in zip(out, weights))  # noqa: E731
+    g_packed = torch.autograd.grad(loss((packed.h, *packed.last)), leaves)
+    g_alone = torch.autograd.grad(loss((h, *last)), leaves)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    names = ["h", "C", "n", "m", "dq", "dk", "dv", "digate", "dfgate", "dC0", "dn0", "dm0"]
+    for name, a, b in zip(names, (packed.h, *packed.last, *g_packed), (h, *last, *g_alone)):
+        assert rel(a.double().cpu().numpy(), b.double().cpu().numpy()) < tol, name
 
 
 @needs_gpu

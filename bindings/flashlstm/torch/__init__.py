@@ -14,7 +14,8 @@ the current stream. Gradients are the library's exact backward, registered as op
 
 # No `from __future__ import annotations` here: torch.library infers each op's schema from its
 # annotations, which must be real types.
-from typing import Any, NamedTuple, Optional, Tuple
+import numbers
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -66,8 +67,9 @@ class MlstmOutput(NamedTuple):
 @torch.library.custom_op("flashlstm::mlstm_forward", mutates_args=())
 def _mlstm_forward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, C0: Optional[Tensor],
                    n0: Optional[Tensor], m0: Optional[Tensor], form: str, chunk_size: int, input_gate: str,
-                   normalize: bool, eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps)
+                   normalize: bool, eps: float, cu_seqlens: Optional[List[int]]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps,
+                   cu_seqlens=cu_seqlens)
     if q.is_cuda:
         initial = None if C0 is None else _mlstm.State(_dev(C0), _dev(n0), _dev(m0))
         out = _mlstm.forward(*(_dev(x) for x in (q, k, v, igate, fgate)), initial, **options)
@@ -79,20 +81,22 @@ def _mlstm_forward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor
 
 
 @_mlstm_forward.register_fake
-def _(q, k, v, igate, fgate, C0, n0, m0, form, chunk_size, input_gate, normalize, eps):
+def _(q, k, v, igate, fgate, C0, n0, m0, form, chunk_size, input_gate, normalize, eps, cu_seqlens):
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1  # the final states' batch
     state = torch.float32 if q.is_cuda else q.dtype
-    return (v.new_empty((B, NH, S, DV)), q.new_empty((B, NH, DQK, DV), dtype=state),
-            q.new_empty((B, NH, DQK), dtype=state), q.new_empty((B, NH), dtype=state))
+    return (v.new_empty((B, NH, S, DV)), q.new_empty((N, NH, DQK, DV), dtype=state),
+            q.new_empty((N, NH, DQK), dtype=state), q.new_empty((N, NH), dtype=state))
 
 
 @torch.library.custom_op("flashlstm::mlstm_backward", mutates_args=())
 def _mlstm_backward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, C0: Optional[Tensor],
                     n0: Optional[Tensor], m0: Optional[Tensor], dh: Tensor, dC_last: Tensor, dn_last: Tensor,
-                    dm_last: Tensor, form: str, chunk_size: int, input_gate: str, normalize: bool,
-                    eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps)
+                    dm_last: Tensor, form: str, chunk_size: int, input_gate: str, normalize: bool, eps: float,
+                    cu_seqlens: Optional[List[int]]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    options = dict(form=form, chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps,
+                   cu_seqlens=cu_seqlens)
     if q.is_cuda:
         initial = None if C0 is None else _mlstm.State(_dev(C0), _dev(n0), _dev(m0))
         g = _mlstm.backward(*(_dev(x) for x in (q, k, v, igate, fgate, dh)), initial, dC_last=_dev(dC_last),
@@ -108,7 +112,8 @@ def _mlstm_backward(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tenso
 
 
 @_mlstm_backward.register_fake
-def _(q, k, v, igate, fgate, C0, n0, m0, dh, dC_last, dn_last, dm_last, form, chunk_size, input_gate, normalize, eps):
+def _(q, k, v, igate, fgate, C0, n0, m0, dh, dC_last, dn_last, dm_last, form, chunk_size, input_gate, normalize, eps,
+      cu_seqlens):
     dinitial = ((torch.empty_like(C0), torch.empty_like(n0), torch.empty_like(m0)) if C0 is not None
                 else tuple(_absent(q) for _ in range(3)))
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(igate),
@@ -126,7 +131,7 @@ def _mlstm_grad(ctx, dh, dC, dn, dm):
     dq, dk, dv, di, df, dC0, dn0, dm0 = _mlstm_backward(q, k, v, igate, fgate, C0, n0, m0, dh, dC, dn, dm,
                                                         *ctx.options)
     dinitial = (dC0, dn0, dm0) if C0 is not None else (None, None, None)
-    return dq, dk, dv, di, df, *dinitial, None, None, None, None, None
+    return dq, dk, dv, di, df, *dinitial, None, None, None, None, None, None
 
 
 _mlstm_forward.register_autograd(_mlstm_grad, setup_context=_mlstm_setup)
@@ -134,13 +139,31 @@ _mlstm_forward.register_autograd(_mlstm_grad, setup_context=_mlstm_setup)
 
 def mlstm(q: Tensor, k: Tensor, v: Tensor, igate: Tensor, fgate: Tensor, initial: Optional[Any] = None, *,
           form: str = "chunkwise", chunk_size: int = 64, input_gate: str = "exp", normalize: bool = True,
-          eps: float = 1e-6) -> MlstmOutput:
+          eps: float = 1e-6, cu_seqlens: Optional[Any] = None) -> MlstmOutput:
     """The mLSTM as a differentiable torch op: h (B, NH, S, DV) and the final state (C, n, m);
     gradients reach q, k, v, igate, fgate and the initial state (C, n, m) when given. Arguments as in
-    flashlstm.mlstm.forward."""
+    flashlstm.mlstm.forward; ``cu_seqlens`` (a list or an integer tensor of N + 1 offsets, on any
+    device) packs N sequences into one (1, NH, total, D) batch, the states then being (N, NH, ...)."""
     C0, n0, m0 = initial if initial is not None else (None, None, None)
-    h, C, n, m = _mlstm_forward(q, k, v, igate, fgate, C0, n0, m0, form, chunk_size, input_gate, normalize, eps)
+    h, C, n, m = _mlstm_forward(q, k, v, igate, fgate, C0, n0, m0, form, chunk_size, input_gate, normalize, eps,
+                                _offset_list(cu_seqlens))
     return MlstmOutput(h, _mlstm.State(C, n, m))
+
+
+def _offset_list(cu_seqlens: Optional[Any]) -> Optional[List[int]]:
+    """Packed-sequence offsets as Python integers (the ops take them on the host); None stays None."""
+    if cu_seqlens is None:
+        return None
+    if isinstance(cu_seqlens, Tensor):
+        if cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool:
+            raise ValueError(f"cu_seqlens: expected a 1-D integer tensor, got {cu_seqlens.dtype} with shape "
+                             f"{tuple(cu_seqlens.shape)}")
+        return [int(c) for c in cu_seqlens.tolist()]
+    if isinstance(cu_seqlens, (list, tuple)):  # plain Python, which torch.compile traces
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in cu_seqlens):
+            raise ValueError(f"cu_seqlens: expected integer offsets, got {list(cu_seqlens)}")
+        return [int(c) for c in cu_seqlens]
+    return _mlstm._offsets(cu_seqlens)
 
 
 # sLSTM / LSTM ------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+// Where a row of the chunkwise mLSTM (one head of one sequence: Params) lies in the inputs and in
+// the workspace, for one batch and for packed sequences alike, so that every kernel indexes through
+// the same four offsets and never asks which layout it runs on.
+#pragma once
+
+#include "cuda/mlstm/params.hpp"
+
+#include <cstdint>
+
+namespace flashlstm::cuda::mlstm::detail {
+
+struct Row {
+  std::int64_t in0;     // its token 0 in q, k, v, h, the gates and their gradients (in tokens)
+  std::int64_t tb0;     // its token 0 in the per-token workspace
+  std::int64_t chunk0;  // its chunk 0 in the per-chunk workspace
+  std::int64_t state0;  // the state entering its chunk 0 in the per-state workspace (nc + 1 entries)
+  int S, nc;            // its tokens and its chunks of L tokens
+};
+
+__device__ __forceinline__ Row row_of(const Params& p, int bh) {
+  if (!p.cu_seqlens) {
+    const std::int64_t r = bh;
+    return {r * p.seq_stride, r * p.S, r * p.nc, r * (p.nc + 1), p.S, p.nc};
+  }
+  const int i = bh / p.NH, h = bh % p.NH;
+  const std::int64_t t0 = p.cu_seqlens[i], c0 = p.chunk_offsets[i];
+  return {h * p.seq_stride + t0,
+          h * static_cast<std::int64_t>(p.S) + t0,
+          h * p.total_chunks + c0,
+          h * (p.total_chunks + p.N) + c0 + i,
+          static_cast<int>(p.cu_seqlens[i + 1] - t0),
+          static_cast<int>(p.chunk_offsets[i + 1] - c0)};
+}
+
+// The row a block that walks a whole row takes: the longest rows first where Params orders them.
+__device__ __forceinline__ int ordered_row(const Params& p, int block) {
+  return p.row_order ? static_cast<int>(p.row_order[block]) : block;
+}
+
+// The row of entry f of the per-token workspace and the token's index in it.
+__device__ __forceinline__ void token_at(const Params& p, std::int64_t f, int& bh, int& t) {
+  if (!p.cu_seqlens) {
+    bh = static_cast<int>(f / p.S), t = static_cast<int>(f % p.S);
+    return;
+  }
+  const int h = static_cast<int>(f / p.S);
+  const std::int64_t g = f % p.S;
+  // The sequence holding token g: the last i < N with cu_seqlens[i] <= g (an empty sequence
+  // shares its offset with the next one, which then wins).
+  int lo = 0, hi = p.N - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (p.cu_seqlens[mid] <= g) lo = mid;
+    else hi = mid - 1;
+  }
+  bh = lo * p.NH + h, t = static_cast<int>(g - p.cu_seqlens[lo]);
+}
+
+}  // namespace flashlstm::cuda::mlstm::detail
