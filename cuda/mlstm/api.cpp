@@ -1,5 +1,5 @@
 // The host API of the CUDA mLSTM (cuda/mlstm/mlstm.hpp): argument checks with errors that name the
-// argument, then the launchers in chunkwise.cu and step.cu.
+// argument, the packed tables, and the choice of kernels (params.hpp).
 #include "core/error.hpp"
 #include "cuda/arguments.hpp"
 #include "cuda/mlstm/params.hpp"
@@ -157,6 +157,17 @@ void place_tables(Params& p, const std::int64_t* device) {
   p.cu_seqlens = device;
   p.chunk_offsets = device + (p.N + 1);
   p.row_order = device + 2 * (p.N + 1);
+}
+
+void run_forward(Params p, const Packing* packing, DType dtype, cudaStream_t stream) {
+  if (fused_forward_applies(dtype, p.DQK, p.DV)) return run_fused_forward(p, packing, stream);
+  if (dtype == DType::float32) forward_float32(p, packing, stream);
+  else forward_bf16(p, packing, stream);
+}
+
+void run_backward(Params p, const Packing* packing, DType dtype, cudaStream_t stream) {
+  if (dtype == DType::float32) backward_float32(p, packing, stream);
+  else backward_bf16(p, packing, stream);
 }
 
 }  // namespace detail

@@ -120,11 +120,17 @@ inline bool fused_forward_applies(DType dtype, std::int64_t DQK, std::int64_t DV
   return dtype == DType::bfloat16 && DQK <= 256 && DQK % 8 == 0 && DV % 8 == 0;
 }
 
-// Implemented in chunkwise.cu / step.cu / fused.cu; arguments already checked.
-// `packing` null: one batch.
+// Arguments already checked; `packing` null: one batch. run_forward and run_backward (api.cpp) pick
+// the kernels: the fused forward (fused.cu) where it applies, else the two-pass kernels of the input
+// type (chunkwise_float32.cu, chunkwise_bf16.cu).
 void run_forward(Params p, const Packing* packing, DType dtype, cudaStream_t stream);
-void run_fused_forward(Params p, const Packing* packing, cudaStream_t stream);
 void run_backward(Params p, const Packing* packing, DType dtype, cudaStream_t stream);
+void run_fused_forward(Params p, const Packing* packing, cudaStream_t stream);
+void forward_float32(Params p, const Packing* packing, cudaStream_t stream);
+void forward_bf16(Params p, const Packing* packing, cudaStream_t stream);
+void backward_float32(Params p, const Packing* packing, cudaStream_t stream);
+void backward_bf16(Params p, const Packing* packing, cudaStream_t stream);
+// step.cu
 void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_stride, std::int64_t token,
               const Options& options, cudaStream_t stream);
 

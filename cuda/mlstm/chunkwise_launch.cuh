@@ -1,0 +1,98 @@
+// The chunkwise forward and backward on the host: scratch memory, the packed tables, and the order
+// of the launches. Included by one translation unit per input type.
+#pragma once
+
+#include "cuda/mlstm/chunkwise_backward.cuh"
+#include "cuda/mlstm/chunkwise_forward.cuh"
+
+namespace flashlstm::cuda::mlstm::detail {
+namespace {
+
+void add_forward_scratch(Scratch& s, Params& p) {
+  s.add(p.b, p.tokens);
+  s.add(p.u, p.tokens);
+  s.add(p.U, p.tokens);
+  s.add(p.argmax, p.tokens);
+  s.add(p.Cs, p.states * p.DQK * p.DV);
+  s.add(p.ns, p.states * p.DQK);
+  s.add(p.ms, p.states);
+}
+
+inline int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+template <class T>
+void forward_passes(const Params& p, cudaStream_t stream) {
+  gate_prep<T><<<cdiv(p.BH * p.nc, 128), 128, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_prep");
+  const auto bytes = static_cast<int>(StatePassSmem<T>::bytes);
+  check_cuda(cudaFuncSetAttribute(state_pass<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             "state_pass shared memory");
+  state_pass<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, bytes, stream>>>(p);
+  check_cuda(cudaGetLastError(), "state_pass");
+}
+
+template <class T, bool kStats>
+void launch_chunk_output(const Params& p, cudaStream_t stream) {
+  const auto bytes = static_cast<int>(OutputSmem<T>::bytes);
+  check_cuda(cudaFuncSetAttribute(chunk_output<T, kStats>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             "chunk_output shared memory");
+  chunk_output<T, kStats><<<dim3(cdiv(p.DV, kOutCols), p.nc * (p.L / kTile), p.BH), kThreads, bytes, stream>>>(p);
+  check_cuda(cudaGetLastError(), kStats ? "chunk_output (statistics)" : "chunk_output");
+}
+
+template <class T>
+void forward(Params p, const Packing* packing, cudaStream_t stream) {
+  Scratch scratch(stream);
+  PackedTables tables(p, p.L, packing);
+  tables.add_to(scratch);
+  add_forward_scratch(scratch, p);
+  scratch.allocate();
+  tables.upload(p, stream);
+  forward_passes<T>(p, stream);
+  launch_chunk_output<T, false>(p, stream);
+}
+
+template <class T>
+void backward(Params p, const Packing* packing, cudaStream_t stream) {
+  Scratch scratch(stream);
+  PackedTables tables(p, p.L, packing);
+  const std::int64_t tokens = p.tokens, chunks = p.chunks;
+  tables.add_to(scratch);
+  add_forward_scratch(scratch, p);
+  for (float** a : {&p.den, &p.den0, &p.mrow, &p.s, &p.s0, &p.dhat, &p.delta, &p.dmr, &p.D0, &p.lastrow})
+    scratch.add(*a, tokens);
+  scratch.add(p.dCs, chunks * p.DQK * p.DV);
+  scratch.add(p.dns, chunks * p.DQK);
+  for (double** a : {&p.dot0, &p.last_rowsum, &p.last_adj, &p.dm_chunk}) scratch.add(*a, chunks);
+  for (float** a : {&p.dA, &p.P, &p.D}) scratch.add(*a, chunks * p.L * p.L);
+  scratch.allocate();
+  tables.upload(p, stream);
+  for (float* a : {p.s, p.s0, p.lastrow}) check_cuda(cudaMemsetAsync(a, 0, tokens * sizeof(float), stream), "memset");
+  check_cuda(cudaMemsetAsync(p.dot0, 0, chunks * sizeof(double), stream), "memset");
+
+  p.C_last = p.n_last = p.m_last = nullptr;
+  forward_passes<T>(p, stream);
+  const dim3 dv_rows(cdiv(p.DV, kTile), p.nc * (p.L / kTile), p.BH), dqk_rows(cdiv(p.DQK, kTile), p.nc * (p.L / kTile), p.BH);
+  launch_chunk_output<T, true>(p, stream);
+  readout_grad<<<static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "readout_grad");
+  state_pass_reverse<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "state_pass_reverse");
+  intra_grad<T><<<dim3(p.L / kTile, p.nc * (p.L / kTile), p.BH), kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "intra_grad");
+  grad_q<T><<<dqk_rows, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "grad_q");
+  grad_k<T><<<dqk_rows, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "grad_k");
+  grad_v<T><<<dv_rows, kThreads, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "grad_v");
+  gate_rows<<<static_cast<unsigned>((tokens * 32 + 255) / 256), 256, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_rows");
+  gate_chain<<<cdiv(p.BH, 128), 128, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_chain");
+  gate_cols<T><<<dim3(p.nc, p.BH), kMaxChunk, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "gate_cols");
+}
+
+}  // namespace
+}  // namespace flashlstm::cuda::mlstm::detail
