@@ -119,6 +119,17 @@ Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, c
   return p;
 }
 
+namespace {
+
+// The chunk-parallel grids' planes: as wide as a grid's y dimension allows with up to 16 row tiles
+// a chunk (L = 1024).
+void set_chunk_planes(Params& p) {
+  p.chunk_stride = static_cast<int>(std::min<std::int64_t>(p.chunks, 65535 / 16));
+  p.chunk_planes = static_cast<int>((p.chunks + p.chunk_stride - 1) / p.chunk_stride);
+}
+
+}  // namespace
+
 std::vector<std::int64_t> set_chunk_size(Params& p, int L, const Packing* packing) {
   p.L = L;
   if (!packing) {
@@ -126,6 +137,7 @@ std::vector<std::int64_t> set_chunk_size(Params& p, int L, const Packing* packin
     p.tokens = static_cast<std::int64_t>(p.BH) * p.S;
     p.chunks = static_cast<std::int64_t>(p.BH) * p.nc;
     p.states = static_cast<std::int64_t>(p.BH) * (p.nc + 1);
+    set_chunk_planes(p);
     return {};
   }
   const std::int64_t N = packing->N();
@@ -150,6 +162,7 @@ std::vector<std::int64_t> set_chunk_size(Params& p, int L, const Packing* packin
   p.tokens = static_cast<std::int64_t>(p.NH) * p.S;
   p.chunks = p.NH * p.total_chunks;
   p.states = p.NH * (p.total_chunks + N);
+  set_chunk_planes(p);
   return tables;
 }
 

@@ -127,8 +127,8 @@ __device__ __forceinline__ std::int64_t lxl_index(const Params& p, const Row& ro
   return chunk_index(row, k) * p.L * p.L;
 }
 
-// Preconditions: grid (L/64, nc * L/64, BH); block (x, y) handles key tile x of the row tile y
-// (skipped above the diagonal). Writes dA = W ∘ G with G = dnum Vᵀ + delta, P = A ∘ W and
+// Preconditions: grid (L/64, chunk_stride · L/64, chunk_planes); block (x, y) handles key tile x of
+// the row tile y mod L/64 (skipped above the diagonal). Writes dA = W ∘ G with G = dnum Vᵀ + delta, P = A ∘ W and
 // D = P ∘ G, zero where masked.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
@@ -137,9 +137,10 @@ __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
   const int tiles = p.L / kTile, tid = threadIdx.x;
-  const Row row = row_of(p, blockIdx.z);
-  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
-  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
+  Row row;
+  int k;
+  if (!chunk_slot(p, blockIdx.z, blockIdx.y / tiles, row, k)) return;
+  const Chunk c = chunk_of(p, row, k);
   const int r0 = (blockIdx.y % tiles) * kTile, s0 = blockIdx.x * kTile;
   if (r0 >= c.Lc || s0 > r0) return;
   const double mk = p.ms[state_index(row, c.k)];
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
     }
 }
 
-// Preconditions: grid (ceil(DQK/64), nc * L/64, BH).
+// Preconditions: grid (ceil(DQK/64), chunk_stride · L/64, chunk_planes).
 // dq = scale·(dA K + w0 ∘ (dnum Cᵀ + delta nᵀ)).
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
@@ -196,9 +197,10 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
   __shared__ float sInv[kTile];
   __shared__ RowTile rows;
   const int tiles = p.L / kTile, d0 = blockIdx.x * kTile, tid = threadIdx.x;
-  const Row row = row_of(p, blockIdx.z);
-  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
-  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
+  Row row;
+  int k;
+  if (!chunk_slot(p, blockIdx.z, blockIdx.y / tiles, row, k)) return;
+  const Chunk c = chunk_of(p, row, k);
   const int r0 = (blockIdx.y % tiles) * kTile;
   if (r0 >= c.Lc) return;
   const double mk = p.ms[state_index(row, c.k)];
@@ -260,16 +262,17 @@ __device__ __forceinline__ void load_exit_weights(float* w_last, const Params& p
   }
 }
 
-// Preconditions: grid (ceil(DQK/64), nc * L/64, BH); block y is a key tile.
+// Preconditions: grid (ceil(DQK/64), chunk_stride · L/64, chunk_planes); block y is a key tile.
 // dk = scale·dAᵀ Q + w_last ∘ (V dCᵀ + dnᵀ); also the last row's entries of dlogD.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile];
   const int tiles = p.L / kTile, d0 = blockIdx.x * kTile;
-  const Row row = row_of(p, blockIdx.z);
-  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
-  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
+  Row row;
+  int k;
+  if (!chunk_slot(p, blockIdx.z, blockIdx.y / tiles, row, k)) return;
+  const Chunk c = chunk_of(p, row, k);
   const int s0 = (blockIdx.y % tiles) * kTile;
   if (s0 >= c.Lc) return;
   load_exit_weights(w_last, p, row, c, s0);
@@ -321,16 +324,17 @@ __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
   }
 }
 
-// Preconditions: grid (ceil(DV/64), nc * L/64, BH); block y is a key tile.
+// Preconditions: grid (ceil(DV/64), chunk_stride · L/64, chunk_planes); block y is a key tile.
 // dv = Pᵀ dnum + w_last ∘ (K dC).
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile], sInv[kTile];
   const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, tid = threadIdx.x;
-  const Row row = row_of(p, blockIdx.z);
-  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
-  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
+  Row row;
+  int k;
+  if (!chunk_slot(p, blockIdx.z, blockIdx.y / tiles, row, k)) return;
+  const Chunk c = chunk_of(p, row, k);
   const int s0 = (blockIdx.y % tiles) * kTile;
   if (s0 >= c.Lc) return;
   load_exit_weights(w_last, p, row, c, s0);
@@ -450,15 +454,16 @@ __global__ void gate_chain(Params p) {
   if (p.dm0) p.dm0[bh] = static_cast<float>(p.dm_chunk[chunk_index(row, 0)]);
 }
 
-// Preconditions: grid (nc, BH), 1024 threads (thread s owns column s). Column sums give digate;
+// Preconditions: grid (chunk_stride, chunk_planes), 1024 threads (thread s owns column s). Column sums give digate;
 // the rows, turned into exclusive prefix sums, give dfgate.
 template <class T>
 __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
   __shared__ double d0[kMaxChunk];
   const int tid = threadIdx.x;
-  const Row row = row_of(p, blockIdx.y);
-  if (static_cast<int>(blockIdx.x) >= row.nc) return;
-  const Chunk c = chunk_of(p, row, blockIdx.x);
+  Row row;
+  int k;
+  if (!chunk_slot(p, blockIdx.y, blockIdx.x, row, k)) return;
+  const Chunk c = chunk_of(p, row, k);
   const std::int64_t idx = chunk_index(row, c.k);
   const int last = c.Lc - 1;
   float* D = p.D + lxl_index(p, row, c.k);

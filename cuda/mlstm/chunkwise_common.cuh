@@ -25,8 +25,10 @@
 //
 // Indices: a row (rows.cuh) is one head of one sequence, bh its index; `k` is a chunk of the row,
 // t0 its first token, Lc its length; r, s are chunk-local token indices (rows = queries, columns =
-// keys); tb = row.tb0 + t0 indexes the per-token workspace. Grids have p.nc chunk slots per row; a
-// block whose chunk lies beyond its row's (packed sequences of different lengths) returns at once.
+// keys); tb = row.tb0 + t0 indexes the per-token workspace. The chunk-parallel kernels' grids
+// enumerate chunk slots, the per-chunk workspace's entries (rows in order, each row's chunks in
+// order): slot z · chunk_stride + y / (L/64) for grid coordinates (y, z), so packed sequences of
+// different lengths launch no block for chunks they do not have (chunk_slot).
 //
 // Layout: chunkwise_common.cuh (this file: indexing, the per-row and tile helpers both directions
 // share), chunkwise_forward.cuh and chunkwise_backward.cuh (the kernels), chunkwise_launch.cuh (the
@@ -68,6 +70,17 @@ template <class T>
 __device__ __forceinline__ T* token_ptr(void* base, const Row& row, int t0, int D) {
   return static_cast<T*>(base) + (row.in0 + t0) * D;
 }
+// The row and chunk of a chunk-parallel block: chunk slot `plane` · chunk_stride + `position`
+// (Params); false past the last slot (the last plane's tail), where the block returns.
+__device__ __forceinline__ bool chunk_slot(const Params& p, int plane, int position, Row& row, int& k) {
+  const std::int64_t s = static_cast<std::int64_t>(plane) * p.chunk_stride + position;
+  if (s >= p.chunks) return false;
+  int bh;
+  chunk_at(p, s, bh, k);
+  row = row_of(p, bh);
+  return true;
+}
+
 // Entry of the state entering chunk k (k = nc: the final state) in the per-state workspace, and of
 // chunk k in the per-chunk workspace.
 __device__ __forceinline__ std::int64_t state_index(const Row& row, int k) { return row.state0 + k; }

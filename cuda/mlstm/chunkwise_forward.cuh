@@ -7,15 +7,15 @@
 namespace flashlstm::cuda::mlstm::detail {
 namespace {
 
-// Preconditions: one thread per chunk slot (BH · nc of them, any block size). Per chunk, in double:
+// Preconditions: one thread per chunk slot (p.chunks of them, any block size). Per chunk, in double:
 // b = Σ log f from the chunk start, u = log i − b, the running max U of u and where it is attained.
 template <class T>
 __global__ void gate_prep(Params p) {
   const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= p.BH * p.nc) return;
-  const Row row = row_of(p, idx / p.nc);
-  if (idx % p.nc >= row.nc) return;
-  const Chunk c = chunk_of(p, row, idx % p.nc);
+  Row row;
+  int k;
+  if (!chunk_slot(p, 0, idx, row, k)) return;
+  const Chunk c = chunk_of(p, row, k);
   const T* ig = token_ptr<T>(p.igate, row, c.t0, 1);
   const T* fg = token_ptr<T>(p.fgate, row, c.t0, 1);
   double b = 0.0, U = -INFINITY;
@@ -157,8 +157,9 @@ struct OutputSmem {
   static constexpr std::size_t bytes = (2 * kStage + kP) * sizeof(T);
 };
 
-// Preconditions: grid (ceil(DV/128), nc * L/64, BH), OutputSmem<T>::bytes of dynamic shared memory;
-// block (x, y, z) computes rows 64·(y mod L/64).. of chunk y / (L/64) and DV columns 128·x.. .
+// Preconditions: grid (ceil(DV/128), chunk_stride · L/64, chunk_planes), OutputSmem<T>::bytes of
+// dynamic shared memory; block (x, y, z) computes rows 64·(y mod L/64).. of chunk slot
+// z · chunk_stride + y / (L/64) and DV columns 128·x.. .
 // kStats: instead of h, accumulate dh·num and dh·(state part of num) per token and store den, den0,
 // m_r (the backward's readout statistics).
 template <class T, bool kStats>
@@ -174,9 +175,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
   const int tiles = p.L / kTile, v0 = blockIdx.x * kOutCols, tid = threadIdx.x;
-  const Row row = row_of(p, blockIdx.z);
-  if (static_cast<int>(blockIdx.y) / tiles >= row.nc) return;
-  const Chunk c = chunk_of(p, row, blockIdx.y / tiles);
+  Row row;
+  int k;
+  if (!chunk_slot(p, blockIdx.z, blockIdx.y / tiles, row, k)) return;
+  const Chunk c = chunk_of(p, row, k);
   const int r0 = (blockIdx.y % tiles) * kTile;
   if (r0 >= c.Lc) return;
   const double mk = p.ms[state_index(row, c.k)];

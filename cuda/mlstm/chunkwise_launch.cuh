@@ -22,7 +22,7 @@ inline int cdiv(int a, int b) { return (a + b - 1) / b; }
 
 template <class T>
 void forward_passes(const Params& p, cudaStream_t stream) {
-  gate_prep<T><<<cdiv(p.BH * p.nc, 128), 128, 0, stream>>>(p);
+  gate_prep<T><<<static_cast<unsigned>((p.chunks + 127) / 128), 128, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "gate_prep");
   const auto bytes = static_cast<int>(StatePassSmem<T>::bytes);
   check_cuda(cudaFuncSetAttribute(state_pass<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
@@ -36,7 +36,8 @@ void launch_chunk_output(const Params& p, cudaStream_t stream) {
   const auto bytes = static_cast<int>(OutputSmem<T>::bytes);
   check_cuda(cudaFuncSetAttribute(chunk_output<T, kStats>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
              "chunk_output shared memory");
-  chunk_output<T, kStats><<<dim3(cdiv(p.DV, kOutCols), p.nc * (p.L / kTile), p.BH), kThreads, bytes, stream>>>(p);
+  chunk_output<T, kStats>
+      <<<dim3(cdiv(p.DV, kOutCols), p.chunk_stride * (p.L / kTile), p.chunk_planes), kThreads, bytes, stream>>>(p);
   check_cuda(cudaGetLastError(), kStats ? "chunk_output (statistics)" : "chunk_output");
 }
 
@@ -72,13 +73,14 @@ void backward(Params p, const Packing* packing, cudaStream_t stream) {
 
   p.C_last = p.n_last = p.m_last = nullptr;
   forward_passes<T>(p, stream);
-  const dim3 dv_rows(cdiv(p.DV, kTile), p.nc * (p.L / kTile), p.BH), dqk_rows(cdiv(p.DQK, kTile), p.nc * (p.L / kTile), p.BH);
+  const int row_tiles = p.chunk_stride * (p.L / kTile);  // a plane's chunk slots, L/64 row tiles each
+  const dim3 dv_rows(cdiv(p.DV, kTile), row_tiles, p.chunk_planes), dqk_rows(cdiv(p.DQK, kTile), row_tiles, p.chunk_planes);
   launch_chunk_output<T, true>(p, stream);
   readout_grad<<<static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "readout_grad");
   state_pass_reverse<T><<<dim3(cdiv(p.DV, kTile), cdiv(p.DQK, kTile), p.BH), kThreads, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "state_pass_reverse");
-  intra_grad<T><<<dim3(p.L / kTile, p.nc * (p.L / kTile), p.BH), kThreads, 0, stream>>>(p);
+  intra_grad<T><<<dim3(p.L / kTile, row_tiles, p.chunk_planes), kThreads, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "intra_grad");
   grad_q<T><<<dqk_rows, kThreads, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "grad_q");
@@ -90,7 +92,7 @@ void backward(Params p, const Packing* packing, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "gate_rows");
   gate_chain<<<cdiv(p.BH, 128), 128, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "gate_chain");
-  gate_cols<T><<<dim3(p.nc, p.BH), kMaxChunk, 0, stream>>>(p);
+  gate_cols<T><<<dim3(p.chunk_stride, p.chunk_planes), kMaxChunk, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "gate_cols");
 }
 

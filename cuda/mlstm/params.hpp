@@ -34,6 +34,9 @@ struct Params {
   std::int64_t total_chunks = 0;  // packed: the sequences' chunks
   // Workspace entries: per token, per chunk, per chunk state (each row's nc + 1).
   std::int64_t tokens = 0, chunks = 0, states = 0;
+  // The grids of the chunk-parallel kernels: chunk slot s (the per-chunk workspace's entry s) is
+  // plane s / chunk_stride, position s mod chunk_stride (chunkwise_common.cuh).
+  int chunk_stride = 0, chunk_planes = 0;
   float scale = 1.f, eps = 0.f;
   bool stabilised = true, normalizes = true;
 

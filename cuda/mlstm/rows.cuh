@@ -37,6 +37,19 @@ __device__ __forceinline__ int ordered_row(const Params& p, int block) {
   return p.row_order ? static_cast<int>(p.row_order[block]) : block;
 }
 
+// The sequence holding position x of `offsets` (cu_seqlens or chunk_offsets, N + 1 entries, x below
+// the last): the last i < N with offsets[i] <= x (an empty sequence shares its offset with the
+// next one, which then wins).
+__device__ __forceinline__ int sequence_at(const std::int64_t* offsets, int N, std::int64_t x) {
+  int lo = 0, hi = N - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= x) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
 // The row of entry f of the per-token workspace and the token's index in it.
 __device__ __forceinline__ void token_at(const Params& p, std::int64_t f, int& bh, int& t) {
   if (!p.cu_seqlens) {
@@ -45,15 +58,20 @@ __device__ __forceinline__ void token_at(const Params& p, std::int64_t f, int& b
   }
   const int h = static_cast<int>(f / p.S);
   const std::int64_t g = f % p.S;
-  // The sequence holding token g: the last i < N with cu_seqlens[i] <= g (an empty sequence
-  // shares its offset with the next one, which then wins).
-  int lo = 0, hi = p.N - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (p.cu_seqlens[mid] <= g) lo = mid;
-    else hi = mid - 1;
+  const int i = sequence_at(p.cu_seqlens, p.N, g);
+  bh = i * p.NH + h, t = static_cast<int>(g - p.cu_seqlens[i]);
+}
+
+// The row of entry s of the per-chunk workspace and the chunk's index in it.
+__device__ __forceinline__ void chunk_at(const Params& p, std::int64_t s, int& bh, int& k) {
+  if (!p.cu_seqlens) {
+    bh = static_cast<int>(s / p.nc), k = static_cast<int>(s % p.nc);
+    return;
   }
-  bh = lo * p.NH + h, t = static_cast<int>(g - p.cu_seqlens[lo]);
+  const int h = static_cast<int>(s / p.total_chunks);
+  const std::int64_t c = s % p.total_chunks;
+  const int i = sequence_at(p.chunk_offsets, p.N, c);
+  bh = i * p.NH + h, k = static_cast<int>(c - p.chunk_offsets[i]);
 }
 
 }  // namespace flashlstm::cuda::mlstm::detail
