@@ -36,17 +36,17 @@ __global__ void readout_grad(Params p) {
 // products with the states on both sides of the chunk.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) state_pass_reverse(Params p) {
-  __shared__ __align__(16) T sQ[kTile * kPad], sD_[kSplit<T> * kTile * kPad];
-  __shared__ float sW[kMaxChunk], sDelta[kMaxChunk];
+  __shared__ __align__(16) T sQ[kTile * kPad], sD_[kSplit<T> * kTile * kPad];  // Q̂ tile (64,64):(72,1)
+  __shared__ float sW[kMaxChunk], sDelta[kMaxChunk];  // per token of the chunk: (L):(1)
   __shared__ double scratch[kThreads / 32];
-  const Split<T> sD = split_at(sD_, kTile * kPad);  // w0 ∘ dnum: float32 products
+  const Split<T> sD = split_at(sD_, kTile * kPad);  // w0 ∘ dnum (64 tokens, 64 DV):(72,1) ×2: float32 products
   const int v0 = blockIdx.x * kTile, d0 = blockIdx.y * kTile, bh = ordered_row(p, blockIdx.z), tid = threadIdx.x;
   const Row row = row_of(p, bh);
   if (row.nc == 0) return;  // an empty sequence: the host hands its state gradient on
   const bool owns_n = blockIdx.x == 0 && tid < kTile && d0 + tid < p.DQK;
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
 
-  Acc acc;
+  Acc acc;  // dC tile (64 DQK d0.., 64 DV v0..)
 #pragma unroll
   for (int i = 0; i < kTR; ++i)
 #pragma unroll
@@ -132,9 +132,9 @@ __device__ __forceinline__ std::int64_t lxl_index(const Params& p, const Row& ro
 // D = P ∘ G, zero where masked.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
-  __shared__ __align__(16) T sAB[2 * kTile * kPadS];
-  __shared__ float sInv[kTile];
-  __shared__ double sU[kTile];
+  __shared__ __align__(16) T sAB[2 * kTile * kPadS];  // two (64,32):(40,1) operand slices
+  __shared__ float sInv[kTile];                        // 1 / dhat of the 64 rows
+  __shared__ double sU[kTile];                         // u of the 64 keys
   __shared__ RowTile rows;
   const int tiles = p.L / kTile, tid = threadIdx.x;
   Row row;
@@ -154,10 +154,10 @@ __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
   const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
   const T* V = token_ptr<T>(p.v, row, c.t0, p.DV);
   const T* dH = token_ptr<T>(p.dh, row, c.t0, p.DV);
-  T* sX = sAB;
-  T* sY = sAB + kTile * kPadS;
+  T* sX = sAB;                  // Q̂, then dh slices: (64 rows, 32):(40,1)
+  T* sY = sAB + kTile * kPadS;  // K, then V slices: (64 keys, 32):(40,1)
 
-  Acc a, gr;
+  Acc a, gr;  // A = Q̂ Kᵀ and dh Vᵀ (64 rows r0.., 64 keys s0..)
   qk_tile(a, sX, sY, Q, K, p, c, r0, s0);
   zero(gr);
   for (int e = 0; e < p.DV; e += kStep) {  // dh Vᵀ (then rows / dhat: dnum Vᵀ)
@@ -193,6 +193,8 @@ __global__ void __launch_bounds__(kThreads, 3) intra_grad(Params p) {
 // dq = scale·(dA K + w0 ∘ (dnum Cᵀ + delta nᵀ)).
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
+  // sA: dh slices (64 rows, 32):(40,1), then dA tiles (64 rows, 64 keys):(72,1) ×2;
+  // sB: Cᵀ slices (64 DQK, 32 DV):(40,1) ×2, then K tiles (64 keys, 64 DQK):(72,1).
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float sInv[kTile];
   __shared__ RowTile rows;
@@ -212,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_q(Params p) {
   const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
   const T* dH = token_ptr<T>(p.dh, row, c.t0, p.DV);
 
-  Acc acc;
+  Acc acc;  // dq tile (64 rows r0.., 64 DQK d0..)
   zero(acc);
   const Split<T> C_T = split_at(sB, kTile * kPadS);  // Cᵀ tiles
   for (int e = 0; e < p.DV; e += kStep) {  // dh Cᵀ (then rows / dhat: dnum Cᵀ)
@@ -266,6 +268,8 @@ __device__ __forceinline__ void load_exit_weights(float* w_last, const Params& p
 // dk = scale·dAᵀ Q + w_last ∘ (V dCᵀ + dnᵀ); also the last row's entries of dlogD.
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
+  // sA: V slices (64 keys, 32 DV):(40,1), then dA tiles (64 rows, 64 keys):(72,1) ×2;
+  // sB: dC slices (64 DQK, 32 DV):(40,1) ×2, then Q̂ tiles (64 rows, 64 DQK):(72,1).
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile];
   const int tiles = p.L / kTile, d0 = blockIdx.x * kTile;
@@ -283,7 +287,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
   const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
   const T* V = token_ptr<T>(p.v, row, c.t0, p.DV);
 
-  Acc acc, st;
+  Acc acc, st;  // dAᵀ Q̂ and V dCᵀ (64 keys s0.., 64 DQK d0..)
   zero(st);
   const Split<T> dC_T = split_at(sB, kTile * kPadS);
   for (int e = 0; e < p.DV; e += kStep) {  // V dCᵀ
@@ -328,6 +332,8 @@ __global__ void __launch_bounds__(kThreads, 3) grad_k(Params p) {
 // dv = Pᵀ dnum + w_last ∘ (K dC).
 template <class T>
 __global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
+  // sA: K slices (64 keys, 32 DQK):(40,1), then P / dhat tiles (64 rows, 64 keys):(72,1) ×2;
+  // sB: dC slices (32 DQK, 64 DV):(72,1) ×2, then dh tiles (64 rows, 64 DV):(72,1).
   __shared__ __align__(16) T sA[kSplit<T> * kTile * kPad], sB[kSplit<T> * kTile * kPad];
   __shared__ float w_last[kTile], sInv[kTile];
   const int tiles = p.L / kTile, v0 = blockIdx.x * kTile, tid = threadIdx.x;
@@ -343,7 +349,7 @@ __global__ void __launch_bounds__(kThreads, 3) grad_v(Params p) {
   const T* K = token_ptr<T>(p.k, row, c.t0, p.DQK);
   const T* dH = token_ptr<T>(p.dh, row, c.t0, p.DV);
 
-  Acc acc, st;
+  Acc acc, st;  // Pᵀ dnum and K dC (64 keys s0.., 64 DV v0..)
   zero(st);
   const Split<T> dC_s = split_at(sB, kStep * kPad);
   for (int d = 0; d < p.DQK; d += kStep) {  // K dC
@@ -458,7 +464,7 @@ __global__ void gate_chain(Params p) {
 // the rows, turned into exclusive prefix sums, give dfgate.
 template <class T>
 __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
-  __shared__ double d0[kMaxChunk];
+  __shared__ double d0[kMaxChunk];  // the state column of dlogD, per row: (L):(1)
   const int tid = threadIdx.x;
   Row row;
   int k;

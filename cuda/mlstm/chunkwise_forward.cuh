@@ -49,7 +49,9 @@ template <class T>
 __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
   using Smem = StatePassSmem<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  const Split<T> K_w = split_at(reinterpret_cast<T*>(smem_raw), kTile * kPad);  // (w ∘ K) rows: float32 products
+  // (w ∘ K) (64 keys, 64 DQK):(72,1) ×2: float32 products; per stage V (64 keys, 64 DV):(72,1) and the
+  // raw K tile (64,64):(64,1); the weights (L):(1).
+  const Split<T> K_w = split_at(reinterpret_cast<T*>(smem_raw), kTile * kPad);
   auto sV = [&](int stage) { return reinterpret_cast<T*>(smem_raw + Smem::kKw + stage * Smem::kStage); };
   auto raw_K = [&](int stage) { return smem_raw + Smem::kKw + stage * Smem::kStage + Smem::kV; };
   float* sW = reinterpret_cast<float*>(smem_raw + Smem::kKw + 2 * Smem::kStage);
@@ -60,7 +62,7 @@ __global__ void __launch_bounds__(kThreads, 3) state_pass(Params p) {
   const bool owns_m = blockIdx.x == 0 && blockIdx.y == 0 && tid == 0;
   const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
 
-  Acc acc;
+  Acc acc;  // C tile (64 DQK d0.., 64 DV v0..), for the whole row
 #pragma unroll
   for (int i = 0; i < kTR; ++i)
 #pragma unroll
@@ -167,10 +169,10 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   using Smem = OutputSmem<T>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* const smem = reinterpret_cast<T*>(smem_raw);
-  auto sQ = [&](int stage) { return smem + stage * Smem::kStage; };
-  auto sX = [&](int stage) { return smem + stage * Smem::kStage + Smem::kQ; };  // sC or sK
-  auto sV = [&](int stage) { return smem + stage * Smem::kStage; };
-  const Split<T> sP = split_at(smem + 2 * Smem::kStage, kTile * kPad);
+  auto sQ = [&](int stage) { return smem + stage * Smem::kStage; };                // Q̂ (64 rows, 32):(40,1)
+  auto sX = [&](int stage) { return smem + stage * Smem::kStage + Smem::kQ; };  // sC (32 DQK, 128 DV):(136,1) ×2 or K (64 keys, 32):(40,1)
+  auto sV = [&](int stage) { return smem + stage * Smem::kStage; };                // V (64 keys, 128 DV):(136,1)
+  const Split<T> sP = split_at(smem + 2 * Smem::kStage, kTile * kPad);            // P (64 rows, 64 keys):(72,1) ×2
   __shared__ float sN[kStep], sDen[kTile];
   __shared__ double sU[kTile];
   __shared__ RowTile rows;
@@ -191,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   auto sub = [](const Split<T>& x, int offset) { return Split<T>{x.hi + offset, x.lo ? x.lo + offset : nullptr}; };
 
   // State part: num = w0 ∘ (Q̂ C), den0 = w0 ∘ (Q̂ n), in kStep-deep slices of DQK.
-  Acc acc[kOutSub];
+  Acc acc[kOutSub];  // num, two (64 rows r0.., 64 DV) tiles: DV v0.. and v0 + 64..
   for (auto& a : acc) zero(a);
   // den0 and den (row sums) are added by threads t < 64, one row each, in column order, as the
   // reference adds them. (Spreading them over all threads was ~10% faster, but den decides the
@@ -257,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, 2) chunk_output(Params p) {
   // P = A ∘ W (causal) while the V tile arrives and adds P V.
   float den = 0.f;
   for (int s0 = 0; s0 <= r0; s0 += kTile) {
-    Acc a;
+    Acc a;  // A = Q̂ Kᵀ (64 rows r0.., 64 keys s0..)
     zero(a);
     auto k_slice = [&](int i) { return AsyncTile<kTile, kStep, T>{K, p.DQK, s0, i * kStep, c.Lc, p.DQK}; };
     const AsyncTile<kTile, kOutCols, T> v_tile{V, p.DV, s0, v0, c.Lc, p.DV};

@@ -35,8 +35,9 @@ using bf16 = __nv_bfloat16;
 constexpr int kChunk = kFusedChunk;  // tokens per step of the recurrence
 constexpr int kSlice = 64;  // DV columns per block
 
-// Shared memory, in bytes from the start: two buffers of Q and K (64 x kDK) and the V slice (64 x 64),
-// then P and a∘V (64 x 64, bf16) and the two warp halves of Hᵀ (2 x 64 x 65 floats).
+// Shared memory, in bytes from the start: two buffers of Q and K, each (64 tokens, kDK):(kDK + 8,1),
+// and the V slice (64 tokens, 64 DV):(72,1); then P and a∘V (64,64):(72,1) bf16, and the two warp
+// halves of Hᵀ, each (64 DV, 64 tokens):(68,1) float32.
 template <int kDK>
 struct FusedLayout {
   // Hᵀ rows of 68 floats: the readout's stores (a thread's rows g, columns 2q) meet at most two to a
@@ -127,7 +128,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
     cp_async_commit();
   };
 
-  // The state: Cᵀ from the initial C (DQK, DV), n, m.
+  // The state: Cᵀ from the initial C (DQK, DV), n, m. c: the warp's (16 DV, kDK/2 DQK) piece of the
+  // block's Cᵀ (64 DV, kDK), as kTiles m16n8 accumulators (the header gives a thread's entries).
   float c[kTiles][4];
   const std::int64_t CS = std::int64_t(p.DQK) * p.DV;
   const auto c_at = [&](int t, int e) {  // (DQK column, DV column) of c[t][e], or -1 outside

@@ -13,6 +13,10 @@
 // needs no separate transpose. Operands computed in float32 (states, weights, P, dA) are split for
 // bf16 into hi + lo = bf16(x) + bf16(x - hi) and multiplied twice, which keeps float32-like
 // accuracy (~2^-17) where plain bf16 rounding (2^-9) would dominate the error.
+//
+// Shape comments on tiles and accumulators are CuTe layouts in elements: `(64,32):(40,1)` is 64
+// rows of 32 columns with a row stride of 40; `×2` marks a hi/lo pair of planes (one plane for
+// float32). An `Acc` is always a (64,64) tile in the accumulator layout above.
 #pragma once
 
 #include "cuda/device.cuh"
