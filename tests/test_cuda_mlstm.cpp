@@ -2,10 +2,12 @@
 // and large shapes, every variant, both dtypes. Tagged [cuda]: without a visible GPU every case
 // returns early with a warning, so CPU-only builds pass.
 #include "cuda/mlstm/check.hpp"
+#include "cuda/mlstm/rows.cuh"
 #include "tests/check_catch.hpp"
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <functional>
 #include <future>
 #include <vector>
@@ -134,6 +136,71 @@ TEST_CASE("the step kernel and the sequence wrapper agree with the reference", "
       require_passes(check_step({2, 2, 1, 256, 512, true}, o, t, ++seed));
       require_passes(check_sequence({1, 2, 200, 48, 96, true}, 64, o, t, ++seed));
     }
+}
+
+namespace {
+
+// Every row's tokens, chunks and chunk states have workspace entries of their own, which cover the
+// workspace; the maps from an entry back to its row (token_at, chunk_at) find it; the rows' inputs
+// start where the layout says; the row order runs from the longest row down.
+void check_layout(detail::Params p, const detail::Packing* packing, int L) {
+  INFO("L = " << L << (packing ? ", packed" : ", one batch"));
+  std::vector<std::int64_t> tables = detail::set_chunk_size(p, L, packing);
+  if (packing) detail::place_tables(p, tables.data());
+  std::vector<int> token_owner(p.tokens, -1), chunk_owner(p.chunks, -1), state_owner(p.states, -1);
+  std::int64_t clashes = 0, wrong_way_back = 0;
+  for (int bh = 0; bh < p.BH; ++bh) {
+    const detail::Row r = detail::row_of(p, bh);
+    const int i = bh / p.NH, h = bh % p.NH;
+    CHECK(r.S == (packing ? packing->length(i) : p.S));
+    CHECK(r.nc == (r.S + L - 1) / L);
+    CHECK(r.in0 == (packing ? h * p.seq_stride + packing->cu_seqlens[i] : bh * p.seq_stride));
+    for (int t = 0; t < r.S; ++t) {
+      clashes += token_owner.at(r.tb0 + t) != -1;
+      token_owner.at(r.tb0 + t) = bh;
+      int back, t_back;
+      detail::token_at(p, r.tb0 + t, back, t_back);
+      wrong_way_back += back != bh || t_back != t;
+    }
+    for (int k = 0; k < r.nc; ++k) {
+      clashes += chunk_owner.at(r.chunk0 + k) != -1;
+      chunk_owner.at(r.chunk0 + k) = bh;
+      int back, k_back;
+      detail::chunk_at(p, r.chunk0 + k, back, k_back);
+      wrong_way_back += back != bh || k_back != k;
+    }
+    for (int k = 0; r.nc > 0 && k <= r.nc; ++k) {
+      clashes += state_owner.at(r.state0 + k) != -1;
+      state_owner.at(r.state0 + k) = bh;
+    }
+  }
+  CHECK(clashes == 0);
+  CHECK(wrong_way_back == 0);
+  CHECK(std::count(token_owner.begin(), token_owner.end(), -1) == 0);
+  CHECK(std::count(chunk_owner.begin(), chunk_owner.end(), -1) == 0);
+  // The chunk-parallel grids: every slot in a plane, planes within the grid's limits.
+  CHECK(std::int64_t(p.chunk_stride) * p.chunk_planes >= p.chunks);
+  CHECK(std::int64_t(p.chunk_stride) * (p.chunk_planes - 1) < p.chunks);
+  CHECK(p.chunk_stride * (1024 / 64) <= 65535);
+  std::vector<int> order;
+  for (int z = 0; z < p.BH; ++z) order.push_back(detail::ordered_row(p, z));
+  for (std::size_t z = 1; z < order.size(); ++z) CHECK(detail::row_of(p, order[z - 1]).S >= detail::row_of(p, order[z]).S);
+  std::sort(order.begin(), order.end());
+  for (int z = 0; z < p.BH; ++z) CHECK(order[z] == z);
+}
+
+}  // namespace
+
+TEST_CASE("rows lie apart in the inputs and the workspace, one batch or packed", "[cuda]") {
+  Inputs x;
+  x.dims = {3, 2, 130, 16, 16};
+  const detail::Params batch = detail::make_params(x, nullptr, 64, Options{});
+  for (int L : {64, 128}) check_layout(batch, nullptr, L);
+  // lengths 63, 1, 0, 1000, 65, 0: empty sequences, in the middle and last, and not sorted
+  const detail::Packing packing{{0, 63, 64, 64, 1064, 1129, 1129}};
+  x.dims = {1, 3, 1129, 16, 16};
+  const detail::Params packed = detail::make_params(x, nullptr, 64, Options{});
+  for (int L : {64, 128, 1024}) check_layout(packed, &packing, L);
 }
 
 TEST_CASE("the forward names the chunk size it computes with", "[cuda]") {

@@ -1,11 +1,18 @@
 // Where a row of the chunkwise mLSTM (one head of one sequence: Params) lies in the inputs and in
 // the workspace, for one batch and for packed sequences alike, so that every kernel indexes through
-// the same four offsets and never asks which layout it runs on.
+// the same four offsets and never asks which layout it runs on. Plain C++ as well as device code:
+// the tests check the layout on the host (tests/test_cuda_mlstm.cpp).
 #pragma once
 
 #include "cuda/mlstm/params.hpp"
 
 #include <cstdint>
+
+#ifdef __CUDACC__
+#define FLASHLSTM_ROWS_FN __host__ __device__ __forceinline__
+#else
+#define FLASHLSTM_ROWS_FN inline
+#endif
 
 namespace flashlstm::cuda::mlstm::detail {
 
@@ -17,7 +24,7 @@ struct Row {
   int S, nc;            // its tokens and its chunks of L tokens
 };
 
-__device__ __forceinline__ Row row_of(const Params& p, int bh) {
+FLASHLSTM_ROWS_FN Row row_of(const Params& p, int bh) {
   if (!p.cu_seqlens) {
     const std::int64_t r = bh;
     return {r * p.seq_stride, r * p.S, r * p.nc, r * (p.nc + 1), p.S, p.nc};
@@ -33,14 +40,14 @@ __device__ __forceinline__ Row row_of(const Params& p, int bh) {
 }
 
 // The row a block that walks a whole row takes: the longest rows first where Params orders them.
-__device__ __forceinline__ int ordered_row(const Params& p, int block) {
+FLASHLSTM_ROWS_FN int ordered_row(const Params& p, int block) {
   return p.row_order ? static_cast<int>(p.row_order[block]) : block;
 }
 
 // The sequence holding position x of `offsets` (cu_seqlens or chunk_offsets, N + 1 entries, x below
 // the last): the last i < N with offsets[i] <= x (an empty sequence shares its offset with the
 // next one, which then wins).
-__device__ __forceinline__ int sequence_at(const std::int64_t* offsets, int N, std::int64_t x) {
+FLASHLSTM_ROWS_FN int sequence_at(const std::int64_t* offsets, int N, std::int64_t x) {
   int lo = 0, hi = N - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
@@ -51,7 +58,7 @@ __device__ __forceinline__ int sequence_at(const std::int64_t* offsets, int N, s
 }
 
 // The row of entry f of the per-token workspace and the token's index in it.
-__device__ __forceinline__ void token_at(const Params& p, std::int64_t f, int& bh, int& t) {
+FLASHLSTM_ROWS_FN void token_at(const Params& p, std::int64_t f, int& bh, int& t) {
   if (!p.cu_seqlens) {
     bh = static_cast<int>(f / p.S), t = static_cast<int>(f % p.S);
     return;
@@ -63,7 +70,7 @@ __device__ __forceinline__ void token_at(const Params& p, std::int64_t f, int& b
 }
 
 // The row of entry s of the per-chunk workspace and the chunk's index in it.
-__device__ __forceinline__ void chunk_at(const Params& p, std::int64_t s, int& bh, int& k) {
+FLASHLSTM_ROWS_FN void chunk_at(const Params& p, std::int64_t s, int& bh, int& k) {
   if (!p.cu_seqlens) {
     bh = static_cast<int>(s / p.nc), k = static_cast<int>(s % p.nc);
     return;
@@ -75,3 +82,5 @@ __device__ __forceinline__ void chunk_at(const Params& p, std::int64_t s, int& b
 }
 
 }  // namespace flashlstm::cuda::mlstm::detail
+
+#undef FLASHLSTM_ROWS_FN
