@@ -127,6 +127,20 @@ TEST_CASE("packed sequences of different lengths agree with the reference run on
   for (DType t : kDtypes) require_passes(check_varlen({1, 2, 1, 256, 512, true}, {200, 63, 1}, 64, kVariants[0], t, ++seed));
 }
 
+// Users keep the gate pre-activations in float32 while q, k, v are bf16: the gates and their
+// gradients stay float32 through every kernel.
+TEST_CASE("bf16 inputs with float32 gates agree with the reference", "[cuda]") {
+  if (!have_gpu()) return;
+  const KernelTypes types{DType::bfloat16, true};
+  std::uint64_t seed = 800;
+  for (const Options& o : kVariants) {
+    require_passes(check_chunkwise({1, 2, 130, 48, 96, true}, 64, o, types, ++seed));
+    require_passes(check_chunkwise({1, 1, 200, 17, 24, true}, 128, o, types, ++seed));  // the two-pass forward
+    require_passes(check_varlen({1, 2, 1, 48, 96, true}, {70, 0, 65}, 64, o, types, ++seed));
+    require_passes(check_step({2, 2, 1, 48, 96, true}, o, types, ++seed));
+  }
+}
+
 TEST_CASE("the step kernel and the sequence wrapper agree with the reference", "[cuda]") {
   if (!have_gpu()) return;
   std::uint64_t seed = 300;

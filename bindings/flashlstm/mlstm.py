@@ -12,7 +12,8 @@ numpy arrays (float32 or float64, all of one dtype, never cast) run on the CPU r
 C-contiguous input is read in place, any other layout (``q[..., ::2]``, ``x[:, :, t]``, a transpose)
 is copied to a C-contiguous array for the call; outputs are not copied. Any form: "recurrent" (the
 oracle), "parallel", "chunkwise" (any chunk_size >= 1). GPU arrays (torch, CuPy, JAX: anything with
-``__dlpack__`` on a CUDA device; float32 or bfloat16, states float32) run on the CUDA kernels on the
+``__dlpack__`` on a CUDA device; float32 or bfloat16, gates float32 too with bfloat16 q, k, v; states
+float32) run on the CUDA kernels on the
 caller's stream (``stream=``, else torch's/CuPy's current stream): the chunkwise form (chunk_size a
 multiple of 64 in [64, 1024]), its backward and the step; GPU arrays must be C-contiguous (they are
 not copied). Outputs are arrays of the caller's framework. Bad input raises ValueError naming the
@@ -212,7 +213,7 @@ def _cuda_forward(q, k, v, igate, fgate, initial, chunk_size, input_gate, normal
 def _cuda_backward(q, k, v, igate, fgate, dh, initial, dC_last, dn_last, dm_last, chunk_size, input_gate, normalize,
                    eps, stream, cu_seqlens=None) -> Grad:
     s = _device.stream_of(q, stream)
-    grads = [_device.empty(q, tuple(x.shape), "same", s) for x in (q, k, v, igate, fgate)]
+    grads = [_device.empty(x, tuple(x.shape), "same", s) for x in (q, k, v, igate, fgate)]  # the gates' own type
     dinitial = _state_buffers(q, v, s, cu_seqlens) if initial is not None else None
     _core.cuda.mlstm.backward_chunkwise(q, k, v, igate, fgate, initial, dh, dC_last, dn_last, dm_last, *grads, dinitial,
                                         chunk_size=chunk_size, input_gate=input_gate, normalize=normalize, eps=eps,

@@ -55,10 +55,16 @@ class Call {
     return a.data();
   }
 
-  // A (B, NH[, S]) gate array of the inputs' dtype.
+  // A (B, NH[, S]) gate array (or gate gradient) of the gates' type: the inputs' dtype, or float32
+  // with bfloat16 inputs. The first gate array taken (igate) decides which.
   void* gate_array(py::handle object, std::string_view name, bool writable) {
     const Array& a = take(object, name);
-    a.require(gates(), sequence_ ? "(B, NH, S)" : "(B, NH)", to_dl(dtype), device, writable);
+    if (!gate_type_known_) {
+      float32_gates = dtype == DType::bfloat16 && a.dtype() == to_dl(DType::float32);
+      gate_type_known_ = true;
+    }
+    a.require(gates(), sequence_ ? "(B, NH, S)" : "(B, NH)", to_dl(float32_gates ? DType::float32 : dtype), device,
+              writable);
     return a.data();
   }
 
@@ -109,6 +115,7 @@ class Call {
   std::int64_t B = 0, NH = 0, S = 0, DQK = 0, DV = 0;
   int device = 0;
   DType dtype = DType::float32;
+  bool float32_gates = false;  // float32 gates with bfloat16 q, k, v
 
  private:
   const Array& take(py::handle object, std::string_view name) { return arrays_.take(object, name); }
@@ -131,6 +138,7 @@ class Call {
   bool sequence_;
   std::vector<std::int64_t> cu_seqlens_;
   std::int64_t states_ = -1;  // N with packed sequences
+  bool gate_type_known_ = false;
   const void* q_ = nullptr;
   const void* v_ = nullptr;
 };
@@ -149,7 +157,7 @@ TokenInputs token_inputs(Call& c, const py::object& k, const py::object& igate, 
 namespace kernels = flashlstm::cuda::mlstm;
 
 kernels::Inputs kernel_inputs(const Call& c, const TokenInputs& x) {
-  return {x.q, x.k, x.v, x.igate, x.fgate, {c.B, c.NH, c.S, c.DQK, c.DV}, c.dtype};
+  return {x.q, x.k, x.v, x.igate, x.fgate, {c.B, c.NH, c.S, c.DQK, c.DV}, c.dtype, c.float32_gates};
 }
 kernels::State kernel_state(const std::optional<Pointers>& p) {
   if (!p) return {};

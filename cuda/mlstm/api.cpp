@@ -36,14 +36,17 @@ void check_options(const Options& o) {
   require(std::isfinite(o.eps) && o.eps >= 0, "eps", "must be finite and >= 0, got {}", o.eps);
 }
 
+// The element size of the gates and their gradients.
+std::size_t gate_size(const Inputs& x) { return x.float32_gates ? 4 : element_size(x.dtype); }
+
 void check_inputs(const Inputs& x, bool sequence) {
   check_dims(x.dims, sequence);
   const std::size_t a = element_size(x.dtype);
   check_device_pointer(x.q, "q", a);
   check_device_pointer(x.k, "k", a);
   check_device_pointer(x.v, "v", a);
-  check_device_pointer(x.igate, "igate", a);
-  check_device_pointer(x.fgate, "fgate", a);
+  check_device_pointer(x.igate, "igate", gate_size(x));
+  check_device_pointer(x.fgate, "fgate", gate_size(x));
 }
 
 // All three pointers of a state, or (where optional) none.
@@ -114,6 +117,7 @@ Params make_params(const Inputs& x, const ConstState* initial, int chunk_size, c
   p.eps = static_cast<float>(options.eps);
   p.stabilised = flashlstm::mlstm::stabilised(options);
   p.normalizes = flashlstm::mlstm::normalizes(options);
+  p.gates_f32 = x.float32_gates;
   p.q = x.q, p.k = x.k, p.v = x.v, p.igate = x.igate, p.fgate = x.fgate;
   if (initial) p.C0 = initial->C, p.n0 = initial->n, p.m0 = initial->m;
   return p;
@@ -223,8 +227,8 @@ void backward(const Inputs& x, const detail::Packing* packing, const ConstState*
   check_device_pointer(out.dq, "dq", a);
   check_device_pointer(out.dk, "dk", a);
   check_device_pointer(out.dv, "dv", a);
-  check_device_pointer(out.digate, "digate", a);
-  check_device_pointer(out.dfgate, "dfgate", a);
+  check_device_pointer(out.digate, "digate", gate_size(x));
+  check_device_pointer(out.dfgate, "dfgate", gate_size(x));
   const bool with_dinitial = check_state(out.dinitial, "dinitial", true);
   detail::Params p = detail::make_params(x, initial, chunk_size, options);
   p.dh = grad.dh, p.dC_last = grad.dC_last, p.dn_last = grad.dn_last, p.dm_last = grad.dm_last;

@@ -27,12 +27,13 @@ using flashlstm::cuda::download;
 using flashlstm::cuda::poisoned;
 using flashlstm::cuda::upload;
 
-// The inputs exactly as the kernel sees them: q, k, v, gates and dh in `dtype`, the states float32.
-Problem<double> kernel_inputs(const Problem<double>& p, DType dtype) {
+// The inputs exactly as the kernel sees them: q, k, v and dh in the input type, the gates in theirs,
+// the states float32.
+Problem<double> kernel_inputs(const Problem<double>& p, const KernelTypes& types) {
   Problem<double> k = p;
-  for (auto* x : {&k.q, &k.k, &k.v, &k.dh}) *x = check::round_to(*x, dtype);
-  k.igate = check::round_to(p.igate, dtype);
-  k.fgate = check::round_to(p.fgate, dtype);
+  for (auto* x : {&k.q, &k.k, &k.v, &k.dh}) *x = check::round_to(*x, types.inputs);
+  k.igate = check::round_to(p.igate, types.gates());
+  k.fgate = check::round_to(p.fgate, types.gates());
   k.dC_last = check::round_to_float(p.dC_last);
   k.dn_last = check::round_to_float(p.dn_last);
   k.dm_last = check::round_to_float(p.dm_last);
@@ -44,10 +45,11 @@ Problem<double> kernel_inputs(const Problem<double>& p, DType dtype) {
   return k;
 }
 
-// The type each tensor is written in: h and the input gradients in the kernel's dtype, states float32.
-std::map<std::string, DType> output_dtypes(DType dtype) {
+// The type each tensor is written in: h and the input gradients in the kernel's types, states float32.
+std::map<std::string, DType> output_dtypes(const KernelTypes& types) {
   std::map<std::string, DType> t;
-  for (const char* name : {"h", "dq", "dk", "dv", "digate", "dfgate"}) t[name] = dtype;
+  for (const char* name : {"h", "dq", "dk", "dv"}) t[name] = types.inputs;
+  for (const char* name : {"digate", "dfgate"}) t[name] = types.gates();
   for (const char* name : {"C", "n", "m", "dC0", "dn0", "dm0"}) t[name] = DType::float32;
   return t;
 }
@@ -57,13 +59,13 @@ struct DeviceProblem {
   std::unique_ptr<DeviceBuffer> q, k, v, igate, fgate, dh, C0, n0, m0, dC_last, dn_last, dm_last;
   Inputs inputs;
 
-  DeviceProblem(const Problem<double>& p, const ProblemShape& s, DType dtype)
-      : q(upload(p.q, dtype)),
-        k(upload(p.k, dtype)),
-        v(upload(p.v, dtype)),
-        igate(upload(p.igate, dtype)),
-        fgate(upload(p.fgate, dtype)),
-        dh(upload(p.dh, dtype)),
+  DeviceProblem(const Problem<double>& p, const ProblemShape& s, const KernelTypes& types)
+      : q(upload(p.q, types.inputs)),
+        k(upload(p.k, types.inputs)),
+        v(upload(p.v, types.inputs)),
+        igate(upload(p.igate, types.gates())),
+        fgate(upload(p.fgate, types.gates())),
+        dh(upload(p.dh, types.inputs)),
         dC_last(upload(p.dC_last, DType::float32)),
         dn_last(upload(p.dn_last, DType::float32)),
         dm_last(upload(p.dm_last, DType::float32)) {
@@ -72,7 +74,8 @@ struct DeviceProblem {
       n0 = upload(p.initial->n, DType::float32);
       m0 = upload(p.initial->m, DType::float32);
     }
-    inputs = {q->get(), k->get(), v->get(), igate->get(), fgate->get(), Dims{s.B, s.NH, s.S, s.DQK, s.DV}, dtype};
+    inputs = {q->get(), k->get(), v->get(), igate->get(), fgate->get(), Dims{s.B, s.NH, s.S, s.DQK, s.DV},
+              types.inputs, types.float32_gates};
   }
   ConstState initial() const { return {C0->get<float>(), n0->get<float>(), m0->get<float>()}; }
 };
@@ -97,11 +100,11 @@ struct DeviceState {
 
 // The kernel's results against the oracle, with bounds from the baseline runs (check.hpp).
 template <class Kernel, class Oracle, class Run>
-check::Report judge(const Kernel& kernel, const Oracle& oracle, const std::vector<Run>& runs, DType dtype,
+check::Report judge(const Kernel& kernel, const Oracle& oracle, const std::vector<Run>& runs, const KernelTypes& types,
                     double scale) {
   std::vector<std::vector<check::Named<float>>> run_tensors;
   for (const auto& r : runs) run_tensors.push_back(ref::tensors(r));
-  const auto dtypes = output_dtypes(dtype);
+  const auto dtypes = output_dtypes(types);
   const auto baseline = check::baseline_errors(run_tensors, ref::tensors(oracle), dtypes, scale);
   return check::kernel_compare(ref::tensors(kernel), ref::tensors(oracle), baseline, dtypes, scale);
 }
@@ -128,7 +131,8 @@ ref::InputGrad<T> reference_backward(const Problem<T>& p, const std::vector<flas
 // `cu` is set) on problem p: its inputs of `tokens`' sizes, its states of `states`' sizes.
 KernelCheck check_kernels(KernelCheck c, const Problem<double>& p, const ProblemShape& tokens,
                           const ProblemShape& states, const std::vector<flashlstm::index_t>* cu, int chunk_size,
-                          const Options& options, DType dtype, bool backward) {
+                          const Options& options, const KernelTypes& types, bool backward) {
+  const DType dtype = types.inputs;
   using ref::Form;
   const Problem<float> pf = ref::cast_problem<float>(p);
   const double scale = p.scale();
@@ -140,7 +144,7 @@ KernelCheck check_kernels(KernelCheck c, const Problem<double>& p, const Problem
   // bf16 operands at the kernel's chunk size (the forward's own: the fused bf16 forward computes with
   // 64-token chunks).
   const bool bf16 = dtype == DType::bfloat16;
-  DeviceProblem d(p, tokens, dtype);
+  DeviceProblem d(p, tokens, types);
   const flashlstm::index_t L_forward = forward_chunk_size(d.inputs, chunk_size);
   c.baseline = bf16 ? fmt::format("bf16-operand chunkwise(L={}), float32 accumulation", L_forward)
                     : fmt::format("float32 reference: chunkwise(L={}), chunkwise(L={}), recurrent", L, other_chunk);
@@ -163,15 +167,15 @@ KernelCheck check_kernels(KernelCheck c, const Problem<double>& p, const Problem
   else forward_chunkwise(d.inputs, init, h->get(), last.view(), chunk_size, options, stream);
   check_cuda(cudaStreamSynchronize(stream), "forward");
   const ref::Output<double> kernel{download(*h, shape_of(p.dh), dtype), last.download(states)};
-  c.report = judge(kernel, oracle, forward_runs, dtype, scale);
+  c.report = judge(kernel, oracle, forward_runs, types, scale);
 
   if (backward) {
     std::vector<ref::InputGrad<float>> grad_runs;
     for (const Form& f : baseline_forms(L)) grad_runs.push_back(reference_backward(pf, cu, f, options));
     const ref::InputGrad<double> oracle_grad = reference_backward(p, cu, oracle_form, options);
     const auto dq = poisoned(p.q.size() * element_size(dtype)), dk = poisoned(p.k.size() * element_size(dtype)),
-               dv = poisoned(p.v.size() * element_size(dtype)), dig = poisoned(p.igate.size() * element_size(dtype)),
-               dfg = poisoned(p.fgate.size() * element_size(dtype));
+               dv = poisoned(p.v.size() * element_size(dtype)), dig = poisoned(p.igate.size() * element_size(types.gates())),
+               dfg = poisoned(p.fgate.size() * element_size(types.gates()));
     DeviceState dinitial(states);
     const InputGrad out{dq->get(), dk->get(), dv->get(), dig->get(), dfg->get(),
                         tokens.initial_state ? dinitial.view() : State{}};
@@ -180,10 +184,10 @@ KernelCheck check_kernels(KernelCheck c, const Problem<double>& p, const Problem
     else backward_chunkwise(d.inputs, init, grad, out, chunk_size, options, stream);
     check_cuda(cudaStreamSynchronize(stream), "backward");
     ref::InputGrad<double> kernel_grad{download(*dq, shape_of(p.q), dtype),    download(*dk, shape_of(p.k), dtype),
-                                       download(*dv, shape_of(p.v), dtype),    download(*dig, shape_of(p.igate), dtype),
-                                       download(*dfg, shape_of(p.fgate), dtype), std::nullopt};
+                                       download(*dv, shape_of(p.v), dtype),    download(*dig, shape_of(p.igate), types.gates()),
+                                       download(*dfg, shape_of(p.fgate), types.gates()), std::nullopt};
     if (tokens.initial_state) kernel_grad.dinitial = dinitial.download(states);
-    c.report.add(judge(kernel_grad, oracle_grad, grad_runs, dtype, scale));
+    c.report.add(judge(kernel_grad, oracle_grad, grad_runs, types, scale));
   }
   cudaStreamDestroy(stream);
   return c;
@@ -191,53 +195,58 @@ KernelCheck check_kernels(KernelCheck c, const Problem<double>& p, const Problem
 
 }  // namespace
 
-KernelCheck check_chunkwise(const ProblemShape& shape, int chunk_size, const Options& options, DType dtype,
-                            std::uint64_t seed, bool backward) {
+std::string KernelTypes::name() const {
+  return float32_gates ? fmt::format("{}, float32 gates", to_string(inputs)) : std::string(to_string(inputs));
+}
+
+KernelCheck check_chunkwise(const ProblemShape& shape, int chunk_size, const Options& options,
+                            const KernelTypes& types, std::uint64_t seed, bool backward) {
   KernelCheck c;
-  c.name = fmt::format("chunkwise {} {} L={} {}", to_string(dtype), ref::variant_name(options), chunk_size,
+  c.name = fmt::format("chunkwise {} {} L={} {}", types.name(), ref::variant_name(options), chunk_size,
                        shape.name());
-  const Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), dtype);
-  return check_kernels(std::move(c), p, shape, shape, nullptr, chunk_size, options, dtype, backward);
+  const Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), types);
+  return check_kernels(std::move(c), p, shape, shape, nullptr, chunk_size, options, types, backward);
 }
 
 KernelCheck check_varlen(const ProblemShape& shape, const std::vector<flashlstm::index_t>& lengths, int chunk_size,
-                         const Options& options, DType dtype, std::uint64_t seed) {
+                         const Options& options, const KernelTypes& types, std::uint64_t seed) {
   std::vector<flashlstm::index_t> cu{0};
   for (flashlstm::index_t n : lengths) cu.push_back(cu.back() + n);
   const auto N = static_cast<flashlstm::index_t>(lengths.size());
   const ProblemShape tokens{1, shape.NH, cu.back(), shape.DQK, shape.DV, shape.initial_state};
   const ProblemShape states{N, shape.NH, 1, shape.DQK, shape.DV, shape.initial_state};
   KernelCheck c;
-  c.name = fmt::format("varlen {} {} L={} lengths [{}] NH{} DQK{} DV{}{}", to_string(dtype), ref::variant_name(options),
+  c.name = fmt::format("varlen {} {} L={} lengths [{}] NH{} DQK{} DV{}{}", types.name(), ref::variant_name(options),
                        chunk_size, fmt::join(lengths, ", "), shape.NH, shape.DQK, shape.DV,
                        shape.initial_state ? " +state" : "");
   // The tokens and dh of one packed batch; each sequence's initial state and final-state gradients
   // from a batch of N.
-  Problem<double> p = kernel_inputs(ref::random_problem<double>(tokens, seed), dtype);
-  const Problem<double> per_sequence = kernel_inputs(ref::random_problem<double>({N, shape.NH, 1, shape.DQK, shape.DV, true}, seed + 1), dtype);
+  Problem<double> p = kernel_inputs(ref::random_problem<double>(tokens, seed), types);
+  const Problem<double> per_sequence = kernel_inputs(ref::random_problem<double>({N, shape.NH, 1, shape.DQK, shape.DV, true}, seed + 1), types);
   p.initial = shape.initial_state ? per_sequence.initial : std::nullopt;
   p.dC_last = per_sequence.dC_last;
   p.dn_last = per_sequence.dn_last;
   p.dm_last = per_sequence.dm_last;
-  return check_kernels(std::move(c), p, tokens, states, &cu, chunk_size, options, dtype, true);
+  return check_kernels(std::move(c), p, tokens, states, &cu, chunk_size, options, types, true);
 }
 
-check::Report check_nonfinite(const ProblemShape& shape, int chunk_size, const Options& options, DType dtype,
+check::Report check_nonfinite(const ProblemShape& shape, int chunk_size, const Options& options, const KernelTypes& types,
                               std::uint64_t seed, char which, flashlstm::index_t token) {
-  Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), dtype);
+  const DType dtype = types.inputs;
+  Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), types);
   auto& x = which == 'q' ? p.q : which == 'k' ? p.k : p.v;
   x(0, 0, token, 0) = std::numeric_limits<double>::quiet_NaN();
   const ref::Output<double> oracle = ref::forward_chunkwise(p.inputs(), p.initial_view(), 64, options);
   const ref::InputGrad<double> oracle_grad =
       ref::backward_chunkwise(p.inputs(), p.initial_view(), p.output_grad(), 64, options);
 
-  DeviceProblem d(p, shape, dtype);
+  DeviceProblem d(p, shape, types);
   const ConstState initial = shape.initial_state ? d.initial() : ConstState{};
   const ConstState* init = shape.initial_state ? &initial : nullptr;
   const auto h = poisoned(p.dh.size() * element_size(dtype));
   const auto dq = poisoned(p.q.size() * element_size(dtype)), dk = poisoned(p.k.size() * element_size(dtype)),
-             dv = poisoned(p.v.size() * element_size(dtype)), dig = poisoned(p.igate.size() * element_size(dtype)),
-             dfg = poisoned(p.fgate.size() * element_size(dtype));
+             dv = poisoned(p.v.size() * element_size(dtype)), dig = poisoned(p.igate.size() * element_size(types.gates())),
+             dfg = poisoned(p.fgate.size() * element_size(types.gates()));
   DeviceState last(shape), dinitial(shape);
   forward_chunkwise(d.inputs, init, h->get(), last.view(), chunk_size, options, cudaStreamPerThread);
   const OutputGrad grad{d.dh->get(), d.dC_last->get<float>(), d.dn_last->get<float>(), d.dm_last->get<float>()};
@@ -260,8 +269,8 @@ check::Report check_nonfinite(const ProblemShape& shape, int chunk_size, const O
   nan_mismatches("dq", download(*dq, shape_of(p.q), dtype), oracle_grad.dq);
   nan_mismatches("dk", download(*dk, shape_of(p.k), dtype), oracle_grad.dk);
   nan_mismatches("dv", download(*dv, shape_of(p.v), dtype), oracle_grad.dv);
-  nan_mismatches("digate", download(*dig, shape_of(p.igate), dtype), oracle_grad.digate);
-  nan_mismatches("dfgate", download(*dfg, shape_of(p.fgate), dtype), oracle_grad.dfgate);
+  nan_mismatches("digate", download(*dig, shape_of(p.igate), types.gates()), oracle_grad.digate);
+  nan_mismatches("dfgate", download(*dfg, shape_of(p.fgate), types.gates()), oracle_grad.dfgate);
   double early = 0;
   for (flashlstm::index_t t = 0; t < token; ++t)
     for (flashlstm::index_t e = 0; e < shape.DV; ++e) early += std::isfinite(kernel_h(0, 0, t, e)) ? 0 : 1;
@@ -269,14 +278,16 @@ check::Report check_nonfinite(const ProblemShape& shape, int chunk_size, const O
   return report;
 }
 
-KernelCheck check_step(const ProblemShape& shape_in, const Options& options, DType dtype, std::uint64_t seed) {
+KernelCheck check_step(const ProblemShape& shape_in, const Options& options, const KernelTypes& types,
+                       std::uint64_t seed) {
+  const DType dtype = types.inputs;
   ProblemShape shape = shape_in;
   shape.S = 1;
   shape.initial_state = true;
   KernelCheck c;
-  c.name = fmt::format("step {} {} {}", to_string(dtype), ref::variant_name(options), shape.name());
+  c.name = fmt::format("step {} {} {}", types.name(), ref::variant_name(options), shape.name());
   c.baseline = "float32 step";
-  const Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), dtype);
+  const Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), types);
   const Problem<float> pf = ref::cast_problem<float>(p);
   auto token = [](const auto& x) { return xt::eval(xt::view(x, xt::all(), xt::all(), 0, xt::all())); };
   auto gate = [](const auto& x) { return xt::eval(xt::view(x, xt::all(), xt::all(), 0)); };
@@ -292,26 +303,27 @@ KernelCheck check_step(const ProblemShape& shape_in, const Options& options, DTy
   const auto low_h =
       ref::step<float>(token(pf.q), token(pf.k), token(pf.v), gate(pf.igate), gate(pf.fgate), low_state, options);
 
-  DeviceProblem d(p, shape, dtype);
+  DeviceProblem d(p, shape, types);
   DeviceState state(shape);
   state.assign(d);
   const auto h = poisoned(p.dh.size() * element_size(dtype));
   step(d.inputs, state.view(), h->get(), options, cudaStreamPerThread);
   check_cuda(cudaStreamSynchronize(cudaStreamPerThread), "step");
   const auto kernel = as_output(download(*h, Shape<3>{shape.B, shape.NH, shape.DV}, dtype), state.download(shape));
-  c.report = judge(kernel, as_output(oracle_h, oracle_state), std::vector{as_output(low_h, low_state)}, dtype,
+  c.report = judge(kernel, as_output(oracle_h, oracle_state), std::vector{as_output(low_h, low_state)}, types,
                    p.scale());
   return c;
 }
 
-KernelCheck check_sequence(const ProblemShape& shape_in, int chunk_size, const Options& options, DType dtype,
+KernelCheck check_sequence(const ProblemShape& shape_in, int chunk_size, const Options& options, const KernelTypes& types,
                            std::uint64_t seed) {
+  const DType dtype = types.inputs;
   ProblemShape shape = shape_in;
   shape.initial_state = true;
   KernelCheck c;
-  c.name = fmt::format("sequence {} {} L={} {}", to_string(dtype), ref::variant_name(options), chunk_size,
+  c.name = fmt::format("sequence {} {} L={} {}", types.name(), ref::variant_name(options), chunk_size,
                        shape.name());
-  const Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), dtype);
+  const Problem<double> p = kernel_inputs(ref::random_problem<double>(shape, seed), types);
   const Problem<float> pf = ref::cast_problem<float>(p);
   const ref::Output<double> oracle = ref::forward_recurrent(p.inputs(), p.initial_view(), options);
   // The wrapper runs the chunkwise kernels on the bulk and steps on the rest: its baseline is the
@@ -322,14 +334,14 @@ KernelCheck check_sequence(const ProblemShape& shape_in, int chunk_size, const O
   const std::vector runs{ref::forward_chunkwise(pf.inputs(), pf.initial_view(), chunk_size, options, operands),
                          ref::forward_recurrent(pf.inputs(), pf.initial_view(), options)};
 
-  DeviceProblem d(p, shape, dtype);
+  DeviceProblem d(p, shape, types);
   DeviceState state(shape);
   state.assign(d);
   const auto h = poisoned(p.dh.size() * element_size(dtype));
   forward_sequence(d.inputs, state.view(), h->get(), chunk_size, options, cudaStreamPerThread);
   check_cuda(cudaStreamSynchronize(cudaStreamPerThread), "forward_sequence");
   const ref::Output<double> kernel{download(*h, shape_of(p.dh), dtype), state.download(shape)};
-  c.report = judge(kernel, oracle, runs, dtype, p.scale());
+  c.report = judge(kernel, oracle, runs, types, p.scale());
   return c;
 }
 

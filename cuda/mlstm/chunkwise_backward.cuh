@@ -506,11 +506,10 @@ __global__ void __launch_bounds__(kMaxChunk) gate_cols(Params p) {
   if (tid < c.Lc) {
     double crossing = 0.0;  // Σ_{r >= p} Σ_{c <= p} dlogD(r, c), p = tid
     for (int r = tid; r < c.Lc; ++r) crossing += d0[r] + D[static_cast<std::int64_t>(r) * p.L + tid];
-    const float f = to_float(token_ptr<T>(p.fgate, row, c.t0, 1)[tid]);
-    const float i = to_float(token_ptr<T>(p.igate, row, c.t0, 1)[tid]);
-    token_ptr<T>(p.dfgate, row, c.t0, 1)[tid] = from_float<T>(static_cast<float>(crossing) * sigmoid(-f));
-    token_ptr<T>(p.digate, row, c.t0, 1)[tid] =
-        from_float<T>(static_cast<float>(col) * (p.stabilised ? 1.f : sigmoid(-i)));
+    const std::int64_t at = row.in0 + c.t0 + tid;
+    const float f = load_gate<T>(p.fgate, at, p.gates_f32), i = load_gate<T>(p.igate, at, p.gates_f32);
+    store_gate<T>(p.dfgate, at, p.gates_f32, static_cast<float>(crossing) * sigmoid(-f));
+    store_gate<T>(p.digate, at, p.gates_f32, static_cast<float>(col) * (p.stabilised ? 1.f : sigmoid(-i)));
   }
 }
 

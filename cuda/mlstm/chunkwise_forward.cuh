@@ -16,14 +16,12 @@ __global__ void gate_prep(Params p) {
   int k;
   if (!chunk_slot(p, 0, idx, row, k)) return;
   const Chunk c = chunk_of(p, row, k);
-  const T* ig = token_ptr<T>(p.igate, row, c.t0, 1);
-  const T* fg = token_ptr<T>(p.fgate, row, c.t0, 1);
   double b = 0.0, U = -INFINITY;
   int am = -1;
   for (int t = 0; t < c.Lc; ++t) {
-    const float it = to_float(ig[t]);
+    const float it = load_gate<T>(p.igate, row.in0 + c.t0 + t, p.gates_f32);
     const double log_i = p.stabilised ? it : logsigmoid(it);
-    b += logsigmoid(to_float(fg[t]));
+    b += logsigmoid(load_gate<T>(p.fgate, row.in0 + c.t0 + t, p.gates_f32));
     const double u = log_i - b;
     if (u > U) U = u, am = t;  // the earliest token wins ties, as in the reference
     p.b[c.tb + t] = b;

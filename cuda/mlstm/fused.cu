@@ -96,8 +96,6 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
   const bf16* Qg = static_cast<const bf16*>(p.q) + row.in0 * p.DQK;
   const bf16* Kg = static_cast<const bf16*>(p.k) + row.in0 * p.DQK;
   const bf16* Vg = static_cast<const bf16*>(p.v) + row.in0 * p.DV;
-  const bf16* Ig = static_cast<const bf16*>(p.igate) + row.in0;
-  const bf16* Fg = static_cast<const bf16*>(p.fgate) + row.in0;
   bf16* Hg = static_cast<bf16*>(p.h) + row.in0 * p.DV;
   const auto Q = [&](int buffer) { return reinterpret_cast<bf16*>(smem + buffer * Layout::kBuffer); };
   const auto K = [&](int buffer) { return reinterpret_cast<bf16*>(smem + buffer * Layout::kBuffer + Layout::kQ); };
@@ -156,8 +154,8 @@ __global__ void __launch_bounds__(kThreads, 1) fused_forward(Params p) {
     for (int x = 0; x < 2; ++x) {
       const int t = k * kChunk + 2 * lane + x;
       const bool valid = k < nc && t < S;
-      gi[x] = valid ? to_float(Ig[t]) : 0.f;
-      gf[x] = valid ? to_float(Fg[t]) : 0.f;
+      gi[x] = valid ? load_gate<bf16>(p.igate, row.in0 + t, p.gates_f32) : 0.f;
+      gf[x] = valid ? load_gate<bf16>(p.fgate, row.in0 + t, p.gates_f32) : 0.f;
     }
   };
   if (warp == 0) load_gates(0);

@@ -39,6 +39,8 @@ struct Inputs {
   const void* fgate = nullptr;  // (B, NH, S)  f̃
   Dims dims;
   DType dtype = DType::bfloat16;
+  // With bfloat16 q, k, v: the gates (and digate, dfgate) are float32 instead (as users keep them).
+  bool float32_gates = false;
 };
 
 // A float32 state on the device; `m` is the log-scale stabiliser.

@@ -39,6 +39,7 @@ struct Params {
   int chunk_stride = 0, chunk_planes = 0;
   float scale = 1.f, eps = 0.f;
   bool stabilised = true, normalizes = true;
+  bool gates_f32 = false;  // igate, fgate, digate, dfgate float32 (else of the input type)
 
   const void *q = nullptr, *k = nullptr, *v = nullptr, *igate = nullptr, *fgate = nullptr;
   const float *C0 = nullptr, *n0 = nullptr, *m0 = nullptr;  // initial state (nullable)

@@ -26,7 +26,7 @@ struct StepArgs {
   int DQK, DV;
   std::int64_t seq_stride, token;  // token t of head bh is at bh * seq_stride + t
   float scale, eps;
-  bool stabilised, normalizes;
+  bool stabilised, normalizes, gates_f32;
 };
 
 // Preconditions: grid (ceil(DV / 64), B·NH), kStepThreads threads; dynamic shared memory 2·DQK floats.
@@ -44,8 +44,8 @@ __global__ void __launch_bounds__(kStepThreads) step_kernel(StepArgs a) {
   const T* v = static_cast<const T*>(a.v) + token * a.DV;
   for (int d = tid; d < a.DQK; d += kStepThreads) sq[d] = a.scale * to_float(q[d]), sk[d] = to_float(k[d]);
 
-  const float log_f = logsigmoid(to_float(static_cast<const T*>(a.fgate)[token]));
-  const float it = to_float(static_cast<const T*>(a.igate)[token]);
+  const float log_f = logsigmoid(load_gate<T>(a.fgate, token, a.gates_f32));
+  const float it = load_gate<T>(a.igate, token, a.gates_f32);
   const float log_i = a.stabilised ? it : logsigmoid(it);
   const float m_old = a.m[bh];
   const float m_new = a.stabilised ? fmaxf(log_f + m_old, log_i) : 0.f;
@@ -125,7 +125,7 @@ void run_step(const Inputs& x, const State& state, void* h, std::int64_t seq_str
   StepArgs a{x.q, x.k, x.v, x.igate, x.fgate, h, state.C, state.n, state.m, arrived, static_cast<int>(d.DQK),
              static_cast<int>(d.DV), seq_stride, token, 1.f / sqrtf(static_cast<float>(d.DQK)),
              static_cast<float>(options.eps), flashlstm::mlstm::stabilised(options),
-             flashlstm::mlstm::normalizes(options)};
+             flashlstm::mlstm::normalizes(options), x.float32_gates};
   const std::size_t smem = 2 * d.DQK * sizeof(float);
   const dim3 grid(static_cast<unsigned>((d.DV + kLanes - 1) / kLanes), static_cast<unsigned>(heads));
   if (x.dtype == DType::float32) {

@@ -44,6 +44,18 @@ using flashlstm::cuda::logsigmoid;
 using flashlstm::cuda::sigmoid;
 using flashlstm::cuda::to_float;
 
+// Gate pre-activations and their gradients are of the input type T, or float32 (`f32`) where bf16
+// inputs come with float32 gates.
+template <class T>
+__device__ __forceinline__ float load_gate(const void* base, std::int64_t i, bool f32) {
+  return f32 ? static_cast<const float*>(base)[i] : to_float(static_cast<const T*>(base)[i]);
+}
+template <class T>
+__device__ __forceinline__ void store_gate(void* base, std::int64_t i, bool f32, float x) {
+  if (f32) static_cast<float*>(base)[i] = x;
+  else static_cast<T*>(base)[i] = from_float<T>(x);
+}
+
 // The readout's denominator max(|den|, floor) + eps, NaN when den is NaN as in the reference
 // (fmaxf would return the floor and hide it).
 __device__ __forceinline__ float readout_dhat(float den, float floor, float eps) {

@@ -389,6 +389,24 @@ def test_cuda_bfloat16_on_a_side_stream():
 
 
 @needs_gpu
+def test_cuda_bfloat16_inputs_with_float32_gates():
+    """bf16 q, k, v with float32 gate pre-activations: the gates' gradients come back float32, and the
+    results follow the float64 reference on the same (float32) gates."""
+    x, initial = mlstm_inputs(B=1, NH=2, S=200, DQK=48, DV=96, dtype=torch.bfloat16, device="cuda")
+    x = [*x[:3], *(g.detach().float().requires_grad_() for g in x[3:])]
+    out = ft.mlstm(*x, initial, chunk_size=64, input_gate="sig")
+    dh = torch.randn_like(out.h)
+    grads = torch.autograd.grad(out.h, x, dh)
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 3 + [torch.float32] * 2
+    _, xd, init = cpu_reference(x, initial)
+    ref = np_mlstm.forward(*xd, init, form="recurrent", input_gate="sig")
+    assert rel(out.h.float().cpu().numpy(), ref.h) < 3e-2
+    ref_g = np_mlstm.backward(*xd, dh.double().cpu().numpy(), init, form="recurrent", input_gate="sig")
+    for name, a, b in zip(["dq", "dk", "dv", "digate", "dfgate"], grads, ref_g):
+        assert rel(a.double().cpu().numpy(), b) < 5e-2, name
+
+
+@needs_gpu
 def test_cuda_step_and_device_array():
     x, initial = mlstm_inputs(B=2, NH=2, S=1, DQK=16, DV=24, dtype=torch.float32, device="cuda")
     token = [t.detach()[:, :, 0].contiguous() for t in x]
