@@ -217,6 +217,74 @@ TEST_CASE("rows lie apart in the inputs and the workspace, one batch or packed",
   for (int L : {64, 128, 1024}) check_layout(packed, &packing, L);
 }
 
+namespace {
+
+std::int64_t backward_scratch(detail::Params p, const detail::Packing* packing) {
+  flashlstm::cuda::Scratch s(nullptr);  // sizes only
+  detail::PackedTables tables(p, p.L, packing);
+  tables.add_to(s);
+  detail::add_backward_scratch(s, p);
+  return s.bytes();
+}
+
+const char* moved(const void* base, std::int64_t bytes) { return static_cast<const char*>(base) + bytes; }
+
+}  // namespace
+
+TEST_CASE("the backward's passes cover every row once and keep their scratch within the budget", "[cuda]") {
+  // Stand-in addresses: the plan only moves pointers.
+  std::vector<char> memory(16);
+  void* base = memory.data();
+  const auto f = static_cast<float*>(base);
+  Inputs x{base, base, base, base, base, {8, 8, 8192, 256, 512}, DType::bfloat16, true};
+  detail::Params p = detail::make_params(x, nullptr, 128, Options{});
+  p.dh = p.dq = p.dk = p.dv = p.digate = p.dfgate = base;
+  p.C0 = p.n0 = p.m0 = p.dC_last = p.dn_last = p.dm_last = f;
+  p.dC0 = p.dn0 = p.dm0 = f;
+  SECTION("one batch: the benchmark shape, about 5 GB in one pass") {
+    CHECK(backward_scratch(p, nullptr) > (std::int64_t{4} << 30));
+    const auto passes = detail::plan_backward(p, nullptr, 2);
+    CHECK(passes.size() > 1);
+    int r0 = 0;
+    for (const auto& pass : passes) {
+      const detail::Params& q = pass.params;
+      CHECK(backward_scratch(q, nullptr) <= detail::kBackwardScratch);
+      CHECK(q.q == moved(base, std::int64_t(r0) * 8192 * 256 * 2));
+      CHECK(q.dv == moved(base, std::int64_t(r0) * 8192 * 512 * 2));
+      CHECK(q.dfgate == moved(base, std::int64_t(r0) * 8192 * 4));  // float32 gates
+      CHECK(q.dC0 == f + std::int64_t(r0) * 256 * 512);
+      CHECK(q.dm_last == f + r0);
+      r0 += q.BH;
+    }
+    CHECK(r0 == p.BH);
+  }
+  SECTION("packed: whole sequences a pass, in order; a pass of empty sequences is left out") {
+    const detail::Packing packing{{0, 3000, 3000, 3000, 9000, 9001, 12000}};  // 3000, 0, 0, 6000, 1, 2999
+    x.dims = {1, 8, 12000, 256, 512};
+    detail::Params q = detail::make_params(x, nullptr, 128, Options{});
+    q.C0 = q.dC0 = f;
+    const std::int64_t budget = 300 << 20;
+    const auto passes = detail::plan_backward(q, &packing, 2, budget);
+    std::int64_t next = 0;  // the next sequence's offset
+    for (const auto& pass : passes) {
+      REQUIRE(pass.packing);
+      const auto& cu = pass.packing->cu_seqlens;
+      // The pass's first sequence, from where its states start; its offsets are the packing's from there.
+      const std::int64_t i0 = (pass.params.C0 - f) / (8 * 256 * 512);
+      CHECK(pass.params.C0 == f + i0 * 8 * 256 * 512);
+      CHECK(std::equal(cu.begin(), cu.end(), packing.cu_seqlens.begin() + i0));
+      CHECK(pass.params.dC0 == pass.params.C0);
+      CHECK(cu.front() >= next);
+      next = cu.back();
+      CHECK(pass.params.S == cu.back() - cu.front());
+      CHECK(pass.params.q == q.q);  // packed inputs stay: the offsets place the rows
+      CHECK((cu.size() == 2 || backward_scratch(pass.params, &*pass.packing) <= budget));
+      check_layout(pass.params, &*pass.packing, 128);
+    }
+    CHECK(next == 12000);
+  }
+}
+
 TEST_CASE("the forward names the chunk size it computes with", "[cuda]") {
   Inputs x;
   x.dims = {1, 1, 8, 256, 512};

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 namespace flashlstm::cuda::mlstm {
@@ -128,7 +129,7 @@ namespace {
 // The chunk-parallel grids' planes: as wide as a grid's y dimension allows with up to 16 row tiles
 // a chunk (L = 1024).
 void set_chunk_planes(Params& p) {
-  p.chunk_stride = static_cast<int>(std::min<std::int64_t>(p.chunks, 65535 / 16));
+  p.chunk_stride = static_cast<int>(std::clamp<std::int64_t>(p.chunks, 1, 65535 / 16));
   p.chunk_planes = static_cast<int>((p.chunks + p.chunk_stride - 1) / p.chunk_stride);
 }
 
@@ -174,6 +175,102 @@ void place_tables(Params& p, const std::int64_t* device) {
   p.cu_seqlens = device;
   p.chunk_offsets = device + (p.N + 1);
   p.row_order = device + 2 * (p.N + 1);
+}
+
+void add_forward_scratch(Scratch& s, Params& p) {
+  s.add(p.b, p.tokens);
+  s.add(p.u, p.tokens);
+  s.add(p.U, p.tokens);
+  s.add(p.argmax, p.tokens);
+  s.add(p.Cs, p.states * p.DQK * p.DV);
+  s.add(p.ns, p.states * p.DQK);
+  s.add(p.ms, p.states);
+}
+
+void add_backward_scratch(Scratch& s, Params& p) {
+  add_forward_scratch(s, p);
+  for (float** a : {&p.den, &p.den0, &p.mrow, &p.s, &p.s0, &p.dhat, &p.delta, &p.dmr, &p.D0, &p.lastrow})
+    s.add(*a, p.tokens);
+  s.add(p.dCs, p.chunks * p.DQK * p.DV);
+  s.add(p.dns, p.chunks * p.DQK);
+  for (double** a : {&p.dot0, &p.last_rowsum, &p.last_adj, &p.dm_chunk}) s.add(*a, p.chunks);
+  for (float** a : {&p.dA, &p.P, &p.D}) s.add(*a, p.chunks * p.L * p.L);
+}
+
+namespace {
+
+// p's rows r0.. as a problem of their own: every per-row pointer moved to row r0 (the inputs and
+// their gradients only where `inputs` is set: packed sequences keep them, their offsets say where).
+Params rows_from(Params p, std::int64_t r0, bool inputs, std::size_t input_size) {
+  const auto move = [](auto* base, std::int64_t elements, std::size_t size) {
+    using Byte = std::conditional_t<std::is_const_v<std::remove_pointer_t<decltype(base)>>, const char, char>;
+    return base ? reinterpret_cast<decltype(base)>(reinterpret_cast<Byte*>(base) + elements * size) : base;
+  };
+  const std::size_t gate_size = p.gates_f32 ? 4 : input_size;
+  if (inputs) {
+    const std::int64_t t = r0 * p.seq_stride;
+    p.q = move(p.q, t * p.DQK, input_size), p.k = move(p.k, t * p.DQK, input_size);
+    p.v = move(p.v, t * p.DV, input_size), p.dh = move(p.dh, t * p.DV, input_size);
+    p.igate = move(p.igate, t, gate_size), p.fgate = move(p.fgate, t, gate_size);
+    p.dq = move(p.dq, t * p.DQK, input_size), p.dk = move(p.dk, t * p.DQK, input_size);
+    p.dv = move(p.dv, t * p.DV, input_size);
+    p.digate = move(p.digate, t, gate_size), p.dfgate = move(p.dfgate, t, gate_size);
+  }
+  const std::int64_t CS = static_cast<std::int64_t>(p.DQK) * p.DV;
+  p.C0 = move(p.C0, r0 * CS, 4), p.n0 = move(p.n0, r0 * p.DQK, 4), p.m0 = move(p.m0, r0, 4);
+  p.dC_last = move(p.dC_last, r0 * CS, 4), p.dn_last = move(p.dn_last, r0 * p.DQK, 4);
+  p.dm_last = move(p.dm_last, r0, 4);
+  p.dC0 = move(p.dC0, r0 * CS, 4), p.dn0 = move(p.dn0, r0 * p.DQK, 4), p.dm0 = move(p.dm0, r0, 4);
+  return p;
+}
+
+// The scratch bytes of the backward of p (L and the packing as given).
+std::int64_t backward_scratch_bytes(Params p, const Packing* packing) {
+  Scratch s(nullptr);  // sizes only: never allocated
+  PackedTables tables(p, p.L, packing);
+  tables.add_to(s);
+  add_backward_scratch(s, p);
+  return s.bytes();
+}
+
+}  // namespace
+
+std::vector<BackwardPass> plan_backward(const Params& p, const Packing* packing, std::size_t input_size,
+                                        std::int64_t budget) {
+  std::vector<BackwardPass> passes;
+  if (!packing) {
+    // Every row needs the same scratch: as many rows a pass as the budget holds.
+    Params one = p;
+    one.BH = 1;
+    const std::int64_t per_row = backward_scratch_bytes(one, nullptr);
+    const int rows = static_cast<int>(std::clamp<std::int64_t>(budget / std::max<std::int64_t>(per_row, 1), 1, p.BH));
+    for (int r0 = 0; r0 < p.BH; r0 += rows) {
+      BackwardPass pass{rows_from(p, r0, true, input_size), std::nullopt};
+      pass.params.BH = std::min(rows, p.BH - r0);
+      passes.push_back(pass);
+    }
+    return passes;
+  }
+  // Packed: whole sequences (all their heads) a pass, in order, as many as the budget holds.
+  const std::vector<std::int64_t>& cu = packing->cu_seqlens;
+  const auto pass_of = [&](std::int64_t i0, std::int64_t i1) {
+    BackwardPass pass{rows_from(p, i0 * p.NH, false, input_size),
+                      Packing{std::vector<std::int64_t>(cu.begin() + i0, cu.begin() + i1 + 1)}};
+    pass.params.S = static_cast<int>(cu[i1] - cu[i0]);
+    return pass;
+  };
+  // A group's scratch is at most the sum of its sequences' own (each rounds its arrays up).
+  const auto own_bytes = [&](std::int64_t i) {
+    const BackwardPass alone = pass_of(i, i + 1);
+    return backward_scratch_bytes(alone.params, &*alone.packing);
+  };
+  for (std::int64_t i0 = 0, N = packing->N(); i0 < N;) {
+    std::int64_t i1 = i0 + 1, bytes = own_bytes(i0);
+    for (std::int64_t next; i1 < N && bytes + (next = own_bytes(i1)) <= budget; ++i1) bytes += next;
+    if (cu[i1] > cu[i0]) passes.push_back(pass_of(i0, i1));  // empty sequences alone: nothing to run
+    i0 = i1;
+  }
+  return passes;
 }
 
 void run_forward(Params p, const Packing* packing, DType dtype, cudaStream_t stream) {

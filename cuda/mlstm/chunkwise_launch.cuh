@@ -8,16 +8,6 @@
 namespace flashlstm::cuda::mlstm::detail {
 namespace {
 
-void add_forward_scratch(Scratch& s, Params& p) {
-  s.add(p.b, p.tokens);
-  s.add(p.u, p.tokens);
-  s.add(p.U, p.tokens);
-  s.add(p.argmax, p.tokens);
-  s.add(p.Cs, p.states * p.DQK * p.DV);
-  s.add(p.ns, p.states * p.DQK);
-  s.add(p.ms, p.states);
-}
-
 inline int cdiv(int a, int b) { return (a + b - 1) / b; }
 
 template <class T>
@@ -53,19 +43,14 @@ void forward(Params p, const Packing* packing, cudaStream_t stream) {
   launch_chunk_output<T, false>(p, stream);
 }
 
+// The backward of one pass's rows (plan_backward).
 template <class T>
-void backward(Params p, const Packing* packing, cudaStream_t stream) {
+void backward_pass(Params p, const Packing* packing, cudaStream_t stream) {
   Scratch scratch(stream);
   PackedTables tables(p, p.L, packing);
   const std::int64_t tokens = p.tokens, chunks = p.chunks;
   tables.add_to(scratch);
-  add_forward_scratch(scratch, p);
-  for (float** a : {&p.den, &p.den0, &p.mrow, &p.s, &p.s0, &p.dhat, &p.delta, &p.dmr, &p.D0, &p.lastrow})
-    scratch.add(*a, tokens);
-  scratch.add(p.dCs, chunks * p.DQK * p.DV);
-  scratch.add(p.dns, chunks * p.DQK);
-  for (double** a : {&p.dot0, &p.last_rowsum, &p.last_adj, &p.dm_chunk}) scratch.add(*a, chunks);
-  for (float** a : {&p.dA, &p.P, &p.D}) scratch.add(*a, chunks * p.L * p.L);
+  add_backward_scratch(scratch, p);
   scratch.allocate();
   tables.upload(p, stream);
   for (float* a : {p.s, p.s0, p.lastrow}) check_cuda(cudaMemsetAsync(a, 0, tokens * sizeof(float), stream), "memset");
@@ -94,6 +79,14 @@ void backward(Params p, const Packing* packing, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "gate_chain");
   gate_cols<T><<<dim3(p.chunk_stride, p.chunk_planes), kMaxChunk, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "gate_cols");
+}
+
+// The backward in passes over the rows whose scratch stays within kBackwardScratch (one pass where
+// the whole fits); each pass frees its scratch on the stream before the next allocates.
+template <class T>
+void backward(const Params& p, const Packing* packing, cudaStream_t stream) {
+  for (const BackwardPass& pass : plan_backward(p, packing, sizeof(T)))
+    backward_pass<T>(pass.params, pass.packing ? &*pass.packing : nullptr, stream);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "cuda/mlstm/mlstm.hpp"
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace flashlstm::cuda::mlstm::detail {
@@ -19,8 +20,9 @@ struct Params {
   // (bh * seq_stride + t) in q, k, v, h, the gates and their gradients (seq_stride >= S lets a
   // wrapper run on a prefix of a longer sequence); nc = ceil(S / L) chunks.
   //
-  // Packed sequences (cu_seqlens set; N sequences in a (1, NH, S, D) batch, S the total): row
+  // Packed sequences (cu_seqlens set; N sequences in a (1, NH, seq_stride, D) batch): row
   // bh = i * NH + h is sequence i of head h, tokens [cu_seqlens[i], cu_seqlens[i + 1]) of head h;
+  // S = cu_seqlens[N] − cu_seqlens[0] (a backward pass may take sequences that do not start at 0);
   // chunk_offsets[i] counts the chunks of the sequences before i; nc is the most chunks of any
   // sequence (grids have nc chunk slots per row; a row's slots beyond its own chunks return).
   // States (initial, final and their gradients) are (N, NH, ...): row bh's is entry bh either way.
@@ -94,6 +96,22 @@ struct Packing {
 std::vector<std::int64_t> set_chunk_size(Params& p, int L, const Packing* packing);
 // Points p's table pointers into `device` (host tables already copied there).
 void place_tables(Params& p, const std::int64_t* device);
+
+// The scratch memory of the forward's and the backward's two-pass kernels (after set_chunk_size).
+void add_forward_scratch(Scratch& s, Params& p);
+void add_backward_scratch(Scratch& s, Params& p);
+
+// The backward runs its rows in passes whose scratch stays within a budget (one row, or one packed
+// sequence's heads, at least): each pass is the backward of its rows alone, with the pointers moved
+// to them (one batch: rows r0..; packed: the pass's sequences, whose offsets `packing` keeps).
+constexpr std::int64_t kBackwardScratch = std::int64_t{1} << 30;
+struct BackwardPass {
+  Params params;
+  std::optional<Packing> packing;
+};
+// `input_size`: the bytes of an element of q, k, v (the gates' from p.gates_f32).
+std::vector<BackwardPass> plan_backward(const Params& p, const Packing* packing, std::size_t input_size,
+                                        std::int64_t budget = kBackwardScratch);
 
 // A launch's packed tables in its scratch memory: sets the chunk size when made, is added to the
 // scratch before it is allocated and uploaded after (the copy from pageable memory returns once the

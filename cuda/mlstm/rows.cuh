@@ -32,7 +32,7 @@ FLASHLSTM_ROWS_FN Row row_of(const Params& p, int bh) {
   const int i = bh / p.NH, h = bh % p.NH;
   const std::int64_t t0 = p.cu_seqlens[i], c0 = p.chunk_offsets[i];
   return {h * p.seq_stride + t0,
-          h * static_cast<std::int64_t>(p.S) + t0,
+          h * static_cast<std::int64_t>(p.S) + t0 - p.cu_seqlens[0],
           h * p.total_chunks + c0,
           h * (p.total_chunks + p.N) + c0 + i,
           static_cast<int>(p.cu_seqlens[i + 1] - t0),
@@ -64,7 +64,7 @@ FLASHLSTM_ROWS_FN void token_at(const Params& p, std::int64_t f, int& bh, int& t
     return;
   }
   const int h = static_cast<int>(f / p.S);
-  const std::int64_t g = f % p.S;
+  const std::int64_t g = f % p.S + p.cu_seqlens[0];
   const int i = sequence_at(p.cu_seqlens, p.N, g);
   bh = i * p.NH + h, t = static_cast<int>(g - p.cu_seqlens[i]);
 }
