@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <future>
 #include <vector>
@@ -139,6 +140,20 @@ TEST_CASE("bf16 inputs with float32 gates agree with the reference", "[cuda]") {
     require_passes(check_varlen({1, 2, 1, 48, 96, true}, {70, 0, 65}, 64, o, types, ++seed));
     require_passes(check_step({2, 2, 1, 48, 96, true}, o, types, ++seed));
   }
+}
+
+// A small scratch budget splits the backward into passes of a few rows (one batch) or sequences
+// (packed); the results stay those of one pass.
+TEST_CASE("the backward in passes agrees with the reference", "[cuda]") {
+  if (!have_gpu()) return;
+  ::setenv("FLASHLSTM_BACKWARD_SCRATCH_MIB", "1", 1);
+  std::uint64_t seed = 900;
+  for (const Options& o : kVariants)
+    for (DType t : kDtypes) {
+      require_passes(check_chunkwise({3, 2, 200, 48, 96, true}, 64, o, t, ++seed));
+      require_passes(check_varlen({1, 2, 1, 48, 96, true}, {130, 0, 1, 200, 64}, 64, o, t, ++seed));
+    }
+  ::unsetenv("FLASHLSTM_BACKWARD_SCRATCH_MIB");
 }
 
 TEST_CASE("the step kernel and the sequence wrapper agree with the reference", "[cuda]") {
@@ -318,6 +333,10 @@ TEST_CASE("the kernels' host API rejects bad arguments by name", "[cuda]") {
   Inputs two = x;
   two.dims.B = 2;
   CHECK_THROWS_WITH(varlen(two, {0, 8}), Catch::StartsWith("B: packed sequences take B = 1"));
+  ::setenv("FLASHLSTM_BACKWARD_SCRATCH_MIB", "lots", 1);
+  CHECK_THROWS_WITH(detail::backward_scratch_budget(), Catch::StartsWith("FLASHLSTM_BACKWARD_SCRATCH_MIB: must be"));
+  ::unsetenv("FLASHLSTM_BACKWARD_SCRATCH_MIB");
+  CHECK(detail::backward_scratch_budget() == detail::kBackwardScratch);
   if (!have_gpu()) return;
   void* buffer = nullptr;
   REQUIRE(cudaMalloc(&buffer, 1 << 16) == cudaSuccess);

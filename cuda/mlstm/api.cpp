@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -234,6 +235,16 @@ std::int64_t backward_scratch_bytes(Params p, const Packing* packing) {
 }
 
 }  // namespace
+
+std::int64_t backward_scratch_budget() {
+  const char* mib = std::getenv("FLASHLSTM_BACKWARD_SCRATCH_MIB");
+  if (!mib || !*mib) return kBackwardScratch;
+  char* end = nullptr;
+  const long long value = std::strtoll(mib, &end, 10);
+  require(*end == '\0' && value >= 1, "FLASHLSTM_BACKWARD_SCRATCH_MIB", "must be a whole number of MiB >= 1, got '{}'",
+          mib);
+  return static_cast<std::int64_t>(value) << 20;
+}
 
 std::vector<BackwardPass> plan_backward(const Params& p, const Packing* packing, std::size_t input_size,
                                         std::int64_t budget) {

@@ -81,11 +81,11 @@ void backward_pass(Params p, const Packing* packing, cudaStream_t stream) {
   check_cuda(cudaGetLastError(), "gate_cols");
 }
 
-// The backward in passes over the rows whose scratch stays within kBackwardScratch (one pass where
-// the whole fits); each pass frees its scratch on the stream before the next allocates.
+// The backward in passes over the rows whose scratch stays within the budget (one pass where the
+// whole fits); each pass frees its scratch on the stream before the next allocates.
 template <class T>
 void backward(const Params& p, const Packing* packing, cudaStream_t stream) {
-  for (const BackwardPass& pass : plan_backward(p, packing, sizeof(T)))
+  for (const BackwardPass& pass : plan_backward(p, packing, sizeof(T), backward_scratch_budget()))
     backward_pass<T>(pass.params, pass.packing ? &*pass.packing : nullptr, stream);
 }
 

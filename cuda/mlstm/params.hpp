@@ -105,6 +105,8 @@ void add_backward_scratch(Scratch& s, Params& p);
 // sequence's heads, at least): each pass is the backward of its rows alone, with the pointers moved
 // to them (one batch: rows r0..; packed: the pass's sequences, whose offsets `packing` keeps).
 constexpr std::int64_t kBackwardScratch = std::int64_t{1} << 30;
+// The budget: kBackwardScratch, or FLASHLSTM_BACKWARD_SCRATCH_MIB where set (read at each call).
+std::int64_t backward_scratch_budget();
 struct BackwardPass {
   Params params;
   std::optional<Packing> packing;
