@@ -272,6 +272,12 @@ TEST_CASE("the backward's passes cover every row once and keep their scratch wit
       r0 += q.BH;
     }
     CHECK(r0 == p.BH);
+    // Whole waves of 12 rows (13 fit the budget).
+    const auto waves = detail::plan_backward(p, nullptr, 2, detail::kBackwardScratch, 12);
+    REQUIRE(waves.size() == 6);
+    CHECK(waves.front().params.BH == 12);
+    CHECK(waves.back().params.BH == 4);
+    CHECK(passes.front().params.BH == 13);
   }
   SECTION("packed: whole sequences a pass, in order; a pass of empty sequences is left out") {
     const detail::Packing packing{{0, 3000, 3000, 3000, 9000, 9001, 12000}};  // 3000, 0, 0, 6000, 1, 2999

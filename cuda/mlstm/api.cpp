@@ -247,14 +247,15 @@ std::int64_t backward_scratch_budget() {
 }
 
 std::vector<BackwardPass> plan_backward(const Params& p, const Packing* packing, std::size_t input_size,
-                                        std::int64_t budget) {
+                                        std::int64_t budget, int wave_rows) {
   std::vector<BackwardPass> passes;
   if (!packing) {
     // Every row needs the same scratch: as many rows a pass as the budget holds.
     Params one = p;
     one.BH = 1;
     const std::int64_t per_row = backward_scratch_bytes(one, nullptr);
-    const int rows = static_cast<int>(std::clamp<std::int64_t>(budget / std::max<std::int64_t>(per_row, 1), 1, p.BH));
+    int rows = static_cast<int>(std::clamp<std::int64_t>(budget / std::max<std::int64_t>(per_row, 1), 1, p.BH));
+    if (rows < p.BH && wave_rows > 1 && rows >= wave_rows) rows -= rows % wave_rows;
     for (int r0 = 0; r0 < p.BH; r0 += rows) {
       BackwardPass pass{rows_from(p, r0, true, input_size), std::nullopt};
       pass.params.BH = std::min(rows, p.BH - r0);

@@ -85,7 +85,17 @@ void backward_pass(Params p, const Packing* packing, cudaStream_t stream) {
 // whole fits); each pass frees its scratch on the stream before the next allocates.
 template <class T>
 void backward(const Params& p, const Packing* packing, cudaStream_t stream) {
-  for (const BackwardPass& pass : plan_backward(p, packing, sizeof(T), backward_scratch_budget()))
+  // The rows whose state-pass blocks fill the GPU once (the state passes walk their rows' chunks one
+  // after another, so passes of whole waves cost them nothing).
+  int device = 0, sms = 0, per_sm = 0;
+  check_cuda(cudaGetDevice(&device), "device");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "SM count");
+  const auto bytes = static_cast<int>(StatePassSmem<T>::bytes);
+  check_cuda(cudaFuncSetAttribute(state_pass<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+             "state_pass shared memory");
+  check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, state_pass<T>, kThreads, bytes), "occupancy");
+  const int wave_rows = std::max(1, sms * per_sm / (cdiv(p.DV, kTile) * cdiv(p.DQK, kTile)));
+  for (const BackwardPass& pass : plan_backward(p, packing, sizeof(T), backward_scratch_budget(), wave_rows))
     backward_pass<T>(pass.params, pass.packing ? &*pass.packing : nullptr, stream);
 }
 

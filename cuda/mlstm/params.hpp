@@ -111,9 +111,11 @@ struct BackwardPass {
   Params params;
   std::optional<Packing> packing;
 };
-// `input_size`: the bytes of an element of q, k, v (the gates' from p.gates_f32).
+// `input_size`: the bytes of an element of q, k, v (the gates' from p.gates_f32). One batch: the rows
+// a pass takes are rounded down to a multiple of `wave_rows` where the budget holds that many (the
+// rows whose state-pass blocks fill the GPU once: a pass of fewer rows than that leaves it idle).
 std::vector<BackwardPass> plan_backward(const Params& p, const Packing* packing, std::size_t input_size,
-                                        std::int64_t budget = kBackwardScratch);
+                                        std::int64_t budget = kBackwardScratch, int wave_rows = 1);
 
 // A launch's packed tables in its scratch memory: sets the chunk size when made, is added to the
 // scratch before it is allocated and uploaded after (the copy from pageable memory returns once the
