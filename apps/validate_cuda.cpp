@@ -41,6 +41,13 @@ std::vector<ValidationRow> validate_mlstm_cuda() {
                                    fmt::format("lengths {} NH2 DQK48 DV96 +state", fmt::join(lengths, ",")),
                                    "CPU float64 per sequence",
                                    k::check_varlen(packed, lengths, 128, o, dtype, ++seed).report});
+  // bf16 q, k, v with float32 gates (and gate gradients).
+  for (const auto& o : flashlstm::mlstm::variants) {
+    const k::KernelTypes types{DType::bfloat16, true};
+    rows.push_back(ValidationRow{"mLSTM", "chunkwise(L=128)", flashlstm::mlstm::variant_name(o), types.name() + " [cuda]",
+                                 shapes[0].name(), "CPU float64",
+                                 k::check_chunkwise(shapes[0], 128, o, types, ++seed).report});
+  }
   const ProblemShape step_shape{16, 8, 1, 256, 512, true};
   for (const auto& o : flashlstm::mlstm::variants)
     for (DType dtype : {DType::bfloat16, DType::float32})
