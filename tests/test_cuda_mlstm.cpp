@@ -279,6 +279,21 @@ TEST_CASE("the backward's passes cover every row once and keep their scratch wit
     CHECK(waves.back().params.BH == 4);
     CHECK(passes.front().params.BH == 13);
   }
+  SECTION("one batch, long rows: a pass keeps a whole wave where the budget holds fewer rows") {
+    x.dims = {2, 8, 32768, 256, 512};  // about 320 MB a row: 3 rows in 1 GiB
+    detail::Params q = detail::make_params(x, nullptr, 128, Options{});
+    q.dh = q.dq = q.dk = q.dv = q.digate = q.dfgate = base;
+    const auto three = detail::plan_backward(q, nullptr, 2);
+    CHECK(three.front().params.BH == 3);
+    const auto waves = detail::plan_backward(q, nullptr, 2, detail::kBackwardScratch, 12);
+    REQUIRE(waves.size() == 2);
+    CHECK(waves.front().params.BH == 12);
+    CHECK(waves.back().params.BH == 4);
+    CHECK(waves.back().params.q == moved(base, std::int64_t(12) * 32768 * 256 * 2));
+    const auto all = detail::plan_backward(q, nullptr, 2, detail::kBackwardScratch, 20);  // a wave beyond the rows
+    REQUIRE(all.size() == 1);
+    CHECK(all.front().params.BH == 16);
+  }
   SECTION("packed: whole sequences a pass, in order; a pass of empty sequences is left out") {
     const detail::Packing packing{{0, 3000, 3000, 3000, 9000, 9001, 12000}};  // 3000, 0, 0, 6000, 1, 2999
     x.dims = {1, 8, 12000, 256, 512};
@@ -379,3 +394,4 @@ TEST_CASE("odd shapes for the memory checker", "[cuda][sanitize]") {
       require_passes(check_varlen({1, 2, 1, 48, 96, true}, {70, 0, 1, 65}, 64, o, t, ++seed));
     }
 }
+

@@ -255,7 +255,7 @@ std::vector<BackwardPass> plan_backward(const Params& p, const Packing* packing,
     one.BH = 1;
     const std::int64_t per_row = backward_scratch_bytes(one, nullptr);
     int rows = static_cast<int>(std::clamp<std::int64_t>(budget / std::max<std::int64_t>(per_row, 1), 1, p.BH));
-    if (rows < p.BH && wave_rows > 1 && rows >= wave_rows) rows -= rows % wave_rows;
+    if (rows < p.BH && wave_rows > 1) rows = rows >= wave_rows ? rows - rows % wave_rows : std::min(wave_rows, p.BH);
     for (int r0 = 0; r0 < p.BH; r0 += rows) {
       BackwardPass pass{rows_from(p, r0, true, input_size), std::nullopt};
       pass.params.BH = std::min(rows, p.BH - r0);

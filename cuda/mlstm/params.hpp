@@ -113,7 +113,10 @@ struct BackwardPass {
 };
 // `input_size`: the bytes of an element of q, k, v (the gates' from p.gates_f32). One batch: the rows
 // a pass takes are rounded down to a multiple of `wave_rows` where the budget holds that many (the
-// rows whose state-pass blocks fill the GPU once: a pass of fewer rows than that leaves it idle).
+// rows whose state-pass blocks fill the GPU once: a pass of fewer rows than that leaves it idle),
+// and raised to one wave where it holds fewer: the state passes walk a row's chunks one after
+// another, so passes of less than a wave would multiply that walk (there the scratch exceeds the
+// budget: one wave of rows, at most).
 std::vector<BackwardPass> plan_backward(const Params& p, const Packing* packing, std::size_t input_size,
                                         std::int64_t budget = kBackwardScratch, int wave_rows = 1);
 
