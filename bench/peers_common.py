@@ -5,6 +5,7 @@ that fails, the loop that runs each peer in a process of its own, and the packag
 import importlib.metadata
 import json
 import subprocess
+import time
 import sys
 
 import torch
@@ -60,9 +61,12 @@ def each_in_own_process(script, peers, child_args, shapes, timeout=None):
     """Runs `python3 script --only NAME *child_args` for each (NAME, variant) in peers, one process
     per peer (a compiler crash aborts only that process), and collects the rows each prints as JSON
     on its last line of output. A process that prints none (it crashed, or ran past `timeout`
-    seconds) gives one error row per shape, a shape being the dict of the row's size keys."""
+    seconds) gives one error row per shape, a shape being the dict of the row's size keys. Each peer's
+    rows are also printed to stderr as it finishes (with its wall time), so that a run cut short
+    still shows the peers it measured."""
     rows = []
     for name, variant in peers:
+        start = time.perf_counter()
         try:
             run = subprocess.run([sys.executable, script, "--only", name, *child_args],
                                  capture_output=True, text=True, timeout=timeout)
@@ -71,9 +75,11 @@ def each_in_own_process(script, peers, child_args, shapes, timeout=None):
         except subprocess.TimeoutExpired:
             out, error = "", f"timed out after {timeout} s"
         try:
-            rows += json.loads(out.strip().splitlines()[-1])
+            new = json.loads(out.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
-            rows += [{"peer": name, "variant": variant, **shape, "error": error} for shape in shapes]
+            new = [{"peer": name, "variant": variant, **shape, "error": error} for shape in shapes]
+        print(f"[{time.perf_counter() - start:.0f} s] {json.dumps(new)}", file=sys.stderr, flush=True)
+        rows += new
     return rows
 
 

@@ -10,6 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
+export PYTHONUNBUFFERED=1  # a run cut short keeps what the peers printed
 mkdir -p "$OUT"
 [ -d gpu ] || tar -xJf gpu.tar.xz || { echo "gpu_peers: no gpu/ and no gpu.tar.xz (run tools/gpu_build.sh, carry gpu.tar.xz)"; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
