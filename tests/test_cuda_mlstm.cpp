@@ -150,7 +150,8 @@ TEST_CASE("the backward in passes agrees with the reference", "[cuda]") {
   std::uint64_t seed = 900;
   for (const Options& o : kVariants)
     for (DType t : kDtypes) {
-      require_passes(check_chunkwise({3, 2, 200, 48, 96, true}, 64, o, t, ++seed));
+      // A pass keeps a whole wave of rows (at 48 x 96 about 200 on an H100): 512 rows make several.
+      require_passes(check_chunkwise({256, 2, 70, 48, 96, true}, 64, o, t, ++seed));
       require_passes(check_varlen({1, 2, 1, 48, 96, true}, {130, 0, 1, 200, 64}, 64, o, t, ++seed));
     }
   ::unsetenv("FLASHLSTM_BACKWARD_SCRATCH_MIB");
