@@ -180,29 +180,28 @@ void check_layout(detail::Params p, const detail::Packing* packing, int L) {
   std::vector<int> token_owner(p.tokens, -1), chunk_owner(p.chunks, -1), state_owner(p.states, -1);
   std::int64_t clashes = 0, wrong_way_back = 0;
   for (int bh = 0; bh < p.BH; ++bh) {
+    const auto own = [&](std::vector<int>& owner, std::int64_t entry) {  // one row per workspace entry
+      clashes += owner.at(entry) != -1;
+      owner.at(entry) = bh;
+    };
     const detail::Row r = detail::row_of(p, bh);
     const int i = bh / p.NH, h = bh % p.NH;
     CHECK(r.S == (packing ? packing->length(i) : p.S));
     CHECK(r.nc == (r.S + L - 1) / L);
     CHECK(r.in0 == (packing ? h * p.seq_stride + packing->cu_seqlens[i] : bh * p.seq_stride));
     for (int t = 0; t < r.S; ++t) {
-      clashes += token_owner.at(r.tb0 + t) != -1;
-      token_owner.at(r.tb0 + t) = bh;
+      own(token_owner, r.tb0 + t);
       int back, t_back;
       detail::token_at(p, r.tb0 + t, back, t_back);
       wrong_way_back += back != bh || t_back != t;
     }
     for (int k = 0; k < r.nc; ++k) {
-      clashes += chunk_owner.at(r.chunk0 + k) != -1;
-      chunk_owner.at(r.chunk0 + k) = bh;
+      own(chunk_owner, r.chunk0 + k);
       int back, k_back;
       detail::chunk_at(p, r.chunk0 + k, back, k_back);
       wrong_way_back += back != bh || k_back != k;
     }
-    for (int k = 0; r.nc > 0 && k <= r.nc; ++k) {
-      clashes += state_owner.at(r.state0 + k) != -1;
-      state_owner.at(r.state0 + k) = bh;
-    }
+    for (int k = 0; r.nc > 0 && k <= r.nc; ++k) own(state_owner, r.state0 + k);
   }
   CHECK(clashes == 0);
   CHECK(wrong_way_back == 0);
