@@ -5,8 +5,8 @@ that fails, the loop that runs each peer in a process of its own, and the packag
 import importlib.metadata
 import json
 import subprocess
-import time
 import sys
+import time
 
 import torch
 import triton

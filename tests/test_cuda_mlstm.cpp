@@ -394,4 +394,3 @@ TEST_CASE("odd shapes for the memory checker", "[cuda][sanitize]") {
       require_passes(check_varlen({1, 2, 1, 48, 96, true}, {70, 0, 1, 65}, 64, o, t, ++seed));
     }
 }
-
